@@ -1,0 +1,31 @@
+//! nginx-auth-fcgi: a FastCGI responder that answers nginx mail `auth_http` and
+//! http `auth_request` subrequests.
+//!
+//! # Layout
+//! One request flows through four hops, each in its own module:
+//!
+//! 1. **Transport** — [`listen`] turns a `--listen` spec (unix socket, fd 0 from
+//!    spawn-fcgi, systemd socket activation, TCP) into listeners; [`server`] accepts
+//!    connections; [`fastcgi`] turns records into a complete [`fastcgi::Request`].
+//! 2. **Parse** — [`auth_http`] turns CGI params into a typed
+//!    [`auth_http::MailAuthRequest`]. All string → enum conversion happens there.
+//! 3. **Decide** — [`authenticator`] applies policy: shared secret, mechanism
+//!    ([`mech`]), directory lookup ([`passdb`], [`scheme`]), upstream choice
+//!    ([`upstream`]) and one audit record ([`audit`]).
+//! 4. **Render** — [`auth_http::response`] is the only code that knows the
+//!    response header names.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod auth_http;
+pub mod authenticator;
+pub mod config;
+pub mod fastcgi;
+pub mod listen;
+pub mod mech;
+pub mod passdb;
+pub mod scheme;
+pub mod secret;
+pub mod server;
+pub mod upstream;
