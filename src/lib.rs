@@ -14,7 +14,7 @@
 //!    ([`upstream`]) and one audit record ([`audit`]).
 //! 4. **Render** — [`auth_http::response`] is the only code that knows the
 //!    response header names.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod audit;
