@@ -1,1 +1,243 @@
-//! placeholder
+//! The audit log: exactly one line per decision, with typed fields and no
+//! password field at all. Also sets up where log lines go (syslog or stderr).
+
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::auth_http::MailAuthRequest;
+
+/// The result class of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Logged in.
+    Ok,
+    /// Wrong credentials (or malformed ones).
+    Fail,
+    /// Backend trouble; try again later.
+    TempFail,
+    /// Not allowed by configuration (relay, mechanism, missing shared secret).
+    Refused,
+}
+
+impl Outcome {
+    /// Log name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Fail => "fail",
+            Outcome::TempFail => "tempfail",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// One audit line.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    /// `imap`, `pop3`, `smtp`.
+    pub protocol: &'static str,
+    /// nginx `Auth-Method`.
+    pub method: &'static str,
+    /// User name (escaped when printed).
+    pub user: String,
+    /// Mail client address.
+    pub client_ip: Option<IpAddr>,
+    /// `Auth-Login-Attempt`.
+    pub attempt: u32,
+    /// Result.
+    pub outcome: Outcome,
+    /// Internal reason (never shown to the client).
+    pub reason: String,
+    /// Which passdb decided.
+    pub passdb: &'static str,
+    /// Chosen upstream.
+    pub upstream: Option<(IpAddr, u16)>,
+    /// `Auth-Wait` sent.
+    pub wait: Option<u32>,
+    /// Time spent deciding.
+    pub latency: Duration,
+}
+
+impl AuditRecord {
+    /// A record for `req`, to be filled in by the decision.
+    pub fn new(req: &MailAuthRequest) -> Self {
+        AuditRecord {
+            protocol: req.protocol.as_str(),
+            method: req.method.as_str(),
+            user: String::from_utf8_lossy(&req.user).into_owned(),
+            client_ip: req.client_ip,
+            attempt: req.attempt,
+            outcome: Outcome::Fail,
+            reason: String::new(),
+            passdb: "-",
+            upstream: None,
+            wait: None,
+            latency: Duration::ZERO,
+        }
+    }
+
+    /// Writes the record to the log (info for successes, notice-ish warn otherwise).
+    pub fn emit(&self) {
+        match self.outcome {
+            Outcome::Ok => log::info!(target: "audit", "{self}"),
+            Outcome::TempFail => log::error!(target: "audit", "{self}"),
+            Outcome::Fail | Outcome::Refused => log::warn!(target: "audit", "{self}"),
+        }
+    }
+}
+
+impl fmt::Display for AuditRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "auth result={} protocol={} method={} user={} ip={} attempt={}",
+            self.outcome.as_str(),
+            self.protocol,
+            self.method,
+            quoted(&self.user),
+            self.client_ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+            self.attempt,
+        )?;
+        if !self.reason.is_empty() {
+            write!(f, " reason={}", quoted(&self.reason))?;
+        }
+        write!(f, " passdb={}", self.passdb)?;
+        if let Some((ip, port)) = self.upstream {
+            match ip {
+                IpAddr::V4(v4) => write!(f, " upstream={v4}:{port}")?,
+                IpAddr::V6(v6) => write!(f, " upstream=[{v6}]:{port}")?,
+            }
+        }
+        if let Some(w) = self.wait {
+            write!(f, " wait={w}")?;
+        }
+        write!(f, " latency_ms={:.3}", self.latency.as_secs_f64() * 1000.0)
+    }
+}
+
+/// A user-controlled string made safe for one log line: quoted when needed,
+/// control characters, quotes and backslashes escaped.
+pub fn quoted(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' && c != '=');
+    if plain {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard error, one line each (for systemd's journal, tests, foreground runs).
+    Stderr,
+    /// Local syslog (`/dev/log`) with the given facility (a validated name
+    /// such as `mail` or `local3`).
+    Syslog(String),
+}
+
+impl std::str::FromStr for LogTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stderr" => Ok(LogTarget::Stderr),
+            "syslog" => Ok(LogTarget::Syslog("mail".into())),
+            other => match other.strip_prefix("syslog:") {
+                Some(fac) => fac
+                    .parse::<syslog::Facility>()
+                    .map(|_| LogTarget::Syslog(fac.to_owned()))
+                    .map_err(|_| format!("unknown syslog facility `{fac}`")),
+                None => Err(format!("unknown log target `{s}` (stderr, syslog, syslog:FACILITY)")),
+            },
+        }
+    }
+}
+
+struct StderrLogger {
+    level: log::LevelFilter,
+}
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= self.level
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            // One write per line so concurrent lines do not interleave.
+            let line = format!("nginx-auth-fcgi[{}]: {}: {}\n", std::process::id(), r.level(), r.args());
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Installs the logger. Syslog falls back to stderr (with a warning) when no
+/// syslog socket is reachable, so a start never fails for want of a logger.
+pub fn init(target: &LogTarget, level: log::LevelFilter) {
+    let installed = match target {
+        LogTarget::Stderr => log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok(),
+        LogTarget::Syslog(facility) => {
+            let formatter = syslog::Formatter3164 {
+                facility: facility.parse().unwrap_or(syslog::Facility::LOG_MAIL),
+                hostname: None,
+                process: "nginx-auth-fcgi".into(),
+                pid: std::process::id(),
+            };
+            match syslog::unix(formatter) {
+                Ok(logger) => {
+                    log::set_boxed_logger(Box::new(syslog::BasicLogger::new(logger))).is_ok()
+                }
+                Err(e) => {
+                    let ok = log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok();
+                    log::warn!("syslog unavailable ({e}); logging to stderr");
+                    ok
+                }
+            }
+        }
+    };
+    if installed {
+        log::set_max_level(level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quoted("alice@example.org"), "alice@example.org");
+        assert_eq!(quoted("us er"), "\"us er\"");
+        assert_eq!(quoted("a\"b\\c\nd"), "\"a\\\"b\\\\c\\x0ad\"");
+        assert_eq!(quoted("x=1"), "\"x=1\"");
+        assert_eq!(quoted(""), "\"\"");
+    }
+
+    #[test]
+    fn log_targets() {
+        assert_eq!("stderr".parse::<LogTarget>(), Ok(LogTarget::Stderr));
+        assert_eq!(
+            "syslog:local3".parse::<LogTarget>(),
+            Ok(LogTarget::Syslog("local3".into()))
+        );
+        assert!("syslog:nope".parse::<LogTarget>().is_err());
+        assert!("file".parse::<LogTarget>().is_err());
+    }
+}

@@ -28,4 +28,5 @@ pub mod passdb;
 pub mod scheme;
 pub mod secret;
 pub mod server;
+pub mod service;
 pub mod upstream;

@@ -1,1 +1,518 @@
-fn main(){}
+//! `nginx-auth-fcgi`: command line. `serve` runs the FastCGI responder;
+//! `check-config`, `hash`, `auth test` and `user …` are admin tools.
+
+use std::collections::HashSet;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use nginx_auth_fcgi::auth_http::{AuthMethod, MailAuthRequest, MailProtocol};
+use nginx_auth_fcgi::authenticator::{Authenticator, Policy};
+use nginx_auth_fcgi::config::{self, Config, RawConfig, RawWait};
+use nginx_auth_fcgi::listen::{self, ListenSpec};
+use nginx_auth_fcgi::mech::{apop, cram_md5};
+use nginx_auth_fcgi::passdb::{sqlite::Admin, AnyPassdb, PasswdFile};
+use nginx_auth_fcgi::scheme::{self, Scheme};
+use nginx_auth_fcgi::secret::Secret;
+use nginx_auth_fcgi::service::Service;
+use nginx_auth_fcgi::{audit, server};
+
+#[derive(Parser)]
+#[command(name = "nginx-auth-fcgi", version, about = "FastCGI authentication responder for nginx mail auth_http")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the FastCGI responder.
+    Serve(ServeArgs),
+    /// Check the configuration and passdbs; print every problem found.
+    CheckConfig(ServeArgs),
+    /// Hash a password like `doveadm pw` (reads it from the terminal or stdin).
+    Hash {
+        /// Scheme, Dovecot name (SHA512-CRYPT, BLF-CRYPT, ARGON2ID, PLAIN, …).
+        #[arg(long, short = 's', default_value = "SHA512-CRYPT")]
+        scheme: String,
+    },
+    /// Try a login the way nginx would ask, and show the headers nginx would get.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+    /// Manage users in the embedded SQLite database.
+    User {
+        /// Database path (or `sqlite:PATH`).
+        #[arg(long, default_value = config::DEFAULT_PASSDB)]
+        db: String,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Prompt for the password, run the decision, print the reply headers.
+    Test {
+        /// User name.
+        user: String,
+        /// imap, pop3 or smtp.
+        #[arg(long, default_value = "imap")]
+        protocol: String,
+        /// plain, cram-md5 or apop (the client side is computed here).
+        #[arg(long, default_value = "plain")]
+        method: String,
+        /// Client address to report.
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: String,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user (password from the terminal, or stdin with --password-stdin).
+    Add {
+        /// Login, e.g. alice@example.org.
+        user: String,
+        /// Password scheme.
+        #[arg(long, short = 's', default_value = "SHA512-CRYPT")]
+        scheme: String,
+        /// Read the password from stdin (first line) instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Per-user upstream HOST:PORT.
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Change a user's password.
+    Passwd {
+        /// Login.
+        user: String,
+        /// Password scheme.
+        #[arg(long, short = 's', default_value = "SHA512-CRYPT")]
+        scheme: String,
+        /// Read the password from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete a user.
+    Del {
+        /// Login.
+        user: String,
+    },
+    /// List users (never prints hashes).
+    List,
+    /// Disable a user (logins refused, record kept).
+    Disable {
+        /// Login.
+        user: String,
+    },
+    /// Enable a disabled user.
+    Enable {
+        /// Login.
+        user: String,
+    },
+}
+
+/// Flags shared by `serve`, `check-config` and `auth test`; each has a TOML twin.
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// unix:PATH, fd:N, tcp:HOST:PORT or systemd (repeatable). Default: an
+    /// inherited socket (systemd, spawn-fcgi), else unix:/run/nginx-auth-fcgi/auth.sock.
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Mode of a socket file we create (octal).
+    #[arg(long)]
+    socket_mode: Option<String>,
+    /// Owner of a socket file we create.
+    #[arg(long)]
+    socket_owner: Option<String>,
+    /// Group of a socket file we create.
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// passwd-file:PATH or sqlite:PATH (repeatable; tried in order).
+    #[arg(long)]
+    passdb: Vec<String>,
+    /// Scheme for stored passwords without a {SCHEME} prefix.
+    #[arg(long)]
+    default_scheme: Option<String>,
+    /// Enabled mechanisms: plain, cram-md5, apop (repeatable; default all).
+    #[arg(long = "mechanism")]
+    mechanisms: Vec<String>,
+    /// PROTOCOL=HOST:PORT, e.g. imap=127.0.0.1:143 (repeatable).
+    #[arg(long)]
+    upstream: Vec<String>,
+    /// NAME=VALUE header nginx must send (auth_http_header), repeatable.
+    #[arg(long)]
+    require_header: Vec<String>,
+    /// Domain we accept mail for without AUTH (smtp_auth none), repeatable.
+    #[arg(long = "local-domain")]
+    local_domains: Vec<String>,
+    /// Send Auth-Pass on SMTP success (for nginx proxy_smtp_auth on).
+    #[arg(long)]
+    smtp_pass: bool,
+    /// stderr, syslog or syslog:FACILITY (default syslog:mail).
+    #[arg(long)]
+    log: Option<String>,
+    /// error, warn, info, debug.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Auth-Wait after the first failed attempt, doubling per attempt.
+    #[arg(long)]
+    auth_wait_base: Option<u32>,
+    /// Cap of one Auth-Wait.
+    #[arg(long)]
+    auth_wait_max: Option<u32>,
+    /// From this attempt on, answer without Auth-Wait so nginx closes the connection.
+    #[arg(long)]
+    max_attempts: Option<u32>,
+}
+
+impl ServeArgs {
+    fn raw(&self) -> Result<RawConfig, String> {
+        let file = match &self.config {
+            Some(p) => RawConfig::load(p)?,
+            None => RawConfig::default(),
+        };
+        let cli = RawConfig {
+            listen: self.listen.clone(),
+            socket_mode: self.socket_mode.clone(),
+            socket_owner: self.socket_owner.clone(),
+            socket_group: self.socket_group.clone(),
+            passdb: self.passdb.clone(),
+            default_scheme: self.default_scheme.clone(),
+            mechanisms: self.mechanisms.clone(),
+            upstream: self.upstream.clone(),
+            require_header: self.require_header.clone(),
+            local_domains: self.local_domains.clone(),
+            smtp_pass: self.smtp_pass.then_some(true),
+            log: self.log.clone(),
+            log_level: self.log_level.clone(),
+            auth_wait: RawWait {
+                base: self.auth_wait_base,
+                max: self.auth_wait_max,
+                max_attempts: self.max_attempts,
+                temporary: None,
+            },
+            limits: Default::default(),
+        };
+        Ok(file.overlay(cli))
+    }
+
+    /// Validates the config and opens the passdbs, collecting every problem.
+    fn build(&self) -> Result<(Config, Service), Vec<String>> {
+        let config = Config::validate(self.raw().map_err(|e| vec![e])?)?;
+        let mut problems = Vec::new();
+        let mut passdbs = Vec::new();
+        for uri in &config.passdbs {
+            if let Some(path) = uri.strip_prefix("passwd-file:") {
+                match PasswdFile::check(path.as_ref(), config.default_scheme) {
+                    Ok(p) => problems.extend(p.into_iter().map(|p| format!("passwd-file {path}: {p}"))),
+                    Err(e) => problems.push(e),
+                }
+            }
+            match AnyPassdb::open(uri, config.default_scheme) {
+                Ok(p) => passdbs.push(p),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        let policy = Policy {
+            mechanisms: config.mechanisms.clone(),
+            local_domains: config.local_domains.clone(),
+            upstreams: config.upstreams.clone(),
+            wait: config.wait,
+            smtp_pass: config.smtp_pass,
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let auth = Authenticator::new(policy, passdbs)?;
+        let service = Service::new(auth, config.required.clone());
+        Ok((config, service))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::CheckConfig(args) => check_config(args),
+        Command::Hash { scheme } => hash(&scheme),
+        Command::Auth {
+            command:
+                AuthCommand::Test {
+                    user,
+                    protocol,
+                    method,
+                    client_ip,
+                    serve,
+                },
+        } => auth_test(&user, &protocol, &method, &client_ip, serve),
+        Command::User { db, command } => user(&db, command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("nginx-auth-fcgi: {p}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+type CmdResult = Result<ExitCode, Vec<String>>;
+
+fn runtime() -> Result<tokio::runtime::Runtime, Vec<String>> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| vec![format!("cannot start the async runtime: {e}")])
+}
+
+fn serve(args: ServeArgs) -> CmdResult {
+    let rt = runtime()?;
+    // Passdb set-up may touch the filesystem only; no runtime work yet, but
+    // the sqlite pool and spawn_blocking need the runtime entered.
+    let _guard = rt.enter();
+    let (config, service) = args.build()?;
+    audit::init(&config.log, config.log_level);
+    let listeners = match listen::open(&config.listen, &config.socket) {
+        Ok(l) => l,
+        Err(e) if config.listen.is_empty() => {
+            log::debug!("no inherited listener ({e}); using {}", config::DEFAULT_LISTEN);
+            let spec: ListenSpec = config::DEFAULT_LISTEN.parse().map_err(|e| vec![format!("{e}")])?;
+            listen::open(&[spec], &config.socket).map_err(|e| vec![e.to_string()])?
+        }
+        Err(e) => return Err(vec![e.to_string()]),
+    };
+    log::info!(
+        "serving on {} listener(s); passdbs: {}",
+        listeners.len(),
+        config.passdbs.join(", ")
+    );
+    let result = rt.block_on(async move {
+        listen::notify_ready();
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => log::info!("SIGTERM: finishing in-flight requests"),
+                _ = int.recv() => log::info!("SIGINT: finishing in-flight requests"),
+            }
+            listen::notify_stopping();
+        };
+        server::run(listeners, Arc::new(service), config.limits.clone(), shutdown).await
+    });
+    match result {
+        Ok(()) => {
+            log::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(vec![format!("server failed: {e}")]),
+    }
+}
+
+fn check_config(args: ServeArgs) -> CmdResult {
+    let rt = runtime()?;
+    let _guard = rt.enter();
+    let (config, _service) = args.build()?;
+    println!("configuration OK");
+    println!("  passdbs: {}", config.passdbs.join(", "));
+    let mut mechs: Vec<_> = config.mechanisms.iter().map(|m| m.as_str()).collect();
+    mechs.sort_unstable();
+    println!("  mechanisms: {}", mechs.join(", "));
+    for p in [MailProtocol::Imap, MailProtocol::Pop3, MailProtocol::Smtp] {
+        match config.upstreams.get(p) {
+            Some(a) => println!("  upstream {}: {a}", p.as_str()),
+            None => println!("  upstream {}: (per-user only)", p.as_str()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_password(confirm: bool, from_stdin: bool) -> Result<Secret, Vec<String>> {
+    let stdin = std::io::stdin();
+    if from_stdin || !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| vec![format!("reading password: {e}")])?;
+        let pw = line.strip_suffix('\n').unwrap_or(&line);
+        let pw = pw.strip_suffix('\r').unwrap_or(pw);
+        let s = Secret::from(pw);
+        zeroize_string(line);
+        return Ok(s);
+    }
+    let first = rpassword::prompt_password("Password: ").map_err(|e| vec![e.to_string()])?;
+    if confirm {
+        let again = rpassword::prompt_password("Retype password: ").map_err(|e| vec![e.to_string()])?;
+        if again != first {
+            return Err(vec!["passwords do not match".into()]);
+        }
+        zeroize_string(again);
+    }
+    let s = Secret::from(first.as_str());
+    zeroize_string(first);
+    Ok(s)
+}
+
+fn zeroize_string(s: String) {
+    let mut bytes = s.into_bytes();
+    zeroize::Zeroize::zeroize(&mut bytes);
+}
+
+fn hash(scheme: &str) -> CmdResult {
+    let scheme: Scheme = scheme.parse().map_err(|e| vec![format!("{e}")])?;
+    let pw = read_password(true, false)?;
+    if pw.is_empty() {
+        return Err(vec!["empty password".into()]);
+    }
+    let h = scheme::hash(scheme, pw.expose()).map_err(|e| vec![e.to_string()])?;
+    println!("{h}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn auth_test(user: &str, protocol: &str, method: &str, client_ip: &str, args: ServeArgs) -> CmdResult {
+    let protocol: MailProtocol = protocol.parse().map_err(|e| vec![e])?;
+    let method = match method.to_ascii_lowercase().as_str() {
+        "plain" | "login" => AuthMethod::Plain,
+        "cram-md5" => AuthMethod::CramMd5,
+        "apop" => AuthMethod::Apop,
+        m => return Err(vec![format!("unknown method `{m}` (plain, cram-md5, apop)")]),
+    };
+    let client_ip = client_ip.parse().map_err(|e| vec![format!("client ip: {e}")])?;
+    let rt = runtime()?;
+    let _guard = rt.enter();
+    let (config, service) = args.build()?;
+    audit::init(&audit::LogTarget::Stderr, config.log_level);
+    let password = read_password(false, false)?;
+    // Play the client's part of the challenge mechanisms, as nginx would relay it.
+    let salt = format!("<{}.{}@auth-test>", std::process::id(), unix_time());
+    let pass = match method {
+        AuthMethod::CramMd5 => Secret::new(hex::encode(cram_md5::digest(password.expose(), salt.as_bytes())).into_bytes()),
+        AuthMethod::Apop => Secret::new(hex::encode(apop::digest(password.expose(), salt.as_bytes())).into_bytes()),
+        _ => password,
+    };
+    let req = MailAuthRequest {
+        method,
+        protocol,
+        user: user.as_bytes().to_vec(),
+        pass,
+        salt: matches!(method, AuthMethod::CramMd5 | AuthMethod::Apop).then(|| salt.into_bytes()),
+        attempt: 1,
+        client_ip: Some(client_ip),
+        client_host: None,
+        ssl: None,
+        proxy: None,
+        smtp: None,
+        duplicates: Vec::new(),
+    };
+    let decision = rt.block_on(service.authenticator().authenticate(&req));
+    eprintln!("{}", decision.audit);
+    let rendered = decision.response.render().map_err(|e| vec![e.to_string()])?;
+    // The headers nginx would get, with the password masked.
+    for line in String::from_utf8_lossy(&rendered).lines() {
+        if line.starts_with("Auth-Pass:") {
+            println!("Auth-Pass: <hidden>");
+        } else if !line.is_empty() {
+            println!("{line}");
+        }
+    }
+    std::io::stdout().flush().ok();
+    Ok(if matches!(decision.audit.outcome, audit::Outcome::Ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn user(db: &str, command: UserCommand) -> CmdResult {
+    let path = config::sqlite_path(db).unwrap_or_else(|| PathBuf::from(db));
+    let admin = Admin::open(&path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    let err = |e: nginx_auth_fcgi::passdb::sqlite::SqliteError| vec![e.to_string()];
+    let hashed = |scheme: &str, stdin: bool| -> Result<String, Vec<String>> {
+        let scheme: Scheme = scheme.parse().map_err(|e| vec![format!("{e}")])?;
+        let pw = read_password(!stdin, stdin)?;
+        if pw.is_empty() {
+            return Err(vec!["empty password".into()]);
+        }
+        scheme::hash(scheme, pw.expose()).map_err(|e| vec![e.to_string()])
+    };
+    match command {
+        UserCommand::Add {
+            user,
+            scheme,
+            password_stdin,
+            upstream,
+        } => {
+            let upstream = match &upstream {
+                None => None,
+                Some(u) => {
+                    let (h, p) = u.rsplit_once(':').ok_or_else(|| vec![format!("upstream `{u}`: expected HOST:PORT")])?;
+                    let p: u16 = p.parse().map_err(|_| vec![format!("upstream `{u}`: bad port")])?;
+                    Some((h.trim_start_matches('[').trim_end_matches(']').to_owned(), p))
+                }
+            };
+            admin.add(&user, &hashed(&scheme, password_stdin)?).map_err(err)?;
+            if let Some((h, p)) = &upstream {
+                admin.set_upstream(&user, Some((h, *p))).map_err(err)?;
+            }
+            eprintln!("user {user} added");
+        }
+        UserCommand::Passwd {
+            user,
+            scheme,
+            password_stdin,
+        } => {
+            admin.passwd(&user, &hashed(&scheme, password_stdin)?).map_err(err)?;
+            eprintln!("password of {user} changed");
+        }
+        UserCommand::Del { user } => {
+            admin.delete(&user).map_err(err)?;
+            eprintln!("user {user} deleted");
+        }
+        UserCommand::Disable { user } => {
+            admin.set_enabled(&user, false).map_err(err)?;
+            eprintln!("user {user} disabled");
+        }
+        UserCommand::Enable { user } => {
+            admin.set_enabled(&user, true).map_err(err)?;
+            eprintln!("user {user} enabled");
+        }
+        UserCommand::List => {
+            let rows = admin.list().map_err(err)?;
+            let mut seen = HashSet::new();
+            for r in rows {
+                seen.insert(r.username.clone());
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    r.username,
+                    r.scheme,
+                    if r.enabled { "enabled" } else { "disabled" },
+                    r.upstream.unwrap_or_else(|| "-".into())
+                );
+            }
+            eprintln!("{} user(s)", seen.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

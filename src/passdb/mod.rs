@@ -1,1 +1,279 @@
-//! placeholder
+//! Directory backends ("passdbs"): who the users are and how their passwords
+//! are stored. I/O lives here; protocol knowledge does not.
+//!
+//! The shape follows Dovecot's `passdb_module_interface`: a backend can check a
+//! plaintext password ([`Passdb::verify_plain`]) and/or hand back the stored
+//! credential for challenge mechanisms ([`Passdb::lookup_credentials`]).
+//! Backends are a closed set in [`AnyPassdb`], so every future is a concrete
+//! type and adding a backend touches only this module.
+
+pub mod passwd_file;
+pub mod sqlite;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::scheme::{Scheme, SchemeError, StoredPassword};
+use crate::secret::Secret;
+
+pub use passwd_file::PasswdFile;
+pub use sqlite::Sqlite;
+
+/// What a backend can do; checked against the enabled mechanisms at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Can check a plaintext password.
+    pub verify_plain: bool,
+    /// Can hand back stored credentials (for CRAM-MD5, APOP, HTTP Digest).
+    pub lookup_credentials: bool,
+}
+
+/// An authenticated user and what the passdb says about routing them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Principal {
+    /// The user name as the passdb knows it.
+    pub user: String,
+    /// Per-user upstream address (`host=` extra field / `upstream_host` column).
+    pub upstream_host: Option<IpAddr>,
+    /// Per-user upstream port (`port=` / `upstream_port`).
+    pub upstream_port: Option<u16>,
+    /// Login to use towards the upstream (`user=` / `backend_user`), when it differs.
+    pub backend_user: Option<String>,
+}
+
+/// Why a login was refused. Internal detail: clients always get one generic answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// No such user.
+    UnknownUser,
+    /// Wrong password or digest.
+    PasswordMismatch,
+    /// The account is disabled (`nologin`, `enabled = 0`).
+    Disabled,
+}
+
+impl Rejection {
+    /// Short name for the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::UnknownUser => "unknown-user",
+            Rejection::PasswordMismatch => "password-mismatch",
+            Rejection::Disabled => "disabled",
+        }
+    }
+}
+
+/// A completed check. A wrong password is a value, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The password is right.
+    Accepted(Principal),
+    /// It is not (or the user may not log in).
+    Rejected(Rejection),
+}
+
+/// Stored credentials for challenge-response mechanisms.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// The user exists and may log in.
+    Found {
+        /// Who.
+        principal: Principal,
+        /// Their stored password.
+        secret: StoredPassword,
+    },
+    /// Unknown or disabled.
+    Rejected(Rejection),
+}
+
+/// A backend failure: the answer is "try again later", never "wrong password"
+/// and never "OK". Does not count toward brute-force throttling.
+#[derive(Debug, thiserror::Error)]
+pub enum PassdbError {
+    /// The backend could not be reached or failed.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The backend did not answer in time.
+    #[error("backend timed out")]
+    Timeout,
+    /// The stored credential cannot serve the requested mechanism.
+    #[error("stored scheme {0} cannot serve this mechanism")]
+    SchemeNotAvailable(Scheme),
+    /// The stored credential is malformed (an admin error; the hash is not shown).
+    #[error("stored password of this user is unusable: {0}")]
+    BadStoredPassword(String),
+}
+
+/// A directory backend.
+///
+/// Contract: implementations MUST return `Ok(Verdict::Rejected(UnknownUser))`
+/// / `Ok(Lookup::Rejected(UnknownUser))` for users they do not have, so that a
+/// chain can move on; MUST return `Err` (never a rejection) when they cannot
+/// tell; MUST NOT block the async threads (blocking drivers and expensive hash
+/// checks go through `spawn_blocking`); MUST NOT log passwords.
+#[allow(async_fn_in_trait)]
+pub trait Passdb: Send + Sync {
+    /// Name for logs (`passwd-file`, `sqlite`, …).
+    fn name(&self) -> &'static str;
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+    /// Checks `passwords` (tried in order; PLAIN may offer two forms) for `user`.
+    async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError>;
+    /// Returns the stored credential of `user`.
+    async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError>;
+}
+
+/// Every backend, one variant each; `impl Passdb` forwards.
+#[derive(Debug)]
+pub enum AnyPassdb {
+    /// Dovecot passwd-file.
+    PasswdFile(PasswdFile),
+    /// SQLite with the built-in schema.
+    Sqlite(Sqlite),
+}
+
+/// A `--passdb` URI that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PassdbConfigError {
+    /// Unknown URI form.
+    #[error("unknown passdb `{0}` (expected passwd-file:PATH or sqlite:PATH)")]
+    Unknown(String),
+    /// A known backend that this build does not include yet.
+    #[error("passdb `{0}` is not available in this build")]
+    NotAvailable(String),
+    /// The backend could not be opened.
+    #[error("passdb `{uri}`: {reason}")]
+    Open {
+        /// The URI.
+        uri: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl AnyPassdb {
+    /// Opens the backend a URI names: `passwd-file:PATH`, `sqlite:PATH`.
+    pub fn open(uri: &str, default_scheme: Option<Scheme>) -> Result<Self, PassdbConfigError> {
+        let open_err = |reason: String| PassdbConfigError::Open {
+            uri: uri.to_owned(),
+            reason,
+        };
+        if let Some(path) = uri.strip_prefix("passwd-file:") {
+            PasswdFile::open(path.as_ref(), default_scheme)
+                .map(AnyPassdb::PasswdFile)
+                .map_err(open_err)
+        } else if let Some(path) = uri.strip_prefix("sqlite:") {
+            Sqlite::open(path.as_ref(), default_scheme)
+                .map(AnyPassdb::Sqlite)
+                .map_err(|e| open_err(e.to_string()))
+        } else if ["postgres:", "postgresql:", "mysql:", "ldap:", "ldaps:", "saslauthd:", "dovecot:"]
+            .iter()
+            .any(|p| uri.starts_with(p))
+        {
+            Err(PassdbConfigError::NotAvailable(uri.split(':').next().unwrap_or(uri).to_owned()))
+        } else {
+            Err(PassdbConfigError::Unknown(uri.to_owned()))
+        }
+    }
+}
+
+impl Passdb for AnyPassdb {
+    fn name(&self) -> &'static str {
+        match self {
+            AnyPassdb::PasswdFile(p) => p.name(),
+            AnyPassdb::Sqlite(p) => p.name(),
+        }
+    }
+    fn capabilities(&self) -> Capabilities {
+        match self {
+            AnyPassdb::PasswdFile(p) => p.capabilities(),
+            AnyPassdb::Sqlite(p) => p.capabilities(),
+        }
+    }
+    async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
+        match self {
+            AnyPassdb::PasswdFile(p) => p.verify_plain(user, passwords).await,
+            AnyPassdb::Sqlite(p) => p.verify_plain(user, passwords).await,
+        }
+    }
+    async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
+        match self {
+            AnyPassdb::PasswdFile(p) => p.lookup_credentials(user).await,
+            AnyPassdb::Sqlite(p) => p.lookup_credentials(user).await,
+        }
+    }
+}
+
+/// One user record as file and table backends store it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Routing and naming facts.
+    pub principal: Principal,
+    /// The stored password.
+    pub password: Result<StoredPassword, Arc<SchemeError>>,
+    /// False for `nologin` / disabled accounts.
+    pub enabled: bool,
+}
+
+impl Entry {
+    /// The [`Lookup`] answer for this record.
+    pub fn lookup(self) -> Result<Lookup, PassdbError> {
+        if !self.enabled {
+            return Ok(Lookup::Rejected(Rejection::Disabled));
+        }
+        match self.password {
+            Ok(secret) => Ok(Lookup::Found {
+                principal: self.principal,
+                secret,
+            }),
+            Err(e) => Err(PassdbError::BadStoredPassword(e.to_string())),
+        }
+    }
+
+    /// Checks `passwords` against this record; expensive schemes run on the
+    /// blocking pool so a bcrypt or Argon2 check never stalls other requests.
+    pub async fn verify(self, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
+        let (principal, stored) = match self.lookup()? {
+            Lookup::Found { principal, secret } => (principal, secret),
+            Lookup::Rejected(r) => return Ok(Verdict::Rejected(r)),
+        };
+        let ok = if stored.scheme().is_expensive() {
+            let passwords = passwords.to_vec();
+            tokio::task::spawn_blocking(move || verify_any(&stored, &passwords))
+                .await
+                .map_err(|e| PassdbError::Unavailable(format!("verifier task failed: {e}")))??
+        } else {
+            verify_any(&stored, passwords)?
+        };
+        Ok(if ok {
+            Verdict::Accepted(principal)
+        } else {
+            Verdict::Rejected(Rejection::PasswordMismatch)
+        })
+    }
+}
+
+fn verify_any(stored: &StoredPassword, passwords: &[Secret]) -> Result<bool, PassdbError> {
+    for p in passwords {
+        if stored.verify(p.expose()).map_err(|e| PassdbError::BadStoredPassword(e.to_string()))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Parses a stored password. Without a `{SCHEME}` prefix or a `$id$` crypt
+/// prefix the configured default scheme applies; with none configured the
+/// value is refused rather than guessed (a DES-crypt hash read as `{PLAIN}`
+/// would let anyone who sees the hash log in with it).
+pub fn parse_stored(value: &str, default: Option<Scheme>) -> Result<StoredPassword, SchemeError> {
+    if value.starts_with('{') || value.starts_with('$') {
+        return StoredPassword::parse(value, default.unwrap_or(Scheme::Plain));
+    }
+    match default {
+        Some(d) => StoredPassword::parse(value, d),
+        None => Err(SchemeError::UnknownScheme(
+            "(none: no {SCHEME} prefix and no default_scheme configured)".into(),
+        )),
+    }
+}

@@ -1,0 +1,145 @@
+//! The FastCGI handler: ties the hops together for each request —
+//! params → shared-secret check → [`MailAuthRequest`] → [`Authenticator`] →
+//! rendered headers. Holds no policy of its own.
+
+use crate::audit::quoted;
+use crate::auth_http::{Failure, MailAuthRequest, MailAuthResponse};
+use crate::authenticator::{Authenticator, TEMPORARY};
+use crate::fastcgi::{Handler, Params, Request, Response};
+use crate::secret::Secret;
+
+/// A header nginx must send (`auth_http_header X-Auth-Key "…"`), proving the
+/// request came through our nginx and not from another local process.
+#[derive(Debug, Clone)]
+pub struct RequiredHeader {
+    /// Header name as configured in nginx, e.g. `X-Auth-Key`.
+    pub header: String,
+    /// The CGI param nginx turns it into, e.g. `HTTP_X_AUTH_KEY`.
+    pub param: String,
+    /// Expected value.
+    pub value: Secret,
+}
+
+impl std::str::FromStr for RequiredHeader {
+    type Err = String;
+    /// Parses `NAME=VALUE`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, value) = s
+            .split_once('=')
+            .ok_or("expected NAME=VALUE, e.g. X-Auth-Key=secret")?;
+        let name = name.trim();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            // nginx http drops header names with `_` or other characters
+            // (underscores_in_headers off), so such a header would never arrive.
+            return Err(format!(
+                "header name `{name}` must be letters, digits and dashes (nginx drops others)"
+            ));
+        }
+        if value.is_empty() {
+            return Err("the shared secret must not be empty".into());
+        }
+        Ok(RequiredHeader {
+            header: name.to_owned(),
+            param: format!("HTTP_{}", name.to_ascii_uppercase().replace('-', "_")),
+            value: Secret::from(value),
+        })
+    }
+}
+
+/// The request handler.
+#[derive(Debug)]
+pub struct Service {
+    auth: Authenticator,
+    required: Vec<RequiredHeader>,
+}
+
+const NOT_MAIL: &[u8] = b"Status: 400 Bad Request\r\nContent-Type: text/plain\r\n\r\n\
+not an nginx mail auth_http request (no Auth-Method / Auth-Protocol)\n";
+
+impl Service {
+    /// A handler deciding with `auth`, requiring `required` headers.
+    pub fn new(auth: Authenticator, required: Vec<RequiredHeader>) -> Self {
+        Service { auth, required }
+    }
+
+    /// The authenticator (for `auth test`).
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// Answers one request's params with the CGI stdout bytes.
+    pub async fn respond(&self, params: &Params) -> Vec<u8> {
+        if !MailAuthRequest::is_mail_request(params) {
+            log::warn!("request without Auth-Method/Auth-Protocol refused (400)");
+            return NOT_MAIL.to_vec();
+        }
+        let peer = params
+            .get("REMOTE_ADDR")
+            .map(|v| quoted(&String::from_utf8_lossy(v)))
+            .unwrap_or_else(|| "-".into());
+        for r in &self.required {
+            if !params.get(&r.param).is_some_and(|v| r.value.ct_eq(v)) {
+                log::warn!(
+                    "auth result=refused reason=\"missing or wrong {}\" peer={peer}",
+                    r.header
+                );
+                return render_fail(None);
+            }
+        }
+        let req = match MailAuthRequest::from_params(params) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("auth result=tempfail reason=\"protocol error: {e}\" peer={peer}");
+                let smtp = params.get("HTTP_AUTH_PROTOCOL") == Some(b"smtp");
+                return render_fail(smtp.then_some("451 4.3.0"));
+            }
+        };
+        for d in &req.duplicates {
+            log::warn!("param {d} sent more than once; the first value was used");
+        }
+        let decision = self.auth.authenticate(&req).await;
+        decision.audit.emit();
+        match decision.response.render() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                log::error!("cannot render reply: {e}");
+                render_fail(None)
+            }
+        }
+    }
+}
+
+/// A temporary failure that closes the client connection (no `Auth-Wait`).
+fn render_fail(smtp_code: Option<&'static str>) -> Vec<u8> {
+    MailAuthResponse::Fail(Failure {
+        message: TEMPORARY,
+        wait: None,
+        smtp_code,
+    })
+    .render()
+    .expect("a constant failure renders")
+}
+
+impl Handler for Service {
+    async fn handle(&self, req: Request) -> Response {
+        Response {
+            stdout: self.respond(&req.params).await,
+            app_status: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_header_parsing() {
+        let r: RequiredHeader = "X-Auth-Key=s3cr=t".parse().unwrap();
+        assert_eq!(r.param, "HTTP_X_AUTH_KEY");
+        assert!(r.value.ct_eq(b"s3cr=t"));
+        assert!("X_Auth=v".parse::<RequiredHeader>().is_err());
+        assert!("X-Auth=".parse::<RequiredHeader>().is_err());
+        assert!("novalue".parse::<RequiredHeader>().is_err());
+    }
+}

@@ -1,0 +1,909 @@
+//! End-to-end harness: the shipped `nginx-conf/nginx.conf` in front of our
+//! daemon, with real Dovecot as the IMAP/POP3 backend and a small Python SMTP
+//! sink (`tests/e2e/smtp_sink.py`) as the submission backend, all on loopback
+//! in one temp dir per [`Stack`].
+//!
+//! ```text
+//! client.py ──IMAP/POP3/SMTP──> nginx mail{} ──auth_http──> nginx http{}
+//!   ──FastCGI, unix socket──> nginx-auth-fcgi (Auth-Server/Port/Pass)
+//! nginx mail{} ──LOGIN with Auth-Pass──> Dovecot (checks the SAME passwd-file)
+//!              ──EHLO/XCLIENT──> smtp_sink.py
+//! ```
+//!
+//! Dovecot verifying the password nginx forwards (from the daemon's
+//! `Auth-Pass`) against the same passwd-file proves the daemon handed back the
+//! right plaintext, not just "OK".
+//!
+//! A program the stack needs that is missing makes the test panic with the
+//! Debian package to install (`tests/run` installs them all); nothing is
+//! skipped. Every process runs in its own process group and is stopped on
+//! drop, also when a test panics; then the logs are printed to help.
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// The shared secret nginx sends as `X-Auth-Key` and the daemon requires.
+pub const AUTH_KEY: &str = "e2e-shared-key-4711";
+/// `--local-domain` of the daemon.
+pub const LOCAL_DOMAIN: &str = "example.org";
+/// What the mail module prints for any failed login (and what the daemon must
+/// say for an unknown user as well as for a wrong password).
+pub const INVALID_LOGIN: &str = "Invalid login or password";
+
+const NGINX_MAIL_MODULE: &str = "/usr/lib/nginx/modules/ngx_mail_module.so";
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The daemon's binary, built by cargo for this test run.
+pub fn daemon_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nginx-auth-fcgi")
+}
+
+/// The repository root (where `nginx-conf/`, `systemd/` and `tests/` live).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+// ------------------------------------------------------------------ users
+
+/// A user in the passwd-file both the daemon and Dovecot read.
+#[derive(Debug, Clone, Copy)]
+pub struct User {
+    pub name: &'static str,
+    /// Dovecot scheme the password is stored with (`doveadm pw -s`).
+    pub scheme: &'static str,
+    pub password: &'static str,
+}
+
+/// {PLAIN}: the only scheme that allows CRAM-MD5 and APOP.
+pub const ALICE: User = User {
+    name: "alice",
+    scheme: "PLAIN",
+    password: "alice-pw-8c1f",
+};
+pub const SHA512_USER: User = User {
+    name: "sha512user",
+    scheme: "SHA512-CRYPT",
+    password: "sha512-pw-77aa",
+};
+pub const BLF_USER: User = User {
+    name: "blfuser",
+    scheme: "BLF-CRYPT",
+    password: "blf-pw-93d0",
+};
+pub const ARGON2_USER: User = User {
+    name: "argonuser",
+    scheme: "ARGON2ID",
+    password: "argon-pw-1e5b",
+};
+pub const SSHA256_USER: User = User {
+    name: "sshauser",
+    scheme: "SSHA256",
+    password: "ssha-pw-04c2",
+};
+/// Space, `%`, `+`, `:` and UTF-8: nginx %-escapes the first two in
+/// `Auth-Pass`, passes the rest raw. Hashed, because a `:` cannot be stored
+/// as {PLAIN} in a passwd-file (it is the field separator).
+pub const SPECIAL_USER: User = User {
+    name: "special",
+    scheme: "SHA512-CRYPT",
+    password: "p w%+:é",
+};
+
+/// Every user written to the passwd-file.
+pub const USERS: [User; 6] = [
+    ALICE,
+    SHA512_USER,
+    BLF_USER,
+    ARGON2_USER,
+    SSHA256_USER,
+    SPECIAL_USER,
+];
+
+/// The passwd-file text (Dovecot format), hashed once per test binary with
+/// `doveadm pw` so the stored hashes are Dovecot's own.
+pub fn passwd_file_text() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        let doveadm = require("doveadm", "dovecot-core");
+        let mut text = String::new();
+        for user in USERS {
+            let out = Command::new(&doveadm)
+                .args(["pw", "-s", user.scheme, "-p", user.password])
+                .output()
+                .expect("run doveadm pw");
+            assert!(
+                out.status.success(),
+                "doveadm pw -s {} failed: {}",
+                user.scheme,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let hash = String::from_utf8(out.stdout).expect("doveadm pw output is UTF-8");
+            let hash = hash.trim();
+            assert!(
+                hash.starts_with(&format!("{{{}}}", user.scheme)),
+                "unexpected doveadm pw output {hash:?}"
+            );
+            text.push_str(&format!("{}:{}::::::\n", user.name, hash));
+        }
+        text
+    })
+}
+
+// --------------------------------------------------------------- programs
+
+/// Full path of `program`, or a panic naming the Debian package to install.
+pub fn require(program: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    // /usr/sbin is not on every user's PATH, but nginx and dovecot live there.
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].map(PathBuf::from));
+    for dir in dirs {
+        let candidate = dir.join(program);
+        if let Ok(meta) = fs::metadata(&candidate) {
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "e2e: program `{program}` not found; install the Debian package `{package}` \
+         (`bash tests/run` installs everything the tests need)"
+    );
+}
+
+/// Like [`require`] for a file that is not a program.
+pub fn require_file(path: &str, package: &str) -> PathBuf {
+    let path = PathBuf::from(path);
+    assert!(
+        path.exists(),
+        "e2e: {} not found; install the Debian package `{package}` \
+         (`bash tests/run` installs everything the tests need)",
+        path.display()
+    );
+    path
+}
+
+// ------------------------------------------------------------------ ports
+
+/// `N` distinct free loopback ports, never handed out twice in this process.
+///
+/// All listeners are held until every port is chosen, so one call cannot
+/// return the same port twice; the port is free again when the server under
+/// test binds it (a small race with other processes remains).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    let mut listeners = Vec::new();
+    let mut ports = [0u16; N];
+    let mut i = 0;
+    while i < N {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        listeners.push(listener);
+        if handed_out.insert(port) {
+            ports[i] = port;
+            i += 1;
+        }
+    }
+    ports
+}
+
+// -------------------------------------------------------------- processes
+
+fn signal_group(pgid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) with a negative pid signals that process group; it
+    // touches no memory of ours.
+    unsafe {
+        libc::kill(-(pgid as libc::pid_t), signal);
+    }
+}
+
+fn signal_pid(pid: u32, signal: libc::c_int) {
+    // SAFETY: see signal_group.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+/// A child in its own process group, its stdout+stderr in `log`.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Proc {
+        let out = fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("dup log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("e2e: cannot start {name} ({cmd:?}): {e}"));
+        Proc { name, child, log }
+    }
+
+    /// `Some(status)` once the process has exited.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM the whole group, SIGKILL what is left after a grace period.
+    fn stop(&mut self) {
+        let pgid = self.child.id();
+        if self.exited().is_none() {
+            signal_group(pgid, libc::SIGTERM);
+            if self.wait_timeout(STOP_TIMEOUT).is_none() {
+                eprintln!("e2e: {} ignored SIGTERM; killing it", self.name);
+            }
+        }
+        // Also reaps grandchildren that outlived their parent (nginx workers,
+        // Dovecot services).
+        signal_group(pgid, libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------------ stack
+
+/// How the daemon gets its listening socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    /// `serve --listen unix:PATH --socket-mode 0666`: binds the socket itself.
+    Direct,
+    /// `spawn-fcgi -s PATH -M 0666 -n -- BIN serve --listen fd:0`.
+    SpawnFcgi,
+    /// `systemd-socket-activate -l PATH BIN serve --listen systemd`
+    /// (LISTEN_FDS=1, fd 3; the program is exec'd at the first connection).
+    SocketActivate,
+}
+
+/// One complete mail stack in a temp dir. Dropping it stops every process.
+pub struct Stack {
+    dir: tempfile::TempDir,
+    /// nginx mail ports (what clients use).
+    pub imap: u16,
+    pub pop3: u16,
+    pub smtp: u16,
+    /// nginx's internal http server (auth_http target).
+    pub auth_http: u16,
+    /// Backends.
+    pub dovecot_imap: u16,
+    pub dovecot_pop3: u16,
+    pub sink: u16,
+    /// The daemon's FastCGI socket.
+    pub socket: PathBuf,
+    pub launch: Launch,
+    daemon: Option<Proc>,
+    /// nginx, Dovecot, the sink; stopped in reverse order of start.
+    others: Vec<Proc>,
+}
+
+impl Stack {
+    /// The usual stack: daemon binds its own socket.
+    pub fn start() -> Stack {
+        Stack::start_with(Launch::Direct)
+    }
+
+    pub fn start_with(launch: Launch) -> Stack {
+        let started = Instant::now();
+        let nginx = require("nginx", "nginx-full");
+        require_file(NGINX_MAIL_MODULE, "libnginx-mod-mail");
+        let dovecot = require("dovecot", "dovecot-core");
+        require_file("/usr/lib/dovecot/imap", "dovecot-imapd");
+        require_file("/usr/lib/dovecot/pop3", "dovecot-pop3d");
+        let python = require("python3", "python3");
+        let openssl = require("openssl", "openssl");
+        let passwd_text = passwd_file_text();
+
+        let dir = tempfile::Builder::new()
+            .prefix("nginx-auth-fcgi-e2e.")
+            .tempdir()
+            .expect("create temp dir");
+        // nginx workers (www-data) must reach the socket and Dovecot's mail
+        // processes (nobody) their home below this directory.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        let [imap, pop3, smtp, auth_http, dovecot_imap, dovecot_pop3, sink] = free_ports::<7>();
+        let mut stack = Stack {
+            socket: dir.path().join("auth.sock"),
+            dir,
+            imap,
+            pop3,
+            smtp,
+            auth_http,
+            dovecot_imap,
+            dovecot_pop3,
+            sink,
+            launch,
+            daemon: None,
+            others: Vec::new(),
+        };
+        for sub in ["log", "lib", "dovecot", "mail"] {
+            fs::create_dir_all(stack.path(sub)).expect("create dir");
+        }
+        fs::write(stack.passwd_path(), passwd_text).expect("write passwd-file");
+        // Both the daemon and Dovecot (auth process, root) read it.
+        fs::set_permissions(stack.passwd_path(), fs::Permissions::from_mode(0o644)).expect("chmod");
+
+        // 1. SMTP sink.
+        let sink_cmd = Command::new(&python)
+            .arg(repo_root().join("tests/e2e/smtp_sink.py"))
+            .args(["--port", &sink.to_string(), "--out"])
+            .arg(stack.sink_log_path())
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .to_owned();
+        stack.spawn_other("smtp_sink.py", sink_cmd, "sink.out");
+
+        // 2. Dovecot.
+        let conf = stack.dovecot_conf();
+        fs::write(stack.path("dovecot/dovecot.conf"), conf).expect("write dovecot.conf");
+        let dovecot_cmd = Command::new(&dovecot)
+            .arg("-F")
+            .arg("-c")
+            .arg(stack.path("dovecot/dovecot.conf"))
+            .to_owned();
+        stack.spawn_other("dovecot", dovecot_cmd, "dovecot.out");
+
+        // 3. The daemon.
+        stack.spawn_daemon();
+
+        // 4. nginx with the shipped config.
+        let out = Command::new(&openssl)
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
+            .arg(stack.path("key.pem"))
+            .arg("-out")
+            .arg(stack.path("cert.pem"))
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
+        let params = require_file("/etc/nginx/fastcgi_params", "nginx-common");
+        // `include fastcgi_params;` is relative to the config file's directory.
+        fs::copy(params, stack.path("fastcgi_params")).expect("copy fastcgi_params");
+        let conf = stack.render_nginx_conf();
+        fs::write(stack.path("nginx.conf"), conf).expect("write nginx.conf");
+        let nginx_cmd = Command::new(&nginx)
+            .arg("-p")
+            .arg(format!("{}/", stack.dir.path().display()))
+            .arg("-c")
+            .arg(stack.path("nginx.conf"))
+            // The compiled-in error log (/var/log/nginx) is opened before the
+            // config is read; keep even that inside the temp dir.
+            .arg("-e")
+            .arg(stack.path("log/nginx-startup.log"))
+            .args(["-g", "daemon off;"])
+            .to_owned();
+        stack.spawn_other("nginx", nginx_cmd, "nginx.out");
+
+        for port in [sink, dovecot_imap, dovecot_pop3, imap, pop3, smtp, auth_http] {
+            stack.wait_for(&format!("127.0.0.1:{port}"), || {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+        }
+        stack.wait_daemon_ready();
+        let took = started.elapsed();
+        if took > Duration::from_secs(2) {
+            eprintln!("e2e: stack start took {took:?} (budget 2 s)");
+        }
+        stack
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn passwd_path(&self) -> PathBuf {
+        self.path("passwd")
+    }
+
+    fn sink_log_path(&self) -> PathBuf {
+        self.path("sink.toml")
+    }
+
+    fn spawn_other(&mut self, name: &'static str, mut cmd: Command, log: &str) {
+        let proc = Proc::spawn(name, &mut cmd, self.path(log));
+        self.others.push(proc);
+    }
+
+    /// The daemon's command line after `serve --listen ...`.
+    pub fn daemon_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "--passdb".into(),
+            format!("passwd-file:{}", self.passwd_path().display()),
+            "--upstream".into(),
+            format!("imap=127.0.0.1:{}", self.dovecot_imap),
+            "--upstream".into(),
+            format!("pop3=127.0.0.1:{}", self.dovecot_pop3),
+            "--upstream".into(),
+            format!("smtp=127.0.0.1:{}", self.sink),
+            "--require-header".into(),
+            format!("X-Auth-Key={AUTH_KEY}"),
+            "--local-domain".into(),
+            LOCAL_DOMAIN.into(),
+            "--log".into(),
+            "stderr".into(),
+        ];
+        args
+    }
+
+    fn spawn_daemon(&mut self) {
+        let bin = daemon_bin();
+        assert!(
+            Path::new(bin).exists(),
+            "daemon binary {bin} missing (cargo test builds it)"
+        );
+        let sock = self.socket.display().to_string();
+        let mut cmd = match self.launch {
+            Launch::Direct => {
+                let mut cmd = Command::new(bin);
+                cmd.args(["serve", "--listen", &format!("unix:{sock}"), "--socket-mode", "0666"]);
+                cmd
+            }
+            Launch::SpawnFcgi => {
+                let mut cmd = Command::new(require("spawn-fcgi", "spawn-fcgi"));
+                // -n: exec the daemon in place (no fork), so the pid we hold
+                // is the daemon's and SIGTERM reaches it.
+                cmd.args(["-s", &sock, "-M", "0666", "-n", "--", bin, "serve", "--listen", "fd:0"]);
+                cmd
+            }
+            Launch::SocketActivate => {
+                let mut cmd = Command::new(require("systemd-socket-activate", "systemd"));
+                cmd.args(["-l", &sock, bin, "serve", "--listen", "systemd"]);
+                cmd
+            }
+        };
+        cmd.args(self.daemon_args());
+        self.daemon = Some(Proc::spawn("nginx-auth-fcgi", &mut cmd, self.path("daemon.log")));
+    }
+
+    fn wait_daemon_ready(&mut self) {
+        let socket = self.socket.clone();
+        self.wait_for(&format!("socket {}", socket.display()), || socket.exists());
+        if self.launch == Launch::SocketActivate {
+            // systemd-socket-activate creates it with the umask (0644); the
+            // .socket unit would apply SocketMode=. nginx's workers
+            // (www-data) need write permission to connect.
+            fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).expect("chmod socket");
+        }
+        // For socket activation this first connection execs the daemon.
+        self.wait_for(&format!("connect {}", socket.display()), || {
+            UnixStream::connect(&socket).is_ok()
+        });
+    }
+
+    /// Polls `ready` until it holds; panics (with logs) on timeout or when a
+    /// process died meanwhile.
+    fn wait_for(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if ready() {
+                return;
+            }
+            let procs = self.others.iter_mut().chain(self.daemon.as_mut());
+            for proc in procs {
+                if let Some(status) = proc.exited() {
+                    panic!(
+                        "e2e: {} exited ({status}) while waiting for {what}; its output:\n{}",
+                        proc.name,
+                        read_lossy(&proc.log)
+                    );
+                }
+            }
+            assert!(Instant::now() < deadline, "e2e: timed out waiting for {what}");
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn dovecot_conf(&self) -> String {
+        let d = self.dir.path().display();
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        let euid = unsafe { libc::geteuid() };
+        let (mail_uid, login_user, internal_user) = if euid == 0 {
+            // Dovecot refuses uid 0 for mail processes; run them as nobody.
+            fs::create_dir_all(self.path("mail")).expect("mkdir mail");
+            std::os::unix::fs::chown(self.path("mail"), Some(65534), Some(65534))
+                .expect("chown mail dir");
+            ("65534".to_string(), "dovenull".to_string(), "dovecot".to_string())
+        } else {
+            // Best effort for non-root runs: everything as the current user.
+            let me = std::env::var("USER").unwrap_or_else(|_| euid.to_string());
+            (euid.to_string(), me.clone(), me)
+        };
+        format!(
+            r#"# Generated by tests/common/e2e.rs for one test stack.
+base_dir = {d}/dovecot/run
+state_dir = {d}/dovecot/state
+log_path = {d}/dovecot/dovecot.log
+protocols = imap pop3
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_verbose = yes
+default_login_user = {login_user}
+default_internal_user = {internal_user}
+first_valid_uid = 1
+mail_location = maildir:~/Maildir
+# The same passwd-file the daemon reads: Dovecot checks the plaintext
+# password nginx forwards (the daemon's Auth-Pass).
+passdb {{
+  driver = passwd-file
+  args = username_format=%u {d}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={mail_uid} gid={mail_uid} home={d}/mail/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+"#,
+            imap = self.dovecot_imap,
+            pop3 = self.dovecot_pop3,
+        )
+    }
+
+    /// `nginx-conf/nginx.conf` with the values marked `TEST:` there replaced.
+    pub fn render_nginx_conf(&self) -> String {
+        let shipped = fs::read_to_string(repo_root().join("nginx-conf/nginx.conf"))
+            .expect("read nginx-conf/nginx.conf");
+        let d = self.dir.path().display();
+        let subs = [
+            ("pid /run/nginx.pid;".to_string(), format!("pid {d}/nginx.pid;")),
+            (
+                "error_log /var/log/nginx/error.log;".to_string(),
+                // info: nginx logs failed logins ("client login failed") there.
+                format!("error_log {d}/log/error.log info;"),
+            ),
+            (
+                "access_log /var/log/nginx/access.log;".to_string(),
+                format!("access_log {d}/log/access.log;"),
+            ),
+            ("/var/lib/nginx/body;".to_string(), format!("{d}/lib/body;")),
+            ("/var/lib/nginx/proxy;".to_string(), format!("{d}/lib/proxy;")),
+            ("/var/lib/nginx/fastcgi;".to_string(), format!("{d}/lib/fastcgi;")),
+            ("/var/lib/nginx/uwsgi;".to_string(), format!("{d}/lib/uwsgi;")),
+            ("/var/lib/nginx/scgi;".to_string(), format!("{d}/lib/scgi;")),
+            (
+                "/etc/ssl/certs/ssl-cert-snakeoil.pem;".to_string(),
+                format!("{d}/cert.pem;"),
+            ),
+            (
+                "/etc/ssl/private/ssl-cert-snakeoil.key;".to_string(),
+                format!("{d}/key.pem;"),
+            ),
+            (
+                "auth_http 127.0.0.1:9189/mailauth;".to_string(),
+                format!("auth_http 127.0.0.1:{}/mailauth;", self.auth_http),
+            ),
+            (
+                "auth_http_header X-Auth-Key \"CHANGE-ME-shared-secret\";".to_string(),
+                format!("auth_http_header X-Auth-Key \"{AUTH_KEY}\";"),
+            ),
+            ("listen 143;".to_string(), format!("listen 127.0.0.1:{};", self.imap)),
+            ("listen 110;".to_string(), format!("listen 127.0.0.1:{};", self.pop3)),
+            ("listen 587;".to_string(), format!("listen 127.0.0.1:{};", self.smtp)),
+            (
+                "listen 127.0.0.1:9189;".to_string(),
+                format!("listen 127.0.0.1:{};", self.auth_http),
+            ),
+            (
+                "server unix:/run/nginx-auth-fcgi/auth.sock;".to_string(),
+                format!("server unix:{};", self.socket.display()),
+            ),
+        ];
+        render_config(&shipped, &subs, &d.to_string())
+    }
+
+    // -------------------------------------------------------- observations
+
+    /// Everything the daemon printed (audit lines on stderr).
+    pub fn daemon_log(&self) -> String {
+        read_lossy(&self.path("daemon.log"))
+    }
+
+    /// nginx's error log (level info).
+    pub fn nginx_error_log(&self) -> String {
+        read_lossy(&self.path("log/error.log"))
+    }
+
+    pub fn dovecot_log(&self) -> String {
+        read_lossy(&self.path("dovecot/dovecot.log"))
+    }
+
+    /// The daemon's audit lines for `user` (lines containing `user=<user>`).
+    pub fn audit_lines(&self, user: &str) -> Vec<String> {
+        let bare = format!("user={user}");
+        let quoted = format!("user=\"{user}\"");
+        self.daemon_log()
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == bare || w == quoted))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Messages the SMTP sink accepted so far.
+    pub fn sink_messages(&self) -> Vec<SinkMessage> {
+        let text = match fs::read_to_string(self.sink_log_path()) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => panic!("read sink log: {e}"),
+        };
+        let log: SinkLog = toml::from_str(&text).unwrap_or_else(|e| panic!("sink log: {e}\n{text}"));
+        log.message
+    }
+
+    // ------------------------------------------------------------ clients
+
+    /// Runs `tests/e2e/client.py` against nginx's port for `protocol`.
+    /// Attempt i uses `passwords[i]` (the last one repeats); `--tries` is
+    /// `passwords.len()` unless `extra` says otherwise.
+    pub fn client(
+        &self,
+        protocol: &str,
+        mech: &str,
+        user: &str,
+        passwords: &[&str],
+        extra: &[&str],
+    ) -> ClientResult {
+        let port = match protocol {
+            "imap" => self.imap,
+            "pop3" => self.pop3,
+            "smtp" => self.smtp,
+            other => panic!("unknown protocol {other}"),
+        };
+        let mut cmd = Command::new(require("python3", "python3"));
+        cmd.arg(repo_root().join("tests/e2e/client.py"))
+            .arg(protocol)
+            .args(["--port", &port.to_string(), "--mech", mech, "--user", user])
+            .args(["--tries", &passwords.len().to_string(), "--format", "toml"])
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        for password in passwords {
+            cmd.arg(format!("--password={password}"));
+        }
+        cmd.args(extra);
+        let out = cmd.output().expect("run client.py");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "client.py {protocol} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        toml::from_str(&stdout).unwrap_or_else(|e| panic!("client.py output: {e}\n{stdout}"))
+    }
+
+    /// Runs curl with `args`; returns its output (any exit code).
+    pub fn curl(&self, args: &[&str]) -> Output {
+        Command::new(require("curl", "curl"))
+            .args(["--silent", "--show-error", "--max-time", "30"])
+            .args(args)
+            .output()
+            .expect("run curl")
+    }
+
+    /// A raw auth_http request (what nginx mail would send) to nginx's
+    /// internal http server; returns the response headers, lower-cased names.
+    pub fn auth_http_request(&self, headers: &[(&str, &str)]) -> Vec<(String, String)> {
+        let url = format!("http://127.0.0.1:{}/mailauth", self.auth_http);
+        let mut args: Vec<String> = vec!["--http1.0".into(), "--dump-header".into(), "-".into()];
+        args.extend(["--output".into(), "/dev/null".into()]);
+        for (name, value) in headers {
+            args.push("--header".into());
+            args.push(format!("{name}: {value}"));
+        }
+        args.push(url);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.curl(&args);
+        assert!(
+            out.status.success(),
+            "curl auth_http: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect()
+    }
+
+    // ------------------------------------------------------------ control
+
+    /// Pid of the daemon process (for spawn-fcgi/socket activation: the
+    /// launcher, which exec'd the daemon in place).
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon running").child.id()
+    }
+
+    /// SIGTERM to the daemon alone; its exit status.
+    pub fn stop_daemon(&mut self) -> ExitStatus {
+        let mut daemon = self.daemon.take().expect("daemon running");
+        signal_pid(daemon.child.id(), libc::SIGTERM);
+        let status = daemon.wait_timeout(STOP_TIMEOUT);
+        daemon.stop();
+        status.unwrap_or_else(|| panic!("daemon did not exit within {STOP_TIMEOUT:?} of SIGTERM"))
+    }
+
+    /// Panics if the daemon has exited (e.g. crashed during the test).
+    pub fn assert_daemon_running(&mut self) {
+        let daemon = self.daemon.as_mut().expect("daemon running");
+        if let Some(status) = daemon.exited() {
+            panic!("daemon exited ({status}):\n{}", read_lossy(&daemon.log));
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // nginx first, so it logs no errors about vanished upstreams.
+        for proc in self.others.iter_mut().rev() {
+            proc.stop();
+        }
+        if let Some(daemon) = self.daemon.as_mut() {
+            daemon.stop();
+        }
+        if std::thread::panicking() {
+            for (name, path) in [
+                ("daemon", self.path("daemon.log")),
+                ("nginx error.log", self.path("log/error.log")),
+                ("nginx stdout/stderr", self.path("nginx.out")),
+                ("dovecot.log", self.path("dovecot/dovecot.log")),
+                ("smtp_sink", self.path("sink.out")),
+            ] {
+                eprintln!("----- {name} (last 40 lines) -----");
+                let text = read_lossy(&path);
+                let lines: Vec<&str> = text.lines().collect();
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// Replaces each `(from, to)` in the directive part of `shipped` (comments
+/// are left alone), insisting that `from` occurs there exactly once. Then
+/// checks that no system path outside `temp_dir` and no non-loopback
+/// `listen` is left, so that a new path or port in the shipped file cannot
+/// silently escape the test's sandbox.
+pub fn render_config(shipped: &str, subs: &[(String, String)], temp_dir: &str) -> String {
+    let mut counts = vec![0usize; subs.len()];
+    let mut out = String::with_capacity(shipped.len() + 1024);
+    for line in shipped.lines() {
+        let (code, comment) = match line.find('#') {
+            Some(i) => line.split_at(i),
+            None => (line, ""),
+        };
+        let mut code = code.to_string();
+        for (i, (from, to)) in subs.iter().enumerate() {
+            let n = code.matches(from.as_str()).count();
+            if n > 0 {
+                counts[i] += n;
+                code = code.replace(from.as_str(), to);
+            }
+        }
+        let rest = code.replace(temp_dir, "").replace(NGINX_MAIL_MODULE, "");
+        for forbidden in ["/var/", "/run/", "/etc/", "/usr/", "/home/", "/srv/", "/opt/"] {
+            assert!(
+                !rest.contains(forbidden),
+                "nginx-conf/nginx.conf: `{}` still names a system path after the test \
+                 substitutions; mark it TEST: there and substitute it in render_nginx_conf",
+                line.trim()
+            );
+        }
+        if rest.trim_start().starts_with("listen ") {
+            assert!(
+                rest.contains("127.0.0.1:"),
+                "nginx-conf/nginx.conf: `{}` is not substituted to a loopback test port",
+                line.trim()
+            );
+        }
+        out.push_str(&code);
+        out.push_str(comment);
+        out.push('\n');
+    }
+    for ((from, _), n) in subs.iter().zip(counts) {
+        assert_eq!(
+            n, 1,
+            "nginx-conf/nginx.conf: expected `{from}` exactly once outside comments, found {n} \
+             (the test substitutes it; update tests/common/e2e.rs with the file)"
+        );
+    }
+    out
+}
+
+fn read_lossy(path: &Path) -> String {
+    match fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+/// Result line of `tests/e2e/client.py --format toml`.
+#[derive(Debug, Deserialize)]
+pub struct ClientResult {
+    /// The last attempt logged in and the follow-up action succeeded.
+    pub ok: bool,
+    pub error: Option<String>,
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+    pub after: Option<After>,
+    #[serde(default)]
+    pub server_responses: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Attempt {
+    pub ok: bool,
+    pub response: String,
+    pub elapsed_s: f64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct After {
+    pub ok: bool,
+    pub response: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct SinkLog {
+    #[serde(default)]
+    message: Vec<SinkMessage>,
+}
+
+/// One message the SMTP sink accepted, with the session before it.
+#[derive(Debug, Deserialize)]
+pub struct SinkMessage {
+    pub commands: Vec<String>,
+    pub ehlo: Vec<String>,
+    /// XCLIENT attributes (upper-case names, xtext-decoded values).
+    pub xclient: BTreeMap<String, String>,
+    pub xclient_count: u32,
+    pub mail_from: Option<String>,
+    pub rcpt_to: Vec<String>,
+    pub data: String,
+}

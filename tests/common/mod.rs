@@ -1,0 +1,2 @@
+pub mod e2e;
+pub mod fcgi;
