@@ -97,7 +97,8 @@ impl fmt::Display for AuditRecord {
             self.protocol,
             self.method,
             quoted(&self.user),
-            self.client_ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+            self.client_ip
+                .map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
             self.attempt,
         )?;
         if !self.reason.is_empty() {
@@ -121,8 +122,7 @@ impl fmt::Display for AuditRecord {
 /// control characters, quotes and backslashes escaped.
 pub fn quoted(s: &str) -> String {
     let plain = !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' && c != '=');
     if plain {
         return s.to_owned();
@@ -164,7 +164,9 @@ impl std::str::FromStr for LogTarget {
                     .parse::<syslog::Facility>()
                     .map(|_| LogTarget::Syslog(fac.to_owned()))
                     .map_err(|_| format!("unknown syslog facility `{fac}`")),
-                None => Err(format!("unknown log target `{s}` (stderr, syslog, syslog:FACILITY)")),
+                None => Err(format!(
+                    "unknown log target `{s}` (stderr, syslog, syslog:FACILITY)"
+                )),
             },
         }
     }
@@ -181,7 +183,12 @@ impl log::Log for StderrLogger {
     fn log(&self, r: &log::Record<'_>) {
         if self.enabled(r.metadata()) {
             // One write per line so concurrent lines do not interleave.
-            let line = format!("nginx-auth-fcgi[{}]: {}: {}\n", std::process::id(), r.level(), r.args());
+            let line = format!(
+                "nginx-auth-fcgi[{}]: {}: {}\n",
+                std::process::id(),
+                r.level(),
+                r.args()
+            );
             let _ = std::io::stderr().lock().write_all(line.as_bytes());
         }
     }

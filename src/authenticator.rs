@@ -8,7 +8,7 @@
 //! message and `451 4.3.0`, never OK), and a *refusal* (not allowed at all).
 
 use std::collections::HashSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::audit::{AuditRecord, Outcome};
 use crate::auth_http::{AuthMethod, Failure, MailAuthRequest, MailAuthResponse, MailProtocol};
@@ -58,7 +58,9 @@ impl WaitPolicy {
         if attempt >= self.max_attempts || self.base == 0 {
             return None;
         }
-        let doubled = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let doubled = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
         Some(doubled.min(self.max.max(self.base)))
     }
 
@@ -80,6 +82,10 @@ pub struct Policy {
     pub wait: WaitPolicy,
     /// Send `Auth-Pass` on SMTP success too (needed with nginx `proxy_smtp_auth on`).
     pub smtp_pass: bool,
+    /// Longest a decision may take (passdb lookups and hash checks); past it
+    /// the answer is a temporary failure. Keep it well below nginx's
+    /// `auth_http_timeout` (default 60 s).
+    pub timeout: Duration,
 }
 
 /// The decision for one request and its audit record.
@@ -155,7 +161,13 @@ impl Authenticator {
     /// Decides one mail login.
     pub async fn authenticate(&self, req: &MailAuthRequest) -> Decision {
         let started = Instant::now();
-        let judgement = self.judge(req).await;
+        let judgement = match tokio::time::timeout(self.policy.timeout, self.judge(req)).await {
+            Ok(j) => j,
+            Err(_) => Judgement::Temporary(format!(
+                "no decision within {} ms",
+                self.policy.timeout.as_millis()
+            )),
+        };
         self.conclude(req, judgement, started)
     }
 
@@ -205,7 +217,7 @@ impl Authenticator {
             .and_then(|r| r.rsplit_once('@'))
             .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
         match domain {
-            Some(d) if self.policy.local_domains.iter().any(|l| *l == d) => Judgement::Accept {
+            Some(d) if self.policy.local_domains.contains(&d) => Judgement::Accept {
                 // nginx passes the identity to the MTA as XCLIENT LOGIN=; an
                 // unauthenticated session must not assert one (1.22 may even
                 // send a stale Auth-User here).
@@ -377,9 +389,9 @@ impl Authenticator {
         // IMAP and POP3 upstream logins always need a password from us once
         // nginx has no plaintext (CRAM-MD5, APOP); sending it always is safest.
         let pass = match req.protocol {
-            MailProtocol::Imap | MailProtocol::Pop3 => Some(
-                password.ok_or("stored scheme gives no plaintext for the upstream login")?,
-            ),
+            MailProtocol::Imap | MailProtocol::Pop3 => {
+                Some(password.ok_or("stored scheme gives no plaintext for the upstream login")?)
+            }
             MailProtocol::Smtp if self.policy.smtp_pass => password,
             MailProtocol::Smtp => None,
         };

@@ -22,6 +22,9 @@ pub const DEFAULT_PASSDB: &str = "sqlite:/var/lib/nginx-auth-fcgi/users.db";
 /// The socket used when no listener is configured or inherited.
 pub const DEFAULT_LISTEN: &str = "unix:/run/nginx-auth-fcgi/auth.sock";
 
+/// Default decision time limit: well below nginx's 60 s `auth_http_timeout`.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+
 /// The TOML file, as written. Every field has a command-line twin.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +61,8 @@ pub struct RawConfig {
     pub log: Option<String>,
     /// `--log-level`: error, warn, info, debug.
     pub log_level: Option<String>,
+    /// `--timeout-ms`: longest a decision may take before it is a temporary failure.
+    pub timeout_ms: Option<u64>,
     /// `Auth-Wait` schedule.
     #[serde(default)]
     pub auth_wait: RawWait,
@@ -125,6 +130,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// Back-off.
     pub wait: WaitPolicy,
+    /// Decision time limit.
+    pub timeout: Duration,
     /// Transport limits.
     pub limits: Limits,
 }
@@ -157,6 +164,7 @@ impl RawConfig {
         self.smtp_pass = cli.smtp_pass.or(self.smtp_pass);
         self.log = cli.log.or(self.log);
         self.log_level = cli.log_level.or(self.log_level);
+        self.timeout_ms = cli.timeout_ms.or(self.timeout_ms);
         let (w, cw) = (&mut self.auth_wait, cli.auth_wait);
         w.base = cw.base.or(w.base);
         w.max = cw.max.or(w.max);
@@ -178,7 +186,11 @@ impl Config {
 
         let mut listen = Vec::new();
         for l in &raw.listen {
-            check(l.parse::<ListenSpec>().map(|s| listen.push(s)).map_err(|e| format!("listen `{l}`: {e}")));
+            check(
+                l.parse::<ListenSpec>()
+                    .map(|s| listen.push(s))
+                    .map_err(|e| format!("listen `{l}`: {e}")),
+            );
         }
         let mut socket = SocketOptions {
             owner: raw.socket_owner.clone(),
@@ -228,7 +240,9 @@ impl Config {
         for d in &raw.local_domains {
             let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
             if d.is_empty() || d.contains('@') || d.contains(char::is_whitespace) {
-                check(Err(format!("local_domain `{d}`: expected a domain such as example.org")));
+                check(Err(format!(
+                    "local_domain `{d}`: expected a domain such as example.org"
+                )));
             } else {
                 local_domains.push(d);
             }
@@ -254,7 +268,9 @@ impl Config {
             temporary: w.temporary.unwrap_or(d.temporary),
         };
         if wait.max_attempts == 0 || wait.max_attempts > 20 {
-            check(Err("auth_wait.max_attempts must be 1..=20 (nginx keeps memory per attempt)".into()));
+            check(Err(
+                "auth_wait.max_attempts must be 1..=20 (nginx keeps memory per attempt)".into(),
+            ));
         }
         let dl = Limits::default();
         let l = &raw.limits;
@@ -263,9 +279,18 @@ impl Config {
             max_params_bytes: l.max_params_bytes.unwrap_or(dl.max_params_bytes),
             max_params_count: l.max_params_count.unwrap_or(dl.max_params_count),
             max_stdin_bytes: l.max_stdin_bytes.unwrap_or(dl.max_stdin_bytes),
-            read_timeout: l.read_timeout_ms.map(Duration::from_millis).unwrap_or(dl.read_timeout),
-            idle_timeout: l.idle_timeout_secs.map(Duration::from_secs).unwrap_or(dl.idle_timeout),
+            read_timeout: l
+                .read_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(dl.read_timeout),
+            idle_timeout: l
+                .idle_timeout_secs
+                .map(Duration::from_secs)
+                .unwrap_or(dl.idle_timeout),
         };
+        if raw.timeout_ms == Some(0) {
+            check(Err("timeout_ms must be at least 1".into()));
+        }
         if limits.max_connections == 0 {
             check(Err("limits.max_connections must be at least 1".into()));
         }
@@ -288,6 +313,7 @@ impl Config {
                 log,
                 log_level,
                 wait,
+                timeout: Duration::from_millis(raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
                 limits,
             })
         } else {
@@ -323,7 +349,10 @@ mod tests {
         .unwrap();
         let problems = Config::validate(raw).unwrap_err();
         assert_eq!(problems.len(), 8, "{problems:#?}");
-        assert!(problems.iter().all(|p| !p.contains("secretvalue")), "secrets stay out of errors");
+        assert!(
+            problems.iter().all(|p| !p.contains("secretvalue")),
+            "secrets stay out of errors"
+        );
     }
 
     #[test]

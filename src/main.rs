@@ -21,7 +21,11 @@ use nginx_auth_fcgi::service::Service;
 use nginx_auth_fcgi::{audit, server};
 
 #[derive(Parser)]
-#[command(name = "nginx-auth-fcgi", version, about = "FastCGI authentication responder for nginx mail auth_http")]
+#[command(
+    name = "nginx-auth-fcgi",
+    version,
+    about = "FastCGI authentication responder for nginx mail auth_http"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -166,6 +170,9 @@ struct ServeArgs {
     /// error, warn, info, debug.
     #[arg(long)]
     log_level: Option<String>,
+    /// Longest a decision may take (ms) before it is a temporary failure.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
     /// Auth-Wait after the first failed attempt, doubling per attempt.
     #[arg(long)]
     auth_wait_base: Option<u32>,
@@ -197,6 +204,7 @@ impl ServeArgs {
             smtp_pass: self.smtp_pass.then_some(true),
             log: self.log.clone(),
             log_level: self.log_level.clone(),
+            timeout_ms: self.timeout_ms,
             auth_wait: RawWait {
                 base: self.auth_wait_base,
                 max: self.auth_wait_max,
@@ -216,7 +224,9 @@ impl ServeArgs {
         for uri in &config.passdbs {
             if let Some(path) = uri.strip_prefix("passwd-file:") {
                 match PasswdFile::check(path.as_ref(), config.default_scheme) {
-                    Ok(p) => problems.extend(p.into_iter().map(|p| format!("passwd-file {path}: {p}"))),
+                    Ok(p) => {
+                        problems.extend(p.into_iter().map(|p| format!("passwd-file {path}: {p}")))
+                    }
                     Err(e) => problems.push(e),
                 }
             }
@@ -231,6 +241,7 @@ impl ServeArgs {
             upstreams: config.upstreams.clone(),
             wait: config.wait,
             smtp_pass: config.smtp_pass,
+            timeout: config.timeout,
         };
         if !problems.is_empty() {
             return Err(problems);
@@ -289,8 +300,13 @@ fn serve(args: ServeArgs) -> CmdResult {
     let listeners = match listen::open(&config.listen, &config.socket) {
         Ok(l) => l,
         Err(e) if config.listen.is_empty() => {
-            log::debug!("no inherited listener ({e}); using {}", config::DEFAULT_LISTEN);
-            let spec: ListenSpec = config::DEFAULT_LISTEN.parse().map_err(|e| vec![format!("{e}")])?;
+            log::debug!(
+                "no inherited listener ({e}); using {}",
+                config::DEFAULT_LISTEN
+            );
+            let spec: ListenSpec = config::DEFAULT_LISTEN
+                .parse()
+                .map_err(|e| vec![format!("{e}")])?;
             listen::open(&[spec], &config.socket).map_err(|e| vec![e.to_string()])?
         }
         Err(e) => return Err(vec![e.to_string()]),
@@ -312,7 +328,13 @@ fn serve(args: ServeArgs) -> CmdResult {
             }
             listen::notify_stopping();
         };
-        server::run(listeners, Arc::new(service), config.limits.clone(), shutdown).await
+        server::run(
+            listeners,
+            Arc::new(service),
+            config.limits.clone(),
+            shutdown,
+        )
+        .await
     });
     match result {
         Ok(()) => {
@@ -357,7 +379,8 @@ fn read_password(confirm: bool, from_stdin: bool) -> Result<Secret, Vec<String>>
     }
     let first = rpassword::prompt_password("Password: ").map_err(|e| vec![e.to_string()])?;
     if confirm {
-        let again = rpassword::prompt_password("Retype password: ").map_err(|e| vec![e.to_string()])?;
+        let again =
+            rpassword::prompt_password("Retype password: ").map_err(|e| vec![e.to_string()])?;
         if again != first {
             return Err(vec!["passwords do not match".into()]);
         }
@@ -384,15 +407,27 @@ fn hash(scheme: &str) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-fn auth_test(user: &str, protocol: &str, method: &str, client_ip: &str, args: ServeArgs) -> CmdResult {
+fn auth_test(
+    user: &str,
+    protocol: &str,
+    method: &str,
+    client_ip: &str,
+    args: ServeArgs,
+) -> CmdResult {
     let protocol: MailProtocol = protocol.parse().map_err(|e| vec![e])?;
     let method = match method.to_ascii_lowercase().as_str() {
         "plain" | "login" => AuthMethod::Plain,
         "cram-md5" => AuthMethod::CramMd5,
         "apop" => AuthMethod::Apop,
-        m => return Err(vec![format!("unknown method `{m}` (plain, cram-md5, apop)")]),
+        m => {
+            return Err(vec![format!(
+                "unknown method `{m}` (plain, cram-md5, apop)"
+            )])
+        }
     };
-    let client_ip = client_ip.parse().map_err(|e| vec![format!("client ip: {e}")])?;
+    let client_ip = client_ip
+        .parse()
+        .map_err(|e| vec![format!("client ip: {e}")])?;
     let rt = runtime()?;
     let _guard = rt.enter();
     let (config, service) = args.build()?;
@@ -401,8 +436,12 @@ fn auth_test(user: &str, protocol: &str, method: &str, client_ip: &str, args: Se
     // Play the client's part of the challenge mechanisms, as nginx would relay it.
     let salt = format!("<{}.{}@auth-test>", std::process::id(), unix_time());
     let pass = match method {
-        AuthMethod::CramMd5 => Secret::new(hex::encode(cram_md5::digest(password.expose(), salt.as_bytes())).into_bytes()),
-        AuthMethod::Apop => Secret::new(hex::encode(apop::digest(password.expose(), salt.as_bytes())).into_bytes()),
+        AuthMethod::CramMd5 => Secret::new(
+            hex::encode(cram_md5::digest(password.expose(), salt.as_bytes())).into_bytes(),
+        ),
+        AuthMethod::Apop => {
+            Secret::new(hex::encode(apop::digest(password.expose(), salt.as_bytes())).into_bytes())
+        }
         _ => password,
     };
     let req = MailAuthRequest {
@@ -421,7 +460,10 @@ fn auth_test(user: &str, protocol: &str, method: &str, client_ip: &str, args: Se
     };
     let decision = rt.block_on(service.authenticator().authenticate(&req));
     eprintln!("{}", decision.audit);
-    let rendered = decision.response.render().map_err(|e| vec![e.to_string()])?;
+    let rendered = decision
+        .response
+        .render()
+        .map_err(|e| vec![e.to_string()])?;
     // The headers nginx would get, with the password masked.
     for line in String::from_utf8_lossy(&rendered).lines() {
         if line.starts_with("Auth-Pass:") {
@@ -467,12 +509,21 @@ fn user(db: &str, command: UserCommand) -> CmdResult {
             let upstream = match &upstream {
                 None => None,
                 Some(u) => {
-                    let (h, p) = u.rsplit_once(':').ok_or_else(|| vec![format!("upstream `{u}`: expected HOST:PORT")])?;
-                    let p: u16 = p.parse().map_err(|_| vec![format!("upstream `{u}`: bad port")])?;
-                    Some((h.trim_start_matches('[').trim_end_matches(']').to_owned(), p))
+                    let (h, p) = u
+                        .rsplit_once(':')
+                        .ok_or_else(|| vec![format!("upstream `{u}`: expected HOST:PORT")])?;
+                    let p: u16 = p
+                        .parse()
+                        .map_err(|_| vec![format!("upstream `{u}`: bad port")])?;
+                    Some((
+                        h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                        p,
+                    ))
                 }
             };
-            admin.add(&user, &hashed(&scheme, password_stdin)?).map_err(err)?;
+            admin
+                .add(&user, &hashed(&scheme, password_stdin)?)
+                .map_err(err)?;
             if let Some((h, p)) = &upstream {
                 admin.set_upstream(&user, Some((h, *p))).map_err(err)?;
             }
@@ -483,7 +534,9 @@ fn user(db: &str, command: UserCommand) -> CmdResult {
             scheme,
             password_stdin,
         } => {
-            admin.passwd(&user, &hashed(&scheme, password_stdin)?).map_err(err)?;
+            admin
+                .passwd(&user, &hashed(&scheme, password_stdin)?)
+                .map_err(err)?;
             eprintln!("password of {user} changed");
         }
         UserCommand::Del { user } => {

@@ -40,6 +40,8 @@ fn fixture_with(passdbs: &[&str], mechanisms: &[Mechanism]) -> Fixture {
     let passwd = dir.path().join("users");
     let crypt = scheme::hash(Scheme::Sha512Crypt, b"crypt-pw").unwrap();
     let cram = scheme::hash(Scheme::CramMd5, b"cram-pw").unwrap();
+    // passwd-file fields are split on `:`, so a password with one is stored hashed.
+    let odd = scheme::hash(Scheme::Ssha512, ODD_PASSWORD.as_bytes()).unwrap();
     std::fs::write(
         &passwd,
         format!(
@@ -48,7 +50,7 @@ fn fixture_with(passdbs: &[&str], mechanisms: &[Mechanism]) -> Fixture {
              carol:{cram}::::::\n\
              dave:{{PLAIN}}dave-pw::::::host=192.0.2.44 port=10143 user=dave@backend\n\
              erin:{{PLAIN}}erin-pw::::::nologin\n\
-             odd:{{PLAIN}}{ODD_PASSWORD}::::::\n\
+             odd:{odd}::::::\n\
              v6:{{PLAIN}}v6-pw::::::host=2001:db8::25\n"
         ),
     )
@@ -56,7 +58,10 @@ fn fixture_with(passdbs: &[&str], mechanisms: &[Mechanism]) -> Fixture {
     let sqlite_path = dir.path().join("users.db");
     let admin = nginx_auth_fcgi::passdb::sqlite::Admin::open(&sqlite_path).unwrap();
     admin
-        .add("sql@example.org", &scheme::hash(Scheme::Ssha256, b"sql-pw").unwrap())
+        .add(
+            "sql@example.org",
+            &scheme::hash(Scheme::Ssha256, b"sql-pw").unwrap(),
+        )
         .unwrap();
     let mut upstreams = Upstreams::default();
     upstreams.add("imap=127.0.0.1:1143").unwrap();
@@ -79,6 +84,7 @@ fn fixture_with(passdbs: &[&str], mechanisms: &[Mechanism]) -> Fixture {
         upstreams,
         wait: WaitPolicy::default(),
         smtp_pass: false,
+        timeout: std::time::Duration::from_secs(10),
     };
     let auth = Authenticator::new(policy, dbs).unwrap();
     let service = Service::new(auth, vec![format!("X-Auth-Key={KEY}").parse().unwrap()]);
@@ -180,12 +186,20 @@ async fn plain_login_each_protocol() {
         assert!(r.ok(), "{}", r.raw);
         assert_eq!(r.get("Auth-Server"), Some("127.0.0.1"));
         assert_eq!(r.get("Auth-Port"), Some(port));
-        assert_eq!(r.get("Auth-Pass"), Some("alice-pw"), "IMAP/POP3 always get Auth-Pass");
+        assert_eq!(
+            r.get("Auth-Pass"),
+            Some("alice-pw"),
+            "IMAP/POP3 always get Auth-Pass"
+        );
     }
     let r = ask(&f, Req::plain("smtp", "alice", "alice-pw")).await;
     assert!(r.ok(), "{}", r.raw);
     assert_eq!(r.get("Auth-Port"), Some("1025"));
-    assert_eq!(r.get("Auth-Pass"), None, "SMTP needs no Auth-Pass without proxy_smtp_auth");
+    assert_eq!(
+        r.get("Auth-Pass"),
+        None,
+        "SMTP needs no Auth-Pass without proxy_smtp_auth"
+    );
 }
 
 #[tokio::test]
@@ -196,7 +210,9 @@ async fn hashed_scheme_and_sqlite_chain() {
     // Not in the passwd-file: the chain goes on to SQLite.
     let r = ask(&f, Req::plain("imap", "sql@example.org", "sql-pw")).await;
     assert!(r.ok(), "{}", r.raw);
-    assert!(!ask(&f, Req::plain("imap", "sql@example.org", "nope")).await.ok());
+    assert!(!ask(&f, Req::plain("imap", "sql@example.org", "nope"))
+        .await
+        .ok());
 }
 
 #[tokio::test]
@@ -251,7 +267,11 @@ async fn escaped_odd_password_round_trips() {
     assert!(r.ok(), "{}", r.raw);
     assert_eq!(r.get("Auth-Pass"), Some(ODD_PASSWORD));
     // `+` must not be read as a space, nor `%20` left encoded.
-    let r = ask(&f, Req::plain("imap", "odd", &ODD_PASSWORD.replace(' ', "+"))).await;
+    let r = ask(
+        &f,
+        Req::plain("imap", "odd", &ODD_PASSWORD.replace(' ', "+")),
+    )
+    .await;
     assert!(!r.ok());
 }
 
@@ -263,11 +283,19 @@ async fn cram_md5_and_apop() {
         let r = ask(&f, Req::new(proto, "cram-md5", "alice", digest.as_bytes())).await;
         assert!(r.ok(), "{proto}: {}", r.raw);
         if proto != "smtp" {
-            assert_eq!(r.get("Auth-Pass"), Some("alice-pw"), "plaintext for the upstream login");
+            assert_eq!(
+                r.get("Auth-Pass"),
+                Some("alice-pw"),
+                "plaintext for the upstream login"
+            );
         }
     }
     let upper = digest.to_ascii_uppercase();
-    assert!(ask(&f, Req::new("imap", "cram-md5", "alice", upper.as_bytes())).await.ok());
+    assert!(
+        ask(&f, Req::new("imap", "cram-md5", "alice", upper.as_bytes()))
+            .await
+            .ok()
+    );
     let bad = hex::encode(cram_md5::digest(b"wrong", SALT.as_bytes()));
     let r = ask(&f, Req::new("imap", "cram-md5", "alice", bad.as_bytes())).await;
     assert_eq!(r.get("Auth-Status"), Some("Invalid login or password"));
@@ -275,7 +303,11 @@ async fn cram_md5_and_apop() {
     assert_eq!(r.get("Auth-Status"), Some("Invalid login or password"));
 
     let apop_digest = hex::encode(apop::digest(b"alice-pw", SALT.as_bytes()));
-    let r = ask(&f, Req::new("pop3", "apop", "alice", apop_digest.as_bytes())).await;
+    let r = ask(
+        &f,
+        Req::new("pop3", "apop", "alice", apop_digest.as_bytes()),
+    )
+    .await;
     assert!(r.ok(), "{}", r.raw);
     assert_eq!(r.get("Auth-Pass"), Some("alice-pw"));
     // A missing salt for a challenge method is nginx misbehaving: temporary, no route.
@@ -284,7 +316,10 @@ async fn cram_md5_and_apop() {
         Req::new("pop3", "apop", "alice", apop_digest.as_bytes()).without("HTTP_AUTH_SALT"),
     )
     .await;
-    assert_eq!(r.get("Auth-Status"), Some("Temporary server problem, try again later"));
+    assert_eq!(
+        r.get("Auth-Status"),
+        Some("Temporary server problem, try again later")
+    );
     r.assert_no_route();
 }
 
@@ -294,7 +329,10 @@ async fn challenge_against_a_hash_cannot_log_in_upstream() {
     // bob has SHA512-CRYPT: nothing can answer CRAM-MD5 → temporary failure, not "wrong password".
     let d = hex::encode(cram_md5::digest(b"crypt-pw", SALT.as_bytes()));
     let r = ask(&f, Req::new("imap", "cram-md5", "bob", d.as_bytes())).await;
-    assert_eq!(r.get("Auth-Status"), Some("Temporary server problem, try again later"));
+    assert_eq!(
+        r.get("Auth-Status"),
+        Some("Temporary server problem, try again later")
+    );
     r.assert_no_route();
     // carol has {CRAM-MD5}: the digest verifies, SMTP needs no password upstream…
     let d = hex::encode(cram_md5::digest(b"cram-pw", SALT.as_bytes()));
@@ -302,7 +340,10 @@ async fn challenge_against_a_hash_cannot_log_in_upstream() {
     assert!(r.ok(), "{}", r.raw);
     // …but IMAP has no plaintext to hand nginx for the upstream login.
     let r = ask(&f, Req::new("imap", "cram-md5", "carol", d.as_bytes())).await;
-    assert_eq!(r.get("Auth-Status"), Some("Temporary server problem, try again later"));
+    assert_eq!(
+        r.get("Auth-Status"),
+        Some("Temporary server problem, try again later")
+    );
     r.assert_no_route();
 }
 
@@ -315,7 +356,11 @@ async fn per_user_routing_and_ipv6() {
     assert_eq!(r.get("Auth-Port"), Some("10143"));
     assert_eq!(r.get("Auth-User"), Some("dave@backend"));
     let r = ask(&f, Req::plain("pop3", "v6", "v6-pw")).await;
-    assert_eq!(r.get("Auth-Server"), Some("2001:db8::25"), "bare IPv6 as nginx wants");
+    assert_eq!(
+        r.get("Auth-Server"),
+        Some("2001:db8::25"),
+        "bare IPv6 as nginx wants"
+    );
     assert_eq!(r.get("Auth-Port"), Some("1110"));
 }
 
@@ -330,9 +375,17 @@ async fn smtp_none_is_no_open_relay() {
     };
     let r = ask(&f, none("RCPT TO:<someone@Example.ORG>")).await;
     assert!(r.ok(), "{}", r.raw);
-    assert_eq!(r.get("Auth-User"), None, "never assert an identity for an unauthenticated session");
+    assert_eq!(
+        r.get("Auth-User"),
+        None,
+        "never assert an identity for an unauthenticated session"
+    );
     assert_eq!(r.get("Auth-Port"), Some("1025"));
-    for to in ["RCPT TO:<victim@elsewhere.example>", "RCPT TO:<a@example.org.evil.example>", "RCPT TO:"] {
+    for to in [
+        "RCPT TO:<victim@elsewhere.example>",
+        "RCPT TO:<a@example.org.evil.example>",
+        "RCPT TO:",
+    ] {
         let r = ask(&f, none(to)).await;
         assert_eq!(r.get("Auth-Status"), Some("Relay access denied"), "{to}");
         assert_eq!(r.get("Auth-Error-Code"), Some("554 5.7.1"));
@@ -349,7 +402,10 @@ async fn shared_secret_is_required() {
     ] {
         let r = ask(&f, r).await;
         assert!(!r.ok());
-        assert!(r.get("Auth-Wait").is_none(), "refused requests close the connection");
+        assert!(
+            r.get("Auth-Wait").is_none(),
+            "refused requests close the connection"
+        );
         r.assert_no_route();
     }
 }
@@ -366,19 +422,37 @@ async fn malformed_requests_get_defined_answers() {
     ];
     for c in cases {
         let r = ask(&f, c).await;
-        assert_eq!(r.get("Auth-Status"), Some("Temporary server problem, try again later"));
+        assert_eq!(
+            r.get("Auth-Status"),
+            Some("Temporary server problem, try again later")
+        );
         r.assert_no_route();
     }
     // Bytes that are escaped on the wire but are not acceptable credentials.
-    for (user, pass) in [("al\0ice", "alice-pw"), ("alice", ""), ("", "x"), ("alice", "a\r\nb")] {
+    for (user, pass) in [
+        ("al\0ice", "alice-pw"),
+        ("alice", ""),
+        ("", "x"),
+        ("alice", "a\r\nb"),
+    ] {
         let r = ask(&f, Req::plain("imap", user, pass)).await;
-        assert_eq!(r.get("Auth-Status"), Some("Invalid login or password"), "{user:?}/{pass:?}");
+        assert_eq!(
+            r.get("Auth-Status"),
+            Some("Invalid login or password"),
+            "{user:?}/{pass:?}"
+        );
         r.assert_no_route();
     }
     let r = ask(&f, Req::new("imap", "plain", "alice", &[0xff, 0xfe])).await;
     assert_eq!(r.get("Auth-Status"), Some("Invalid login or password"));
     // Not a mail request at all.
-    let r = ask(&f, Req { pairs: vec![("REQUEST_METHOD".into(), b"GET".to_vec())] }).await;
+    let r = ask(
+        &f,
+        Req {
+            pairs: vec![("REQUEST_METHOD".into(), b"GET".to_vec())],
+        },
+    )
+    .await;
     assert!(r.raw.starts_with("Status: 400"));
     assert!(r.get("Auth-Status").is_none());
 }
@@ -388,7 +462,10 @@ async fn disabled_mechanism_is_refused() {
     let f = fixture_with(&["passwd-file"], &[Mechanism::Plain]);
     let d = hex::encode(cram_md5::digest(b"alice-pw", SALT.as_bytes()));
     let r = ask(&f, Req::new("smtp", "cram-md5", "alice", d.as_bytes())).await;
-    assert_eq!(r.get("Auth-Status"), Some("Authentication mechanism not supported"));
+    assert_eq!(
+        r.get("Auth-Status"),
+        Some("Authentication mechanism not supported")
+    );
     assert_eq!(r.get("Auth-Error-Code"), Some("504 5.5.4"));
     r.assert_no_route();
     let r = ask(&f, Req::new("imap", "external", "alice", b"")).await;
@@ -418,7 +495,9 @@ async fn backend_failure_is_temporary_never_ok_and_recovers() {
     }
     // It comes back: used again without a restart.
     std::fs::rename(&moved, &f.sqlite_path).unwrap();
-    assert!(ask(&f, Req::plain("imap", "sql@example.org", "sql-pw")).await.ok());
+    assert!(ask(&f, Req::plain("imap", "sql@example.org", "sql-pw"))
+        .await
+        .ok());
 }
 
 #[tokio::test]
@@ -429,6 +508,9 @@ async fn unusable_stored_hash_is_temporary() {
     text.push_str("broken:{SHA512-CRYPT}$6$garbage::::::\n");
     std::fs::write(&passwd, text).unwrap();
     let r = ask(&f, Req::plain("imap", "broken", "whatever")).await;
-    assert_eq!(r.get("Auth-Status"), Some("Temporary server problem, try again later"));
+    assert_eq!(
+        r.get("Auth-Status"),
+        Some("Temporary server problem, try again later")
+    );
     r.assert_no_route();
 }

@@ -12,7 +12,6 @@ pub mod request;
 pub mod response;
 
 pub use request::{
-    AuthMethod, MailAuthRequest, MailProtocol, ProtocolError, ProxyProtocol, SmtpEnvelope,
-    SslInfo,
+    AuthMethod, MailAuthRequest, MailProtocol, ProtocolError, ProxyProtocol, SmtpEnvelope, SslInfo,
 };
 pub use response::{Failure, MailAuthResponse};

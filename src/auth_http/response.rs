@@ -76,7 +76,10 @@ impl MailAuthResponse {
             } => {
                 let mut head = String::with_capacity(96);
                 // IpAddr's Display writes IPv6 without brackets, as nginx wants.
-                let _ = write!(head, "Auth-Status: OK\r\nAuth-Server: {server}\r\nAuth-Port: {port}\r\n");
+                let _ = write!(
+                    head,
+                    "Auth-Status: OK\r\nAuth-Server: {server}\r\nAuth-Port: {port}\r\n"
+                );
                 out.extend_from_slice(head.as_bytes());
                 if let Some(user) = user {
                     header(&mut out, "Auth-User", user)?;

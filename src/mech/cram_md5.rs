@@ -10,7 +10,8 @@ use crate::secret::ct_eq;
 /// The expected digest for `password` and `challenge`.
 pub fn digest(password: &[u8], challenge: &[u8]) -> [u8; 16] {
     // HMAC accepts keys of any length (longer ones are hashed first).
-    let mut mac = <Hmac<Md5> as KeyInit>::new_from_slice(password).expect("HMAC takes any key length");
+    let mut mac =
+        <Hmac<Md5> as KeyInit>::new_from_slice(password).expect("HMAC takes any key length");
     mac.update(challenge);
     mac.finalize().into_bytes().into()
 }
@@ -32,12 +33,36 @@ mod tests {
     #[test]
     fn rfc2195_vector_and_malformed_responses() {
         let cases: &[(&[u8], &[u8], bool)] = &[
-            (b"tanstaaftanstaaf", b"b913a602c7eda7a495b4e6e7334d3890", true),
-            (b"tanstaaftanstaaf", b"B913A602C7EDA7A495B4E6E7334D3890", true),
-            (b"tanstaaftanstaaX", b"b913a602c7eda7a495b4e6e7334d3890", false),
-            (b"tanstaaftanstaaf", b"b913a602c7eda7a495b4e6e7334d389", false),
-            (b"tanstaaftanstaaf", b"b913a602c7eda7a495b4e6e7334d38900", false),
-            (b"tanstaaftanstaaf", b"zz13a602c7eda7a495b4e6e7334d3890", false),
+            (
+                b"tanstaaftanstaaf",
+                b"b913a602c7eda7a495b4e6e7334d3890",
+                true,
+            ),
+            (
+                b"tanstaaftanstaaf",
+                b"B913A602C7EDA7A495B4E6E7334D3890",
+                true,
+            ),
+            (
+                b"tanstaaftanstaaX",
+                b"b913a602c7eda7a495b4e6e7334d3890",
+                false,
+            ),
+            (
+                b"tanstaaftanstaaf",
+                b"b913a602c7eda7a495b4e6e7334d389",
+                false,
+            ),
+            (
+                b"tanstaaftanstaaf",
+                b"b913a602c7eda7a495b4e6e7334d38900",
+                false,
+            ),
+            (
+                b"tanstaaftanstaaf",
+                b"zz13a602c7eda7a495b4e6e7334d3890",
+                false,
+            ),
             (b"tanstaaftanstaaf", b"", false),
         ];
         for (pw, resp, want) in cases {

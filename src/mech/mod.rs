@@ -72,7 +72,9 @@ impl std::str::FromStr for Mechanism {
             "plain" | "login" => Ok(Mechanism::Plain),
             "cram-md5" => Ok(Mechanism::CramMd5),
             "apop" => Ok(Mechanism::Apop),
-            _ => Err(format!("unknown mechanism `{s}` (plain, login, cram-md5, apop)")),
+            _ => Err(format!(
+                "unknown mechanism `{s}` (plain, login, cram-md5, apop)"
+            )),
         }
     }
 }

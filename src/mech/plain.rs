@@ -134,7 +134,9 @@ mod tests {
     #[test]
     fn saslprep_keeps_unprepared_form_too() {
         // U+00A0 NO-BREAK SPACE maps to U+0020 under SASLprep.
-        let c = Plain::new().prepare(b"bob", &Secret::from("a\u{a0}b")).unwrap();
+        let c = Plain::new()
+            .prepare(b"bob", &Secret::from("a\u{a0}b"))
+            .unwrap();
         assert_eq!(c.passwords[0].expose(), b"a b");
         assert_eq!(c.passwords[1].expose(), "a\u{a0}b".as_bytes());
     }
@@ -151,12 +153,12 @@ mod tests {
     fn refusals() {
         let p = Plain::new();
         let cases: &[(&[u8], &[u8])] = &[
-            (b"", b"pw"),          // empty user
-            (b"alice", b""),       // empty password
-            (b"al\0ice", b"pw"),   // NUL in user
-            (b"alice", b"p\0w"),   // NUL in password
-            (b"\xff\xfe", b"pw"),  // user not UTF-8
-            (b"a\x07b", b"pw"),    // prohibited control char in user (SASLprep)
+            (b"", b"pw"),         // empty user
+            (b"alice", b""),      // empty password
+            (b"al\0ice", b"pw"),  // NUL in user
+            (b"alice", b"p\0w"),  // NUL in password
+            (b"\xff\xfe", b"pw"), // user not UTF-8
+            (b"a\x07b", b"pw"),   // prohibited control char in user (SASLprep)
         ];
         for (user, pw) in cases {
             assert!(

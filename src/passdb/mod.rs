@@ -166,11 +166,21 @@ impl AnyPassdb {
             Sqlite::open(path.as_ref(), default_scheme)
                 .map(AnyPassdb::Sqlite)
                 .map_err(|e| open_err(e.to_string()))
-        } else if ["postgres:", "postgresql:", "mysql:", "ldap:", "ldaps:", "saslauthd:", "dovecot:"]
-            .iter()
-            .any(|p| uri.starts_with(p))
+        } else if [
+            "postgres:",
+            "postgresql:",
+            "mysql:",
+            "ldap:",
+            "ldaps:",
+            "saslauthd:",
+            "dovecot:",
+        ]
+        .iter()
+        .any(|p| uri.starts_with(p))
         {
-            Err(PassdbConfigError::NotAvailable(uri.split(':').next().unwrap_or(uri).to_owned()))
+            Err(PassdbConfigError::NotAvailable(
+                uri.split(':').next().unwrap_or(uri).to_owned(),
+            ))
         } else {
             Err(PassdbConfigError::Unknown(uri.to_owned()))
         }
@@ -255,7 +265,10 @@ impl Entry {
 
 fn verify_any(stored: &StoredPassword, passwords: &[Secret]) -> Result<bool, PassdbError> {
     for p in passwords {
-        if stored.verify(p.expose()).map_err(|e| PassdbError::BadStoredPassword(e.to_string()))? {
+        if stored
+            .verify(p.expose())
+            .map_err(|e| PassdbError::BadStoredPassword(e.to_string()))?
+        {
             return Ok(true);
         }
     }

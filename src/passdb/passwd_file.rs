@@ -173,10 +173,14 @@ fn parse(text: &[u8], default_scheme: Option<Scheme>) -> (Table, Vec<String>) {
                 if let Err(e) = &entry.password {
                     problems.push(format!("line {n}: user {user}: {e}"));
                 }
-                if table.users.contains_key(&user) {
-                    problems.push(format!("line {n}: duplicate user {user}, first one kept"));
-                } else {
-                    table.users.insert(user, entry);
+                match table.users.entry(user) {
+                    std::collections::hash_map::Entry::Occupied(o) => problems.push(format!(
+                        "line {n}: duplicate user {}, first one kept",
+                        o.key()
+                    )),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(entry);
+                    }
                 }
             }
             Err(why) => problems.push(format!("line {n}: {why}, skipped")),
@@ -293,9 +297,17 @@ mod tests {
              alice:{PLAIN}two\n",
         );
         assert_eq!(problems.len(), 6, "{problems:?}");
-        assert!(problems.iter().all(|p| !p.contains("topsecret") && !p.contains("barehashvalue")));
-        assert!(t.users["eve"].password.is_err(), "unknown scheme is kept as unusable");
-        assert!(t.users["frank"].password.is_err(), "no default scheme: refused, not guessed");
+        assert!(problems
+            .iter()
+            .all(|p| !p.contains("topsecret") && !p.contains("barehashvalue")));
+        assert!(
+            t.users["eve"].password.is_err(),
+            "unknown scheme is kept as unusable"
+        );
+        assert!(
+            t.users["frank"].password.is_err(),
+            "no default scheme: refused, not guessed"
+        );
         assert!(!t.users.contains_key("gina"));
         let alice = t.users["alice"].password.as_ref().unwrap();
         assert!(alice.verify(b"one").unwrap(), "first duplicate wins");
@@ -308,7 +320,10 @@ mod tests {
         std::fs::write(&path, "alice:{PLAIN}old::::::\n").unwrap();
         let db = PasswdFile::open(&path, None).unwrap();
         let pw = |s: &str| vec![Secret::from(s)];
-        assert!(matches!(db.verify_plain("alice", &pw("old")).await, Ok(Verdict::Accepted(_))));
+        assert!(matches!(
+            db.verify_plain("alice", &pw("old")).await,
+            Ok(Verdict::Accepted(_))
+        ));
         assert!(matches!(
             db.verify_plain("alice", &pw("new")).await,
             Ok(Verdict::Rejected(Rejection::PasswordMismatch))
@@ -319,11 +334,17 @@ mod tests {
         ));
         // Different size, so the change is seen even within one mtime tick.
         std::fs::write(&path, "alice:{PLAIN}new::::::\nbob:{PLAIN}b::::::\n").unwrap();
-        assert!(matches!(db.verify_plain("alice", &pw("new")).await, Ok(Verdict::Accepted(_))));
+        assert!(matches!(
+            db.verify_plain("alice", &pw("new")).await,
+            Ok(Verdict::Accepted(_))
+        ));
         assert_eq!(db.len(), 2);
         // A vanished file keeps the last good table.
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(db.verify_plain("bob", &pw("b")).await, Ok(Verdict::Accepted(_))));
+        assert!(matches!(
+            db.verify_plain("bob", &pw("b")).await,
+            Ok(Verdict::Accepted(_))
+        ));
     }
 
     #[tokio::test]

@@ -241,7 +241,11 @@ impl Admin {
     }
 
     /// Sets (or with `None` clears) a user's own upstream.
-    pub fn set_upstream(&self, user: &str, upstream: Option<(&str, u16)>) -> Result<(), SqliteError> {
+    pub fn set_upstream(
+        &self,
+        user: &str,
+        upstream: Option<(&str, u16)>,
+    ) -> Result<(), SqliteError> {
         let (host, port) = match upstream {
             Some((h, p)) => (Some(h), Some(p)),
             None => (None, None),
@@ -323,7 +327,10 @@ mod tests {
             Ok(Verdict::Rejected(Rejection::UnknownUser))
         ));
         admin.add("alice@example.org", "{PLAIN}a").unwrap();
-        assert!(matches!(admin.add("alice@example.org", "{PLAIN}b"), Err(SqliteError::Exists(_))));
+        assert!(matches!(
+            admin.add("alice@example.org", "{PLAIN}b"),
+            Err(SqliteError::Exists(_))
+        ));
         assert!(matches!(
             db.verify_plain("alice@example.org", &pw("a")).await,
             Ok(Verdict::Accepted(_))
@@ -334,7 +341,9 @@ mod tests {
             db.verify_plain("alice@example.org", &pw("a")).await,
             Ok(Verdict::Rejected(Rejection::PasswordMismatch))
         ));
-        admin.set_upstream("alice@example.org", Some(("192.0.2.9", 1143))).unwrap();
+        admin
+            .set_upstream("alice@example.org", Some(("192.0.2.9", 1143)))
+            .unwrap();
         match db.verify_plain("alice@example.org", &pw("b")).await {
             Ok(Verdict::Accepted(p)) => {
                 assert_eq!(p.upstream_host, Some("192.0.2.9".parse().unwrap()));
@@ -352,7 +361,10 @@ mod tests {
         assert_eq!(rows[0].scheme, "{PLAIN}");
         assert!(!rows[0].enabled);
         admin.delete("alice@example.org").unwrap();
-        assert!(matches!(admin.delete("alice@example.org"), Err(SqliteError::NoSuchUser(_))));
+        assert!(matches!(
+            admin.delete("alice@example.org"),
+            Err(SqliteError::NoSuchUser(_))
+        ));
         assert!(admin.list().unwrap().is_empty());
     }
 

@@ -46,6 +46,9 @@ pub const INVALID_LOGIN: &str = "Invalid login or password";
 const NGINX_MAIL_MODULE: &str = "/usr/lib/nginx/modules/ngx_mail_module.so";
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Set this variable to keep each stack's temp dir (configs, logs) after
+/// the test, for debugging.
+pub const KEEP_ENV: &str = "NGINX_AUTH_FCGI_E2E_KEEP";
 
 /// The daemon's binary, built by cargo for this test run.
 pub fn daemon_bin() -> &'static str {
@@ -224,6 +227,8 @@ struct Proc {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    /// stop() ran: the group is gone and its id may be reused.
+    stopped: bool,
 }
 
 impl Proc {
@@ -237,7 +242,12 @@ impl Proc {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("e2e: cannot start {name} ({cmd:?}): {e}"));
-        Proc { name, child, log }
+        Proc {
+            name,
+            child,
+            log,
+            stopped: false,
+        }
     }
 
     /// `Some(status)` once the process has exited.
@@ -260,6 +270,10 @@ impl Proc {
 
     /// SIGTERM the whole group, SIGKILL what is left after a grace period.
     fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
         let pgid = self.child.id();
         if self.exited().is_none() {
             signal_group(pgid, libc::SIGTERM);
@@ -315,14 +329,55 @@ impl Stack {
         Stack::start_with(Launch::Direct)
     }
 
+    /// A stack whose daemon gets its socket as `launch` says.
+    ///
+    /// Ports are picked free but handed over only when the servers bind
+    /// them; if another process took one meanwhile, the start is retried
+    /// with new ports (twice at most).
     pub fn start_with(launch: Launch) -> Stack {
+        const TRIES: u32 = 3;
+        for attempt in 1..=TRIES {
+            let (stack, result) = Stack::try_start(launch);
+            match result {
+                Ok(()) => return stack,
+                Err(e) if attempt < TRIES && stack.port_clash() => {
+                    eprintln!("e2e: a port was taken meanwhile, starting again: {e}");
+                    drop(stack);
+                }
+                // `stack` is dropped while unwinding: its logs are printed.
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!("the last try returns or panics")
+    }
+
+    /// Whether a server failed to bind its port.
+    fn port_clash(&self) -> bool {
+        [
+            "sink.out",
+            "dovecot.out",
+            "dovecot/dovecot.log",
+            "nginx.out",
+            "log/nginx-startup.log",
+            "log/error.log",
+            "daemon.log",
+        ]
+        .iter()
+        .any(|log| {
+            read_lossy(&self.path(log))
+                .to_ascii_lowercase()
+                .contains("address already in use")
+        })
+    }
+
+    fn try_start(launch: Launch) -> (Stack, Result<(), String>) {
         let started = Instant::now();
         let nginx = require("nginx", "nginx-full");
         require_file(NGINX_MAIL_MODULE, "libnginx-mod-mail");
         let dovecot = require("dovecot", "dovecot-core");
         require_file("/usr/lib/dovecot/imap", "dovecot-imapd");
         require_file("/usr/lib/dovecot/pop3", "dovecot-pop3d");
-        let python = require("python3", "python3");
+        require("python3", "python3");
         let openssl = require("openssl", "openssl");
         let passwd_text = passwd_file_text();
 
@@ -356,43 +411,49 @@ impl Stack {
         fs::set_permissions(stack.passwd_path(), fs::Permissions::from_mode(0o644)).expect("chmod");
 
         // 1. SMTP sink.
-        let sink_cmd = Command::new(&python)
-            .arg(repo_root().join("tests/e2e/smtp_sink.py"))
-            .args(["--port", &sink.to_string(), "--out"])
-            .arg(stack.sink_log_path())
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .to_owned();
-        stack.spawn_other("smtp_sink.py", sink_cmd, "sink.out");
+        stack.spawn_sink(sink, "sink");
 
         // 2. Dovecot.
         let conf = stack.dovecot_conf();
         fs::write(stack.path("dovecot/dovecot.conf"), conf).expect("write dovecot.conf");
-        let dovecot_cmd = Command::new(&dovecot)
+        let mut dovecot_cmd = Command::new(&dovecot);
+        dovecot_cmd
             .arg("-F")
             .arg("-c")
-            .arg(stack.path("dovecot/dovecot.conf"))
-            .to_owned();
-        stack.spawn_other("dovecot", dovecot_cmd, "dovecot.out");
+            .arg(stack.path("dovecot/dovecot.conf"));
+        stack.spawn_other("dovecot", &mut dovecot_cmd, "dovecot.out");
 
         // 3. The daemon.
         stack.spawn_daemon();
 
         // 4. nginx with the shipped config.
         let out = Command::new(&openssl)
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
             .args(["-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
             .arg(stack.path("key.pem"))
             .arg("-out")
             .arg(stack.path("cert.pem"))
             .output()
             .expect("run openssl");
-        assert!(out.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let params = require_file("/etc/nginx/fastcgi_params", "nginx-common");
         // `include fastcgi_params;` is relative to the config file's directory.
         fs::copy(params, stack.path("fastcgi_params")).expect("copy fastcgi_params");
         let conf = stack.render_nginx_conf();
         fs::write(stack.path("nginx.conf"), conf).expect("write nginx.conf");
-        let nginx_cmd = Command::new(&nginx)
+        let mut nginx_cmd = Command::new(&nginx);
+        nginx_cmd
             .arg("-p")
             .arg(format!("{}/", stack.dir.path().display()))
             .arg("-c")
@@ -401,21 +462,31 @@ impl Stack {
             // config is read; keep even that inside the temp dir.
             .arg("-e")
             .arg(stack.path("log/nginx-startup.log"))
-            .args(["-g", "daemon off;"])
-            .to_owned();
-        stack.spawn_other("nginx", nginx_cmd, "nginx.out");
+            .args(["-g", "daemon off;"]);
+        stack.spawn_other("nginx", &mut nginx_cmd, "nginx.out");
 
-        for port in [sink, dovecot_imap, dovecot_pop3, imap, pop3, smtp, auth_http] {
-            stack.wait_for(&format!("127.0.0.1:{port}"), || {
-                TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
-        }
-        stack.wait_daemon_ready();
+        let mut ready = || -> Result<(), String> {
+            for port in [
+                sink,
+                dovecot_imap,
+                dovecot_pop3,
+                imap,
+                pop3,
+                smtp,
+                auth_http,
+            ] {
+                stack.wait_for(&format!("127.0.0.1:{port}"), || {
+                    TcpStream::connect(("127.0.0.1", port)).is_ok()
+                })?;
+            }
+            stack.wait_daemon_ready()
+        };
+        let result = ready();
         let took = started.elapsed();
         if took > Duration::from_secs(2) {
             eprintln!("e2e: stack start took {took:?} (budget 2 s)");
         }
-        stack
+        (stack, result)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -430,14 +501,14 @@ impl Stack {
         self.path("sink.toml")
     }
 
-    fn spawn_other(&mut self, name: &'static str, mut cmd: Command, log: &str) {
-        let proc = Proc::spawn(name, &mut cmd, self.path(log));
+    fn spawn_other(&mut self, name: &'static str, cmd: &mut Command, log: &str) {
+        let proc = Proc::spawn(name, cmd, self.path(log));
         self.others.push(proc);
     }
 
     /// The daemon's command line after `serve --listen ...`.
     pub fn daemon_args(&self) -> Vec<String> {
-        let mut args: Vec<String> = vec![
+        vec![
             "--passdb".into(),
             format!("passwd-file:{}", self.passwd_path().display()),
             "--upstream".into(),
@@ -452,8 +523,7 @@ impl Stack {
             LOCAL_DOMAIN.into(),
             "--log".into(),
             "stderr".into(),
-        ];
-        args
+        ]
     }
 
     fn spawn_daemon(&mut self) {
@@ -466,14 +536,22 @@ impl Stack {
         let mut cmd = match self.launch {
             Launch::Direct => {
                 let mut cmd = Command::new(bin);
-                cmd.args(["serve", "--listen", &format!("unix:{sock}"), "--socket-mode", "0666"]);
+                cmd.args([
+                    "serve",
+                    "--listen",
+                    &format!("unix:{sock}"),
+                    "--socket-mode",
+                    "0666",
+                ]);
                 cmd
             }
             Launch::SpawnFcgi => {
                 let mut cmd = Command::new(require("spawn-fcgi", "spawn-fcgi"));
                 // -n: exec the daemon in place (no fork), so the pid we hold
                 // is the daemon's and SIGTERM reaches it.
-                cmd.args(["-s", &sock, "-M", "0666", "-n", "--", bin, "serve", "--listen", "fd:0"]);
+                cmd.args([
+                    "-s", &sock, "-M", "0666", "-n", "--", bin, "serve", "--listen", "fd:0",
+                ]);
                 cmd
             }
             Launch::SocketActivate => {
@@ -483,12 +561,16 @@ impl Stack {
             }
         };
         cmd.args(self.daemon_args());
-        self.daemon = Some(Proc::spawn("nginx-auth-fcgi", &mut cmd, self.path("daemon.log")));
+        self.daemon = Some(Proc::spawn(
+            "nginx-auth-fcgi",
+            &mut cmd,
+            self.path("daemon.log"),
+        ));
     }
 
-    fn wait_daemon_ready(&mut self) {
+    fn wait_daemon_ready(&mut self) -> Result<(), String> {
         let socket = self.socket.clone();
-        self.wait_for(&format!("socket {}", socket.display()), || socket.exists());
+        self.wait_for(&format!("socket {}", socket.display()), || socket.exists())?;
         if self.launch == Launch::SocketActivate {
             // systemd-socket-activate creates it with the umask (0644); the
             // .socket unit would apply SocketMode=. nginx's workers
@@ -498,28 +580,30 @@ impl Stack {
         // For socket activation this first connection execs the daemon.
         self.wait_for(&format!("connect {}", socket.display()), || {
             UnixStream::connect(&socket).is_ok()
-        });
+        })
     }
 
-    /// Polls `ready` until it holds; panics (with logs) on timeout or when a
-    /// process died meanwhile.
-    fn wait_for(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
+    /// Polls `ready` until it holds; fails on timeout or when a process died
+    /// meanwhile (with that process's output).
+    fn wait_for(&mut self, what: &str, mut ready: impl FnMut() -> bool) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if ready() {
-                return;
+                return Ok(());
             }
             let procs = self.others.iter_mut().chain(self.daemon.as_mut());
             for proc in procs {
                 if let Some(status) = proc.exited() {
-                    panic!(
+                    return Err(format!(
                         "e2e: {} exited ({status}) while waiting for {what}; its output:\n{}",
                         proc.name,
                         read_lossy(&proc.log)
-                    );
+                    ));
                 }
             }
-            assert!(Instant::now() < deadline, "e2e: timed out waiting for {what}");
+            if Instant::now() >= deadline {
+                return Err(format!("e2e: timed out waiting for {what}"));
+            }
             sleep(Duration::from_millis(10));
         }
     }
@@ -533,7 +617,11 @@ impl Stack {
             fs::create_dir_all(self.path("mail")).expect("mkdir mail");
             std::os::unix::fs::chown(self.path("mail"), Some(65534), Some(65534))
                 .expect("chown mail dir");
-            ("65534".to_string(), "dovenull".to_string(), "dovecot".to_string())
+            (
+                "65534".to_string(),
+                "dovenull".to_string(),
+                "dovecot".to_string(),
+            )
         } else {
             // Best effort for non-root runs: everything as the current user.
             let me = std::env::var("USER").unwrap_or_else(|_| euid.to_string());
@@ -592,7 +680,10 @@ service pop3-login {{
             .expect("read nginx-conf/nginx.conf");
         let d = self.dir.path().display();
         let subs = [
-            ("pid /run/nginx.pid;".to_string(), format!("pid {d}/nginx.pid;")),
+            (
+                "pid /run/nginx.pid;".to_string(),
+                format!("pid {d}/nginx.pid;"),
+            ),
             (
                 "error_log /var/log/nginx/error.log;".to_string(),
                 // info: nginx logs failed logins ("client login failed") there.
@@ -603,9 +694,18 @@ service pop3-login {{
                 format!("access_log {d}/log/access.log;"),
             ),
             ("/var/lib/nginx/body;".to_string(), format!("{d}/lib/body;")),
-            ("/var/lib/nginx/proxy;".to_string(), format!("{d}/lib/proxy;")),
-            ("/var/lib/nginx/fastcgi;".to_string(), format!("{d}/lib/fastcgi;")),
-            ("/var/lib/nginx/uwsgi;".to_string(), format!("{d}/lib/uwsgi;")),
+            (
+                "/var/lib/nginx/proxy;".to_string(),
+                format!("{d}/lib/proxy;"),
+            ),
+            (
+                "/var/lib/nginx/fastcgi;".to_string(),
+                format!("{d}/lib/fastcgi;"),
+            ),
+            (
+                "/var/lib/nginx/uwsgi;".to_string(),
+                format!("{d}/lib/uwsgi;"),
+            ),
             ("/var/lib/nginx/scgi;".to_string(), format!("{d}/lib/scgi;")),
             (
                 "/etc/ssl/certs/ssl-cert-snakeoil.pem;".to_string(),
@@ -623,9 +723,18 @@ service pop3-login {{
                 "auth_http_header X-Auth-Key \"CHANGE-ME-shared-secret\";".to_string(),
                 format!("auth_http_header X-Auth-Key \"{AUTH_KEY}\";"),
             ),
-            ("listen 143;".to_string(), format!("listen 127.0.0.1:{};", self.imap)),
-            ("listen 110;".to_string(), format!("listen 127.0.0.1:{};", self.pop3)),
-            ("listen 587;".to_string(), format!("listen 127.0.0.1:{};", self.smtp)),
+            (
+                "listen 143;".to_string(),
+                format!("listen 127.0.0.1:{};", self.imap),
+            ),
+            (
+                "listen 110;".to_string(),
+                format!("listen 127.0.0.1:{};", self.pop3),
+            ),
+            (
+                "listen 587;".to_string(),
+                format!("listen 127.0.0.1:{};", self.smtp),
+            ),
             (
                 "listen 127.0.0.1:9189;".to_string(),
                 format!("listen 127.0.0.1:{};", self.auth_http),
@@ -667,13 +776,44 @@ service pop3-login {{
 
     /// Messages the SMTP sink accepted so far.
     pub fn sink_messages(&self) -> Vec<SinkMessage> {
-        let text = match fs::read_to_string(self.sink_log_path()) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
-            Err(e) => panic!("read sink log: {e}"),
-        };
-        let log: SinkLog = toml::from_str(&text).unwrap_or_else(|e| panic!("sink log: {e}\n{text}"));
-        log.message
+        read_sink_log(&self.sink_log_path())
+    }
+
+    /// Starts one more SMTP sink (e.g. as a per-user upstream); its port and
+    /// the file [`read_sink_log`] reads its messages from.
+    pub fn start_extra_sink(&mut self, name: &str) -> (u16, PathBuf) {
+        let [port] = free_ports::<1>();
+        let log = self.spawn_sink(port, name);
+        self.wait_for(&format!("{name} on 127.0.0.1:{port}"), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        (port, log)
+    }
+
+    fn spawn_sink(&mut self, port: u16, name: &str) -> PathBuf {
+        let out = self.path(&format!("{name}.toml"));
+        let mut cmd = Command::new(require("python3", "python3"));
+        cmd.arg(repo_root().join("tests/e2e/smtp_sink.py"))
+            .args(["--port", &port.to_string(), "--out"])
+            .arg(&out)
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        self.spawn_other("smtp_sink.py", &mut cmd, &format!("{name}.out"));
+        out
+    }
+
+    /// Adds a line to the passwd-file both the daemon and Dovecot read
+    /// (both notice the change without a restart).
+    pub fn add_passwd_line(&self, line: &str) {
+        let mut text = fs::read_to_string(self.passwd_path()).expect("read passwd-file");
+        text.push_str(line);
+        text.push('\n');
+        // Write a new file and rename it over the old one, as an admin's
+        // editor would: readers never see half a file.
+        let tmp = self.path("passwd.new");
+        fs::write(&tmp, text).expect("write passwd-file");
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).expect("chmod");
+        fs::rename(&tmp, self.passwd_path()).expect("replace passwd-file");
     }
 
     // ------------------------------------------------------------ clients
@@ -779,12 +919,28 @@ service pop3-login {{
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // nginx first, so it logs no errors about vanished upstreams.
-        for proc in self.others.iter_mut().rev() {
+        // nginx first, so it logs no errors about vanished upstreams; then
+        // everything else at once (stop() waits for each in turn).
+        let mut procs: Vec<&mut Proc> = self
+            .others
+            .iter_mut()
+            .rev()
+            .chain(self.daemon.as_mut())
+            .collect();
+        for proc in procs.iter_mut().filter(|p| p.name == "nginx") {
             proc.stop();
         }
-        if let Some(daemon) = self.daemon.as_mut() {
-            daemon.stop();
+        for proc in procs.iter_mut() {
+            if !proc.stopped && proc.exited().is_none() {
+                signal_group(proc.child.id(), libc::SIGTERM);
+            }
+        }
+        for proc in procs {
+            proc.stop();
+        }
+        if std::env::var_os(KEEP_ENV).is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("e2e: {KEEP_ENV} is set; kept {}", dir.keep().display());
         }
         if std::thread::panicking() {
             for (name, path) in [
@@ -827,7 +983,9 @@ pub fn render_config(shipped: &str, subs: &[(String, String)], temp_dir: &str) -
             }
         }
         let rest = code.replace(temp_dir, "").replace(NGINX_MAIL_MODULE, "");
-        for forbidden in ["/var/", "/run/", "/etc/", "/usr/", "/home/", "/srv/", "/opt/"] {
+        for forbidden in [
+            "/var/", "/run/", "/etc/", "/usr/", "/home/", "/srv/", "/opt/",
+        ] {
             assert!(
                 !rest.contains(forbidden),
                 "nginx-conf/nginx.conf: `{}` still names a system path after the test \
@@ -861,6 +1019,17 @@ fn read_lossy(path: &Path) -> String {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) => format!("<cannot read {}: {e}>", path.display()),
     }
+}
+
+/// Messages an SMTP sink accepted so far (its `--out` file).
+pub fn read_sink_log(path: &Path) -> Vec<SinkMessage> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("read sink log: {e}"),
+    };
+    let log: SinkLog = toml::from_str(&text).unwrap_or_else(|e| panic!("sink log: {e}\n{text}"));
+    log.message
 }
 
 /// Result line of `tests/e2e/client.py --format toml`.
