@@ -1,0 +1,211 @@
+//! The admin command line, run as a real process: `check-config`, `hash`,
+//! `user …` on the embedded SQLite database, and `auth test`.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use nginx_auth_fcgi::scheme::{Scheme, StoredPassword};
+
+fn run(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nginx-auth-fcgi");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_config_reports_every_problem_at_once() {
+    let out = run(
+        &[
+            "check-config",
+            "--listen",
+            "bogus:1",
+            "--upstream",
+            "imap=no-port",
+            "--require-header",
+            "X_Key=supersecretvalue",
+            "--mechanism",
+            "gssapi",
+            "--log",
+            "file",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 5, "{err}");
+    for needle in ["bogus:1", "no-port", "X_Key", "gssapi", "file"] {
+        assert!(err.contains(needle), "{needle} missing in:\n{err}");
+    }
+    assert!(!err.contains("supersecretvalue"), "secrets never echoed");
+}
+
+#[test]
+fn check_config_reads_toml_and_checks_passdbs() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice:{PLAIN}a::::::\nbob:{NOSUCH}x::::::\n").unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "passdb = [\"passwd-file:{}\"]\nupstream = [\"imap=127.0.0.1:143\"]\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    let out = run(&["check-config", "--config", cfg.to_str().unwrap()], "");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "bad line in passwd-file is a problem"
+    );
+    assert!(
+        text(&out.stderr).contains("line 2: user bob"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    std::fs::write(&users, "alice:{PLAIN}a::::::\n").unwrap();
+    let out = run(&["check-config", "--config", cfg.to_str().unwrap()], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("configuration OK") && stdout.contains("upstream imap: 127.0.0.1:143"));
+
+    std::fs::write(&cfg, "lisen = []\n").unwrap();
+    let out = run(&["check-config", "--config", cfg.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("lisen"),
+        "unknown keys are refused"
+    );
+}
+
+#[test]
+fn hash_output_verifies() {
+    for scheme in ["SHA512-CRYPT", "BLF-CRYPT", "SSHA256", "CRAM-MD5"] {
+        let out = run(&["hash", "--scheme", scheme], "pässwörd %+:\n");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let line = text(&out.stdout);
+        let stored = StoredPassword::parse(line.trim_end(), Scheme::Plain).unwrap();
+        assert_eq!(stored.scheme().to_string(), scheme);
+        assert!(stored.verify("pässwörd %+:".as_bytes()).unwrap());
+    }
+    let out = run(&["hash", "--scheme", "ROT13"], "x\n");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn user_admin_and_auth_test_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    let db = db.to_str().unwrap();
+    let user = |args: &[&str], stdin: &str| {
+        let mut all = vec!["user", "--db", db];
+        all.extend_from_slice(args);
+        run(&all, stdin)
+    };
+    let ok = |o: Output| {
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        o
+    };
+    ok(user(
+        &["add", "alice@example.org", "--password-stdin"],
+        "first pw\n",
+    ));
+    ok(user(
+        &[
+            "add",
+            "bob@example.org",
+            "--scheme",
+            "PLAIN",
+            "--password-stdin",
+            "--upstream",
+            "192.0.2.7:1143",
+        ],
+        "bob-pw\n",
+    ));
+    let dup = user(&["add", "alice@example.org", "--password-stdin"], "x\n");
+    assert_eq!(dup.status.code(), Some(2));
+    assert!(text(&dup.stderr).contains("exists"));
+    ok(user(
+        &["passwd", "alice@example.org", "--password-stdin"],
+        "second pw\n",
+    ));
+    let list = text(&ok(user(&["list"], "")).stdout);
+    assert!(
+        list.contains("alice@example.org\t{SHA512-CRYPT}\tenabled\t-"),
+        "{list}"
+    );
+    assert!(
+        list.contains("bob@example.org\t{PLAIN}\tenabled\t192.0.2.7:1143"),
+        "{list}"
+    );
+    assert!(!list.contains("bob-pw"), "list never prints secrets");
+
+    let sqlite = format!("sqlite:{db}");
+    let auth = |user: &str, method: &str, password: &str| {
+        run(
+            &[
+                "auth",
+                "test",
+                user,
+                "--protocol",
+                "pop3",
+                "--method",
+                method,
+                "--passdb",
+                &sqlite,
+                "--upstream",
+                "pop3=127.0.0.1:110",
+            ],
+            &format!("{password}\n"),
+        )
+    };
+    let out = auth("alice@example.org", "plain", "second pw");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let headers = text(&out.stdout);
+    assert!(
+        headers.contains("Auth-Status: OK") && headers.contains("Auth-Port: 110"),
+        "{headers}"
+    );
+    assert!(headers.contains("Auth-Pass: <hidden>") && !headers.contains("second pw"));
+    let out = auth("alice@example.org", "plain", "first pw");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("Auth-Status: Invalid login or password"));
+    // APOP needs the plaintext: bob is {PLAIN} and routed to his own upstream.
+    let out = auth("bob@example.org", "apop", "bob-pw");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Auth-Server: 192.0.2.7"));
+    assert!(text(&out.stdout).contains("Auth-Port: 1143"));
+
+    ok(user(&["disable", "bob@example.org"], ""));
+    assert_eq!(
+        auth("bob@example.org", "plain", "bob-pw").status.code(),
+        Some(1)
+    );
+    ok(user(&["enable", "bob@example.org"], ""));
+    assert!(auth("bob@example.org", "cram-md5", "bob-pw")
+        .status
+        .success());
+    ok(user(&["del", "bob@example.org"], ""));
+    assert_eq!(user(&["del", "bob@example.org"], "").status.code(), Some(2));
+    assert_eq!(
+        auth("bob@example.org", "plain", "bob-pw").status.code(),
+        Some(1)
+    );
+}
