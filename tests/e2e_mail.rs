@@ -207,25 +207,37 @@ fn imap_wrong_password_is_delayed_and_the_session_can_retry() {
     assert_no_secrets_logged(&stack);
 }
 
-#[test]
-fn unknown_user_gets_the_same_answer_as_a_wrong_password() {
+/// Unknown user and wrong password must look the same to the client. One
+/// stack per protocol: failures are counted per client address (all tests
+/// use 127.0.0.1), so fewer failures per daemon keep the Auth-Wait short.
+fn unknown_user_answer_equals_wrong_password(protocol: &str, mech: &str) {
     let stack = Stack::start();
-    for protocol in ["imap", "pop3"] {
-        let mech = if protocol == "imap" { "login" } else { "user" };
-        let wrong = stack.client(protocol, mech, ALICE.name, &["wrong"], &["--no-after"]);
-        let unknown = stack.client(protocol, mech, "nosuchuser", &["wrong"], &["--no-after"]);
-        assert_invalid(&wrong, 0, protocol, "wrong password");
-        assert_invalid(&unknown, 0, protocol, "unknown user");
-        assert_eq!(wrong.attempts[0].response, unknown.attempts[0].response);
-    }
-    let unknown = stack.client("smtp", "plain", "nosuchuser", &["wrong"], &[]);
-    assert_invalid(&unknown, 0, "smtp", "SMTP unknown user");
+    let wrong = stack.client(protocol, mech, ALICE.name, &["wrong"], &["--no-after"]);
+    let unknown = stack.client(protocol, mech, "nosuchuser", &["wrong"], &["--no-after"]);
+    assert_invalid(&wrong, 0, protocol, "wrong password");
+    assert_invalid(&unknown, 0, protocol, "unknown user");
+    assert_eq!(wrong.attempts[0].response, unknown.attempts[0].response);
     assert_eq!(
         audit_count(&stack, "nosuchuser", "fail"),
-        3,
+        1,
         "{}",
         stack.daemon_log()
     );
+}
+
+#[test]
+fn imap_unknown_user_gets_the_same_answer_as_a_wrong_password() {
+    unknown_user_answer_equals_wrong_password("imap", "login");
+}
+
+#[test]
+fn pop3_unknown_user_gets_the_same_answer_as_a_wrong_password() {
+    unknown_user_answer_equals_wrong_password("pop3", "user");
+}
+
+#[test]
+fn smtp_unknown_user_gets_the_same_answer_as_a_wrong_password() {
+    unknown_user_answer_equals_wrong_password("smtp", "plain");
 }
 
 // ------------------------------------------------------------------ POP3
@@ -536,6 +548,13 @@ fn sigterm_stops_the_daemon_with_exit_code_0() {
         Some(0),
         "daemon exit after SIGTERM: {status}"
     );
+    // With the daemon gone, nginx fails the login at once (no hang until
+    // auth_http_timeout) with its internal error, and never lets anyone in.
+    let r = stack.client("imap", "login", ALICE.name, &[ALICE.password], &[]);
+    assert!(!r.ok, "{r:#?}");
+    let answer = r.server_responses.join("\n");
+    assert!(answer.contains("internal server error"), "{r:#?}");
+    assert!(r.attempts[0].elapsed_s < 5.0, "{r:#?}");
 }
 
 #[test]

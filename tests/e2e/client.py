@@ -94,6 +94,16 @@ class Imap:
             self.conn.state = "AUTH"
         return typ == "OK", response
 
+    def _failed(self, exc):
+        """A tagged BAD or a dropped connection. nginx announces its own
+        failures untagged first ("* BAD internal server error"): keep those."""
+        for kind in ("BAD", "BYE", "NO"):
+            for data in self.conn.untagged_responses.pop(kind, []):
+                note(f"* {kind} {data.decode('utf-8', 'replace') if isinstance(data, bytes) else data}")
+        if isinstance(exc, imaplib.IMAP4.abort):
+            return note(f"connection error: {exc}")
+        return note(f"BAD {exc}")
+
     def _authenticate(self, mech, steps):
         """AUTHENTICATE with a callback answering each server challenge.
 
@@ -109,8 +119,8 @@ class Imap:
         conn.literal = imaplib._Authenticator(answer).process
         try:
             typ, dat = conn._simple_command("AUTHENTICATE", mech)
-        except conn.error as e:  # BAD
-            return False, note(f"BAD {e}")
+        except conn.error as e:
+            return False, self._failed(e)
         return self._finish(typ, dat)
 
     def attempt(self, user, password):
@@ -127,8 +137,8 @@ class Imap:
                     # literal ({n} + raw bytes), as RFC 3501 allows.
                     conn.literal = password
                     typ, dat = conn._simple_command("LOGIN", conn._quote(user.decode()))
-            except conn.error as e:  # BAD
-                return False, note(f"BAD {e}")
+            except conn.error as e:
+                return False, self._failed(e)
             return self._finish(typ, dat)
         if mech == "plain":
             return self._authenticate("PLAIN", lambda _c: b"\0" + user + b"\0" + password)
