@@ -58,6 +58,10 @@ pub struct AuditRecord {
     pub wait: Option<u32>,
     /// Time spent deciding.
     pub latency: Duration,
+    /// Throttle action, when there was one (`blocked`).
+    pub throttle: Option<&'static str>,
+    /// Verification cache use (`hit`, `miss`, `negative-hit`).
+    pub cache: Option<&'static str>,
 }
 
 impl AuditRecord {
@@ -75,6 +79,8 @@ impl AuditRecord {
             upstream: None,
             wait: None,
             latency: Duration::ZERO,
+            throttle: None,
+            cache: None,
         }
     }
 
@@ -113,6 +119,12 @@ impl fmt::Display for AuditRecord {
         }
         if let Some(w) = self.wait {
             write!(f, " wait={w}")?;
+        }
+        if let Some(t) = self.throttle {
+            write!(f, " throttle={t}")?;
+        }
+        if let Some(c) = self.cache {
+            write!(f, " cache={c}")?;
         }
         write!(f, " latency_ms={:.3}", self.latency.as_secs_f64() * 1000.0)
     }

@@ -6,16 +6,24 @@
 //! apart (style.md, "Error model"): a *rejection* (wrong credentials: generic
 //! message, growing `Auth-Wait`), a *temporary failure* (backend trouble: its own
 //! message and `451 4.3.0`, never OK), and a *refusal* (not allowed at all).
+//!
+//! Around the passdb sit the [`Throttle`] (asked before it: a blocked client
+//! is refused without a passdb lookup; rejections — only those — are counted
+//! after it, successes reset the client's count for that user) and the
+//! verification [`Cache`] (PLAIN against expensive schemes only).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::audit::{AuditRecord, Outcome};
 use crate::auth_http::{AuthMethod, Failure, MailAuthRequest, MailAuthResponse, MailProtocol};
+use crate::cache::{Cache, Cached};
 use crate::mech::{apop, cram_md5, plain::Plain, Mechanism, Need};
-use crate::passdb::{AnyPassdb, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
+use crate::passdb::{AnyPassdb, Entry, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
 use crate::scheme::StoredPassword;
 use crate::secret::Secret;
+use crate::throttle::{Check, Scope, Throttle};
 use crate::upstream::Upstreams;
 
 /// Text shown to the client for any credential failure. One message for
@@ -86,6 +94,11 @@ pub struct Policy {
     /// the answer is a temporary failure. Keep it well below nginx's
     /// `auth_http_timeout` (default 60 s).
     pub timeout: Duration,
+    /// Brute-force limits (`None`: off). An `Arc` so in-process instances
+    /// can share one in-memory state.
+    pub throttle: Option<Arc<Throttle>>,
+    /// Verification cache for expensive schemes (`None`: off).
+    pub cache: Option<Arc<Cache>>,
 }
 
 /// The decision for one request and its audit record.
@@ -117,6 +130,16 @@ enum Judgement {
     Malformed(String),
     Temporary(String),
     Refuse(&'static str, Failure),
+    /// Refused by the throttle before the passdb was asked.
+    Blocked(Scope),
+}
+
+/// Facts gathered while judging, for the reply and the audit line.
+#[derive(Default)]
+struct Notes {
+    /// The throttle's `Auth-Wait` for a counted failure.
+    throttle_wait: Option<u32>,
+    cache: Option<&'static str>,
 }
 
 impl Authenticator {
@@ -158,23 +181,49 @@ impl Authenticator {
         &self.policy
     }
 
+    /// The passdb chain, in order (HTTP auth uses the same users).
+    pub fn passdbs(&self) -> &[AnyPassdb] {
+        &self.passdbs
+    }
+
     /// Decides one mail login.
     pub async fn authenticate(&self, req: &MailAuthRequest) -> Decision {
         let started = Instant::now();
-        let judgement = match tokio::time::timeout(self.policy.timeout, self.judge(req)).await {
+        let mut notes = Notes::default();
+        let judged = tokio::time::timeout(self.policy.timeout, self.judge(req, &mut notes)).await;
+        let judgement = match judged {
             Ok(j) => j,
             Err(_) => Judgement::Temporary(format!(
                 "no decision within {} ms",
                 self.policy.timeout.as_millis()
             )),
         };
-        self.conclude(req, judgement, started)
+        self.conclude(req, judgement, notes, started)
     }
 
-    async fn judge(&self, req: &MailAuthRequest) -> Judgement {
+    /// The mechanism's judgement, inside the throttle.
+    async fn judge(&self, req: &MailAuthRequest, notes: &mut Notes) -> Judgement {
         if req.method == AuthMethod::None {
             return self.judge_relay(req);
         }
+        let Some(throttle) = &self.policy.throttle else {
+            return self.judge_mechanism(req, notes).await;
+        };
+        if let Check::Blocked(scope) = throttle.check(req.client_ip, &req.user).await {
+            return Judgement::Blocked(scope);
+        }
+        let j = self.judge_mechanism(req, notes).await;
+        match &j {
+            Judgement::Reject(..) => {
+                notes.throttle_wait = throttle.record_failure(req.client_ip, &req.user).await;
+            }
+            Judgement::Accept { .. } => throttle.record_success(req.client_ip, &req.user).await,
+            _ => {}
+        }
+        j
+    }
+
+    async fn judge_mechanism(&self, req: &MailAuthRequest, notes: &mut Notes) -> Judgement {
         let Some(mech) = Mechanism::from_method(req.method) else {
             return Judgement::Refuse(
                 "mechanism-not-supported",
@@ -196,7 +245,7 @@ impl Authenticator {
             );
         }
         match mech {
-            Mechanism::Plain => self.judge_plain(req).await,
+            Mechanism::Plain => self.judge_plain(req, notes).await,
             Mechanism::CramMd5 | Mechanism::Apop => self.judge_challenge(req, mech).await,
         }
     }
@@ -229,14 +278,20 @@ impl Authenticator {
         }
     }
 
-    async fn judge_plain(&self, req: &MailAuthRequest) -> Judgement {
+    async fn judge_plain(&self, req: &MailAuthRequest, notes: &mut Notes) -> Judgement {
         let creds = match self.plain.prepare(&req.user, &req.pass) {
             Ok(c) => c,
             Err(e) => return Judgement::Malformed(e.to_string()),
         };
         let mut failure = None;
         for db in &self.passdbs {
-            match db.verify_plain(&creds.user, &creds.passwords).await {
+            let verdict = match &self.policy.cache {
+                Some(cache) if db.capabilities().lookup_credentials => {
+                    verify_cached(cache, db, &creds.user, &creds.passwords, notes).await
+                }
+                _ => db.verify_plain(&creds.user, &creds.passwords).await,
+            };
+            match verdict {
                 Ok(Verdict::Accepted(principal)) => {
                     return Judgement::Accept {
                         principal,
@@ -301,13 +356,26 @@ impl Authenticator {
         }
     }
 
-    fn conclude(&self, req: &MailAuthRequest, j: Judgement, started: Instant) -> Decision {
+    fn conclude(
+        &self,
+        req: &MailAuthRequest,
+        j: Judgement,
+        notes: Notes,
+        started: Instant,
+    ) -> Decision {
         let mut audit = AuditRecord::new(req);
+        audit.cache = notes.cache;
         let smtp = req.protocol == MailProtocol::Smtp;
         let code = |c: &'static str| smtp.then_some(c);
+        // The per-connection schedule decides whether nginx may retry at
+        // all; the throttle may only lengthen the wait.
         let invalid = Failure {
             message: INVALID_LOGIN,
-            wait: self.policy.wait.after_failure(req.attempt),
+            wait: self
+                .policy
+                .wait
+                .after_failure(req.attempt)
+                .map(|w| w.max(notes.throttle_wait.unwrap_or(0))),
             smtp_code: code(SMTP_INVALID),
         };
         let temporary = Failure {
@@ -347,6 +415,17 @@ impl Authenticator {
                 audit.reason = r.as_str().to_owned();
                 audit.passdb = passdb.unwrap_or("-");
                 MailAuthResponse::Fail(invalid)
+            }
+            Judgement::Blocked(scope) => {
+                // No Auth-Wait: nginx closes the connection at once, and the
+                // client learns nothing it would not from a wrong password.
+                audit.outcome = Outcome::Fail;
+                audit.reason = format!("blocked-{}", scope.as_str());
+                audit.throttle = Some("blocked");
+                MailAuthResponse::Fail(Failure {
+                    wait: None,
+                    ..invalid
+                })
             }
             Judgement::Malformed(why) => {
                 audit.outcome = Outcome::Fail;
@@ -410,6 +489,53 @@ impl Authenticator {
         response.render().map_err(|e| e.to_string())?;
         Ok(response)
     }
+}
+
+/// `verify_plain` through the cache: look the stored hash up (cheap), and
+/// verify (expensive) only when this exact (user, password, stored hash) is
+/// not remembered. Cheap schemes skip the cache.
+async fn verify_cached(
+    cache: &Cache,
+    db: &AnyPassdb,
+    user: &str,
+    passwords: &[Secret],
+    notes: &mut Notes,
+) -> Result<Verdict, PassdbError> {
+    let (principal, stored) = match db.lookup_credentials(user).await? {
+        Lookup::Found { principal, secret } => (principal, secret),
+        Lookup::Rejected(r) => return Ok(Verdict::Rejected(r)),
+    };
+    let key = stored
+        .scheme()
+        .is_expensive()
+        .then(|| cache.key(db.name(), user, &stored, passwords));
+    if let Some(key) = &key {
+        match cache.get(key) {
+            Some(Cached::Match) => {
+                notes.cache = Some("hit");
+                return Ok(Verdict::Accepted(principal));
+            }
+            Some(Cached::Mismatch) => {
+                notes.cache = Some("negative-hit");
+                return Ok(Verdict::Rejected(Rejection::PasswordMismatch));
+            }
+            None => notes.cache = Some("miss"),
+        }
+    }
+    let entry = Entry {
+        principal,
+        password: Ok(stored),
+        enabled: true,
+    };
+    let verdict = entry.verify(passwords).await?;
+    if let Some(key) = key {
+        match &verdict {
+            Verdict::Accepted(_) => cache.put(key, Cached::Match),
+            Verdict::Rejected(Rejection::PasswordMismatch) => cache.put(key, Cached::Mismatch),
+            Verdict::Rejected(_) => {}
+        }
+    }
+    Ok(verdict)
 }
 
 fn verify_challenge(

@@ -10,11 +10,13 @@ use serde::Deserialize;
 
 use crate::audit::LogTarget;
 use crate::authenticator::WaitPolicy;
+use crate::cache::CachePolicy;
 use crate::fastcgi::Limits;
 use crate::listen::{ListenSpec, SocketOptions};
 use crate::mech::Mechanism;
 use crate::scheme::Scheme;
 use crate::service::RequiredHeader;
+use crate::throttle::{Cidr, ThrottlePolicy};
 use crate::upstream::Upstreams;
 
 /// The passdb used when none is configured: the embedded SQLite database.
@@ -43,6 +45,9 @@ pub struct RawConfig {
     pub passdb: Vec<String>,
     /// `--default-scheme` for stored passwords without `{SCHEME}`.
     pub default_scheme: Option<String>,
+    /// `--password-query`: the SQL passdbs' lookup, a template whose `%u`,
+    /// `%n`, `%d` become bound parameters (default: the built-in schema).
+    pub password_query: Option<String>,
     /// `--mechanism` list (default: plain, cram-md5, apop).
     #[serde(default)]
     pub mechanisms: Vec<String>,
@@ -69,6 +74,53 @@ pub struct RawConfig {
     /// Hard limits against hostile or broken peers.
     #[serde(default)]
     pub limits: RawLimits,
+    /// `--state`: where throttle state lives: `memory` (default) or
+    /// `redis://[:password@]host[:port][/db]` / `redis+unix:///path` to share
+    /// it between instances.
+    pub state: Option<String>,
+    /// Brute-force throttling.
+    #[serde(default)]
+    pub throttle: RawThrottle,
+    /// Verification cache.
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+/// `[throttle]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThrottle {
+    /// `--no-throttle` sets false.
+    pub enabled: Option<bool>,
+    /// Sliding window failures are counted in.
+    pub window_secs: Option<u64>,
+    /// Failures from one network (all users) that block it (0: never).
+    pub block_ip: Option<u32>,
+    /// Failures for one user from one network that block that pair (0: never).
+    pub block_ip_user: Option<u32>,
+    /// How long a block lasts.
+    pub block_secs: Option<u64>,
+    /// `Auth-Wait` after the first counted failure, doubling per failure.
+    pub delay_base: Option<u32>,
+    /// Cap of that wait.
+    pub delay_max: Option<u32>,
+    /// IPv6 clients are counted per network of this prefix length.
+    pub ipv6_prefix: Option<u8>,
+    /// `--trusted-network`: CIDRs never counted or blocked.
+    #[serde(default)]
+    pub trusted_networks: Vec<String>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// `--cache-ttl-secs`: how long a successful verification is remembered (0: off).
+    pub ttl_secs: Option<u64>,
+    /// How long a failed one is remembered (0, the default: not at all).
+    pub negative_ttl_secs: Option<u64>,
+    /// Most entries kept.
+    pub max_entries: Option<usize>,
 }
 
 /// `[auth_wait]`.
@@ -114,6 +166,8 @@ pub struct Config {
     pub passdbs: Vec<String>,
     /// Default scheme for bare stored passwords.
     pub default_scheme: Option<Scheme>,
+    /// Lookup template of the SQL server passdbs (`None`: built-in schema).
+    pub password_query: Option<String>,
     /// Enabled mechanisms.
     pub mechanisms: HashSet<Mechanism>,
     /// Default upstreams.
@@ -134,6 +188,12 @@ pub struct Config {
     pub timeout: Duration,
     /// Transport limits.
     pub limits: Limits,
+    /// Redis URL for shared throttle state (`None`: in memory).
+    pub state: Option<String>,
+    /// Throttle settings (`None`: off).
+    pub throttle: Option<ThrottlePolicy>,
+    /// Cache settings (`None`: off).
+    pub cache: Option<CachePolicy>,
 }
 
 impl RawConfig {
@@ -161,6 +221,7 @@ impl RawConfig {
         self.socket_owner = cli.socket_owner.or(self.socket_owner);
         self.socket_group = cli.socket_group.or(self.socket_group);
         self.default_scheme = cli.default_scheme.or(self.default_scheme);
+        self.password_query = cli.password_query.or(self.password_query);
         self.smtp_pass = cli.smtp_pass.or(self.smtp_pass);
         self.log = cli.log.or(self.log);
         self.log_level = cli.log_level.or(self.log_level);
@@ -170,6 +231,21 @@ impl RawConfig {
         w.max = cw.max.or(w.max);
         w.max_attempts = cw.max_attempts.or(w.max_attempts);
         w.temporary = cw.temporary.or(w.temporary);
+        self.state = cli.state.or(self.state);
+        let (t, ct) = (&mut self.throttle, cli.throttle);
+        t.enabled = ct.enabled.or(t.enabled);
+        t.window_secs = ct.window_secs.or(t.window_secs);
+        t.block_ip = ct.block_ip.or(t.block_ip);
+        t.block_ip_user = ct.block_ip_user.or(t.block_ip_user);
+        t.block_secs = ct.block_secs.or(t.block_secs);
+        t.delay_base = ct.delay_base.or(t.delay_base);
+        t.delay_max = ct.delay_max.or(t.delay_max);
+        t.ipv6_prefix = ct.ipv6_prefix.or(t.ipv6_prefix);
+        take(&mut t.trusted_networks, ct.trusted_networks);
+        let (c, cc) = (&mut self.cache, cli.cache);
+        c.ttl_secs = cc.ttl_secs.or(c.ttl_secs);
+        c.negative_ttl_secs = cc.negative_ttl_secs.or(c.negative_ttl_secs);
+        c.max_entries = cc.max_entries.or(c.max_entries);
         self
     }
 }
@@ -294,6 +370,64 @@ impl Config {
         if limits.max_connections == 0 {
             check(Err("limits.max_connections must be at least 1".into()));
         }
+        let state = match raw.state.as_deref() {
+            None | Some("memory") => None,
+            Some(url)
+                if ["redis://", "redis+unix://", "unix://"]
+                    .iter()
+                    .any(|p| url.starts_with(p)) =>
+            {
+                Some(url.to_owned())
+            }
+            Some(url) => {
+                // Never echo the URL: it may hold a password.
+                let scheme = url.split(':').next().unwrap_or_default();
+                check(Err(format!(
+                    "state: `{scheme}:…` is not memory, redis://… or redis+unix://… \
+                     (TLS to Redis is not built in)"
+                )));
+                None
+            }
+        };
+        let dt = ThrottlePolicy::default();
+        let t = &raw.throttle;
+        let mut trusted = Vec::new();
+        for n in &t.trusted_networks {
+            check(
+                n.parse::<Cidr>()
+                    .map(|c| trusted.push(c))
+                    .map_err(|e| format!("throttle.trusted_networks: {e}")),
+            );
+        }
+        let throttle = ThrottlePolicy {
+            window: t.window_secs.map_or(dt.window, Duration::from_secs),
+            block_ip: t.block_ip.unwrap_or(dt.block_ip),
+            block_ip_user: t.block_ip_user.unwrap_or(dt.block_ip_user),
+            block_time: t.block_secs.map_or(dt.block_time, Duration::from_secs),
+            delay_base: t.delay_base.unwrap_or(dt.delay_base),
+            delay_max: t.delay_max.unwrap_or(dt.delay_max),
+            ipv6_prefix: t.ipv6_prefix.unwrap_or(dt.ipv6_prefix),
+            trusted,
+        };
+        if throttle.window.is_zero() || throttle.block_time.is_zero() {
+            check(Err(
+                "throttle.window_secs and throttle.block_secs must be at least 1".into(),
+            ));
+        }
+        if !(1..=128).contains(&throttle.ipv6_prefix) {
+            check(Err("throttle.ipv6_prefix must be 1..=128".into()));
+        }
+        let throttle = t.enabled.unwrap_or(true).then_some(throttle);
+        let dc = CachePolicy::default();
+        let c = &raw.cache;
+        let cache = CachePolicy {
+            ttl: c.ttl_secs.map_or(dc.ttl, Duration::from_secs),
+            negative_ttl: c
+                .negative_ttl_secs
+                .map_or(dc.negative_ttl, Duration::from_secs),
+            max_entries: c.max_entries.unwrap_or(dc.max_entries),
+        };
+        let cache = (!cache.ttl.is_zero() && cache.max_entries > 0).then_some(cache);
         let passdbs = if raw.passdb.is_empty() {
             vec![DEFAULT_PASSDB.to_owned()]
         } else {
@@ -305,6 +439,7 @@ impl Config {
                 socket,
                 passdbs,
                 default_scheme,
+                password_query: raw.password_query.clone(),
                 mechanisms,
                 upstreams,
                 required,
@@ -315,6 +450,9 @@ impl Config {
                 wait,
                 timeout: Duration::from_millis(raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
                 limits,
+                state,
+                throttle,
+                cache,
             })
         } else {
             Err(problems)
@@ -353,6 +491,61 @@ mod tests {
             problems.iter().all(|p| !p.contains("secretvalue")),
             "secrets stay out of errors"
         );
+    }
+
+    #[test]
+    fn throttle_cache_and_state() {
+        let file: RawConfig = toml::from_str(
+            r#"
+            state = "redis://:pw@127.0.0.1:6379/2"
+            [throttle]
+            block_ip_user = 3
+            trusted_networks = ["192.0.2.0/24"]
+            [cache]
+            ttl_secs = 60
+            "#,
+        )
+        .unwrap();
+        let cli = RawConfig {
+            throttle: RawThrottle {
+                trusted_networks: vec!["2001:db8::/32".into()],
+                ..RawThrottle::default()
+            },
+            ..RawConfig::default()
+        };
+        let c = Config::validate(file.overlay(cli)).unwrap();
+        assert_eq!(c.state.as_deref(), Some("redis://:pw@127.0.0.1:6379/2"));
+        let t = c.throttle.unwrap();
+        assert_eq!(t.block_ip_user, 3);
+        assert_eq!(t.block_ip, ThrottlePolicy::default().block_ip);
+        assert_eq!(t.trusted, vec!["2001:db8::/32".parse().unwrap()]);
+        assert_eq!(c.cache.unwrap().ttl, Duration::from_secs(60));
+
+        let d = Config::validate(RawConfig::default()).unwrap();
+        assert_eq!(d.state, None);
+        assert_eq!(d.throttle, Some(ThrottlePolicy::default()));
+        assert_eq!(d.cache, Some(CachePolicy::default()));
+
+        let off: RawConfig = toml::from_str(
+            "state = \"memory\"\n[throttle]\nenabled = false\n[cache]\nttl_secs = 0\n",
+        )
+        .unwrap();
+        let off = Config::validate(off).unwrap();
+        assert!(off.throttle.is_none() && off.cache.is_none() && off.state.is_none());
+
+        let bad: RawConfig = toml::from_str(
+            r#"
+            state = "memcached://:hunter2@h"
+            [throttle]
+            window_secs = 0
+            ipv6_prefix = 0
+            trusted_networks = ["10.0.0.0/40"]
+            "#,
+        )
+        .unwrap();
+        let problems = Config::validate(bad).unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems.iter().all(|p| !p.contains("hunter2")));
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!    [`auth_http::MailAuthRequest`]. All string → enum conversion happens there.
 //! 3. **Decide** — [`authenticator`] applies policy: shared secret, mechanism
 //!    ([`mech`]), directory lookup ([`passdb`], [`scheme`]), upstream choice
-//!    ([`upstream`]) and one audit record ([`audit`]).
+//!    ([`upstream`]) and one audit record ([`audit`]); brute-force limits
+//!    ([`throttle`]) and the verification cache ([`cache`]) wrap the passdb.
 //! 4. **Render** — [`auth_http::response`] is the only code that knows the
 //!    response header names.
 #![deny(unsafe_code)]
@@ -20,8 +21,10 @@
 pub mod audit;
 pub mod auth_http;
 pub mod authenticator;
+pub mod cache;
 pub mod config;
 pub mod fastcgi;
+pub mod http_auth;
 pub mod listen;
 pub mod mech;
 pub mod passdb;
@@ -29,4 +32,5 @@ pub mod scheme;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod throttle;
 pub mod upstream;

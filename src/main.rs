@@ -11,13 +11,17 @@ use clap::{Args, Parser, Subcommand};
 
 use nginx_auth_fcgi::auth_http::{AuthMethod, MailAuthRequest, MailProtocol};
 use nginx_auth_fcgi::authenticator::{Authenticator, Policy};
-use nginx_auth_fcgi::config::{self, Config, RawConfig, RawWait};
+use nginx_auth_fcgi::cache::Cache;
+use nginx_auth_fcgi::config::{self, Config, RawCache, RawConfig, RawThrottle, RawWait};
 use nginx_auth_fcgi::listen::{self, ListenSpec};
 use nginx_auth_fcgi::mech::{apop, cram_md5};
-use nginx_auth_fcgi::passdb::{sqlite::Admin, AnyPassdb, PasswdFile};
+use nginx_auth_fcgi::passdb::{
+    sql::redact_uri, sqlite::Admin, AnyPassdb, PassdbOptions, PasswdFile,
+};
 use nginx_auth_fcgi::scheme::{self, Scheme};
 use nginx_auth_fcgi::secret::Secret;
 use nginx_auth_fcgi::service::Service;
+use nginx_auth_fcgi::throttle::{Clock, Throttle};
 use nginx_auth_fcgi::{audit, server};
 
 #[derive(Parser)]
@@ -143,12 +147,19 @@ struct ServeArgs {
     /// Group of a socket file we create.
     #[arg(long)]
     socket_group: Option<String>,
-    /// passwd-file:PATH or sqlite:PATH (repeatable; tried in order).
+    /// passwd-file:PATH, sqlite:PATH, postgres://… or mysql://… (repeatable;
+    /// tried in order). SQL URIs also take pool_size=, connect_timeout= and
+    /// query_timeout= (seconds).
     #[arg(long)]
     passdb: Vec<String>,
     /// Scheme for stored passwords without a {SCHEME} prefix.
     #[arg(long)]
     default_scheme: Option<String>,
+    /// SQL passdbs' lookup: a query whose %u (user), %n (local part) and %d
+    /// (domain) become bound parameters; returns a `password` column and
+    /// optionally enabled, upstream_host, upstream_port, backend_user.
+    #[arg(long)]
+    password_query: Option<String>,
     /// Enabled mechanisms: plain, cram-md5, apop (repeatable; default all).
     #[arg(long = "mechanism")]
     mechanisms: Vec<String>,
@@ -182,6 +193,19 @@ struct ServeArgs {
     /// From this attempt on, answer without Auth-Wait so nginx closes the connection.
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// Where throttle state lives: memory (default) or redis://HOST[:PORT][/DB]
+    /// to share one limit between instances.
+    #[arg(long)]
+    state: Option<String>,
+    /// Network (CIDR) never throttled, e.g. a webmail host (repeatable).
+    #[arg(long = "trusted-network")]
+    trusted_networks: Vec<String>,
+    /// Turn brute-force throttling off.
+    #[arg(long)]
+    no_throttle: bool,
+    /// Remember successful verifications of expensive schemes this long (0: off).
+    #[arg(long)]
+    cache_ttl_secs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -197,6 +221,7 @@ impl ServeArgs {
             socket_group: self.socket_group.clone(),
             passdb: self.passdb.clone(),
             default_scheme: self.default_scheme.clone(),
+            password_query: self.password_query.clone(),
             mechanisms: self.mechanisms.clone(),
             upstream: self.upstream.clone(),
             require_header: self.require_header.clone(),
@@ -212,6 +237,16 @@ impl ServeArgs {
                 temporary: None,
             },
             limits: Default::default(),
+            state: self.state.clone(),
+            throttle: RawThrottle {
+                enabled: self.no_throttle.then_some(false),
+                trusted_networks: self.trusted_networks.clone(),
+                ..RawThrottle::default()
+            },
+            cache: RawCache {
+                ttl_secs: self.cache_ttl_secs,
+                ..RawCache::default()
+            },
         };
         Ok(file.overlay(cli))
     }
@@ -230,11 +265,26 @@ impl ServeArgs {
                     Err(e) => problems.push(e),
                 }
             }
-            match AnyPassdb::open(uri, config.default_scheme) {
+            let options = PassdbOptions {
+                default_scheme: config.default_scheme,
+                password_query: config.password_query.clone(),
+            };
+            match AnyPassdb::open_with(uri, &options) {
                 Ok(p) => passdbs.push(p),
                 Err(e) => problems.push(e.to_string()),
             }
         }
+        let throttle = match (&config.throttle, &config.state) {
+            (None, _) => None,
+            (Some(p), None) => Some(Arc::new(Throttle::in_memory(p.clone(), Clock::system()))),
+            (Some(p), Some(url)) => match Throttle::with_redis(p.clone(), Clock::system(), url) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(e) => {
+                    problems.push(e);
+                    None
+                }
+            },
+        };
         let policy = Policy {
             mechanisms: config.mechanisms.clone(),
             local_domains: config.local_domains.clone(),
@@ -242,6 +292,8 @@ impl ServeArgs {
             wait: config.wait,
             smtp_pass: config.smtp_pass,
             timeout: config.timeout,
+            throttle,
+            cache: config.cache.map(|c| Arc::new(Cache::new(c))),
         };
         if !problems.is_empty() {
             return Err(problems);
@@ -314,7 +366,7 @@ fn serve(args: ServeArgs) -> CmdResult {
     log::info!(
         "serving on {} listener(s); passdbs: {}",
         listeners.len(),
-        config.passdbs.join(", ")
+        passdb_list(&config)
     );
     let result = rt.block_on(async move {
         listen::notify_ready();
@@ -345,12 +397,18 @@ fn serve(args: ServeArgs) -> CmdResult {
     }
 }
 
+/// The passdb URIs for logs, database passwords masked.
+fn passdb_list(config: &Config) -> String {
+    let uris: Vec<String> = config.passdbs.iter().map(|u| redact_uri(u)).collect();
+    uris.join(", ")
+}
+
 fn check_config(args: ServeArgs) -> CmdResult {
     let rt = runtime()?;
     let _guard = rt.enter();
     let (config, _service) = args.build()?;
     println!("configuration OK");
-    println!("  passdbs: {}", config.passdbs.join(", "));
+    println!("  passdbs: {}", passdb_list(&config));
     let mut mechs: Vec<_> = config.mechanisms.iter().map(|m| m.as_str()).collect();
     mechs.sort_unstable();
     println!("  mechanisms: {}", mechs.join(", "));

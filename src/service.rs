@@ -6,6 +6,7 @@ use crate::audit::quoted;
 use crate::auth_http::{Failure, MailAuthRequest, MailAuthResponse};
 use crate::authenticator::{Authenticator, TEMPORARY};
 use crate::fastcgi::{Handler, Params, Request, Response};
+use crate::http_auth::{self, HttpAuth, HttpSettings};
 use crate::secret::Secret;
 
 /// A header nginx must send (`auth_http_header X-Auth-Key "…"`), proving the
@@ -50,16 +51,22 @@ impl std::str::FromStr for RequiredHeader {
 #[derive(Debug)]
 pub struct Service {
     auth: Authenticator,
+    http: HttpAuth,
     required: Vec<RequiredHeader>,
 }
 
 const NOT_MAIL: &[u8] = b"Status: 400 Bad Request\r\nContent-Type: text/plain\r\n\r\n\
-not an nginx mail auth_http request (no Auth-Method / Auth-Protocol)\n";
+neither an nginx mail auth_http request (no Auth-Method / Auth-Protocol) \
+nor an auth_request location (no fastcgi_param AUTH_REALM)\n";
 
 impl Service {
     /// A handler deciding with `auth`, requiring `required` headers.
     pub fn new(auth: Authenticator, required: Vec<RequiredHeader>) -> Self {
-        Service { auth, required }
+        Service {
+            auth,
+            http: HttpAuth::new(),
+            required,
+        }
     }
 
     /// The authenticator (for `auth test`).
@@ -69,8 +76,9 @@ impl Service {
 
     /// Answers one request's params with the CGI stdout bytes.
     pub async fn respond(&self, params: &Params) -> Vec<u8> {
-        if !MailAuthRequest::is_mail_request(params) {
-            log::warn!("request without Auth-Method/Auth-Protocol refused (400)");
+        let mail = MailAuthRequest::is_mail_request(params);
+        if !mail && params.get(http_auth::REALM_PARAM).is_none() {
+            log::warn!("request without Auth-Method/Auth-Protocol or AUTH_REALM refused (400)");
             return NOT_MAIL.to_vec();
         }
         let peer = params
@@ -83,8 +91,15 @@ impl Service {
                     "auth result=refused reason=\"missing or wrong {}\" peer={peer}",
                     r.header
                 );
-                return render_fail(None);
+                return if mail {
+                    render_fail(None)
+                } else {
+                    b"Status: 403 Forbidden\r\n\r\n".to_vec()
+                };
             }
+        }
+        if !mail {
+            return self.respond_http(params).await;
         }
         let req = match MailAuthRequest::from_params(params) {
             Ok(r) => r,
@@ -106,6 +121,25 @@ impl Service {
                 render_fail(None)
             }
         }
+    }
+}
+
+impl Service {
+    /// An nginx `auth_request` subrequest (HTTP Basic/Digest).
+    async fn respond_http(&self, params: &Params) -> Vec<u8> {
+        let settings = match HttpSettings::from_params(params) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("auth_request location misconfigured: {e}");
+                return b"Status: 503 Service Unavailable\r\n\r\n".to_vec();
+            }
+        };
+        let (outcome, user) = self
+            .http
+            .decide(params, &settings, self.auth.passdbs())
+            .await;
+        http_auth::audit(&outcome, &user, params);
+        self.http.render(&outcome, &settings)
     }
 }
 

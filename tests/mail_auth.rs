@@ -85,6 +85,8 @@ fn fixture_with(passdbs: &[&str], mechanisms: &[Mechanism]) -> Fixture {
         wait: WaitPolicy::default(),
         smtp_pass: false,
         timeout: std::time::Duration::from_secs(10),
+        throttle: None,
+        cache: None,
     };
     let auth = Authenticator::new(policy, dbs).unwrap();
     let service = Service::new(auth, vec![format!("X-Auth-Key={KEY}").parse().unwrap()]);

@@ -8,6 +8,7 @@
 //! type and adding a backend touches only this module.
 
 pub mod passwd_file;
+pub mod sql;
 pub mod sqlite;
 
 use std::net::IpAddr;
@@ -17,6 +18,7 @@ use crate::scheme::{Scheme, SchemeError, StoredPassword};
 use crate::secret::Secret;
 
 pub use passwd_file::PasswdFile;
+pub use sql::{Mysql, Postgres};
 pub use sqlite::Sqlite;
 
 /// What a backend can do; checked against the enabled mechanisms at start-up.
@@ -130,13 +132,29 @@ pub enum AnyPassdb {
     PasswdFile(PasswdFile),
     /// SQLite with the built-in schema.
     Sqlite(Sqlite),
+    /// PostgreSQL.
+    Postgres(Postgres),
+    /// MySQL / MariaDB.
+    Mysql(Mysql),
+}
+
+/// Settings that apply to every passdb of a configuration.
+#[derive(Debug, Clone, Default)]
+pub struct PassdbOptions {
+    /// Scheme of stored passwords without a `{SCHEME}` prefix.
+    pub default_scheme: Option<Scheme>,
+    /// SQL server passdbs: the lookup as a Dovecot-style template (see
+    /// [`sql::Template`]); `None` reads the built-in schema.
+    pub password_query: Option<String>,
 }
 
 /// A `--passdb` URI that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PassdbConfigError {
     /// Unknown URI form.
-    #[error("unknown passdb `{0}` (expected passwd-file:PATH or sqlite:PATH)")]
+    #[error(
+        "unknown passdb `{0}` (expected passwd-file:PATH, sqlite:PATH, postgres://…, mysql://…)"
+    )]
     Unknown(String),
     /// A known backend that this build does not include yet.
     #[error("passdb `{0}` is not available in this build")]
@@ -152,8 +170,37 @@ pub enum PassdbConfigError {
 }
 
 impl AnyPassdb {
-    /// Opens the backend a URI names: `passwd-file:PATH`, `sqlite:PATH`.
+    /// [`AnyPassdb::open_with`] with only a default scheme set.
     pub fn open(uri: &str, default_scheme: Option<Scheme>) -> Result<Self, PassdbConfigError> {
+        AnyPassdb::open_with(
+            uri,
+            &PassdbOptions {
+                default_scheme,
+                ..PassdbOptions::default()
+            },
+        )
+    }
+
+    /// Opens the backend a URI names: `passwd-file:PATH`, `sqlite:PATH`,
+    /// `postgres://…` / `postgresql://…`, `mysql://…` / `mariadb://…`. The SQL
+    /// server passdbs need a tokio runtime (entered or running) and connect
+    /// on first use.
+    pub fn open_with(uri: &str, options: &PassdbOptions) -> Result<Self, PassdbConfigError> {
+        let default_scheme = options.default_scheme;
+        let sql_err = |reason: String| PassdbConfigError::Open {
+            uri: sql::redact_uri(uri),
+            reason,
+        };
+        if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
+            return Postgres::open(uri, options.password_query.as_deref(), default_scheme)
+                .map(AnyPassdb::Postgres)
+                .map_err(sql_err);
+        }
+        if uri.starts_with("mysql://") || uri.starts_with("mariadb://") {
+            return Mysql::open(uri, options.password_query.as_deref(), default_scheme)
+                .map(AnyPassdb::Mysql)
+                .map_err(sql_err);
+        }
         let open_err = |reason: String| PassdbConfigError::Open {
             uri: uri.to_owned(),
             reason,
@@ -166,17 +213,9 @@ impl AnyPassdb {
             Sqlite::open(path.as_ref(), default_scheme)
                 .map(AnyPassdb::Sqlite)
                 .map_err(|e| open_err(e.to_string()))
-        } else if [
-            "postgres:",
-            "postgresql:",
-            "mysql:",
-            "ldap:",
-            "ldaps:",
-            "saslauthd:",
-            "dovecot:",
-        ]
-        .iter()
-        .any(|p| uri.starts_with(p))
+        } else if ["ldap:", "ldaps:", "saslauthd:", "dovecot:"]
+            .iter()
+            .any(|p| uri.starts_with(p))
         {
             Err(PassdbConfigError::NotAvailable(
                 uri.split(':').next().unwrap_or(uri).to_owned(),
@@ -192,24 +231,32 @@ impl Passdb for AnyPassdb {
         match self {
             AnyPassdb::PasswdFile(p) => p.name(),
             AnyPassdb::Sqlite(p) => p.name(),
+            AnyPassdb::Postgres(p) => p.name(),
+            AnyPassdb::Mysql(p) => p.name(),
         }
     }
     fn capabilities(&self) -> Capabilities {
         match self {
             AnyPassdb::PasswdFile(p) => p.capabilities(),
             AnyPassdb::Sqlite(p) => p.capabilities(),
+            AnyPassdb::Postgres(p) => p.capabilities(),
+            AnyPassdb::Mysql(p) => p.capabilities(),
         }
     }
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         match self {
             AnyPassdb::PasswdFile(p) => p.verify_plain(user, passwords).await,
             AnyPassdb::Sqlite(p) => p.verify_plain(user, passwords).await,
+            AnyPassdb::Postgres(p) => p.verify_plain(user, passwords).await,
+            AnyPassdb::Mysql(p) => p.verify_plain(user, passwords).await,
         }
     }
     async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
         match self {
             AnyPassdb::PasswdFile(p) => p.lookup_credentials(user).await,
             AnyPassdb::Sqlite(p) => p.lookup_credentials(user).await,
+            AnyPassdb::Postgres(p) => p.lookup_credentials(user).await,
+            AnyPassdb::Mysql(p) => p.lookup_credentials(user).await,
         }
     }
 }

@@ -1,0 +1,461 @@
+//! SQL server passdbs: PostgreSQL ([`Postgres`]) and MySQL/MariaDB ([`Mysql`]).
+//!
+//! Both run one query per login through a connection pool and hand the row to
+//! the shared [`Entry`] checks, so password schemes behave exactly as with the
+//! file and SQLite backends. What is SQL-specific lives here:
+//!
+//! - **URI options** ([`SqlOptions`]): `pool_size`, `connect_timeout` and
+//!   `query_timeout` are taken out of the URI's query string before the rest
+//!   goes to the driver. Timeouts are seconds (fractions allowed).
+//! - **The query** ([`Template`]): a Dovecot-style `password_query` whose
+//!   `%u` (full user), `%n` (local part) and `%d` (domain) become *bound
+//!   parameters* (`$1` … for PostgreSQL, `?` for MySQL). A value is never
+//!   spliced into SQL text, so a user name cannot change the statement.
+//! - **The row** ([`Fields`]): columns are read by name. `password` is
+//!   required; `enabled`, `upstream_host`, `upstream_port` and `backend_user`
+//!   are optional (Dovecot's `nologin`, `host`, `port` and `destuser` are
+//!   understood too). A missing optional column means its default.
+//!
+//! Failure model: a server that is down, slow or refuses the query gives a
+//! [`PassdbError`] (temporary failure), never a rejection. The pools open new
+//! connections as needed, so a server that comes back is used again without
+//! a restart.
+
+mod mysql;
+mod postgres;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{parse_stored, Entry, PassdbError, Principal};
+use crate::scheme::{Scheme, SchemeError};
+
+pub use self::mysql::{Mysql, MYSQL_SCHEMA};
+pub use self::postgres::{Postgres, POSTGRES_SCHEMA};
+
+/// The built-in schema's lookup, as a template (see [`Template`]).
+pub const DEFAULT_PASSWORD_QUERY: &str =
+    "SELECT password, enabled, upstream_host, upstream_port, backend_user \
+     FROM users WHERE username = %u";
+
+/// Default number of pooled connections per passdb.
+pub const DEFAULT_POOL_SIZE: usize = 8;
+/// Default limit for opening a connection (or waiting for a free one).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default limit for one query.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pool and timeout settings, from the URI's query string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlOptions {
+    /// Connections kept at most (`pool_size=`).
+    pub pool_size: usize,
+    /// Opening a connection or waiting for a pooled one (`connect_timeout=`).
+    pub connect_timeout: Duration,
+    /// One query (`query_timeout=`); a slower query is cancelled.
+    pub query_timeout: Duration,
+}
+
+impl Default for SqlOptions {
+    fn default() -> Self {
+        SqlOptions {
+            pool_size: DEFAULT_POOL_SIZE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            query_timeout: DEFAULT_QUERY_TIMEOUT,
+        }
+    }
+}
+
+impl SqlOptions {
+    /// Takes our options out of `uri`'s query string; returns them and the
+    /// URI with the driver's own options left.
+    pub fn split_uri(uri: &str) -> Result<(SqlOptions, String), String> {
+        let mut opts = SqlOptions::default();
+        let Some((base, query)) = uri.split_once('?') else {
+            return Ok((opts, uri.to_owned()));
+        };
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "pool_size" => {
+                    opts.pool_size = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1024).contains(n))
+                        .ok_or_else(|| format!("pool_size `{value}`: expected 1..=1024"))?
+                }
+                "connect_timeout" => opts.connect_timeout = seconds(key, value)?,
+                "query_timeout" => opts.query_timeout = seconds(key, value)?,
+                _ => rest.push(pair),
+            }
+        }
+        let uri = if rest.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        Ok((opts, uri))
+    }
+}
+
+fn seconds(key: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{key} `{value}`: expected seconds, e.g. 3 or 0.5"))
+}
+
+/// `uri` with the password of its `user:password@` part replaced, for logs
+/// and error messages.
+pub fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => uri.to_owned(),
+        },
+        None => uri.to_owned(),
+    }
+}
+
+/// A value a query template can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Var {
+    /// `%u`, `%{user}`: the login as given.
+    User,
+    /// `%n`, `%{username}`: the part before the last `@` (all of it without `@`).
+    Local,
+    /// `%d`, `%{domain}`: the part after the last `@` (empty without `@`).
+    Domain,
+}
+
+impl Var {
+    /// This variable's value for `user`.
+    pub fn value(self, user: &str) -> &str {
+        match (self, user.rsplit_once('@')) {
+            (Var::User, _) => user,
+            (Var::Local, Some((local, _))) => local,
+            (Var::Local, None) => user,
+            (Var::Domain, Some((_, domain))) => domain,
+            (Var::Domain, None) => "",
+        }
+    }
+}
+
+/// How placeholders are written in the statement sent to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `$1`, `$2`, … numbered by first use; a variable used twice keeps its number.
+    Postgres,
+    /// `?` per use, bound in order.
+    Mysql,
+}
+
+/// A `password_query` turned into a statement with bound parameters.
+///
+/// Dovecot writes placeholders inside quotes (`WHERE userid = '%u'`); such a
+/// quoted placeholder becomes a bare parameter. A placeholder *inside* a longer
+/// literal (`'%n@example.org'`) is refused, because a bound parameter cannot
+/// live inside a literal; write `CONCAT(%n, '@example.org')` (or `%n || …`).
+/// `%%` is a literal `%`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// The statement text.
+    pub sql: String,
+    /// Parameter values, in binding order.
+    pub params: Vec<Var>,
+}
+
+impl Template {
+    /// Compiles `text` for `dialect`.
+    pub fn compile(text: &str, dialect: Dialect) -> Result<Template, String> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut sql = String::with_capacity(text.len());
+        let mut params: Vec<Var> = Vec::new();
+        // The quote character of the literal we are in, if any.
+        let mut quote: Option<char> = None;
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            if c != '%' {
+                match quote {
+                    Some(q) if c == q => quote = None,
+                    None if c == '\'' || c == '"' => quote = Some(c),
+                    _ => {}
+                }
+                sql.push(c);
+                i += 1;
+                continue;
+            }
+            let (var, len) = match chars.get(i + 1) {
+                Some('%') => {
+                    sql.push('%');
+                    i += 2;
+                    continue;
+                }
+                Some('u') => (Var::User, 2),
+                Some('n') => (Var::Local, 2),
+                Some('d') => (Var::Domain, 2),
+                Some('{') => {
+                    let name: String = chars[i + 2..].iter().take_while(|c| **c != '}').collect();
+                    if i + 2 + name.len() >= chars.len() {
+                        return Err("unterminated `%{` in password_query".into());
+                    }
+                    let var = match name.as_str() {
+                        "user" => Var::User,
+                        "username" => Var::Local,
+                        "domain" => Var::Domain,
+                        _ => {
+                            return Err(format!(
+                                "unknown variable `%{{{name}}}` in password_query \
+                                 (known: %u %n %d, %{{user}} %{{username}} %{{domain}}; \
+                                 %% for a literal %)"
+                            ))
+                        }
+                    };
+                    (var, name.len() + 3)
+                }
+                other => {
+                    return Err(format!(
+                        "unknown variable `%{}` in password_query (known: %u %n %d; %% for a literal %)",
+                        other.map(|c| c.to_string()).unwrap_or_default()
+                    ))
+                }
+            };
+            if let Some(q) = quote {
+                // `'%u'`: the quotes belong to the placeholder.
+                if sql.ends_with(q) && chars.get(i + len) == Some(&q) {
+                    sql.pop();
+                    quote = None;
+                    i += 1;
+                } else {
+                    return Err(format!(
+                        "password_query: a variable inside a longer string literal cannot be \
+                         bound as a parameter; write e.g. CONCAT(%n, '@…') instead of {q}%n@…{q}"
+                    ));
+                }
+            }
+            match dialect {
+                Dialect::Postgres => {
+                    let n = match params.iter().position(|p| *p == var) {
+                        Some(n) => n + 1,
+                        None => {
+                            params.push(var);
+                            params.len()
+                        }
+                    };
+                    sql.push_str(&format!("${n}"));
+                }
+                Dialect::Mysql => {
+                    params.push(var);
+                    sql.push('?');
+                }
+            }
+            i += len;
+        }
+        if quote.is_some() {
+            return Err("password_query: unterminated string literal".into());
+        }
+        Ok(Template { sql, params })
+    }
+
+    /// The parameter values for `user`, in binding order.
+    pub fn values<'u>(&self, user: &'u str) -> Vec<&'u str> {
+        self.params.iter().map(|v| v.value(user)).collect()
+    }
+}
+
+/// A value of an optional column, whatever its SQL type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// SQL NULL.
+    Null,
+    /// Text (or bytes read as UTF-8).
+    Text(String),
+    /// Any integer type.
+    Int(i64),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl Value {
+    fn truthy(&self) -> Option<bool> {
+        match self {
+            Value::Null => None,
+            Value::Bool(b) => Some(*b),
+            Value::Int(i) => Some(*i != 0),
+            Value::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+                "" | "0" | "f" | "false" | "n" | "no" | "off" => Some(false),
+                _ => Some(true),
+            },
+        }
+    }
+
+    fn text(self) -> Option<String> {
+        match self {
+            Value::Null => None,
+            Value::Text(t) => Some(t).filter(|t| !t.is_empty()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+        }
+    }
+}
+
+/// The columns of one result row, by name. Built by each driver, turned into
+/// an [`Entry`] here.
+#[derive(Debug, Default)]
+pub struct Fields {
+    /// `password` (`None`: the column was NULL).
+    pub password: Option<String>,
+    /// The other columns that were present, lower-cased names.
+    pub extra: Vec<(String, Value)>,
+}
+
+impl Fields {
+    fn take(&mut self, names: &[&str]) -> Value {
+        match self
+            .extra
+            .iter()
+            .position(|(n, _)| names.contains(&n.as_str()))
+        {
+            Some(i) => self.extra.swap_remove(i).1,
+            None => Value::Null,
+        }
+    }
+
+    /// The record for `user`. A hostname in `upstream_host` is resolved here
+    /// (asynchronously); one that does not resolve is a temporary failure.
+    pub async fn into_entry(
+        mut self,
+        user: &str,
+        default_scheme: Option<Scheme>,
+    ) -> Result<Entry, PassdbError> {
+        let enabled = self.take(&["enabled"]).truthy().unwrap_or(true)
+            && !self.take(&["nologin"]).truthy().unwrap_or(false);
+        let upstream_host = match self.take(&["upstream_host", "host"]).text() {
+            None => None,
+            Some(h) => Some(resolve(&h).await.ok_or_else(|| {
+                PassdbError::Unavailable(format!("upstream_host of {user} does not resolve"))
+            })?),
+        };
+        let upstream_port = match self.take(&["upstream_port", "port"]) {
+            Value::Null => None,
+            Value::Int(p) => u16::try_from(p).ok().filter(|p| *p != 0),
+            Value::Text(t) => t.trim().parse::<u16>().ok().filter(|p| *p != 0),
+            Value::Bool(_) => None,
+        };
+        let backend_user = self.take(&["backend_user", "destuser"]).text();
+        let password = match self.password {
+            Some(p) => parse_stored(&p, default_scheme),
+            None => Err(SchemeError::UnknownScheme(
+                "(the password column is NULL)".into(),
+            )),
+        };
+        Ok(Entry {
+            principal: Principal {
+                user: user.to_owned(),
+                upstream_host,
+                upstream_port,
+                backend_user,
+            },
+            password: password.map_err(Arc::new),
+            enabled,
+        })
+    }
+}
+
+async fn resolve(host: &str) -> Option<IpAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = bare.parse() {
+        return Some(ip);
+    }
+    tokio::net::lookup_host((bare, 0))
+        .await
+        .ok()?
+        .next()
+        .map(|a| a.ip())
+}
+
+/// A small `Debug` that never shows the connection password.
+struct Redacted<'a>(&'a str);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_uri(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_bind_every_variable() {
+        let t = Template::compile(
+            "SELECT pw AS password FROM t WHERE local = '%n' AND dom = %d AND x = '%%' OR u = %{user} OR l = %n",
+            Dialect::Postgres,
+        )
+        .unwrap();
+        assert_eq!(
+            t.sql,
+            "SELECT pw AS password FROM t WHERE local = $1 AND dom = $2 AND x = '%' OR u = $3 OR l = $1"
+        );
+        assert_eq!(t.params, vec![Var::Local, Var::Domain, Var::User]);
+        assert_eq!(t.values("a@b@c.org"), vec!["a@b", "c.org", "a@b@c.org"]);
+
+        let t = Template::compile(
+            "SELECT 1 WHERE a = \"%u\" AND b = %n AND c = %u",
+            Dialect::Mysql,
+        )
+        .unwrap();
+        assert_eq!(t.sql, "SELECT 1 WHERE a = ? AND b = ? AND c = ?");
+        assert_eq!(t.params, vec![Var::User, Var::Local, Var::User]);
+        assert_eq!(t.values("bob"), vec!["bob", "bob", "bob"]);
+        assert_eq!(Var::Domain.value("bob"), "");
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        for bad in [
+            "SELECT 1 WHERE u = %x",
+            "SELECT 1 WHERE u = %",
+            "SELECT 1 WHERE u = '%n@example.org'",
+            "SELECT 1 WHERE u = %{nope}",
+            "SELECT 1 WHERE u = %{user",
+            "SELECT 'unterminated",
+        ] {
+            assert!(Template::compile(bad, Dialect::Postgres).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn uri_options_are_split_off() {
+        let (o, rest) = SqlOptions::split_uri(
+            "postgres://u:p@h/db?sslmode=disable&pool_size=2&query_timeout=0.5",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://u:p@h/db?sslmode=disable");
+        assert_eq!(o.pool_size, 2);
+        assert_eq!(o.query_timeout, Duration::from_millis(500));
+        assert_eq!(o.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert!(SqlOptions::split_uri("mysql://h/db?pool_size=0").is_err());
+        assert!(SqlOptions::split_uri("mysql://h/db?connect_timeout=-1").is_err());
+        assert_eq!(
+            redact_uri("postgres://u:secret@h:5432/db?x=1"),
+            "postgres://u:***@h:5432/db?x=1"
+        );
+        assert_eq!(redact_uri("mysql://u@h/db"), "mysql://u@h/db");
+    }
+}

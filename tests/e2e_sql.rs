@@ -1,0 +1,285 @@
+//! End to end with a PostgreSQL passdb: mail clients → nginx (shipped
+//! config) → our daemon with `--passdb postgres://…` → Dovecot, which checks
+//! the password nginx forwards against the passwd-file of the e2e harness.
+//! The PostgreSQL table holds the same users with Dovecot's own hashes, so a
+//! login works only if the daemon read and verified the SQL row.
+//!
+//! The harness starts its daemon with a passwd-file; this test stops that
+//! daemon and starts one of its own on the same socket with the same flags,
+//! the passdb swapped.
+
+mod common;
+#[path = "sql/servers.rs"]
+mod servers;
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::e2e::*;
+use servers::{Kind, Server};
+
+/// Our daemon, stopped on drop.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(socket: &Path, args: &[String], dir: &Path) -> Daemon {
+        let log = dir.join("sql-daemon.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let config = dir.join("sql-daemon.toml");
+        // A temporary failure answers after 1 s instead of the default 3.
+        std::fs::write(&config, "[auth_wait]\ntemporary = 1\n").unwrap();
+        let child = Command::new(daemon_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .args(["--socket-mode", "0666"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start daemon");
+        let mut daemon = Daemon { child, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(socket).is_err() {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                panic!("daemon exited ({status}):\n{}", daemon.log_text());
+            }
+            assert!(Instant::now() < deadline, "daemon not listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("daemon log:\n{}", self.log_text());
+        }
+    }
+}
+
+/// Loads the harness's users (Dovecot-made hashes) into the built-in schema.
+fn load_users(pg: &Server) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&pg.admin_uri(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(nginx_auth_fcgi::passdb::sql::POSTGRES_SCHEMA)
+            .await
+            .expect("schema");
+        for line in passwd_file_text().lines() {
+            let mut fields = line.split(':');
+            let (name, hash) = (fields.next().unwrap(), fields.next().unwrap());
+            client
+                .execute(
+                    "INSERT INTO users (username, password) VALUES ($1, $2)",
+                    &[&name, &hash],
+                )
+                .await
+                .expect("insert");
+        }
+        drop(client);
+        let _ = task.await;
+    });
+}
+
+#[test]
+fn mail_logins_through_nginx_with_a_postgres_passdb() {
+    let mut pg = Server::start(Kind::Postgres);
+    load_users(&pg);
+    let mut stack = Stack::start();
+    stack.stop_daemon();
+    let mut args = stack.daemon_args();
+    let i = args.iter().position(|a| a == "--passdb").expect("--passdb") + 1;
+    args[i] = pg.uri("postgres", "connect_timeout=1&query_timeout=2");
+    let daemon = Daemon::start(&stack.socket, &args, pg.dir());
+
+    for user in [ALICE, SHA512_USER, BLF_USER] {
+        let r = stack.client("imap", "login", user.name, &[user.password], &[]);
+        assert!(r.ok, "IMAP LOGIN {}: {r:#?}", user.name);
+    }
+    // CRAM-MD5 reads the stored credential (lookup_credentials).
+    let r = stack.client("imap", "cram-md5", ALICE.name, &[ALICE.password], &[]);
+    assert!(r.ok, "IMAP CRAM-MD5: {r:#?}");
+    let r = stack.client(
+        "pop3",
+        "user",
+        SHA512_USER.name,
+        &[SHA512_USER.password],
+        &[],
+    );
+    assert!(r.ok, "POP3 USER/PASS: {r:#?}");
+    for (user, password) in [(ALICE.name, "wrong"), ("nobody", "x"), ("' OR '1'='1", "x")] {
+        let r = stack.client("imap", "login", user, &[password], &[]);
+        assert!(!r.ok, "{user}: {r:#?}");
+        assert_eq!(
+            r.attempts[0].response,
+            format!("NO {INVALID_LOGIN}"),
+            "{user}: {r:#?}"
+        );
+    }
+
+    // The database goes away: a temporary failure, not a rejection.
+    pg.kill();
+    let r = stack.client("imap", "login", ALICE.name, &[ALICE.password], &[]);
+    assert!(!r.ok, "{r:#?}");
+    assert!(
+        r.attempts[0].response.starts_with("NO ")
+            && !r.attempts[0].response.contains(INVALID_LOGIN),
+        "{r:#?}"
+    );
+    println!("while PostgreSQL is down: {:?}", r.attempts[0].response);
+    // It comes back: the same daemon uses it again.
+    pg.restart();
+    let r = stack.client("imap", "login", ALICE.name, &[ALICE.password], &[]);
+    assert!(r.ok, "after the restart: {r:#?}");
+
+    let log = daemon.log_text();
+    for user in USERS {
+        assert!(
+            !log.contains(user.password),
+            "password in the daemon log:\n{log}"
+        );
+    }
+}
+
+/// Runs the daemon binary with `args`, `stdin` as its input.
+fn run_cli(args: &[String], stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(daemon_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run daemon binary");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `--password-query` and its TOML twin reach the SQL passdb; `check-config`
+/// and the logs never show the database password.
+#[test]
+fn password_query_from_the_command_line_and_the_config_file() {
+    let pg = Server::start(Kind::Postgres);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&pg.admin_uri(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(
+                "CREATE TABLE mailbox (local TEXT, dom TEXT, secret TEXT);
+                 INSERT INTO mailbox VALUES ('x', 'a.example', '{PLAIN}pw-a'), ('x', 'b.example', '{PLAIN}pw-b');
+                 ALTER USER postgres PASSWORD 'db-secret-93';",
+            )
+            .await
+            .expect("setup");
+        drop(client);
+        let _ = task.await;
+    });
+    let query = "SELECT secret AS password FROM mailbox WHERE local = %n AND dom = %d";
+    // trust authentication: the password is not needed, but it is in the URI.
+    let uri = format!(
+        "postgres://postgres:db-secret-93@127.0.0.1:{}/postgres",
+        pg.port
+    );
+    let common = |user: &str| -> Vec<String> {
+        vec![
+            "auth".into(),
+            "test".into(),
+            user.into(),
+            "--upstream".into(),
+            "imap=127.0.0.1:143".into(),
+        ]
+    };
+
+    let mut args = common("x@b.example");
+    args.extend([
+        "--passdb".into(),
+        uri.clone(),
+        "--password-query".into(),
+        query.into(),
+    ]);
+    let (ok, out) = run_cli(&args, "pw-b\n");
+    assert!(ok && out.contains("Auth-Status: OK"), "{out}");
+    assert!(!out.contains("db-secret-93"), "{out}");
+    let (_, out) = run_cli(&args, "pw-a\n");
+    assert!(!out.contains("Auth-Status: OK"), "{out}");
+
+    let config = pg.dir().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!("passdb = [\"{uri}\"]\npassword_query = \"{query}\"\n"),
+    )
+    .unwrap();
+    let mut args = common("x@a.example");
+    args.extend(["--config".into(), config.display().to_string()]);
+    let (ok, out) = run_cli(&args, "pw-a\n");
+    assert!(ok && out.contains("Auth-Status: OK"), "{out}");
+
+    let (ok, out) = run_cli(
+        &[
+            "check-config".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        "",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("postgres:***@"), "{out}");
+    assert!(!out.contains("db-secret-93"), "{out}");
+
+    // A template that cannot be bound is a configuration error.
+    let (ok, out) = run_cli(
+        &[
+            "check-config".into(),
+            "--passdb".into(),
+            uri.clone(),
+            "--password-query".into(),
+            "SELECT secret AS password FROM mailbox WHERE local = '%n@x'".into(),
+        ],
+        "",
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("string literal") && !out.contains("db-secret-93"),
+        "{out}"
+    );
+}

@@ -1,0 +1,154 @@
+//! nginx `auth_request` decisions in-process: params as nginx sends them for
+//! an auth location → `Service::respond` → status and challenge.
+
+use std::collections::HashSet;
+
+use nginx_auth_fcgi::authenticator::{Authenticator, Policy, WaitPolicy};
+use nginx_auth_fcgi::fastcgi::Params;
+use nginx_auth_fcgi::http_auth::digest::Algorithm;
+use nginx_auth_fcgi::mech::Mechanism;
+use nginx_auth_fcgi::passdb::AnyPassdb;
+use nginx_auth_fcgi::service::Service;
+use nginx_auth_fcgi::upstream::Upstreams;
+
+fn service(dir: &tempfile::TempDir, passdb: &str) -> Service {
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice:{PLAIN}wonderland::::::\n").unwrap();
+    let uri = match passdb {
+        "passwd-file" => format!("passwd-file:{}", users.display()),
+        other => other.to_owned(),
+    };
+    let policy = Policy {
+        mechanisms: Mechanism::ALL.into_iter().collect::<HashSet<_>>(),
+        local_domains: vec![],
+        upstreams: Upstreams::default(),
+        wait: WaitPolicy::default(),
+        smtp_pass: false,
+        timeout: std::time::Duration::from_secs(5),
+        throttle: None,
+        cache: None,
+    };
+    let auth = Authenticator::new(policy, vec![AnyPassdb::open(&uri, None).unwrap()]).unwrap();
+    Service::new(auth, vec!["X-Auth-Key=k".parse().unwrap()])
+}
+
+fn params(extra: &[(&str, &str)]) -> Params {
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = [
+        ("REQUEST_METHOD", "GET"),
+        ("REQUEST_URI", "/private/x"),
+        ("REMOTE_ADDR", "198.51.100.2"),
+        ("AUTH_REALM", "R"),
+        ("HTTP_X_AUTH_KEY", "k"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+    .collect();
+    for (k, v) in extra {
+        pairs.retain(|(n, _)| n != k.as_bytes());
+        pairs.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
+    }
+    Params::from_pairs(pairs)
+}
+
+async fn ask(s: &Service, extra: &[(&str, &str)]) -> String {
+    String::from_utf8(s.respond(&params(extra)).await).unwrap()
+}
+
+fn digest_header(nonce: &str, password: &str, nc: &str, uri: &str) -> String {
+    let h = |s: String| Algorithm::Md5.h(s.as_bytes());
+    let ha1 = h(format!("alice:R:{password}"));
+    let ha2 = h(format!("GET:{uri}"));
+    let resp = h(format!("{ha1}:{nonce}:{nc}:cn:auth:{ha2}"));
+    format!(
+        "Digest username=\"alice\", realm=\"R\", nonce=\"{nonce}\", uri=\"{uri}\", algorithm=MD5, \
+         qop=auth, nc={nc}, cnonce=\"cn\", response=\"{resp}\""
+    )
+}
+
+fn nonce_of(reply: &str) -> String {
+    let i = reply.find("nonce=\"").expect("a Digest challenge") + 7;
+    reply[i..i + reply[i..].find('"').unwrap()].to_owned()
+}
+
+#[tokio::test]
+async fn challenge_then_digest_then_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = service(&dir, "passwd-file");
+    let md5 = [("AUTH_DIGEST_ALGORITHMS", "MD5")];
+    let first = ask(&s, &md5).await;
+    assert!(first.starts_with("Status: 401"), "{first}");
+    assert!(first.contains("WWW-Authenticate: Digest realm=\"R\", qop=\"auth\", algorithm=MD5"));
+    assert!(first.contains("WWW-Authenticate: Basic realm=\"R\", charset=\"UTF-8\""));
+    let nonce = nonce_of(&first);
+    let auth = digest_header(&nonce, "wonderland", "00000001", "/private/x");
+    let ok = ask(&s, &[md5[0], ("HTTP_AUTHORIZATION", &auth)]).await;
+    assert_eq!(ok, "Status: 200 OK\r\nX-Auth-User: alice\r\n\r\n");
+    let replay = ask(&s, &[md5[0], ("HTTP_AUTHORIZATION", &auth)]).await;
+    assert!(
+        replay.starts_with("Status: 401") && replay.contains("stale=true"),
+        "{replay}"
+    );
+    let next = digest_header(&nonce, "wonderland", "00000002", "/private/x");
+    assert!(ask(&s, &[md5[0], ("HTTP_AUTHORIZATION", &next)])
+        .await
+        .starts_with("Status: 200"));
+    // The digest is bound to the request-target.
+    let other_uri = digest_header(&nonce, "wonderland", "00000003", "/elsewhere");
+    assert!(ask(&s, &[md5[0], ("HTTP_AUTHORIZATION", &other_uri)])
+        .await
+        .starts_with("Status: 401"));
+    // An algorithm the location does not allow.
+    let sha_only = [
+        ("AUTH_DIGEST_ALGORITHMS", "SHA-256"),
+        ("HTTP_AUTHORIZATION", &next),
+    ];
+    assert!(ask(&s, &sha_only).await.starts_with("Status: 401"));
+}
+
+#[tokio::test]
+async fn basic_and_offered_schemes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = service(&dir, "passwd-file");
+    // alice:wonderland
+    let good = [("HTTP_AUTHORIZATION", "Basic YWxpY2U6d29uZGVybGFuZA==")];
+    assert!(ask(&s, &good).await.starts_with("Status: 200"));
+    let digest_only = [good[0], ("AUTH_SCHEMES", "digest")];
+    assert!(
+        ask(&s, &digest_only).await.starts_with("Status: 401"),
+        "Basic not offered here"
+    );
+    // alice:wrong, and a password containing ':' is allowed by RFC 7617
+    assert!(ask(&s, &[("HTTP_AUTHORIZATION", "Basic YWxpY2U6d3Jvbmc=")])
+        .await
+        .starts_with("Status: 401"));
+}
+
+#[tokio::test]
+async fn bad_settings_missing_key_and_backend_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = service(&dir, "passwd-file");
+    for bad in [
+        ("AUTH_SCHEMES", "ntlm"),
+        ("AUTH_DIGEST_ALGORITHMS", "SHA-1"),
+        ("AUTH_NONCE_LIFETIME", "x"),
+        ("AUTH_REALM", "a\"b"),
+    ] {
+        let r = ask(&s, &[bad]).await;
+        assert!(r.starts_with("Status: 503"), "{bad:?}: {r}");
+    }
+    let r = ask(&s, &[("HTTP_X_AUTH_KEY", "wrong")]).await;
+    assert!(r.starts_with("Status: 403"), "{r}");
+
+    let db = dir.path().join("gone.db");
+    let s = service(&dir, &format!("sqlite:{}", db.display()));
+    std::fs::remove_file(&db).unwrap();
+    let r = ask(
+        &s,
+        &[("HTTP_AUTHORIZATION", "Basic YWxpY2U6d29uZGVybGFuZA==")],
+    )
+    .await;
+    assert!(
+        r.starts_with("Status: 503"),
+        "backend down is not a 401: {r}"
+    );
+}

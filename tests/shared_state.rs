@@ -1,0 +1,357 @@
+//! Throttle state shared through a real `redis-server` (Debian package
+//! `redis-server`), which each test starts on loopback on a free port in a
+//! temp dir and stops on drop. Two responder instances (two
+//! `Authenticator`s, each with its own `Throttle`, Redis connection and
+//! passdb) enforce one limit. Time moves by a shared manual clock, never by
+//! sleeping: real Redis I/O rules out pausing tokio's clock.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nginx_auth_fcgi::audit::Outcome;
+use nginx_auth_fcgi::auth_http::{MailAuthRequest, MailAuthResponse};
+use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy, WaitPolicy};
+use nginx_auth_fcgi::fastcgi::Params;
+use nginx_auth_fcgi::mech::Mechanism;
+use nginx_auth_fcgi::passdb::AnyPassdb;
+use nginx_auth_fcgi::throttle::{Clock, Throttle, ThrottlePolicy};
+use nginx_auth_fcgi::upstream::Upstreams;
+
+static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        LOG.lock().unwrap().push(r.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+fn capture_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        log::set_boxed_logger(Box::new(Capture)).unwrap();
+        log::set_max_level(log::LevelFilter::Debug);
+    });
+}
+
+fn log_lines(containing: &str) -> usize {
+    LOG.lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(containing))
+        .count()
+}
+
+/// A throwaway `redis-server`.
+struct Redis {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn redis_server_program() -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("redis-server"))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "redis-server not found: install the Debian package redis-server \
+             (bash tests/run installs it)"
+        )
+    })
+}
+
+impl Redis {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Redis {
+            child: None,
+            dir,
+            port: 0,
+        };
+        r.spawn(None);
+        r
+    }
+
+    /// Starts the server, on `port` or a free one.
+    fn spawn(&mut self, port: Option<u16>) {
+        let program = redis_server_program();
+        for _ in 0..5 {
+            let port = port.unwrap_or_else(|| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            });
+            let mut child = Command::new(&program)
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken: try another
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    self.child = Some(child);
+                    self.port = port;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn policy() -> ThrottlePolicy {
+    ThrottlePolicy {
+        window: Duration::from_secs(600),
+        block_ip: 20,
+        block_ip_user: 5,
+        block_time: Duration::from_secs(900),
+        delay_base: 1,
+        delay_max: 30,
+        ipv6_prefix: 64,
+        trusted: Vec::new(),
+    }
+}
+
+/// One responder instance: its own passdb, throttle and Redis connection.
+struct Instance {
+    _dir: tempfile::TempDir,
+    auth: Authenticator,
+}
+
+fn instance(redis: &Redis, clock: &Clock) -> Instance {
+    capture_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("users");
+    std::fs::write(
+        &passwd,
+        "alice:{PLAIN}alice-pw::::::\nbob:{PLAIN}bob-pw::::::\n",
+    )
+    .unwrap();
+    let db = AnyPassdb::open(&format!("passwd-file:{}", passwd.display()), None).unwrap();
+    let throttle = Throttle::with_redis(policy(), clock.clone(), &redis.url()).unwrap();
+    let mut upstreams = Upstreams::default();
+    upstreams.add("imap=127.0.0.1:1143").unwrap();
+    let policy = Policy {
+        mechanisms: [Mechanism::Plain].into_iter().collect(),
+        local_domains: Vec::new(),
+        upstreams,
+        wait: WaitPolicy::default(),
+        smtp_pass: false,
+        timeout: Duration::from_secs(10),
+        throttle: Some(Arc::new(throttle)),
+        cache: None,
+    };
+    Instance {
+        _dir: dir,
+        auth: Authenticator::new(policy, vec![db]).unwrap(),
+    }
+}
+
+fn login(user: &str, pass: &str, ip: &str) -> MailAuthRequest {
+    let pairs = [
+        ("HTTP_AUTH_METHOD", "plain"),
+        ("HTTP_AUTH_USER", user),
+        ("HTTP_AUTH_PASS", pass),
+        ("HTTP_AUTH_PROTOCOL", "imap"),
+        ("HTTP_AUTH_LOGIN_ATTEMPT", "1"),
+        ("HTTP_CLIENT_IP", ip),
+    ]
+    .iter()
+    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+    .collect();
+    MailAuthRequest::from_params(&Params::from_pairs(pairs)).unwrap()
+}
+
+#[track_caller]
+fn assert_ok(d: &Decision) {
+    assert_eq!(d.audit.outcome, Outcome::Ok, "{}", d.audit);
+}
+
+#[track_caller]
+fn assert_mismatch(d: &Decision) {
+    assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
+}
+
+#[track_caller]
+fn assert_blocked(d: &Decision) {
+    assert_eq!(d.audit.outcome, Outcome::Fail, "{}", d.audit);
+    assert!(d.audit.reason.starts_with("blocked-"), "{}", d.audit);
+    assert_eq!(d.audit.passdb, "-", "{}", d.audit);
+    let MailAuthResponse::Fail(f) = &d.response else {
+        unreachable!()
+    };
+    assert_eq!(f.wait, None);
+}
+
+fn start_clock() -> Clock {
+    Clock::manual(1_800_000_000_000)
+}
+
+#[tokio::test]
+async fn two_instances_enforce_one_limit() {
+    let redis = Redis::start();
+    let clock = start_clock();
+    let (a, b) = (instance(&redis, &clock), instance(&redis, &clock));
+    let attacker = "203.0.113.100";
+    // The guessing loop, spread over both instances (as nginx would with two
+    // auth_http servers): each alone has seen fewer than 5 failures.
+    let mut waits = Vec::new();
+    for i in 0..5 {
+        let inst = if i % 2 == 0 { &a } else { &b };
+        let d = inst
+            .auth
+            .authenticate(&login("alice", &format!("guess{i}"), attacker))
+            .await;
+        assert_mismatch(&d);
+        let MailAuthResponse::Fail(f) = &d.response else {
+            unreachable!()
+        };
+        waits.push(f.wait);
+    }
+    // The delay grows across instances too.
+    assert_eq!(waits, [Some(1), Some(2), Some(4), Some(8), Some(16)]);
+    for inst in [&a, &b] {
+        assert_blocked(
+            &inst
+                .auth
+                .authenticate(&login("alice", "alice-pw", attacker))
+                .await,
+        );
+    }
+    assert_eq!(
+        log_lines(&format!("blocked ip {attacker} user alice")),
+        1,
+        "one instance logs the block"
+    );
+    // Another network's correct login passes on both.
+    for inst in [&a, &b] {
+        assert_ok(
+            &inst
+                .auth
+                .authenticate(&login("alice", "alice-pw", "198.51.100.100"))
+                .await,
+        );
+    }
+
+    // The block ends for both at once; one of them logs it.
+    clock.advance(Duration::from_secs(901));
+    assert_ok(
+        &b.auth
+            .authenticate(&login("alice", "alice-pw", attacker))
+            .await,
+    );
+    assert_ok(
+        &a.auth
+            .authenticate(&login("alice", "alice-pw", attacker))
+            .await,
+    );
+    assert_eq!(log_lines(&format!("unblocked ip {attacker} user alice")), 1);
+}
+
+#[tokio::test]
+async fn redis_down_falls_back_to_local_state_and_never_fails_open() {
+    let mut redis = Redis::start();
+    let clock = start_clock();
+    let a = instance(&redis, &clock);
+    let attacker = "203.0.113.110";
+    for _ in 0..5 {
+        assert_mismatch(
+            &a.auth
+                .authenticate(&login("alice", "guess", attacker))
+                .await,
+        );
+    }
+    assert_blocked(
+        &a.auth
+            .authenticate(&login("alice", "alice-pw", attacker))
+            .await,
+    );
+    let port = redis.port;
+    redis.stop();
+
+    // What this instance knew still holds…
+    for _ in 0..3 {
+        assert_blocked(
+            &a.auth
+                .authenticate(&login("alice", "alice-pw", attacker))
+                .await,
+        );
+    }
+    // …wrong passwords stay wrong, right ones work, new guessing is still
+    // counted and blocked locally.
+    let other = "203.0.113.111";
+    for _ in 0..5 {
+        assert_mismatch(&a.auth.authenticate(&login("bob", "guess", other)).await);
+        clock.advance(Duration::from_secs(1));
+    }
+    assert_blocked(&a.auth.authenticate(&login("bob", "bob-pw", other)).await);
+    assert_ok(
+        &a.auth
+            .authenticate(&login("bob", "bob-pw", "198.51.100.110"))
+            .await,
+    );
+    assert_eq!(
+        log_lines("shared state unreachable"),
+        1,
+        "logged once per transition: {:?}",
+        LOG.lock().unwrap()
+    );
+
+    // Redis comes back: used again, and that is logged once.
+    redis.spawn(Some(port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log_lines("shared state reachable again") == 0 {
+        assert!(Instant::now() < deadline, "Redis not used again");
+        clock.advance(Duration::from_secs(6));
+        a.auth
+            .authenticate(&login("bob", "bob-pw", "198.51.100.111"))
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(log_lines("shared state reachable again"), 1);
+    // A second instance, which only knows Redis, sees nothing of the local
+    // blocks: the fallback is per instance, as documented.
+    let b = instance(&redis, &clock);
+    assert_ok(
+        &b.auth
+            .authenticate(&login("bob", "bob-pw", "198.51.100.112"))
+            .await,
+    );
+}

@@ -1,0 +1,373 @@
+//! Brute-force throttling inside the process, on paused tokio time: CGI
+//! params as nginx sends them → `Authenticator` (with a real passwd-file) →
+//! the reply and the audit record. No sleeps: `tokio::time::advance` moves
+//! the throttle's clock.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use nginx_auth_fcgi::audit::Outcome;
+use nginx_auth_fcgi::auth_http::{MailAuthRequest, MailAuthResponse};
+use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy, WaitPolicy};
+use nginx_auth_fcgi::fastcgi::Params;
+use nginx_auth_fcgi::mech::Mechanism;
+use nginx_auth_fcgi::passdb::AnyPassdb;
+use nginx_auth_fcgi::throttle::{Clock, Throttle, ThrottlePolicy};
+use nginx_auth_fcgi::upstream::Upstreams;
+
+/// Log lines of the whole test binary (tests run in parallel: each test
+/// uses its own client addresses and looks only for lines naming them).
+static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        LOG.lock().unwrap().push(r.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+fn capture_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        log::set_boxed_logger(Box::new(Capture)).unwrap();
+        log::set_max_level(log::LevelFilter::Debug);
+    });
+}
+
+fn log_lines(containing: &str) -> usize {
+    LOG.lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(containing))
+        .count()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    auth: Authenticator,
+}
+
+fn policy() -> ThrottlePolicy {
+    ThrottlePolicy {
+        window: Duration::from_secs(600),
+        block_ip: 20,
+        block_ip_user: 5,
+        block_time: Duration::from_secs(900),
+        delay_base: 1,
+        delay_max: 30,
+        ipv6_prefix: 64,
+        trusted: vec!["192.0.2.0/24".parse().unwrap()],
+    }
+}
+
+fn fixture(throttle: Arc<Throttle>) -> Fixture {
+    capture_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("users");
+    let mut users = String::from("alice:{PLAIN}alice-pw::::::\nbob:{PLAIN}bob-pw::::::\n");
+    for i in 0..30 {
+        users.push_str(&format!("user{i}:{{PLAIN}}pw{i}::::::\n"));
+    }
+    std::fs::write(&passwd, users).unwrap();
+    let db = AnyPassdb::open(&format!("passwd-file:{}", passwd.display()), None).unwrap();
+    let auth = authenticator(vec![db], Some(throttle));
+    Fixture { _dir: dir, auth }
+}
+
+fn authenticator(passdbs: Vec<AnyPassdb>, throttle: Option<Arc<Throttle>>) -> Authenticator {
+    let mut upstreams = Upstreams::default();
+    upstreams.add("imap=127.0.0.1:1143").unwrap();
+    let policy = Policy {
+        mechanisms: [Mechanism::Plain].into_iter().collect(),
+        local_domains: Vec::new(),
+        upstreams,
+        wait: WaitPolicy::default(),
+        smtp_pass: false,
+        timeout: Duration::from_secs(10),
+        throttle,
+        cache: None,
+    };
+    Authenticator::new(policy, passdbs).unwrap()
+}
+
+fn throttle(p: ThrottlePolicy) -> Arc<Throttle> {
+    Arc::new(Throttle::in_memory(p, Clock::system()))
+}
+
+/// One login as nginx asks for it: a fresh connection (attempt 1) unless said.
+fn login(user: &str, pass: &str, ip: &str) -> MailAuthRequest {
+    login_attempt(user, pass, ip, 1)
+}
+
+fn login_attempt(user: &str, pass: &str, ip: &str, attempt: u32) -> MailAuthRequest {
+    let pairs = [
+        ("HTTP_AUTH_METHOD", "plain"),
+        ("HTTP_AUTH_USER", user),
+        ("HTTP_AUTH_PASS", pass),
+        ("HTTP_AUTH_PROTOCOL", "imap"),
+        ("HTTP_AUTH_LOGIN_ATTEMPT", &attempt.to_string()),
+        ("HTTP_CLIENT_IP", ip),
+    ]
+    .iter()
+    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+    .collect();
+    MailAuthRequest::from_params(&Params::from_pairs(pairs)).unwrap()
+}
+
+fn wait_of(d: &Decision) -> Option<u32> {
+    match &d.response {
+        MailAuthResponse::Fail(f) => f.wait,
+        MailAuthResponse::Ok { .. } => panic!("expected a failure: {}", d.audit),
+    }
+}
+
+#[track_caller]
+fn assert_ok(d: &Decision) {
+    assert_eq!(d.audit.outcome, Outcome::Ok, "{}", d.audit);
+}
+
+#[track_caller]
+fn assert_blocked(d: &Decision, scope: &str) {
+    assert_eq!(d.audit.outcome, Outcome::Fail, "{}", d.audit);
+    assert_eq!(d.audit.reason, format!("blocked-{scope}"), "{}", d.audit);
+    assert_eq!(d.audit.throttle, Some("blocked"), "{}", d.audit);
+    assert_eq!(d.audit.passdb, "-", "the passdb must not be asked");
+    let MailAuthResponse::Fail(f) = &d.response else {
+        unreachable!()
+    };
+    assert_eq!(
+        f.message, "Invalid login or password",
+        "same text as a wrong password"
+    );
+    assert_eq!(f.wait, None, "blocked: no Auth-Wait, nginx closes at once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn guessing_from_one_network_is_blocked_while_the_user_logs_in_elsewhere() {
+    let f = fixture(throttle(policy()));
+    let attacker = "203.0.113.10";
+    // Each guess on a fresh connection: the per-connection schedule alone
+    // would answer 1 s every time; the throttle makes the wait grow.
+    let mut waits = Vec::new();
+    for i in 0..5 {
+        let d = f
+            .auth
+            .authenticate(&login("alice", &format!("guess{i}"), attacker))
+            .await;
+        assert_eq!(d.audit.outcome, Outcome::Fail, "{}", d.audit);
+        assert_eq!(d.audit.reason, "password-mismatch");
+        waits.push(wait_of(&d));
+    }
+    assert_eq!(waits, [Some(1), Some(2), Some(4), Some(8), Some(16)]);
+    assert_eq!(log_lines(&format!("blocked ip {attacker} user alice")), 1);
+
+    // Now even the right password from there is refused without a lookup.
+    for _ in 0..3 {
+        let d = f
+            .auth
+            .authenticate(&login("alice", "alice-pw", attacker))
+            .await;
+        assert_blocked(&d, "ip-user");
+    }
+    // Logged once, not per request.
+    assert_eq!(log_lines(&format!("blocked ip {attacker} user alice")), 1);
+
+    // The real user, from home: fine.
+    assert_ok(
+        &f.auth
+            .authenticate(&login("alice", "alice-pw", "198.51.100.20"))
+            .await,
+    );
+    // Another user behind the attacker's address: fine (only the pair is blocked).
+    assert_ok(&f.auth.authenticate(&login("bob", "bob-pw", attacker)).await);
+    // A typo by the real user is answered slowly (the per-user count is
+    // high) but never blocked.
+    let d = f
+        .auth
+        .authenticate(&login("alice", "typo", "198.51.100.20"))
+        .await;
+    assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
+    assert_eq!(wait_of(&d), Some(30));
+    assert_ok(
+        &f.auth
+            .authenticate(&login("alice", "alice-pw", "198.51.100.20"))
+            .await,
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_connection_schedule_still_closes_after_max_attempts() {
+    let f = fixture(throttle(policy()));
+    let d = f
+        .auth
+        .authenticate(&login_attempt("alice", "x", "203.0.113.11", 10))
+        .await;
+    assert_eq!(wait_of(&d), None, "attempt 10: nginx must close");
+}
+
+#[tokio::test(start_paused = true)]
+async fn spraying_many_users_blocks_the_network() {
+    let f = fixture(throttle(policy()));
+    let sprayer = "203.0.113.20";
+    for i in 0..20 {
+        let d = f
+            .auth
+            .authenticate(&login(&format!("user{i}"), "Summer2026!", sprayer))
+            .await;
+        assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
+    }
+    assert_eq!(log_lines(&format!("blocked ip {sprayer} for 900 s")), 1);
+    assert_blocked(
+        &f.auth.authenticate(&login("user25", "pw25", sprayer)).await,
+        "ip",
+    );
+    assert_ok(
+        &f.auth
+            .authenticate(&login("user25", "pw25", "203.0.113.21"))
+            .await,
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ipv6_clients_are_counted_per_64() {
+    let f = fixture(throttle(policy()));
+    for i in 0..5 {
+        // A different address of the same /64 each time.
+        let ip = format!("2001:db8:7:7::{:x}", i + 1);
+        f.auth.authenticate(&login("alice", "guess", &ip)).await;
+    }
+    assert_blocked(
+        &f.auth
+            .authenticate(&login("alice", "alice-pw", "2001:db8:7:7:ffff::1"))
+            .await,
+        "ip-user",
+    );
+    assert_ok(
+        &f.auth
+            .authenticate(&login("alice", "alice-pw", "2001:db8:7:8::1"))
+            .await,
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_block_expires_and_the_unblock_is_logged_once() {
+    let f = fixture(throttle(policy()));
+    let ip = "203.0.113.30";
+    for _ in 0..5 {
+        f.auth.authenticate(&login("alice", "guess", ip)).await;
+    }
+    assert_blocked(
+        &f.auth.authenticate(&login("alice", "alice-pw", ip)).await,
+        "ip-user",
+    );
+    tokio::time::advance(Duration::from_secs(899)).await;
+    assert_blocked(
+        &f.auth.authenticate(&login("alice", "alice-pw", ip)).await,
+        "ip-user",
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_ok(&f.auth.authenticate(&login("alice", "alice-pw", ip)).await);
+    assert_ok(&f.auth.authenticate(&login("alice", "alice-pw", ip)).await);
+    assert_eq!(log_lines(&format!("unblocked ip {ip} user alice")), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn old_failures_slide_out_of_the_window() {
+    let f = fixture(throttle(policy()));
+    let ip = "203.0.113.40";
+    for _ in 0..4 {
+        f.auth.authenticate(&login("alice", "guess", ip)).await;
+    }
+    // Two windows later the four are forgotten: four more do not block.
+    tokio::time::advance(Duration::from_secs(1200)).await;
+    for _ in 0..4 {
+        let d = f.auth.authenticate(&login("alice", "guess", ip)).await;
+        assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
+    }
+    assert_ok(&f.auth.authenticate(&login("alice", "alice-pw", ip)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_forgets_that_users_failures_from_that_network() {
+    let f = fixture(throttle(policy()));
+    let ip = "203.0.113.50";
+    for _ in 0..4 {
+        f.auth.authenticate(&login("alice", "typo", ip)).await;
+    }
+    assert_ok(&f.auth.authenticate(&login("alice", "alice-pw", ip)).await);
+    for _ in 0..4 {
+        let d = f.auth.authenticate(&login("alice", "typo", ip)).await;
+        assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
+    }
+    assert_ok(&f.auth.authenticate(&login("alice", "alice-pw", ip)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn trusted_networks_are_exempt() {
+    let f = fixture(throttle(policy()));
+    for _ in 0..30 {
+        let d = f
+            .auth
+            .authenticate(&login("alice", "guess", "192.0.2.7"))
+            .await;
+        assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
+        // Only the per-connection schedule applies.
+        assert_eq!(wait_of(&d), Some(1));
+    }
+    assert_ok(
+        &f.auth
+            .authenticate(&login("alice", "alice-pw", "192.0.2.7"))
+            .await,
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn temporary_failures_are_not_counted() {
+    capture_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    let admin = nginx_auth_fcgi::passdb::sqlite::Admin::open(&path).unwrap();
+    admin.add("alice", "{PLAIN}alice-pw").unwrap();
+    drop(admin);
+    let db = AnyPassdb::open(&format!("sqlite:{}", path.display()), None).unwrap();
+    let auth = authenticator(vec![db], Some(throttle(policy())));
+    let ip = "203.0.113.60";
+    assert_ok(&auth.authenticate(&login("alice", "alice-pw", ip)).await);
+    // The database breaks: every answer is a temporary failure.
+    std::fs::write(&path, vec![0x55u8; 8192]).unwrap();
+    for _ in 0..10 {
+        let d = auth.authenticate(&login("alice", "guess", ip)).await;
+        assert_eq!(d.audit.outcome, Outcome::TempFail, "{}", d.audit);
+    }
+    assert_eq!(log_lines(&format!("blocked ip {ip}")), 0);
+    drop(dir);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_authenticators_sharing_one_in_memory_throttle_enforce_one_limit() {
+    let shared = throttle(policy());
+    let a = fixture(shared.clone());
+    let b = fixture(shared);
+    let ip = "203.0.113.70";
+    for i in 0..5 {
+        let f = if i % 2 == 0 { &a } else { &b };
+        f.auth.authenticate(&login("alice", "guess", ip)).await;
+    }
+    assert_blocked(
+        &a.auth.authenticate(&login("alice", "alice-pw", ip)).await,
+        "ip-user",
+    );
+    assert_blocked(
+        &b.auth.authenticate(&login("alice", "alice-pw", ip)).await,
+        "ip-user",
+    );
+    assert_ok(
+        &b.auth
+            .authenticate(&login("alice", "alice-pw", "198.51.100.70"))
+            .await,
+    );
+}
