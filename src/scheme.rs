@@ -252,7 +252,7 @@ fn argon2_hash(s: Scheme, text: &str) -> Result<argon2::PasswordHash, SchemeErro
 
 /// The scheme of a bare crypt string, from its `$id$` prefix.
 fn crypt_scheme(s: &str) -> Option<Scheme> {
-    Some(if s.starts_with("$1$") {
+    Some(if s.starts_with("$1$") || s.starts_with("$apr1$") {
         Scheme::Md5Crypt
     } else if s.starts_with("$5$") {
         Scheme::Sha256Crypt
@@ -418,8 +418,11 @@ impl StoredPassword {
                 ct_eq(&cram_context_of(password), &stored)
             }
             Scheme::Md5Crypt => {
-                let (salt, expected) = md5_crypt_parts(self.text()?)?;
-                ct_eq(md5_crypt(password, salt).as_bytes(), expected.as_bytes())
+                let (magic, salt, expected) = md5_crypt_parts(self.text()?)?;
+                ct_eq(
+                    md5_crypt_magic(password, salt, magic).as_bytes(),
+                    expected.as_bytes(),
+                )
             }
             Scheme::Sha256Crypt | Scheme::Sha512Crypt => {
                 use sha_crypt::PasswordVerifier as _;
@@ -599,20 +602,30 @@ fn cram_from_context(ctx: &[u8; 32], challenge: &[u8]) -> [u8; 16] {
 
 const ITOA64: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-fn md5_crypt_parts(s: &str) -> Result<(&str, &str), SchemeError> {
-    let rest = s
-        .strip_prefix("$1$")
-        .ok_or_else(|| malformed(Scheme::Md5Crypt, "expected $1$salt$hash"))?;
+/// `(magic, salt, hash)` of `$1$salt$hash` or Apache's `$apr1$salt$hash`
+/// (the same algorithm with another magic string, as `htpasswd -m` writes).
+fn md5_crypt_parts(s: &str) -> Result<(&'static str, &str, &str), SchemeError> {
+    let (magic, rest) = if let Some(r) = s.strip_prefix("$1$") {
+        ("$1$", r)
+    } else if let Some(r) = s.strip_prefix("$apr1$") {
+        ("$apr1$", r)
+    } else {
+        return Err(malformed(Scheme::Md5Crypt, "expected $1$salt$hash"));
+    };
     let (salt, hash) = rest
         .split_once('$')
         .ok_or_else(|| malformed(Scheme::Md5Crypt, "expected $1$salt$hash"))?;
     if salt.len() > 8 || hash.len() != 22 {
         return Err(malformed(Scheme::Md5Crypt, "bad salt or hash length"));
     }
-    Ok((salt, hash))
+    Ok((magic, salt, hash))
 }
 
 fn md5_crypt(pw: &[u8], salt: &str) -> String {
+    md5_crypt_magic(pw, salt, "$1$")
+}
+
+fn md5_crypt_magic(pw: &[u8], salt: &str, magic: &str) -> String {
     let salt = salt.as_bytes();
     let alt = Md5::new()
         .chain_update(pw)
@@ -621,7 +634,7 @@ fn md5_crypt(pw: &[u8], salt: &str) -> String {
         .finalize();
     let mut ctx = Md5::new()
         .chain_update(pw)
-        .chain_update(b"$1$")
+        .chain_update(magic.as_bytes())
         .chain_update(salt);
     let mut left = pw.len();
     while left > 0 {
@@ -1205,6 +1218,16 @@ mod tests {
     fn md5_crypt_matches_openssl() {
         // `openssl passwd -1 -salt saltsalt password`
         assert_eq!(md5_crypt(b"password", "saltsalt"), "qjXMvbEw8oaL.CzflDtaK/");
+        // `openssl passwd -apr1 -salt saltsalt password` (Apache htpasswd -m)
+        let apr1 = "$apr1$saltsalt$yAAkm4libquA.ZWLHbSBq/";
+        assert_eq!(
+            md5_crypt_magic(b"password", "saltsalt", "$apr1$"),
+            &apr1[15..]
+        );
+        let sp = StoredPassword::parse(apr1, Scheme::Plain).unwrap();
+        assert_eq!(sp.scheme(), Scheme::Md5Crypt);
+        assert!(sp.verify(b"password").unwrap());
+        assert!(!sp.verify(b"Password").unwrap());
     }
 
     #[test]

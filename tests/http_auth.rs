@@ -152,3 +152,79 @@ async fn bad_settings_missing_key_and_backend_down() {
         "backend down is not a 401: {r}"
     );
 }
+
+fn service_with(passdbs: Vec<AnyPassdb>) -> Service {
+    let policy = Policy {
+        mechanisms: [Mechanism::Plain].into_iter().collect::<HashSet<_>>(),
+        local_domains: vec![],
+        upstreams: Upstreams::default(),
+        wait: WaitPolicy::default(),
+        smtp_pass: false,
+        timeout: std::time::Duration::from_secs(5),
+        throttle: None,
+        cache: None,
+    };
+    Service::new(
+        Authenticator::new(policy, passdbs).unwrap(),
+        vec!["X-Auth-Key=k".parse().unwrap()],
+    )
+}
+
+#[tokio::test]
+async fn htdigest_serves_digest_without_plaintext_and_basic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("htdigest");
+    // HA1 = MD5("alice:R:wonderland"), as `htdigest FILE R alice` writes it.
+    let ha1 = Algorithm::Md5.h(b"alice:R:wonderland");
+    std::fs::write(&path, format!("alice:R:{ha1}\n")).unwrap();
+    let s = service_with(vec![AnyPassdb::open(
+        &format!("htdigest:{}", path.display()),
+        None,
+    )
+    .unwrap()]);
+    let md5 = ("AUTH_DIGEST_ALGORITHMS", "MD5 MD5-sess");
+    let nonce = nonce_of(&ask(&s, &[md5]).await);
+    let auth = digest_header(&nonce, "wonderland", "00000001", "/private/x");
+    let r = ask(&s, &[md5, ("HTTP_AUTHORIZATION", &auth)]).await;
+    assert!(r.starts_with("Status: 200"), "{r}");
+    let bad = digest_header(&nonce, "Wonderland", "00000002", "/private/x");
+    assert!(ask(&s, &[md5, ("HTTP_AUTHORIZATION", &bad)])
+        .await
+        .starts_with("Status: 401"));
+    // Basic against the same file: MD5(user:realm:offered password) is compared.
+    let basic = [("HTTP_AUTHORIZATION", "Basic YWxpY2U6d29uZGVybGFuZA==")];
+    assert!(ask(&s, &basic).await.starts_with("Status: 200"));
+}
+
+#[tokio::test]
+async fn htpasswd_apr1_bcrypt_and_sha() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("htpasswd");
+    // `openssl passwd -apr1 -salt saltsalt password` (= htpasswd -m), a bcrypt
+    // and a {SHA} line as htpasswd -B / -s write them.
+    let bcrypt =
+        nginx_auth_fcgi::scheme::hash(nginx_auth_fcgi::scheme::Scheme::BlfCrypt, b"password")
+            .unwrap()
+            .replace("{BLF-CRYPT}", "");
+    std::fs::write(
+        &path,
+        format!(
+            "apr:$apr1$saltsalt$yAAkm4libquA.ZWLHbSBq/\nbcr:{bcrypt}\nsha:{{SHA}}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n"
+        ),
+    )
+    .unwrap();
+    let s = service_with(vec![AnyPassdb::open(
+        &format!("htpasswd:{}", path.display()),
+        None,
+    )
+    .unwrap()]);
+    use base64::Engine as _;
+    for user in ["apr", "bcr", "sha"] {
+        let good = base64::engine::general_purpose::STANDARD.encode(format!("{user}:password"));
+        let bad = base64::engine::general_purpose::STANDARD.encode(format!("{user}:passwort"));
+        let ok = ask(&s, &[("HTTP_AUTHORIZATION", &format!("Basic {good}"))]).await;
+        assert!(ok.starts_with("Status: 200"), "{user}: {ok}");
+        let no = ask(&s, &[("HTTP_AUTHORIZATION", &format!("Basic {bad}"))]).await;
+        assert!(no.starts_with("Status: 401"), "{user}: {no}");
+    }
+}

@@ -257,8 +257,16 @@ impl Credentials {
         a1.extend_from_slice(self.realm.as_bytes());
         a1.push(b':');
         a1.extend_from_slice(password);
-        let mut ha1 = a.h(&a1);
+        let ha1 = a.h(&a1);
         zeroize::Zeroize::zeroize(&mut a1);
+        self.expected_from_ha1(&ha1, method)
+    }
+
+    /// The expected `response` from a stored HA1 (lower-case hex of
+    /// H(`user:realm:password`), as htdigest files hold for MD5).
+    pub fn expected_from_ha1(&self, ha1: &str, method: &str) -> String {
+        let a = self.algorithm;
+        let mut ha1 = ha1.to_ascii_lowercase();
         if a.sess() {
             ha1 = a.h(format!("{ha1}:{}:{}", self.nonce, self.cnonce).as_bytes());
         }
@@ -268,6 +276,11 @@ impl Credentials {
             self.nonce, self.nc_text, self.cnonce
         )
         .as_bytes())
+    }
+
+    /// True for the MD5 family, whose HA1 an htdigest file can hold.
+    pub fn md5_family(&self) -> bool {
+        matches!(self.algorithm, Algorithm::Md5 | Algorithm::Md5Sess)
     }
 
     /// Compares the client's response with `expected` in constant time.

@@ -239,6 +239,19 @@ impl HttpAuth {
         }
         let mut failure = None;
         for db in passdbs {
+            if c.md5_family() {
+                match db.digest_ha1(&user, &s.realm).await {
+                    Ok(Some(ha1)) => {
+                        let ok = c.matches(&c.expected_from_ha1(&ha1, method));
+                        return self.conclude_digest(ok, nonce_state, &c, user);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        failure.get_or_insert(e.to_string());
+                        continue;
+                    }
+                }
+            }
             if !db.capabilities().lookup_credentials {
                 continue;
             }
@@ -259,21 +272,35 @@ impl HttpAuth {
                     user,
                 );
             };
-            if !c.matches(&c.expected(plain, method)) {
-                return (challenge(Rejection::PasswordMismatch.as_str(), false), user);
-            }
-            if nonce_state == NonceState::Stale {
-                return (challenge("nonce expired", true), user);
-            }
-            if !self.nonces.accept_nc(&c.nonce, &c.cnonce, c.nc) {
-                return (challenge("nc replayed", true), user);
-            }
-            return (HttpOutcome::Allow { user: user.clone() }, user);
+            let ok = c.matches(&c.expected(plain, method));
+            return self.conclude_digest(ok, nonce_state, &c, user);
         }
         match failure {
             Some(reason) => (HttpOutcome::Unavailable { reason }, user),
             None => (challenge(Rejection::UnknownUser.as_str(), false), user),
         }
+    }
+
+    /// The answer once the response was checked: a right answer with an
+    /// expired nonce is `stale` (the client retries silently), a replayed
+    /// `nc` is refused.
+    fn conclude_digest(
+        &self,
+        ok: bool,
+        nonce_state: NonceState,
+        c: &Credentials,
+        user: String,
+    ) -> (HttpOutcome, String) {
+        if !ok {
+            return (challenge(Rejection::PasswordMismatch.as_str(), false), user);
+        }
+        if nonce_state == NonceState::Stale {
+            return (challenge("nonce expired", true), user);
+        }
+        if !self.nonces.accept_nc(&c.nonce, &c.cnonce, c.nc) {
+            return (challenge("nc replayed", true), user);
+        }
+        (HttpOutcome::Allow { user: user.clone() }, user)
     }
 
     /// Renders the CGI reply.

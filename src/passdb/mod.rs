@@ -7,6 +7,7 @@
 //! Backends are a closed set in [`AnyPassdb`], so every future is a concrete
 //! type and adding a backend touches only this module.
 
+pub mod htdigest;
 pub mod passwd_file;
 pub mod sql;
 pub mod sqlite;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use crate::scheme::{Scheme, SchemeError, StoredPassword};
 use crate::secret::Secret;
 
+pub use htdigest::Htdigest;
 pub use passwd_file::PasswdFile;
 pub use sql::{Mysql, Postgres};
 pub use sqlite::Sqlite;
@@ -123,6 +125,13 @@ pub trait Passdb: Send + Sync {
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError>;
     /// Returns the stored credential of `user`.
     async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError>;
+    /// HTTP Digest's HA1 = hex MD5(`user:realm:password`), for backends that
+    /// store it (htdigest). `Ok(None)`: not stored here (the caller falls back
+    /// to a plaintext from [`Passdb::lookup_credentials`]).
+    async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
+        let _ = (user, realm);
+        Ok(None)
+    }
 }
 
 /// Every backend, one variant each; `impl Passdb` forwards.
@@ -136,6 +145,8 @@ pub enum AnyPassdb {
     Postgres(Postgres),
     /// MySQL / MariaDB.
     Mysql(Mysql),
+    /// Apache htdigest file.
+    Htdigest(Htdigest),
 }
 
 /// Settings that apply to every passdb of a configuration.
@@ -205,7 +216,17 @@ impl AnyPassdb {
             uri: uri.to_owned(),
             reason,
         };
-        if let Some(path) = uri.strip_prefix("passwd-file:") {
+        if let Some(path) = uri.strip_prefix("htdigest:") {
+            Htdigest::open(path.as_ref())
+                .map(AnyPassdb::Htdigest)
+                .map_err(open_err)
+        } else if let Some(path) = uri.strip_prefix("htpasswd:") {
+            // Apache htpasswd lines (`user:hash`, hash bcrypt, $apr1$, {SHA},
+            // $5$/$6$) are valid passwd-file lines; never guess a bare value.
+            PasswdFile::open(path.as_ref(), None)
+                .map(AnyPassdb::PasswdFile)
+                .map_err(open_err)
+        } else if let Some(path) = uri.strip_prefix("passwd-file:") {
             PasswdFile::open(path.as_ref(), default_scheme)
                 .map(AnyPassdb::PasswdFile)
                 .map_err(open_err)
@@ -233,6 +254,7 @@ impl Passdb for AnyPassdb {
             AnyPassdb::Sqlite(p) => p.name(),
             AnyPassdb::Postgres(p) => p.name(),
             AnyPassdb::Mysql(p) => p.name(),
+            AnyPassdb::Htdigest(p) => p.name(),
         }
     }
     fn capabilities(&self) -> Capabilities {
@@ -241,6 +263,7 @@ impl Passdb for AnyPassdb {
             AnyPassdb::Sqlite(p) => p.capabilities(),
             AnyPassdb::Postgres(p) => p.capabilities(),
             AnyPassdb::Mysql(p) => p.capabilities(),
+            AnyPassdb::Htdigest(p) => p.capabilities(),
         }
     }
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
@@ -249,6 +272,7 @@ impl Passdb for AnyPassdb {
             AnyPassdb::Sqlite(p) => p.verify_plain(user, passwords).await,
             AnyPassdb::Postgres(p) => p.verify_plain(user, passwords).await,
             AnyPassdb::Mysql(p) => p.verify_plain(user, passwords).await,
+            AnyPassdb::Htdigest(p) => p.verify_plain(user, passwords).await,
         }
     }
     async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
@@ -257,6 +281,13 @@ impl Passdb for AnyPassdb {
             AnyPassdb::Sqlite(p) => p.lookup_credentials(user).await,
             AnyPassdb::Postgres(p) => p.lookup_credentials(user).await,
             AnyPassdb::Mysql(p) => p.lookup_credentials(user).await,
+            AnyPassdb::Htdigest(p) => p.lookup_credentials(user).await,
+        }
+    }
+    async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
+        match self {
+            AnyPassdb::Htdigest(p) => p.digest_ha1(user, realm).await,
+            _ => Ok(None),
         }
     }
 }

@@ -1,0 +1,190 @@
+//! Apache `htdigest` files: `user:realm:HA1`, where HA1 is the lower-case hex
+//! MD5 of `user:realm:password` (what `htdigest -c FILE REALM USER` writes).
+//!
+//! They serve HTTP Digest (MD5, MD5-sess) through [`Passdb::digest_ha1`]
+//! without any plaintext, and also plaintext checks (Basic, mail PLAIN) by
+//! hashing the offered password for each realm the user has. They cannot
+//! hand out a password, so CRAM-MD5/APOP are not served.
+//! Re-read when the file changes, like the passwd-file.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use md5::{Digest as _, Md5};
+
+use super::{Capabilities, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
+use crate::secret::{ct_eq, Secret};
+
+/// user → every (realm, HA1) line of that user.
+type Table = HashMap<String, Vec<(String, [u8; 16])>>;
+
+/// An htdigest passdb.
+#[derive(Debug)]
+pub struct Htdigest {
+    path: PathBuf,
+    /// user → [(realm, HA1 bytes)]
+    table: RwLock<Arc<Table>>,
+    stamp: Mutex<Option<(i64, i64, u64, u64)>>,
+}
+
+fn stamp(m: &std::fs::Metadata) -> (i64, i64, u64, u64) {
+    (m.mtime(), m.mtime_nsec(), m.len(), m.ino())
+}
+
+fn parse(text: &[u8], path: &Path) -> Table {
+    let mut users = Table::new();
+    for (i, line) in String::from_utf8_lossy(text).lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut f = line.splitn(3, ':');
+        let (user, realm, ha1) = (f.next().unwrap_or(""), f.next(), f.next());
+        let mut bytes = [0u8; 16];
+        match (realm, ha1) {
+            (Some(realm), Some(ha1))
+                if !user.is_empty() && hex::decode_to_slice(ha1.trim(), &mut bytes).is_ok() =>
+            {
+                users
+                    .entry(user.to_owned())
+                    .or_default()
+                    .push((realm.to_owned(), bytes));
+            }
+            _ => log::warn!(
+                "htdigest {}: line {}: expected user:realm:32-hex-digit HA1, skipped",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    users
+}
+
+impl Htdigest {
+    /// Loads `path`.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Htdigest {
+            path: path.to_owned(),
+            table: RwLock::new(Arc::new(parse(&text, path))),
+            stamp: Mutex::new(Some(stamp(&meta))),
+        })
+    }
+
+    fn entries(&self, user: &str) -> Vec<(String, [u8; 16])> {
+        if let Ok(meta) = std::fs::metadata(&self.path) {
+            let now = stamp(&meta);
+            let mut loaded = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+            if *loaded != Some(now) {
+                match std::fs::read(&self.path) {
+                    Ok(text) => {
+                        *self.table.write().unwrap_or_else(|e| e.into_inner()) =
+                            Arc::new(parse(&text, &self.path));
+                        *loaded = Some(now);
+                    }
+                    Err(e) => log::error!("htdigest {}: reload failed: {e}", self.path.display()),
+                }
+            }
+        }
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner()).clone();
+        table.get(user).cloned().unwrap_or_default()
+    }
+}
+
+/// MD5(`user:realm:password`).
+pub fn ha1(user: &str, realm: &str, password: &[u8]) -> [u8; 16] {
+    let mut h = Md5::new();
+    h.update(user.as_bytes());
+    h.update(b":");
+    h.update(realm.as_bytes());
+    h.update(b":");
+    h.update(password);
+    h.finalize().into()
+}
+
+impl Passdb for Htdigest {
+    fn name(&self) -> &'static str {
+        "htdigest"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            verify_plain: true,
+            lookup_credentials: false,
+        }
+    }
+    async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
+        let entries = self.entries(user);
+        if entries.is_empty() {
+            return Ok(Verdict::Rejected(Rejection::UnknownUser));
+        }
+        for (realm, stored) in &entries {
+            if passwords
+                .iter()
+                .any(|p| ct_eq(&ha1(user, realm, p.expose()), stored))
+            {
+                return Ok(Verdict::Accepted(Principal {
+                    user: user.to_owned(),
+                    ..Principal::default()
+                }));
+            }
+        }
+        Ok(Verdict::Rejected(Rejection::PasswordMismatch))
+    }
+    async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
+        let _ = user;
+        Ok(Lookup::Rejected(Rejection::UnknownUser))
+    }
+    async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
+        Ok(self
+            .entries(user)
+            .into_iter()
+            .find(|(r, _)| r == realm)
+            .map(|(_, h)| hex::encode(h)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_digest_ha1_and_plaintext_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htdigest");
+        // `htdigest` output for Mufasa / testrealm@host.com / "Circle Of Life".
+        std::fs::write(
+            &path,
+            "Mufasa:testrealm@host.com:939e7578ed9e3c518a452acee763bce9\nbroken line\n",
+        )
+        .unwrap();
+        let db = Htdigest::open(&path).unwrap();
+        assert_eq!(
+            hex::encode(ha1("Mufasa", "testrealm@host.com", b"Circle Of Life")),
+            "939e7578ed9e3c518a452acee763bce9"
+        );
+        assert_eq!(
+            db.digest_ha1("Mufasa", "testrealm@host.com")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("939e7578ed9e3c518a452acee763bce9")
+        );
+        assert_eq!(db.digest_ha1("Mufasa", "other").await.unwrap(), None);
+        assert!(matches!(
+            db.verify_plain("Mufasa", &[Secret::from("Circle Of Life")])
+                .await,
+            Ok(Verdict::Accepted(_))
+        ));
+        assert!(matches!(
+            db.verify_plain("Mufasa", &[Secret::from("circle of life")])
+                .await,
+            Ok(Verdict::Rejected(Rejection::PasswordMismatch))
+        ));
+        assert!(matches!(
+            db.verify_plain("Simba", &[Secret::from("x")]).await,
+            Ok(Verdict::Rejected(Rejection::UnknownUser))
+        ));
+    }
+}
