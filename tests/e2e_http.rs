@@ -202,6 +202,28 @@ impl Site {
             .collect()
     }
 
+    /// Debian's python3-requests lives in the system interpreter.
+    fn requests_client(&self, url: &str, user: &str, password: &str) -> Vec<String> {
+        common::e2e::require_file(
+            "/usr/lib/python3/dist-packages/requests",
+            "python3-requests",
+        );
+        let out = Command::new("/usr/bin/python3")
+            .arg(repo_root().join("tests/e2e/http_digest.py"))
+            .args(["requests", url, user, password])
+            .output()
+            .expect("run /usr/bin/python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     fn log(&self, name: &str) -> String {
         fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
@@ -311,6 +333,21 @@ fn curl_digest_sha256_md5_and_basic() {
     let bob_digest = site.curl(&["--digest", "-u", "bob:bob-pw", &url]);
     assert!(!status_line(&bob_digest).contains(" 200"));
 
+    // The challenge offers userhash=true; curl answers with H(user:realm),
+    // which the daemon maps back to alice.
+    assert!(challenges[0].contains("userhash=true"), "{challenges:?}");
+    let verbose = site.curl(&["-v", "--digest", "-u", &format!("alice:{ALICE_PW}"), &url]);
+    let sent = String::from_utf8_lossy(&verbose.stderr);
+    assert!(
+        sent.contains("userhash=true"),
+        "curl used userhash:\n{sent}"
+    );
+    assert!(
+        !sent.contains("username=\"alice\""),
+        "name not in clear:\n{sent}"
+    );
+    assert!(status_line(&verbose).contains(" 200"));
+
     let md5 = site.curl(&[
         "--digest",
         "-u",
@@ -331,7 +368,7 @@ fn curl_digest_sha256_md5_and_basic() {
 }
 
 #[test]
-fn python_urllib_digest() {
+fn python_urllib_and_requests_digest() {
     let site = Site::start();
     let url = site.url("/legacy/old.txt");
     assert_eq!(
@@ -341,6 +378,20 @@ fn python_urllib_digest() {
     assert_eq!(
         site.digest_client(&["urllib", &url, "alice", "nope"]),
         vec!["status 401"]
+    );
+    // python3-requests does SHA-256 (the /private/ location's first challenge).
+    let private = site.url("/private/secret.txt");
+    assert_eq!(
+        site.requests_client(&private, "alice", ALICE_PW),
+        vec!["status 200"]
+    );
+    assert_eq!(
+        site.requests_client(&private, "alice", "nope"),
+        vec!["status 401"]
+    );
+    assert_eq!(
+        site.requests_client(&url, "alice", ALICE_PW),
+        vec!["status 200"]
     );
 }
 

@@ -86,6 +86,8 @@ pub struct Credentials {
     pub nc_text: String,
     /// `opaque`, echoed.
     pub opaque: Option<String>,
+    /// `userhash=true`: `username` is H(`user:realm`), to be resolved.
+    pub userhash: bool,
 }
 
 /// Why a Digest header was refused.
@@ -208,7 +210,8 @@ impl Credentials {
             (Some(_), Some(_)) => return Err(DigestError::Invalid("username*")),
             (None, None) => return Err(DigestError::Missing("username")),
         };
-        if get("userhash").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        let userhash = get("userhash").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        if userhash && get("username*").is_some() {
             return Err(DigestError::Invalid("userhash"));
         }
         let algorithm = match get("algorithm") {
@@ -244,6 +247,7 @@ impl Credentials {
             nc,
             nc_text,
             opaque: get("opaque"),
+            userhash,
         })
     }
 

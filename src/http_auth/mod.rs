@@ -41,6 +41,10 @@ pub struct HttpSettings {
     pub algorithms: Vec<Algorithm>,
     /// `AUTH_NONCE_LIFETIME` seconds (default 300, as Apache).
     pub nonce_lifetime: u64,
+    /// `AUTH_USERHASH on`: offer `userhash=true` (RFC 7616 §3.4.4), so the
+    /// user name does not cross the wire in clear. Needs a passdb that can list
+    /// its users (passwd-file, htpasswd, htdigest).
+    pub userhash: bool,
 }
 
 /// A setting nginx passed that we cannot use (a configuration error).
@@ -90,6 +94,11 @@ impl HttpSettings {
                 .parse()
                 .map_err(|_| SettingsError("AUTH_NONCE_LIFETIME"))?,
         };
+        let userhash = match text("AUTH_USERHASH")?.as_deref() {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(_) => return Err(SettingsError("AUTH_USERHASH")),
+        };
         if schemes.is_empty() || algorithms.is_empty() {
             return Err(SettingsError("AUTH_SCHEMES"));
         }
@@ -98,6 +107,7 @@ impl HttpSettings {
             schemes,
             algorithms,
             nonce_lifetime,
+            userhash,
         })
     }
 }
@@ -219,10 +229,20 @@ impl HttpAuth {
         s: &HttpSettings,
         passdbs: &[AnyPassdb],
     ) -> (HttpOutcome, String) {
-        let c = match Credentials::parse(header) {
+        let mut c = match Credentials::parse(header) {
             Ok(c) => c,
             Err(e) => return (challenge(&e.to_string(), false), String::new()),
         };
+        if c.userhash {
+            if !s.userhash {
+                return (challenge("userhash not offered", false), String::new());
+            }
+            match resolve_userhash(&c, passdbs).await {
+                Ok(Some(real)) => c.username = real,
+                Ok(None) => return (challenge(Rejection::UnknownUser.as_str(), false), String::new()),
+                Err(reason) => return (HttpOutcome::Unavailable { reason }, String::new()),
+            }
+        }
         let user = c.username.clone();
         if c.realm != s.realm {
             return (challenge("wrong realm", false), user);
@@ -320,10 +340,11 @@ impl HttpAuth {
                         HttpScheme::Digest => {
                             for a in &s.algorithms {
                                 out.push_str(&format!(
-                                    "WWW-Authenticate: Digest realm=\"{}\", qop=\"auth\", algorithm={}, nonce=\"{}\", charset=UTF-8{}\r\n",
+                                    "WWW-Authenticate: Digest realm=\"{}\", qop=\"auth\", algorithm={}, nonce=\"{}\", charset=UTF-8{}{}\r\n",
                                     s.realm,
                                     a.as_str(),
                                     self.nonces.issue(&s.realm),
+                                    if s.userhash { ", userhash=true" } else { "" },
                                     if *stale { ", stale=true" } else { "" }
                                 ));
                             }
@@ -340,6 +361,22 @@ impl HttpAuth {
         out.push_str("\r\n");
         out.into_bytes()
     }
+}
+
+/// The real user behind a `userhash` username: the first passdb user whose
+/// H(`user:realm`) equals it.
+async fn resolve_userhash(c: &Credentials, passdbs: &[AnyPassdb]) -> Result<Option<String>, String> {
+    let wanted = c.username.to_ascii_lowercase();
+    let matches = |u: &str| {
+        let h = c.algorithm.h(format!("{u}:{}", c.realm).as_bytes());
+        crate::secret::ct_eq(h.as_bytes(), wanted.as_bytes())
+    };
+    for db in passdbs {
+        if let Some(u) = db.find_user(&matches).await.map_err(|e| e.to_string())? {
+            return Ok(Some(u));
+        }
+    }
+    Ok(None)
 }
 
 fn challenge(reason: &str, stale: bool) -> HttpOutcome {

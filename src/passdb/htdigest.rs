@@ -136,6 +136,14 @@ impl Passdb for Htdigest {
         let _ = user;
         Ok(Lookup::Rejected(Rejection::UnknownUser))
     }
+    async fn find_user(
+        &self,
+        matches: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Option<String>, PassdbError> {
+        let _ = self.entries("");
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(table.keys().find(|u| matches(u)).cloned())
+    }
     async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
         Ok(self
             .entries(user)

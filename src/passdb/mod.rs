@@ -125,6 +125,16 @@ pub trait Passdb: Send + Sync {
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError>;
     /// Returns the stored credential of `user`.
     async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError>;
+    /// The first user whose name satisfies `matches` (HTTP Digest `userhash`:
+    /// the client sends H(`user:realm`) instead of the name). Only backends
+    /// that can list their users cheaply answer; `Ok(None)` otherwise.
+    async fn find_user(
+        &self,
+        matches: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Option<String>, PassdbError> {
+        let _ = matches;
+        Ok(None)
+    }
     /// HTTP Digest's HA1 = hex MD5(`user:realm:password`), for backends that
     /// store it (htdigest). `Ok(None)`: not stored here (the caller falls back
     /// to a plaintext from [`Passdb::lookup_credentials`]).
@@ -287,6 +297,16 @@ impl Passdb for AnyPassdb {
     async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
         match self {
             AnyPassdb::Htdigest(p) => p.digest_ha1(user, realm).await,
+            _ => Ok(None),
+        }
+    }
+    async fn find_user(
+        &self,
+        matches: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Option<String>, PassdbError> {
+        match self {
+            AnyPassdb::Htdigest(p) => p.find_user(matches).await,
+            AnyPassdb::PasswdFile(p) => p.find_user(matches).await,
             _ => Ok(None),
         }
     }

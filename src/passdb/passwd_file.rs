@@ -145,6 +145,13 @@ impl Passdb for PasswdFile {
             None => Ok(Verdict::Rejected(Rejection::UnknownUser)),
         }
     }
+    async fn find_user(
+        &self,
+        matches: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Option<String>, PassdbError> {
+        self.refresh();
+        Ok(self.current().users.keys().find(|u| matches(u)).cloned())
+    }
     async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
         match self.entry(user) {
             Some(e) => e.lookup(),

@@ -4,6 +4,9 @@
   http_digest.py urllib URL USER PASSWORD
       fetch with Python's own urllib HTTPDigestAuthHandler (MD5 only);
       prints "status <code>".
+  http_digest.py requests URL USER PASSWORD
+      fetch with python3-requests' HTTPDigestAuth (MD5, SHA-256);
+      prints "status <code>".
   http_digest.py manual URL USER PASSWORD [--repeat N] [--sleep S] [--realm R]
       get a challenge, compute the Digest response here (MD5 / SHA-256, qop=auth)
       and send the SAME Authorization header N times (a replay after the first),
@@ -38,6 +41,12 @@ def parse_challenge(h):
 def main():
     mode, url, user, password = sys.argv[1:5]
     rest = sys.argv[5:]
+    if mode == "requests":
+        import requests
+        from requests.auth import HTTPDigestAuth
+        r = requests.get(url, auth=HTTPDigestAuth(user, password), timeout=10)
+        print("status", r.status_code)
+        return
     if mode == "urllib":
         mgr = urllib.request.HTTPPasswordMgrWithDefaultRealm()
         mgr.add_password(None, url, user, password)
