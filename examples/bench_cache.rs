@@ -34,6 +34,7 @@ const USERS: [(&str, Scheme, &str); 3] = [
 
 struct Args {
     secs: u64,
+    rounds: u32,
     tasks: usize,
     passdb: String,
 }
@@ -41,6 +42,7 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         secs: 3,
+        rounds: 6,
         tasks: 8,
         passdb: "sqlite".into(),
     };
@@ -49,6 +51,7 @@ fn args() -> Args {
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--secs" => a.secs = value.parse().expect("--secs N"),
+            "--rounds" => a.rounds = value.parse().expect("--rounds N"),
             "--tasks" => a.tasks = value.parse().expect("--tasks N"),
             "--passdb" => a.passdb = value,
             other => panic!("unknown flag {other}"),
@@ -96,16 +99,15 @@ fn params(user: &str, pass: &str) -> Params {
     )
 }
 
-/// Logins per second of `user` with `tasks` concurrent clients for `secs`.
-async fn measure(svc: &Arc<Service>, user: &str, pass: &str, tasks: usize, secs: u64) -> f64 {
-    // One login first, so a cache-on run measures the steady state of a
-    // client that reconnects with the same credentials.
-    let first = svc.respond(&params(user, pass)).await;
-    assert!(
-        first.windows(15).any(|w| w == b"Auth-Status: OK"),
-        "{user}: login failed: {}",
-        String::from_utf8_lossy(&first)
-    );
+/// Logins of `user` done by `tasks` concurrent clients in `time`, and the
+/// time actually taken.
+async fn measure(
+    svc: &Arc<Service>,
+    user: &str,
+    pass: &str,
+    tasks: usize,
+    time: Duration,
+) -> (u64, Duration) {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -124,12 +126,12 @@ async fn measure(svc: &Arc<Service>, user: &str, pass: &str, tasks: usize, secs:
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(secs)).await;
+    tokio::time::sleep(time).await;
     stop.store(true, Ordering::Relaxed);
     for h in handles {
         h.await.unwrap();
     }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    (done.load(Ordering::Relaxed), started.elapsed())
 }
 
 #[tokio::main]
@@ -162,10 +164,11 @@ async fn main() {
         other => panic!("--passdb sqlite|passwd-file, not {other}"),
     };
     println!(
-        "passdb {}, {} concurrent clients, {} s per user, {} worker threads",
+        "passdb {}, {} concurrent clients, {} s per user in {} interleaved rounds, {} CPUs",
         a.passdb,
         a.tasks,
         a.secs,
+        a.rounds,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
@@ -174,10 +177,33 @@ async fn main() {
     );
     for cache in [true, false] {
         let svc = Arc::new(service(&uri, cache));
-        let mut plain = None;
-        for (user, scheme, pw) in USERS {
-            let rate = measure(&svc, user, pw, a.tasks, a.secs).await;
-            let base = *plain.get_or_insert(rate);
+        // One login each first, so a cache-on run measures the steady state
+        // of clients that reconnect with the same credentials.
+        for (user, _, pw) in USERS {
+            let first = svc.respond(&params(user, pw)).await;
+            assert!(
+                first.windows(15).any(|w| w == b"Auth-Status: OK"),
+                "{user}: login failed: {}",
+                String::from_utf8_lossy(&first)
+            );
+        }
+        // Rounds alternate between the users, so a change in machine load
+        // during the run affects them alike.
+        let slice = Duration::from_secs(a.secs) / a.rounds.max(1);
+        let mut totals = [(0u64, Duration::ZERO); USERS.len()];
+        for _ in 0..a.rounds.max(1) {
+            for (i, (user, _, pw)) in USERS.iter().enumerate() {
+                let (n, t) = measure(&svc, user, pw, a.tasks, slice).await;
+                totals[i].0 += n;
+                totals[i].1 += t;
+            }
+        }
+        let rates: Vec<f64> = totals
+            .iter()
+            .map(|(n, t)| *n as f64 / t.as_secs_f64())
+            .collect();
+        for ((user, scheme, _), rate) in USERS.iter().zip(&rates) {
+            let base = rates[0];
             println!(
                 "{:<20} {:<13} {:>6} {:>12.0} {:>9.3}",
                 user,

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use crate::audit::{AuditRecord, Outcome};
 use crate::auth_http::{AuthMethod, Failure, MailAuthRequest, MailAuthResponse, MailProtocol};
-use crate::cache::{Cache, Cached};
+use crate::cache::Cache;
 use crate::mech::{apop, cram_md5, plain::Plain, Mechanism, Need};
-use crate::passdb::{AnyPassdb, Entry, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
+use crate::passdb::{AnyPassdb, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
 use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 use crate::throttle::{Check, Scope, Throttle};
@@ -286,10 +286,14 @@ impl Authenticator {
         let mut failure = None;
         for db in &self.passdbs {
             let verdict = match &self.policy.cache {
-                Some(cache) if db.capabilities().lookup_credentials => {
-                    verify_cached(cache, db, &creds.user, &creds.passwords, notes).await
-                }
-                _ => db.verify_plain(&creds.user, &creds.passwords).await,
+                Some(cache) => cache
+                    .verify_plain(db, &creds.user, &creds.passwords)
+                    .await
+                    .map(|(verdict, used)| {
+                        notes.cache = used.or(notes.cache);
+                        verdict
+                    }),
+                None => db.verify_plain(&creds.user, &creds.passwords).await,
             };
             match verdict {
                 Ok(Verdict::Accepted(principal)) => {
@@ -489,53 +493,6 @@ impl Authenticator {
         response.render().map_err(|e| e.to_string())?;
         Ok(response)
     }
-}
-
-/// `verify_plain` through the cache: look the stored hash up (cheap), and
-/// verify (expensive) only when this exact (user, password, stored hash) is
-/// not remembered. Cheap schemes skip the cache.
-async fn verify_cached(
-    cache: &Cache,
-    db: &AnyPassdb,
-    user: &str,
-    passwords: &[Secret],
-    notes: &mut Notes,
-) -> Result<Verdict, PassdbError> {
-    let (principal, stored) = match db.lookup_credentials(user).await? {
-        Lookup::Found { principal, secret } => (principal, secret),
-        Lookup::Rejected(r) => return Ok(Verdict::Rejected(r)),
-    };
-    let key = stored
-        .scheme()
-        .is_expensive()
-        .then(|| cache.key(db.name(), user, &stored, passwords));
-    if let Some(key) = &key {
-        match cache.get(key) {
-            Some(Cached::Match) => {
-                notes.cache = Some("hit");
-                return Ok(Verdict::Accepted(principal));
-            }
-            Some(Cached::Mismatch) => {
-                notes.cache = Some("negative-hit");
-                return Ok(Verdict::Rejected(Rejection::PasswordMismatch));
-            }
-            None => notes.cache = Some("miss"),
-        }
-    }
-    let entry = Entry {
-        principal,
-        password: Ok(stored),
-        enabled: true,
-    };
-    let verdict = entry.verify(passwords).await?;
-    if let Some(key) = key {
-        match &verdict {
-            Verdict::Accepted(_) => cache.put(key, Cached::Match),
-            Verdict::Rejected(Rejection::PasswordMismatch) => cache.put(key, Cached::Mismatch),
-            Verdict::Rejected(_) => {}
-        }
-    }
-    Ok(verdict)
 }
 
 fn verify_challenge(

@@ -368,6 +368,17 @@ fn serve(args: ServeArgs) -> CmdResult {
         listeners.len(),
         passdb_list(&config)
     );
+    log::info!(
+        "throttle: {}; verification cache: {}",
+        match (&config.throttle, &config.state) {
+            (None, _) => "off",
+            (Some(_), None) => "on, state in memory",
+            (Some(_), Some(_)) => "on, state shared in Redis",
+        },
+        config
+            .cache
+            .map_or_else(|| "off".to_owned(), |c| format!("{} s", c.ttl.as_secs()))
+    );
     let result = rt.block_on(async move {
         listen::notify_ready();
         let shutdown = async {

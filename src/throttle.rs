@@ -27,6 +27,8 @@
 //! A success resets the `ip-user` counter only: resetting `ip` would let an
 //! attacker with one valid account wash its address clean between guesses.
 //! Clients in `trusted_networks` are neither counted nor delayed nor blocked.
+//! A request without `Client-IP` (nginx always sends it) is counted per user
+//! only, so it can be delayed but never blocked.
 //!
 //! # Windows and time
 //! Counters are sliding-window estimates (the previous fixed window, weighted

@@ -540,7 +540,10 @@ mod tests {
                 DigestError::Invalid("algorithm"),
             ),
             (
-                format!("{ok}, userhash=true"),
+                format!(
+                    "{}, userhash=true",
+                    ok.replace("username=\"u\"", "username*=UTF-8''u")
+                ),
                 DigestError::Invalid("userhash"),
             ),
             (
@@ -557,6 +560,8 @@ mod tests {
         }
         let star = ok.replace("username=\"u\"", "username*=UTF-8''J%C3%A4ger");
         assert_eq!(Credentials::parse(&star).unwrap().username, "Jäger");
+        let hashed = Credentials::parse(&format!("{ok}, userhash=true")).unwrap();
+        assert!(hashed.userhash);
     }
 
     #[test]
