@@ -100,9 +100,10 @@ pub struct RawThrottle {
     pub block_ip_user: Option<u32>,
     /// How long a block lasts.
     pub block_secs: Option<u64>,
-    /// `Auth-Wait` after the first counted failure, doubling per failure.
+    /// `Auth-Wait` after the first counted failure, doubling per failure
+    /// (default: `auth_wait.base` when that is set, else 1).
     pub delay_base: Option<u32>,
-    /// Cap of that wait.
+    /// Cap of that wait (default: `auth_wait.max` when that is set, else 30).
     pub delay_max: Option<u32>,
     /// IPv6 clients are counted per network of this prefix length.
     pub ipv6_prefix: Option<u8>,
@@ -404,8 +405,10 @@ impl Config {
             block_ip: t.block_ip.unwrap_or(dt.block_ip),
             block_ip_user: t.block_ip_user.unwrap_or(dt.block_ip_user),
             block_time: t.block_secs.map_or(dt.block_time, Duration::from_secs),
-            delay_base: t.delay_base.unwrap_or(dt.delay_base),
-            delay_max: t.delay_max.unwrap_or(dt.delay_max),
+            // One knob for the client-visible wait: unless set on their own,
+            // the throttle's delays follow [auth_wait] base/max (--auth-wait-*).
+            delay_base: t.delay_base.or(w.base).unwrap_or(dt.delay_base),
+            delay_max: t.delay_max.or(w.max).unwrap_or(dt.delay_max),
             ipv6_prefix: t.ipv6_prefix.unwrap_or(dt.ipv6_prefix),
             trusted,
         };

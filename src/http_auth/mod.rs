@@ -239,7 +239,12 @@ impl HttpAuth {
             }
             match resolve_userhash(&c, passdbs).await {
                 Ok(Some(real)) => c.username = real,
-                Ok(None) => return (challenge(Rejection::UnknownUser.as_str(), false), String::new()),
+                Ok(None) => {
+                    return (
+                        challenge(Rejection::UnknownUser.as_str(), false),
+                        String::new(),
+                    )
+                }
                 Err(reason) => return (HttpOutcome::Unavailable { reason }, String::new()),
             }
         }
@@ -365,7 +370,10 @@ impl HttpAuth {
 
 /// The real user behind a `userhash` username: the first passdb user whose
 /// H(`user:realm`) equals it.
-async fn resolve_userhash(c: &Credentials, passdbs: &[AnyPassdb]) -> Result<Option<String>, String> {
+async fn resolve_userhash(
+    c: &Credentials,
+    passdbs: &[AnyPassdb],
+) -> Result<Option<String>, String> {
     let wanted = c.username.to_ascii_lowercase();
     let matches = |u: &str| {
         let h = c.algorithm.h(format!("{u}:{}", c.realm).as_bytes());
