@@ -136,7 +136,12 @@ impl Service {
         };
         let (outcome, user) = self
             .http
-            .decide(params, &settings, self.auth.passdbs())
+            .decide(
+                params,
+                &settings,
+                self.auth.passdbs(),
+                self.auth.policy().throttle.as_deref(),
+            )
             .await;
         http_auth::audit(&outcome, &user, params);
         self.http.render(&outcome, &settings)

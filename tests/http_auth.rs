@@ -228,3 +228,50 @@ async fn htpasswd_apr1_bcrypt_and_sha() {
         assert!(no.starts_with("Status: 401"), "{user}: {no}");
     }
 }
+
+#[tokio::test]
+async fn basic_guessing_is_throttled_per_client() {
+    use nginx_auth_fcgi::throttle::{Clock, Throttle, ThrottlePolicy};
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice:{PLAIN}wonderland::::::\n").unwrap();
+    let throttle = Throttle::in_memory(
+        ThrottlePolicy {
+            window: std::time::Duration::from_secs(600),
+            block_ip: 20,
+            block_ip_user: 3,
+            block_time: std::time::Duration::from_secs(900),
+            delay_base: 1,
+            delay_max: 30,
+            ipv6_prefix: 64,
+            trusted: vec![],
+        },
+        Clock::system(),
+    );
+    let policy = Policy {
+        mechanisms: [Mechanism::Plain].into_iter().collect::<HashSet<_>>(),
+        local_domains: vec![],
+        upstreams: Upstreams::default(),
+        wait: WaitPolicy::default(),
+        smtp_pass: false,
+        timeout: std::time::Duration::from_secs(5),
+        throttle: Some(std::sync::Arc::new(throttle)),
+        cache: None,
+    };
+    let passdb = AnyPassdb::open(&format!("passwd-file:{}", users.display()), None).unwrap();
+    let s = Service::new(
+        Authenticator::new(policy, vec![passdb]).unwrap(),
+        vec!["X-Auth-Key=k".parse().unwrap()],
+    );
+    let wrong = ("HTTP_AUTHORIZATION", "Basic YWxpY2U6d3Jvbmc=");
+    let right = ("HTTP_AUTHORIZATION", "Basic YWxpY2U6d29uZGVybGFuZA==");
+    let attacker = ("REMOTE_ADDR", "203.0.113.66");
+    for _ in 0..3 {
+        assert!(ask(&s, &[wrong, attacker]).await.starts_with("Status: 401"));
+    }
+    // Blocked now, even with the right password, without asking the passdb.
+    assert!(ask(&s, &[right, attacker]).await.starts_with("Status: 403"));
+    // The real user from elsewhere is not locked out.
+    let r = ask(&s, &[right, ("REMOTE_ADDR", "198.51.100.7")]).await;
+    assert!(r.starts_with("Status: 200"), "{r}");
+}

@@ -16,6 +16,7 @@ use crate::audit::quoted;
 use crate::fastcgi::Params;
 use crate::passdb::{AnyPassdb, Lookup, Passdb, Rejection, Verdict};
 use crate::secret::Secret;
+use crate::throttle::{Check, Throttle};
 use digest::{Algorithm, Credentials, NonceState, Nonces};
 
 /// The param that marks an http auth_request location.
@@ -127,6 +128,8 @@ pub enum HttpOutcome {
         /// Send `stale=true`.
         stale: bool,
     },
+    /// 403: the brute-force throttle blocks this client; no passdb was asked.
+    Blocked,
     /// 503 (nginx shows the client a 500): backend trouble or a bad setting.
     Unavailable {
         /// Why (audit only).
@@ -152,6 +155,38 @@ impl HttpAuth {
         p: &Params,
         settings: &HttpSettings,
         passdbs: &[AnyPassdb],
+        throttle: Option<&Throttle>,
+    ) -> (HttpOutcome, String) {
+        let guard = Guard {
+            throttle,
+            ip: p
+                .get("REMOTE_ADDR")
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
+        };
+        let (outcome, user) = self.decide_inner(p, settings, passdbs, &guard).await;
+        // Count what a guesser produces (wrong password, unknown user), as for
+        // mail; a bare first request without credentials is not a failure.
+        if let Some(t) = guard.throttle {
+            match &outcome {
+                HttpOutcome::Allow { .. } => t.record_success(guard.ip, user.as_bytes()).await,
+                HttpOutcome::Challenge { reason, .. }
+                    if reason == Rejection::PasswordMismatch.as_str()
+                        || reason == Rejection::UnknownUser.as_str() =>
+                {
+                    t.record_failure(guard.ip, user.as_bytes()).await;
+                }
+                _ => {}
+            }
+        }
+        (outcome, user)
+    }
+
+    async fn decide_inner(
+        &self,
+        p: &Params,
+        settings: &HttpSettings,
+        passdbs: &[AnyPassdb],
+        guard: &Guard<'_>,
     ) -> (HttpOutcome, String) {
         let header = p
             .get("HTTP_AUTHORIZATION")
@@ -161,7 +196,7 @@ impl HttpAuth {
         };
         let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
         if scheme.eq_ignore_ascii_case("basic") && settings.schemes.contains(&HttpScheme::Basic) {
-            self.basic(rest.trim(), passdbs).await
+            self.basic(rest.trim(), passdbs, guard).await
         } else if scheme.eq_ignore_ascii_case("digest")
             && settings.schemes.contains(&HttpScheme::Digest)
         {
@@ -173,13 +208,19 @@ impl HttpAuth {
                 .get("REQUEST_URI")
                 .map(|u| String::from_utf8_lossy(u).into_owned())
                 .unwrap_or_default();
-            self.digest(rest, &method, &uri, settings, passdbs).await
+            self.digest(rest, &method, &uri, settings, passdbs, guard)
+                .await
         } else {
             (challenge("scheme not offered", false), String::new())
         }
     }
 
-    async fn basic(&self, b64: &str, passdbs: &[AnyPassdb]) -> (HttpOutcome, String) {
+    async fn basic(
+        &self,
+        b64: &str,
+        passdbs: &[AnyPassdb],
+        guard: &Guard<'_>,
+    ) -> (HttpOutcome, String) {
         let Ok(raw) = B64.decode(b64) else {
             return (
                 challenge("malformed Basic credentials", false),
@@ -200,6 +241,9 @@ impl HttpAuth {
         let password = Secret::new(raw.expose()[colon + 1..].to_vec());
         if user.is_empty() || password.is_empty() {
             return (challenge("empty user or password", false), user);
+        }
+        if guard.blocked(&user).await {
+            return (HttpOutcome::Blocked, user);
         }
         let mut failure = None;
         for db in passdbs {
@@ -228,6 +272,7 @@ impl HttpAuth {
         uri: &str,
         s: &HttpSettings,
         passdbs: &[AnyPassdb],
+        guard: &Guard<'_>,
     ) -> (HttpOutcome, String) {
         let mut c = match Credentials::parse(header) {
             Ok(c) => c,
@@ -249,6 +294,9 @@ impl HttpAuth {
             }
         }
         let user = c.username.clone();
+        if guard.blocked(&user).await {
+            return (HttpOutcome::Blocked, user);
+        }
         if c.realm != s.realm {
             return (challenge("wrong realm", false), user);
         }
@@ -361,10 +409,26 @@ impl HttpAuth {
                     }
                 }
             }
+            HttpOutcome::Blocked => out.push_str("Status: 403 Forbidden\r\n"),
             HttpOutcome::Unavailable { .. } => out.push_str("Status: 503 Service Unavailable\r\n"),
         }
         out.push_str("\r\n");
         out.into_bytes()
+    }
+}
+
+/// The throttle and the client address of one request.
+struct Guard<'a> {
+    throttle: Option<&'a Throttle>,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl Guard<'_> {
+    async fn blocked(&self, user: &str) -> bool {
+        match self.throttle {
+            Some(t) => matches!(t.check(self.ip, user.as_bytes()).await, Check::Blocked(_)),
+            None => false,
+        }
     }
 }
 
@@ -414,6 +478,11 @@ pub fn audit(outcome: &HttpOutcome, user: &str, p: &Params) {
             quoted(user),
             quoted(reason),
             if *stale { " stale=true" } else { "" }
+        ),
+        HttpOutcome::Blocked => log::warn!(
+            target: "audit",
+            "auth result=fail protocol=http user={} ip={ip} uri={uri} throttle=blocked",
+            quoted(user)
         ),
         HttpOutcome::Unavailable { reason } => log::error!(
             target: "audit",
