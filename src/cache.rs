@@ -207,6 +207,7 @@ impl Cache {
             principal,
             password: Ok(stored),
             enabled: true,
+            digest_ha1: None,
         };
         let verdict = entry.verify(passwords).await?;
         let Some(key) = key else {

@@ -827,3 +827,119 @@ async fn mariadb_tls() {
     assert!(matches!(r, Err(PassdbError::Unavailable(_))), "{r:?}");
     println!("MariaDB, test CA not trusted: {r:?}");
 }
+
+/// HTTP Digest from a SQL `digest_ha1` column: no plaintext in the database.
+async fn digest_ha1_column(kind: Kind) {
+    let server = Server::start(kind);
+    let table = match kind {
+        Kind::Postgres => "web_users",
+        Kind::Mariadb => "auth.web_users",
+    };
+    let ha1 = nginx_auth_fcgi::http_auth::digest::Algorithm::Md5.h(b"carol:Intranet:s3cret");
+    admin(&server, &[format!("CREATE DATABASE {BUILT_IN_DB}")]).await;
+    let create = format!("CREATE TABLE {table} (login VARCHAR(64), ha1 VARCHAR(32), active INT)");
+    let rows = [
+        format!("INSERT INTO {table} VALUES ('carol', '{ha1}', 1)"),
+        format!("INSERT INTO {table} VALUES ('dan', '{ha1}', 0)"),
+    ];
+    match kind {
+        Kind::Mariadb => admin(&server, &[create, rows[0].clone(), rows[1].clone()]).await,
+        Kind::Postgres => {
+            let (client, conn) =
+                tokio_postgres::connect(&server.uri(BUILT_IN_DB, ""), tokio_postgres::NoTls)
+                    .await
+                    .expect("connect");
+            let task = tokio::spawn(conn);
+            for s in [&create, &rows[0], &rows[1]] {
+                client.batch_execute(s).await.expect("setup");
+            }
+            drop(client);
+            let _ = task.await;
+        }
+    }
+    let query = format!(
+        "SELECT NULL AS password, ha1 AS digest_ha1, active AS enabled FROM {table} WHERE login = %u"
+    );
+    let db = open(&server, "", Some(&query));
+    assert_eq!(
+        db.digest_ha1("carol", "Intranet").await.unwrap().as_deref(),
+        Some(ha1.as_str())
+    );
+    assert_eq!(
+        db.digest_ha1("dan", "Intranet").await.unwrap(),
+        None,
+        "disabled"
+    );
+    assert_eq!(db.digest_ha1("nobody", "Intranet").await.unwrap(), None);
+
+    // The whole auth_request decision: challenge, then a Digest answer.
+    let policy = nginx_auth_fcgi::authenticator::Policy {
+        mechanisms: [nginx_auth_fcgi::mech::Mechanism::Plain]
+            .into_iter()
+            .collect(),
+        local_domains: vec![],
+        upstreams: Default::default(),
+        wait: Default::default(),
+        smtp_pass: false,
+        timeout: std::time::Duration::from_secs(5),
+        throttle: None,
+        cache: None,
+    };
+    let service = nginx_auth_fcgi::service::Service::new(
+        nginx_auth_fcgi::authenticator::Authenticator::new(policy, vec![db]).unwrap(),
+        vec![],
+    );
+    let params = |auth: Option<&str>| {
+        let mut p: Vec<(Vec<u8>, Vec<u8>)> = [
+            ("REQUEST_METHOD", "GET"),
+            ("REQUEST_URI", "/intranet/"),
+            ("AUTH_REALM", "Intranet"),
+            ("AUTH_DIGEST_ALGORITHMS", "MD5"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+        if let Some(a) = auth {
+            p.push((b"HTTP_AUTHORIZATION".to_vec(), a.as_bytes().to_vec()));
+        }
+        nginx_auth_fcgi::fastcgi::Params::from_pairs(p)
+    };
+    let first = String::from_utf8(service.respond(&params(None)).await).unwrap();
+    let i = first.find("nonce=\"").expect("challenge") + 7;
+    let nonce = &first[i..i + first[i..].find('"').unwrap()];
+    let h = |s: String| nginx_auth_fcgi::http_auth::digest::Algorithm::Md5.h(s.as_bytes());
+    let answer = |user: &str, ha1: &str| {
+        let resp = h(format!(
+            "{ha1}:{nonce}:00000001:cn:auth:{}",
+            h("GET:/intranet/".into())
+        ));
+        format!(
+            "Digest username=\"{user}\", realm=\"Intranet\", nonce=\"{nonce}\", uri=\"/intranet/\", \
+             algorithm=MD5, qop=auth, nc=00000001, cnonce=\"cn\", response=\"{resp}\""
+        )
+    };
+    let ok =
+        String::from_utf8(service.respond(&params(Some(&answer("carol", &ha1)))).await).unwrap();
+    assert!(ok.starts_with("Status: 200"), "{ok}");
+    let wrong_ha1 = h("carol:Intranet:guess".into());
+    let no = String::from_utf8(
+        service
+            .respond(&params(Some(&answer("carol", &wrong_ha1))))
+            .await,
+    )
+    .unwrap();
+    assert!(no.starts_with("Status: 401"), "{no}");
+    let dan =
+        String::from_utf8(service.respond(&params(Some(&answer("dan", &ha1)))).await).unwrap();
+    assert!(dan.starts_with("Status: 401"), "disabled: {dan}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_digest_ha1_column() {
+    digest_ha1_column(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_digest_ha1_column() {
+    digest_ha1_column(Kind::Mariadb).await;
+}

@@ -297,6 +297,8 @@ impl Passdb for AnyPassdb {
     async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
         match self {
             AnyPassdb::Htdigest(p) => p.digest_ha1(user, realm).await,
+            AnyPassdb::Postgres(p) => p.digest_ha1(user, realm).await,
+            AnyPassdb::Mysql(p) => p.digest_ha1(user, realm).await,
             _ => Ok(None),
         }
     }
@@ -321,6 +323,9 @@ pub struct Entry {
     pub password: Result<StoredPassword, Arc<SchemeError>>,
     /// False for `nologin` / disabled accounts.
     pub enabled: bool,
+    /// HTTP Digest HA1 (lower-case hex MD5 of `user:realm:password`) when the
+    /// backend stores one (SQL column `digest_ha1`).
+    pub digest_ha1: Option<String>,
 }
 
 impl Entry {

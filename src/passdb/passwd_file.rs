@@ -243,6 +243,7 @@ fn parse_line(line: &str, default_scheme: Option<Scheme>) -> Result<(String, Ent
             principal,
             password,
             enabled,
+            digest_ha1: None,
         },
     ))
 }

@@ -145,6 +145,7 @@ impl Sqlite {
                 },
                 password: parse_stored(&password, default_scheme).map_err(Arc::new),
                 enabled: enabled != 0,
+                digest_ha1: None,
             }))
         })
         .await

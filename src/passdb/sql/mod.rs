@@ -354,6 +354,13 @@ impl Fields {
             Value::Bool(_) => None,
         };
         let backend_user = self.take(&["backend_user", "destuser"]).text();
+        // HTTP Digest HA1 for the realm the auth location uses; anything but
+        // 32 hex digits is ignored (Digest then needs a {PLAIN} password).
+        let digest_ha1 = self
+            .take(&["digest_ha1"])
+            .text()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| h.len() == 32 && h.bytes().all(|c| c.is_ascii_hexdigit()));
         let password = match self.password {
             Some(p) => parse_stored(&p, default_scheme),
             None => Err(SchemeError::UnknownScheme(
@@ -369,6 +376,7 @@ impl Fields {
             },
             password: password.map_err(Arc::new),
             enabled,
+            digest_ha1,
         })
     }
 }
