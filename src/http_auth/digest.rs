@@ -589,4 +589,36 @@ mod tests {
         assert!(!n.accept_nc(&nonce, "c", 2));
         assert!(n.accept_nc(&nonce, "other-cnonce", 1));
     }
+
+    /// Fuzz-style: random mutations of a valid header and random bytes never
+    /// panic the parser, and whatever parses keeps the invariants checked later.
+    #[test]
+    fn mutated_headers_never_panic() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7616);
+        let valid = "username=\"Mufasa\", realm=\"http-auth@example.org\", nonce=\"7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v\", uri=\"/dir/index.html\", algorithm=SHA-256, nc=00000001, cnonce=\"f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ\", qop=auth, response=\"753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1\", opaque=\"x\", userhash=false";
+        let alphabet = b"\"\\=, \t%*'abcAZ09\x00\x7f\xc3\xa9";
+        for i in 0..20_000 {
+            let mut bytes = valid.as_bytes().to_vec();
+            for _ in 0..rng.random_range(1..6) {
+                let pos = rng.random_range(0..bytes.len());
+                match rng.random_range(0..3) {
+                    0 => bytes[pos] = alphabet[rng.random_range(0..alphabet.len())],
+                    1 => {
+                        bytes.remove(pos);
+                    }
+                    _ => bytes.insert(pos, alphabet[rng.random_range(0..alphabet.len())]),
+                }
+            }
+            if i % 4 == 0 {
+                bytes = (0..rng.random_range(0..80)).map(|_| rng.random()).collect();
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(c) = Credentials::parse(&text) {
+                assert!(c.nc > 0);
+                assert_eq!(c.response.len(), 2 * digest_len(c.algorithm));
+                let _ = c.expected(b"pw", "GET");
+            }
+        }
+    }
 }
