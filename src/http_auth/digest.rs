@@ -489,6 +489,33 @@ mod tests {
     }
 
     #[test]
+    fn sess_variants_hash_the_nonces_into_ha1() {
+        for (alg, name) in [
+            (Algorithm::Md5Sess, "MD5-sess"),
+            (Algorithm::Sha256Sess, "SHA-256-sess"),
+        ] {
+            let c = creds(
+                name,
+                "R",
+                "n0nce",
+                "cn",
+                "/x",
+                &"0".repeat(2 * digest_len(alg)),
+                "u",
+            );
+            let ha1 = alg.h(format!("{}:n0nce:cn", alg.h(b"u:R:pw")).as_bytes());
+            let ha2 = alg.h(b"GET:/x");
+            let want = alg.h(format!("{ha1}:n0nce:00000001:cn:auth:{ha2}").as_bytes());
+            assert_eq!(c.expected(b"pw", "GET"), want, "{name}");
+            assert_eq!(
+                c.expected_from_ha1(&alg.h(b"u:R:pw"), "GET"),
+                want,
+                "{name} from HA1"
+            );
+        }
+    }
+
+    #[test]
     fn param_parsing() {
         let p = parse_params(r#"a=1, B="x\"y, z" ,c=tok"#).unwrap();
         assert_eq!(
