@@ -366,6 +366,25 @@ impl Entry {
     }
 }
 
+/// [`Passdb::verify_plain`] for backends that fetch one [`Entry`] per user.
+pub async fn verify_entry(
+    found: Option<Entry>,
+    passwords: &[Secret],
+) -> Result<Verdict, PassdbError> {
+    match found {
+        Some(e) => e.verify(passwords).await,
+        None => Ok(Verdict::Rejected(Rejection::UnknownUser)),
+    }
+}
+
+/// [`Passdb::lookup_credentials`] for backends that fetch one [`Entry`] per user.
+pub fn lookup_entry(found: Option<Entry>) -> Result<Lookup, PassdbError> {
+    match found {
+        Some(e) => e.lookup(),
+        None => Ok(Lookup::Rejected(Rejection::UnknownUser)),
+    }
+}
+
 fn verify_any(stored: &StoredPassword, passwords: &[Secret]) -> Result<bool, PassdbError> {
     for p in passwords {
         if stored

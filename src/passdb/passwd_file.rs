@@ -15,9 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::{
-    parse_stored, Capabilities, Entry, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict,
-};
+use super::{parse_stored, Capabilities, Entry, Lookup, Passdb, PassdbError, Principal, Verdict};
 use crate::scheme::Scheme;
 use crate::secret::Secret;
 
@@ -140,10 +138,7 @@ impl Passdb for PasswdFile {
         }
     }
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
-        match self.entry(user) {
-            Some(e) => e.verify(passwords).await,
-            None => Ok(Verdict::Rejected(Rejection::UnknownUser)),
-        }
+        super::verify_entry(self.entry(user), passwords).await
     }
     async fn find_user(
         &self,
@@ -153,10 +148,7 @@ impl Passdb for PasswdFile {
         Ok(self.current().users.keys().find(|u| matches(u)).cloned())
     }
     async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
-        match self.entry(user) {
-            Some(e) => e.lookup(),
-            None => Ok(Lookup::Rejected(Rejection::UnknownUser)),
-        }
+        super::lookup_entry(self.entry(user))
     }
 }
 
@@ -264,6 +256,7 @@ pub fn resolve(host: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::passdb::Rejection;
 
     fn table(text: &str) -> (Table, Vec<String>) {
         parse(text.as_bytes(), None)

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
     parse_stored, passwd_file::resolve, Capabilities, Entry, Lookup, Passdb, PassdbError,
-    Principal, Rejection, Verdict,
+    Principal, Verdict,
 };
 use crate::scheme::Scheme;
 use crate::secret::Secret;
@@ -168,16 +168,10 @@ impl Passdb for Sqlite {
         }
     }
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
-        match self.entry(user).await? {
-            Some(e) => e.verify(passwords).await,
-            None => Ok(Verdict::Rejected(Rejection::UnknownUser)),
-        }
+        super::verify_entry(self.entry(user).await?, passwords).await
     }
     async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
-        match self.entry(user).await? {
-            Some(e) => e.lookup(),
-            None => Ok(Lookup::Rejected(Rejection::UnknownUser)),
-        }
+        super::lookup_entry(self.entry(user).await?)
     }
 }
 
@@ -314,6 +308,7 @@ impl Admin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::passdb::Rejection;
 
     #[tokio::test]
     async fn admin_edits_are_seen_by_a_running_passdb() {

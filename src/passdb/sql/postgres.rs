@@ -30,7 +30,7 @@ use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
 use super::{Dialect, Fields, Redacted, SqlOptions, Template, Value, DEFAULT_PASSWORD_QUERY};
-use crate::passdb::{Capabilities, Entry, Lookup, Passdb, PassdbError, Rejection, Verdict};
+use crate::passdb::{Capabilities, Entry, Lookup, Passdb, PassdbError, Verdict};
 use crate::scheme::Scheme;
 use crate::secret::Secret;
 
@@ -379,16 +379,10 @@ impl Passdb for Postgres {
         }
     }
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
-        match self.entry(user).await? {
-            Some(e) => e.verify(passwords).await,
-            None => Ok(Verdict::Rejected(Rejection::UnknownUser)),
-        }
+        super::super::verify_entry(self.entry(user).await?, passwords).await
     }
     async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
-        match self.entry(user).await? {
-            Some(e) => e.lookup(),
-            None => Ok(Lookup::Rejected(Rejection::UnknownUser)),
-        }
+        super::super::lookup_entry(self.entry(user).await?)
     }
     async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
         // The column holds the HA1 of the realm the site uses; a disabled
