@@ -16,7 +16,7 @@ use nginx_auth_fcgi::config::{self, Config, RawCache, RawConfig, RawThrottle, Ra
 use nginx_auth_fcgi::listen::{self, ListenSpec};
 use nginx_auth_fcgi::mech::{apop, cram_md5};
 use nginx_auth_fcgi::passdb::{
-    sql::redact_uri, sqlite::Admin, AnyPassdb, PassdbOptions, PasswdFile,
+    ldap::redact_uri, sqlite::Admin, AnyPassdb, PassdbOptions, PasswdFile,
 };
 use nginx_auth_fcgi::scheme::{self, Scheme};
 use nginx_auth_fcgi::secret::Secret;

@@ -1,8 +1,8 @@
-//! End to end with a PostgreSQL passdb: mail clients → nginx (shipped
-//! config) → our daemon with `--passdb postgres://…` → Dovecot, which checks
-//! the password nginx forwards against the passwd-file of the e2e harness.
-//! The PostgreSQL table holds the same users with Dovecot's own hashes, so a
-//! login works only if the daemon read and verified the SQL row.
+//! End to end with SQL passdbs: mail clients → nginx (shipped config) → our
+//! daemon with `--passdb postgres://…` or `mariadb://…` → Dovecot, which
+//! checks the password nginx forwards against the passwd-file of the e2e
+//! harness. The SQL table holds the same users with Dovecot's own hashes, so
+//! a login works only if the daemon read and verified the SQL row.
 //!
 //! The harness starts its daemon with a passwd-file; this test stops that
 //! daemon and starts one of its own on the same socket with the same flags,
@@ -73,55 +73,99 @@ impl Drop for Daemon {
     }
 }
 
+/// The database the passdb reads: PostgreSQL's admin database, a database
+/// of its own on MariaDB (the admin URI points at `mysql`).
+fn database(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Postgres => "postgres",
+        Kind::Mariadb => "auth",
+    }
+}
+
 /// Loads the harness's users (Dovecot-made hashes) into the built-in schema.
-fn load_users(pg: &Server) {
+fn load_users(server: &Server) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&pg.admin_uri(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        let task = tokio::spawn(conn);
-        client
-            .batch_execute(nginx_auth_fcgi::passdb::sql::POSTGRES_SCHEMA)
-            .await
-            .expect("schema");
-        for line in passwd_file_text().lines() {
+    let users: Vec<(&str, &str)> = passwd_file_text()
+        .lines()
+        .map(|line| {
             let mut fields = line.split(':');
-            let (name, hash) = (fields.next().unwrap(), fields.next().unwrap());
-            client
-                .execute(
-                    "INSERT INTO users (username, password) VALUES ($1, $2)",
-                    &[&name, &hash],
-                )
-                .await
-                .expect("insert");
+            (fields.next().unwrap(), fields.next().unwrap())
+        })
+        .collect();
+    rt.block_on(async {
+        match server.kind {
+            Kind::Postgres => {
+                let (client, conn) =
+                    tokio_postgres::connect(&server.admin_uri(), tokio_postgres::NoTls)
+                        .await
+                        .expect("connect");
+                let task = tokio::spawn(conn);
+                client
+                    .batch_execute(nginx_auth_fcgi::passdb::sql::POSTGRES_SCHEMA)
+                    .await
+                    .expect("schema");
+                for (name, hash) in &users {
+                    client
+                        .execute(
+                            "INSERT INTO users (username, password) VALUES ($1, $2)",
+                            &[name, hash],
+                        )
+                        .await
+                        .expect("insert");
+                }
+                drop(client);
+                let _ = task.await;
+            }
+            Kind::Mariadb => {
+                use mysql_async::prelude::Queryable;
+                let mut conn = mysql_async::Conn::from_url(server.admin_uri())
+                    .await
+                    .expect("connect");
+                let db = database(Kind::Mariadb);
+                conn.query_drop(format!("CREATE DATABASE {db}"))
+                    .await
+                    .expect("create database");
+                conn.query_drop(format!("USE {db}")).await.expect("use");
+                conn.query_drop(nginx_auth_fcgi::passdb::sql::MYSQL_SCHEMA)
+                    .await
+                    .expect("schema");
+                for (name, hash) in &users {
+                    conn.exec_drop(
+                        "INSERT INTO users (username, password) VALUES (?, ?)",
+                        (name, hash),
+                    )
+                    .await
+                    .expect("insert");
+                }
+                conn.disconnect().await.expect("disconnect");
+            }
         }
-        drop(client);
-        let _ = task.await;
     });
 }
 
-#[test]
-fn mail_logins_through_nginx_with_a_postgres_passdb() {
-    let mut pg = Server::start(Kind::Postgres);
-    load_users(&pg);
+/// The mail cases through nginx with a `kind` passdb: logins of several
+/// schemes, CRAM-MD5 from the stored plaintext, POP3, rejections that all
+/// read alike, the server killed (temporary failure) and restarted.
+fn mail_logins_through_nginx(kind: Kind) {
+    let mut db = Server::start(kind);
+    load_users(&db);
     let mut stack = Stack::start();
     stack.stop_daemon();
     let mut args = stack.daemon_args();
     let i = args.iter().position(|a| a == "--passdb").expect("--passdb") + 1;
-    args[i] = pg.uri("postgres", "connect_timeout=1&query_timeout=2");
-    let daemon = Daemon::start(&stack.socket, &args, pg.dir());
+    args[i] = db.uri(database(kind), "connect_timeout=1&query_timeout=2");
+    let daemon = Daemon::start(&stack.socket, &args, db.dir());
 
     for user in [ALICE, SHA512_USER, BLF_USER] {
         let r = stack.client("imap", "login", user.name, &[user.password], &[]);
-        assert!(r.ok, "IMAP LOGIN {}: {r:#?}", user.name);
+        assert!(r.ok, "{kind:?}: IMAP LOGIN {}: {r:#?}", user.name);
     }
     // CRAM-MD5 reads the stored credential (lookup_credentials).
     let r = stack.client("imap", "cram-md5", ALICE.name, &[ALICE.password], &[]);
-    assert!(r.ok, "IMAP CRAM-MD5: {r:#?}");
+    assert!(r.ok, "{kind:?}: IMAP CRAM-MD5: {r:#?}");
     let r = stack.client(
         "pop3",
         "user",
@@ -129,31 +173,31 @@ fn mail_logins_through_nginx_with_a_postgres_passdb() {
         &[SHA512_USER.password],
         &[],
     );
-    assert!(r.ok, "POP3 USER/PASS: {r:#?}");
+    assert!(r.ok, "{kind:?}: POP3 USER/PASS: {r:#?}");
     for (user, password) in [(ALICE.name, "wrong"), ("nobody", "x"), ("' OR '1'='1", "x")] {
         let r = stack.client("imap", "login", user, &[password], &[]);
-        assert!(!r.ok, "{user}: {r:#?}");
+        assert!(!r.ok, "{kind:?}: {user}: {r:#?}");
         assert_eq!(
             r.attempts[0].response,
             format!("NO {INVALID_LOGIN}"),
-            "{user}: {r:#?}"
+            "{kind:?}: {user}: {r:#?}"
         );
     }
 
     // The database goes away: a temporary failure, not a rejection.
-    pg.kill();
+    db.kill();
     let r = stack.client("imap", "login", ALICE.name, &[ALICE.password], &[]);
-    assert!(!r.ok, "{r:#?}");
+    assert!(!r.ok, "{kind:?}: {r:#?}");
     assert!(
         r.attempts[0].response.starts_with("NO ")
             && !r.attempts[0].response.contains(INVALID_LOGIN),
-        "{r:#?}"
+        "{kind:?}: {r:#?}"
     );
-    println!("while PostgreSQL is down: {:?}", r.attempts[0].response);
+    println!("while {kind:?} is down: {:?}", r.attempts[0].response);
     // It comes back: the same daemon uses it again.
-    pg.restart();
+    db.restart();
     let r = stack.client("imap", "login", ALICE.name, &[ALICE.password], &[]);
-    assert!(r.ok, "after the restart: {r:#?}");
+    assert!(r.ok, "{kind:?}: after the restart: {r:#?}");
 
     let log = daemon.log_text();
     for user in USERS {
@@ -162,6 +206,16 @@ fn mail_logins_through_nginx_with_a_postgres_passdb() {
             "password in the daemon log:\n{log}"
         );
     }
+}
+
+#[test]
+fn mail_logins_through_nginx_with_a_postgres_passdb() {
+    mail_logins_through_nginx(Kind::Postgres);
+}
+
+#[test]
+fn mail_logins_through_nginx_with_a_mariadb_passdb() {
+    mail_logins_through_nginx(Kind::Mariadb);
 }
 
 /// Runs the daemon binary with `args`, `stdin` as its input.

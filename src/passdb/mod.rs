@@ -7,8 +7,11 @@
 //! Backends are a closed set in [`AnyPassdb`], so every future is a concrete
 //! type and adding a backend touches only this module.
 
+pub mod dovecot_auth;
 pub mod htdigest;
+pub mod ldap;
 pub mod passwd_file;
+pub mod saslauthd;
 pub mod sql;
 pub mod sqlite;
 
@@ -18,8 +21,11 @@ use std::sync::Arc;
 use crate::scheme::{Scheme, SchemeError, StoredPassword};
 use crate::secret::Secret;
 
+pub use dovecot_auth::DovecotAuth;
 pub use htdigest::Htdigest;
+pub use ldap::Ldap;
 pub use passwd_file::PasswdFile;
+pub use saslauthd::Saslauthd;
 pub use sql::{Mysql, Postgres};
 pub use sqlite::Sqlite;
 
@@ -157,6 +163,12 @@ pub enum AnyPassdb {
     Mysql(Mysql),
     /// Apache htdigest file.
     Htdigest(Htdigest),
+    /// Cyrus saslauthd socket (plaintext only).
+    Saslauthd(Saslauthd),
+    /// Dovecot auth-client socket (plaintext only).
+    DovecotAuth(DovecotAuth),
+    /// LDAP (search + compare, or auth bind).
+    Ldap(Ldap),
 }
 
 /// Settings that apply to every passdb of a configuration.
@@ -174,7 +186,7 @@ pub struct PassdbOptions {
 pub enum PassdbConfigError {
     /// Unknown URI form.
     #[error(
-        "unknown passdb `{0}` (expected passwd-file:PATH, sqlite:PATH, postgres://…, mysql://…)"
+        "unknown passdb `{0}` (expected passwd-file:PATH, sqlite:PATH, postgres://…, mysql://…, ldap://…, saslauthd:SOCKET, dovecot:SOCKET)"
     )]
     Unknown(String),
     /// A known backend that this build does not include yet.
@@ -203,7 +215,9 @@ impl AnyPassdb {
     }
 
     /// Opens the backend a URI names: `passwd-file:PATH`, `sqlite:PATH`,
-    /// `postgres://…` / `postgresql://…`, `mysql://…` / `mariadb://…`. The SQL
+    /// `postgres://…` / `postgresql://…`, `mysql://…` / `mariadb://…`,
+    /// `saslauthd:SOCKET`, `dovecot:SOCKET` (see [`saslauthd`] and
+    /// [`dovecot_auth`] for their options). The SQL
     /// server passdbs need a tokio runtime (entered or running) and connect
     /// on first use.
     pub fn open_with(uri: &str, options: &PassdbOptions) -> Result<Self, PassdbConfigError> {
@@ -244,13 +258,22 @@ impl AnyPassdb {
             Sqlite::open(path.as_ref(), default_scheme)
                 .map(AnyPassdb::Sqlite)
                 .map_err(|e| open_err(e.to_string()))
-        } else if ["ldap:", "ldaps:", "saslauthd:", "dovecot:"]
-            .iter()
-            .any(|p| uri.starts_with(p))
-        {
-            Err(PassdbConfigError::NotAvailable(
-                uri.split(':').next().unwrap_or(uri).to_owned(),
-            ))
+        } else if let Some(spec) = uri.strip_prefix("saslauthd:") {
+            Saslauthd::open(spec)
+                .map(AnyPassdb::Saslauthd)
+                .map_err(open_err)
+        } else if let Some(spec) = uri.strip_prefix("dovecot:") {
+            DovecotAuth::open(spec)
+                .map(AnyPassdb::DovecotAuth)
+                .map_err(open_err)
+        } else if uri.starts_with("ldap:") || uri.starts_with("ldaps:") {
+            // `ldap://…` / `ldaps://…`; see [`ldap`] for the options.
+            Ldap::open(uri, default_scheme)
+                .map(AnyPassdb::Ldap)
+                .map_err(|reason| PassdbConfigError::Open {
+                    uri: ldap::redact_uri(uri),
+                    reason,
+                })
         } else {
             Err(PassdbConfigError::Unknown(uri.to_owned()))
         }
@@ -265,6 +288,9 @@ impl Passdb for AnyPassdb {
             AnyPassdb::Postgres(p) => p.name(),
             AnyPassdb::Mysql(p) => p.name(),
             AnyPassdb::Htdigest(p) => p.name(),
+            AnyPassdb::Saslauthd(p) => p.name(),
+            AnyPassdb::DovecotAuth(p) => p.name(),
+            AnyPassdb::Ldap(p) => p.name(),
         }
     }
     fn capabilities(&self) -> Capabilities {
@@ -274,6 +300,9 @@ impl Passdb for AnyPassdb {
             AnyPassdb::Postgres(p) => p.capabilities(),
             AnyPassdb::Mysql(p) => p.capabilities(),
             AnyPassdb::Htdigest(p) => p.capabilities(),
+            AnyPassdb::Saslauthd(p) => p.capabilities(),
+            AnyPassdb::DovecotAuth(p) => p.capabilities(),
+            AnyPassdb::Ldap(p) => p.capabilities(),
         }
     }
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
@@ -283,6 +312,9 @@ impl Passdb for AnyPassdb {
             AnyPassdb::Postgres(p) => p.verify_plain(user, passwords).await,
             AnyPassdb::Mysql(p) => p.verify_plain(user, passwords).await,
             AnyPassdb::Htdigest(p) => p.verify_plain(user, passwords).await,
+            AnyPassdb::Saslauthd(p) => p.verify_plain(user, passwords).await,
+            AnyPassdb::DovecotAuth(p) => p.verify_plain(user, passwords).await,
+            AnyPassdb::Ldap(p) => p.verify_plain(user, passwords).await,
         }
     }
     async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
@@ -292,6 +324,9 @@ impl Passdb for AnyPassdb {
             AnyPassdb::Postgres(p) => p.lookup_credentials(user).await,
             AnyPassdb::Mysql(p) => p.lookup_credentials(user).await,
             AnyPassdb::Htdigest(p) => p.lookup_credentials(user).await,
+            AnyPassdb::Saslauthd(p) => p.lookup_credentials(user).await,
+            AnyPassdb::DovecotAuth(p) => p.lookup_credentials(user).await,
+            AnyPassdb::Ldap(p) => p.lookup_credentials(user).await,
         }
     }
     async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
