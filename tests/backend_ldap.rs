@@ -30,6 +30,8 @@ const READER: &str = "binddn=cn=reader,ou=services,dc=example,dc=org&bindpw=read
 struct Slapd {
     dir: tempfile::TempDir,
     port: u16,
+    /// `ldaps://` port and the certificate (PEM) its clients trust.
+    tls: Option<(u16, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -62,11 +64,16 @@ fn check(out: Output, what: &str) {
 
 impl Slapd {
     fn start() -> Slapd {
+        Slapd::start_with(false)
+    }
+
+    /// Also serves `ldaps://` (and StartTLS) with a fresh self-signed certificate for 127.0.0.1.
+    fn start_with(tls: bool) -> Slapd {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("db");
         std::fs::create_dir(&db).unwrap();
         let conf = format!(
-            "include /etc/ldap/schema/core.schema\n\
+            "{tls}include /etc/ldap/schema/core.schema\n\
              include /etc/ldap/schema/cosine.schema\n\
              include /etc/ldap/schema/inetorgperson.schema\n\
              include /etc/ldap/schema/misc.schema\n\
@@ -84,6 +91,11 @@ impl Slapd {
              access to * by * read\n",
             dir = dir.path().display(),
             db = db.display(),
+            tls = if tls {
+                tls_files(dir.path())
+            } else {
+                String::new()
+            },
         );
         std::fs::write(dir.path().join("slapd.conf"), conf).unwrap();
         let ldif = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ldap/users.ldif");
@@ -97,9 +109,11 @@ impl Slapd {
                 .unwrap(),
             "slapadd",
         );
+        let tls = tls.then(|| (free_port(), dir.path().join("cert.pem")));
         let mut s = Slapd {
             dir,
             port: free_port(),
+            tls,
             child: None,
         };
         s.restart();
@@ -110,7 +124,12 @@ impl Slapd {
     fn restart(&mut self) {
         let child = Command::new(program("slapd"))
             .arg("-h")
-            .arg(format!("ldap://127.0.0.1:{}/", self.port))
+            .arg(match &self.tls {
+                None => format!("ldap://127.0.0.1:{}/", self.port),
+                Some((tls, _)) => {
+                    format!("ldap://127.0.0.1:{}/ ldaps://127.0.0.1:{tls}/", self.port)
+                }
+            })
             .arg("-f")
             .arg(self.dir.path().join("slapd.conf"))
             .args(["-d", "0"])
@@ -140,6 +159,29 @@ impl Slapd {
     fn uri(&self, options: &str) -> String {
         format!("ldap://127.0.0.1:{}/{PEOPLE}?{options}", self.port)
     }
+}
+
+/// A self-signed certificate for 127.0.0.1 (`cert.pem`, `key.pem` in `dir`)
+/// and the slapd.conf lines that serve it.
+fn tls_files(dir: &Path) -> String {
+    let openssl = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "30"])
+        .args(["-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl is missing: apt-get install openssl");
+    check(openssl, "openssl req");
+    format!(
+        "TLSCertificateFile {d}/cert.pem\nTLSCertificateKeyFile {d}/key.pem\n",
+        d = dir.display()
+    )
 }
 
 impl Drop for Slapd {
@@ -341,6 +383,32 @@ async fn a_server_that_never_answers_is_a_timeout() {
     );
     assert!(started.elapsed() < Duration::from_secs(4));
     drop(silent);
+}
+
+#[tokio::test]
+async fn tls_and_starttls_check_the_certificate() {
+    let slapd = Slapd::start_with(true);
+    let (tls_port, cert) = slapd.tls.clone().unwrap();
+    let ca = format!("tls_ca={}", cert.display());
+    let ldaps = |opts: &str| format!("ldaps://127.0.0.1:{tls_port}/{PEOPLE}?{opts}");
+
+    for mode in ["search", "bind"] {
+        let db = open(&ldaps(&format!("mode={mode}&{READER}&{ca}")));
+        accepted(verify(&db, "alice", "alice-pw").await);
+        rejected(
+            verify(&db, "alice", "bob-pw").await,
+            Rejection::PasswordMismatch,
+        );
+        let db = open(&slapd.uri(&format!("mode={mode}&{READER}&starttls=true&{ca}")));
+        accepted(verify(&db, "bob", "bob-pw").await);
+    }
+    // Not signed by a CA we trust: a temporary failure, never a login.
+    let untrusted = open(&ldaps(&format!("{READER}&timeout=2")));
+    match verify(&untrusted, "alice", "alice-pw").await {
+        Err(PassdbError::Unavailable(m)) => assert!(m.contains("certificate"), "{m}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(AnyPassdb::open(&ldaps("tls_ca=/nonexistent.pem"), None).is_err());
 }
 
 fn policy(mechanisms: &[Mechanism]) -> Policy {
