@@ -337,3 +337,62 @@ fn password_query_from_the_command_line_and_the_config_file() {
         "{out}"
     );
 }
+
+/// The embedded default: the same mail cases through nginx with a SQLite
+/// passdb, and an admin edit made while the daemon runs is seen at once.
+#[test]
+fn mail_logins_through_nginx_with_the_sqlite_default() {
+    let mut stack = Stack::start();
+    stack.stop_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    let admin = nginx_auth_fcgi::passdb::sqlite::Admin::open(&db).unwrap();
+    for line in passwd_file_text().lines() {
+        let mut fields = line.split(':');
+        admin
+            .add(fields.next().unwrap(), fields.next().unwrap())
+            .unwrap();
+    }
+    let mut args = stack.daemon_args();
+    let i = args.iter().position(|a| a == "--passdb").expect("--passdb") + 1;
+    args[i] = format!("sqlite:{}", db.display());
+    let daemon = Daemon::start(&stack.socket, &args, dir.path());
+
+    for user in [ALICE, SHA512_USER, BLF_USER] {
+        let r = stack.client("imap", "login", user.name, &[user.password], &[]);
+        assert!(r.ok, "sqlite: IMAP LOGIN {}: {r:#?}", user.name);
+    }
+    let r = stack.client("imap", "cram-md5", ALICE.name, &[ALICE.password], &[]);
+    assert!(r.ok, "sqlite: IMAP CRAM-MD5: {r:#?}");
+    let r = stack.client(
+        "pop3",
+        "user",
+        SHA512_USER.name,
+        &[SHA512_USER.password],
+        &[],
+    );
+    assert!(r.ok, "sqlite: POP3 USER/PASS: {r:#?}");
+    for (user, password) in [(ALICE.name, "wrong"), ("nobody", "x"), ("' OR '1'='1", "x")] {
+        let r = stack.client("imap", "login", user, &[password], &[]);
+        assert_eq!(
+            r.attempts[0].response,
+            format!("NO {INVALID_LOGIN}"),
+            "sqlite: {user}: {r:#?}"
+        );
+    }
+    // `user disable` while the service runs: refused on the next login.
+    admin.set_enabled(BLF_USER.name, false).unwrap();
+    let r = stack.client("imap", "login", BLF_USER.name, &[BLF_USER.password], &[]);
+    assert_eq!(
+        r.attempts[0].response,
+        format!("NO {INVALID_LOGIN}"),
+        "{r:#?}"
+    );
+    admin.set_enabled(BLF_USER.name, true).unwrap();
+    let r = stack.client("imap", "login", BLF_USER.name, &[BLF_USER.password], &[]);
+    assert!(r.ok, "re-enabled: {r:#?}");
+    let log = daemon.log_text();
+    for user in USERS {
+        assert!(!log.contains(user.password), "password in the log:\n{log}");
+    }
+}
