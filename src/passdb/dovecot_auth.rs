@@ -38,7 +38,6 @@
 //! `nologin` (without `proxy`); `FAIL … temp` and any I/O or protocol error →
 //! [`PassdbError`] (temporary failure).
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -311,20 +310,7 @@ async fn principal(user: &str, fields: Vec<(String, String)>) -> Result<Principa
     })
 }
 
-async fn resolve(host: &str) -> Option<IpAddr> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if let Ok(ip) = bare.parse() {
-        return Some(ip);
-    }
-    tokio::net::lookup_host((bare, 0))
-        .await
-        .ok()?
-        .next()
-        .map(|a| a.ip())
-}
+use crate::passdb::resolve_host as resolve;
 
 #[cfg(test)]
 mod tests {

@@ -420,6 +420,30 @@ pub fn lookup_entry(found: Option<Entry>) -> Result<Lookup, PassdbError> {
     }
 }
 
+/// [`Passdb::digest_ha1`] for backends whose [`Entry`] may carry an HA1 (the
+/// HA1 of the realm the site uses); a disabled user yields none, so the
+/// caller's lookup refuses them.
+pub fn entry_ha1(found: Option<Entry>) -> Option<String> {
+    found.filter(|e| e.enabled).and_then(|e| e.digest_ha1)
+}
+
+/// An IP literal (IPv6 with or without brackets), else a name resolved
+/// asynchronously: for hosts that backends return per user at request time.
+pub async fn resolve_host(host: &str) -> Option<IpAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = bare.parse() {
+        return Some(ip);
+    }
+    tokio::net::lookup_host((bare, 0))
+        .await
+        .ok()?
+        .next()
+        .map(|a| a.ip())
+}
+
 fn verify_any(stored: &StoredPassword, passwords: &[Secret]) -> Result<bool, PassdbError> {
     for p in passwords {
         if stored

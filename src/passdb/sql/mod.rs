@@ -25,7 +25,6 @@ mod mysql;
 mod postgres;
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -381,20 +380,7 @@ impl Fields {
     }
 }
 
-async fn resolve(host: &str) -> Option<IpAddr> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if let Ok(ip) = bare.parse() {
-        return Some(ip);
-    }
-    tokio::net::lookup_host((bare, 0))
-        .await
-        .ok()?
-        .next()
-        .map(|a| a.ip())
-}
+use crate::passdb::resolve_host as resolve;
 
 /// A small `Debug` that never shows the connection password.
 struct Redacted<'a>(&'a str);
