@@ -40,6 +40,10 @@ pub struct RawConfig {
     pub socket_owner: Option<String>,
     /// `--socket-group`.
     pub socket_group: Option<String>,
+    /// `--user`: run as this user once the sockets are bound (from root).
+    pub user: Option<String>,
+    /// `--group`: with `user`, run with this group (default: the user's name).
+    pub group: Option<String>,
     /// `--passdb` URIs, tried in order.
     #[serde(default)]
     pub passdb: Vec<String>,
@@ -163,6 +167,8 @@ pub struct Config {
     pub listen: Vec<ListenSpec>,
     /// Socket file mode/owner.
     pub socket: SocketOptions,
+    /// Privileges to drop to after binding: (user, group).
+    pub run_as: Option<(String, Option<String>)>,
     /// Passdb URIs in order.
     pub passdbs: Vec<String>,
     /// Default scheme for bare stored passwords.
@@ -221,6 +227,8 @@ impl RawConfig {
         self.socket_mode = cli.socket_mode.or(self.socket_mode);
         self.socket_owner = cli.socket_owner.or(self.socket_owner);
         self.socket_group = cli.socket_group.or(self.socket_group);
+        self.user = cli.user.or(self.user);
+        self.group = cli.group.or(self.group);
         self.default_scheme = cli.default_scheme.or(self.default_scheme);
         self.password_query = cli.password_query.or(self.password_query);
         self.smtp_pass = cli.smtp_pass.or(self.smtp_pass);
@@ -365,6 +373,11 @@ impl Config {
                 .map(Duration::from_secs)
                 .unwrap_or(dl.idle_timeout),
         };
+        if raw.group.is_some() && raw.user.is_none() {
+            check(Err(
+                "group needs user (privileges are dropped to both)".into()
+            ));
+        }
         if raw.timeout_ms == Some(0) {
             check(Err("timeout_ms must be at least 1".into()));
         }
@@ -440,6 +453,7 @@ impl Config {
             Ok(Config {
                 listen,
                 socket,
+                run_as: raw.user.clone().map(|u| (u, raw.group.clone())),
                 passdbs,
                 default_scheme,
                 password_query: raw.password_query.clone(),

@@ -581,6 +581,40 @@ fn lookup_gid(name: &str) -> Result<u32, ListenError> {
     }
 }
 
+/// Drops root privileges for good once the sockets are bound: supplementary
+/// groups cleared, then `group` (default: the group named like the user),
+/// then `user`. Verifies that root cannot be regained. glibc applies
+/// set*id to every thread of the process, runtime workers included.
+pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(), ListenError> {
+    let uid = lookup_uid(user)?;
+    let gid = lookup_gid(group.unwrap_or(user))?;
+    let fail = |what: &str| ListenError::Io {
+        what: format!("dropping privileges ({what})"),
+        source: std::io::Error::last_os_error(),
+    };
+    // SAFETY: setgroups/setgid/setuid take plain integers (and a null list
+    // of length 0); they touch no memory of ours.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(fail("setgroups"));
+        }
+        if libc::setgid(gid) != 0 {
+            return Err(fail("setgid"));
+        }
+        if libc::setuid(uid) != 0 {
+            return Err(fail("setuid"));
+        }
+        if uid != 0 && libc::setuid(0) == 0 {
+            return Err(ListenError::Io {
+                what: "dropping privileges (root could be regained)".into(),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            });
+        }
+    }
+    log::info!("running as uid {uid}, gid {gid}");
+    Ok(())
+}
+
 /// Tells systemd (Type=notify) that we accept connections. A no-op without
 /// `NOTIFY_SOCKET`.
 pub fn notify_ready() {

@@ -147,6 +147,12 @@ struct ServeArgs {
     /// Group of a socket file we create.
     #[arg(long)]
     socket_group: Option<String>,
+    /// Run as this user once the sockets are bound (start as root).
+    #[arg(long)]
+    user: Option<String>,
+    /// With --user: run with this group (default: the group named like the user).
+    #[arg(long)]
+    group: Option<String>,
     /// passwd-file:PATH, sqlite:PATH, postgres://… or mysql://… (repeatable;
     /// tried in order). SQL URIs also take pool_size=, connect_timeout= and
     /// query_timeout= (seconds).
@@ -219,6 +225,8 @@ impl ServeArgs {
             socket_mode: self.socket_mode.clone(),
             socket_owner: self.socket_owner.clone(),
             socket_group: self.socket_group.clone(),
+            user: self.user.clone(),
+            group: self.group.clone(),
             passdb: self.passdb.clone(),
             default_scheme: self.default_scheme.clone(),
             password_query: self.password_query.clone(),
@@ -363,6 +371,9 @@ fn serve(args: ServeArgs) -> CmdResult {
         }
         Err(e) => return Err(vec![e.to_string()]),
     };
+    if let Some((user, group)) = &config.run_as {
+        listen::drop_privileges(user, group.as_deref()).map_err(|e| vec![e.to_string()])?;
+    }
     log::info!(
         "serving on {} listener(s); passdbs: {}",
         listeners.len(),
