@@ -27,6 +27,7 @@ pub mod fastcgi;
 pub mod http_auth;
 pub mod listen;
 pub mod mech;
+pub mod metrics;
 pub mod passdb;
 pub mod scheme;
 pub mod secret;

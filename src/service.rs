@@ -6,7 +6,8 @@ use crate::audit::quoted;
 use crate::auth_http::{Failure, MailAuthRequest, MailAuthResponse};
 use crate::authenticator::{Authenticator, TEMPORARY};
 use crate::fastcgi::{Handler, Params, Request, Response};
-use crate::http_auth::{self, HttpAuth, HttpSettings};
+use crate::http_auth::{self, HttpAuth, HttpOutcome, HttpSettings};
+use crate::metrics::{Observation, METRICS};
 use crate::secret::Secret;
 
 /// A header nginx must send (`auth_http_header X-Auth-Key "…"`), proving the
@@ -59,6 +60,9 @@ const NOT_MAIL: &[u8] = b"Status: 400 Bad Request\r\nContent-Type: text/plain\r\
 neither an nginx mail auth_http request (no Auth-Method / Auth-Protocol) \
 nor an auth_request location (no fastcgi_param AUTH_REALM)\n";
 
+/// The param that turns a location into the Prometheus metrics endpoint.
+pub const METRICS_PARAM: &str = "AUTH_METRICS";
+
 impl Service {
     /// A handler deciding with `auth`, requiring `required` headers.
     pub fn new(auth: Authenticator, required: Vec<RequiredHeader>) -> Self {
@@ -77,7 +81,9 @@ impl Service {
     /// Answers one request's params with the CGI stdout bytes.
     pub async fn respond(&self, params: &Params) -> Vec<u8> {
         let mail = MailAuthRequest::is_mail_request(params);
-        if !mail && params.get(http_auth::REALM_PARAM).is_none() {
+        let metrics = params.get(METRICS_PARAM) == Some(b"on");
+        if !mail && !metrics && params.get(http_auth::REALM_PARAM).is_none() {
+            METRICS.protocol_error();
             log::warn!("request without Auth-Method/Auth-Protocol or AUTH_REALM refused (400)");
             return NOT_MAIL.to_vec();
         }
@@ -91,12 +97,21 @@ impl Service {
                     "auth result=refused reason=\"missing or wrong {}\" peer={peer}",
                     r.header
                 );
+                METRICS.protocol_error();
                 return if mail {
                     render_fail(None)
                 } else {
                     b"Status: 403 Forbidden\r\n\r\n".to_vec()
                 };
             }
+        }
+        if metrics && !mail {
+            let body = METRICS.render();
+            return format!(
+                "Status: 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes();
         }
         if !mail {
             return self.respond_http(params).await;
@@ -105,6 +120,7 @@ impl Service {
             Ok(r) => r,
             Err(e) => {
                 log::warn!("auth result=tempfail reason=\"protocol error: {e}\" peer={peer}");
+                METRICS.protocol_error();
                 let smtp = params.get("HTTP_AUTH_PROTOCOL") == Some(b"smtp");
                 return render_fail(smtp.then_some("451 4.3.0"));
             }
@@ -114,6 +130,15 @@ impl Service {
         }
         let decision = self.auth.authenticate(&req).await;
         decision.audit.emit();
+        let a = &decision.audit;
+        METRICS.observe(Observation {
+            protocol: a.protocol,
+            method: a.method,
+            result: a.outcome.as_str(),
+            latency: a.latency,
+            blocked: a.throttle == Some("blocked"),
+            cache_hit: a.cache.map(|c| c.ends_with("hit")),
+        });
         match decision.response.render() {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -134,6 +159,7 @@ impl Service {
                 return b"Status: 503 Service Unavailable\r\n\r\n".to_vec();
             }
         };
+        let started = std::time::Instant::now();
         let (outcome, user) = self
             .http
             .decide(
@@ -144,6 +170,29 @@ impl Service {
             )
             .await;
         http_auth::audit(&outcome, &user, params);
+        let scheme = params
+            .get("HTTP_AUTHORIZATION")
+            .and_then(|a| a.split(|b| *b == b' ').next())
+            .map(|s| s.to_ascii_lowercase());
+        let result = match &outcome {
+            HttpOutcome::Allow { .. } => Some("ok"),
+            HttpOutcome::Challenge { .. } if scheme.is_none() => None,
+            HttpOutcome::Challenge { .. } | HttpOutcome::Blocked => Some("fail"),
+            HttpOutcome::Unavailable { .. } => Some("tempfail"),
+        };
+        if let Some(result) = result {
+            METRICS.observe(Observation {
+                protocol: "http",
+                method: match scheme.as_deref() {
+                    Some(b"digest") => "digest",
+                    _ => "basic",
+                },
+                result,
+                latency: started.elapsed(),
+                blocked: outcome == HttpOutcome::Blocked,
+                cache_hit: None,
+            });
+        }
         self.http.render(&outcome, &settings)
     }
 }

@@ -1,0 +1,252 @@
+//! Process-wide counters in Prometheus text format, served on a FastCGI
+//! request whose location sets `fastcgi_param AUTH_METRICS on;` (no HTTP
+//! server of our own: nginx exposes it from an internal location).
+//!
+//! Plain atomics in one static: they survive a configuration reload and cost
+//! a few relaxed increments per request.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+const PROTOCOLS: [&str; 4] = ["imap", "pop3", "smtp", "http"];
+const RESULTS: [&str; 4] = ["ok", "fail", "tempfail", "refused"];
+const METHODS: [&str; 7] = [
+    "plain", "apop", "cram-md5", "external", "none", "basic", "digest",
+];
+/// Latency bucket upper bounds, seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// All counters.
+pub struct Metrics {
+    requests: [[AtomicU64; RESULTS.len()]; PROTOCOLS.len()],
+    methods: [AtomicU64; METHODS.len()],
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+    protocol_errors: AtomicU64,
+    passdb_errors: AtomicU64,
+    throttle_blocked: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU64 = AtomicU64::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const ROW: [AtomicU64; RESULTS.len()] = [ZERO; RESULTS.len()];
+
+/// The process's counters.
+pub static METRICS: Metrics = Metrics {
+    requests: [ROW; PROTOCOLS.len()],
+    methods: [ZERO; METHODS.len()],
+    latency_buckets: [ZERO; BUCKETS.len()],
+    latency_count: ZERO,
+    latency_sum_us: ZERO,
+    protocol_errors: ZERO,
+    passdb_errors: ZERO,
+    throttle_blocked: ZERO,
+    cache_hits: ZERO,
+    cache_misses: ZERO,
+};
+
+/// One decided request.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    /// `imap`, `pop3`, `smtp` or `http`.
+    pub protocol: &'a str,
+    /// Mechanism / HTTP scheme.
+    pub method: &'a str,
+    /// `ok`, `fail`, `tempfail`, `refused`.
+    pub result: &'a str,
+    /// Time to decide.
+    pub latency: Duration,
+    /// The throttle refused it before the passdb.
+    pub blocked: bool,
+    /// `Some(true)` cache hit, `Some(false)` miss.
+    pub cache_hit: Option<bool>,
+}
+
+fn index(list: &[&str], v: &str) -> Option<usize> {
+    list.iter().position(|x| *x == v)
+}
+
+impl Metrics {
+    /// Counts one decision.
+    pub fn observe(&self, o: Observation<'_>) {
+        if let (Some(p), Some(r)) = (index(&PROTOCOLS, o.protocol), index(&RESULTS, o.result)) {
+            self.requests[p][r].fetch_add(1, Relaxed);
+        }
+        if let Some(m) = index(&METHODS, o.method) {
+            self.methods[m].fetch_add(1, Relaxed);
+        }
+        if o.result == "tempfail" {
+            self.passdb_errors.fetch_add(1, Relaxed);
+        }
+        if o.blocked {
+            self.throttle_blocked.fetch_add(1, Relaxed);
+        }
+        match o.cache_hit {
+            Some(true) => self.cache_hits.fetch_add(1, Relaxed),
+            Some(false) => self.cache_misses.fetch_add(1, Relaxed),
+            None => 0,
+        };
+        let secs = o.latency.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.latency_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_us
+            .fetch_add(o.latency.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    /// Counts a request nginx sent malformed (or without the shared secret).
+    pub fn protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(4096);
+        s.push_str(
+            "# HELP nginx_auth_fcgi_requests_total Auth decisions by protocol and result.\n",
+        );
+        s.push_str("# TYPE nginx_auth_fcgi_requests_total counter\n");
+        for (p, proto) in PROTOCOLS.iter().enumerate() {
+            for (r, result) in RESULTS.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "nginx_auth_fcgi_requests_total{{protocol=\"{proto}\",result=\"{result}\"}} {}",
+                    self.requests[p][r].load(Relaxed)
+                );
+            }
+        }
+        s.push_str(
+            "# HELP nginx_auth_fcgi_method_total Auth decisions by mechanism or HTTP scheme.\n",
+        );
+        s.push_str("# TYPE nginx_auth_fcgi_method_total counter\n");
+        for (m, method) in METHODS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "nginx_auth_fcgi_method_total{{method=\"{method}\"}} {}",
+                self.methods[m].load(Relaxed)
+            );
+        }
+        s.push_str("# HELP nginx_auth_fcgi_decision_seconds Time to decide one request.\n");
+        s.push_str("# TYPE nginx_auth_fcgi_decision_seconds histogram\n");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "nginx_auth_fcgi_decision_seconds_bucket{{le=\"{b}\"}} {}",
+                self.latency_buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(
+            s,
+            "nginx_auth_fcgi_decision_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            s,
+            "nginx_auth_fcgi_decision_seconds_sum {}",
+            self.latency_sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(s, "nginx_auth_fcgi_decision_seconds_count {count}");
+        for (name, help, v) in [
+            (
+                "protocol_errors_total",
+                "Requests refused as malformed or without the shared secret.",
+                &self.protocol_errors,
+            ),
+            (
+                "passdb_errors_total",
+                "Decisions that were temporary failures (passdb down, slow or unusable).",
+                &self.passdb_errors,
+            ),
+            (
+                "throttle_blocked_total",
+                "Requests refused by the brute-force throttle before the passdb.",
+                &self.throttle_blocked,
+            ),
+            (
+                "cache_hits_total",
+                "Verifications answered by the verification cache.",
+                &self.cache_hits,
+            ),
+            (
+                "cache_misses_total",
+                "Verifications the cache could not answer.",
+                &self.cache_misses,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP nginx_auth_fcgi_{name} {help}");
+            let _ = writeln!(s, "# TYPE nginx_auth_fcgi_{name} counter");
+            let _ = writeln!(s, "nginx_auth_fcgi_{name} {}", v.load(Relaxed));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observes_and_renders() {
+        let m = Metrics {
+            requests: [ROW; PROTOCOLS.len()],
+            methods: [ZERO; METHODS.len()],
+            latency_buckets: [ZERO; BUCKETS.len()],
+            latency_count: ZERO,
+            latency_sum_us: ZERO,
+            protocol_errors: ZERO,
+            passdb_errors: ZERO,
+            throttle_blocked: ZERO,
+            cache_hits: ZERO,
+            cache_misses: ZERO,
+        };
+        let o = Observation {
+            protocol: "imap",
+            method: "plain",
+            result: "ok",
+            latency: Duration::from_micros(700),
+            blocked: false,
+            cache_hit: Some(true),
+        };
+        m.observe(o);
+        m.observe(Observation {
+            result: "fail",
+            latency: Duration::from_millis(30),
+            ..o
+        });
+        m.observe(Observation {
+            protocol: "smtp",
+            result: "tempfail",
+            cache_hit: None,
+            ..o
+        });
+        let text = m.render();
+        for line in [
+            "nginx_auth_fcgi_requests_total{protocol=\"imap\",result=\"ok\"} 1",
+            "nginx_auth_fcgi_requests_total{protocol=\"imap\",result=\"fail\"} 1",
+            "nginx_auth_fcgi_requests_total{protocol=\"smtp\",result=\"tempfail\"} 1",
+            "nginx_auth_fcgi_method_total{method=\"plain\"} 3",
+            "nginx_auth_fcgi_decision_seconds_bucket{le=\"0.0005\"} 0",
+            "nginx_auth_fcgi_decision_seconds_bucket{le=\"0.001\"} 2",
+            "nginx_auth_fcgi_decision_seconds_bucket{le=\"0.05\"} 3",
+            "nginx_auth_fcgi_decision_seconds_bucket{le=\"+Inf\"} 3",
+            "nginx_auth_fcgi_decision_seconds_count 3",
+            "nginx_auth_fcgi_passdb_errors_total 1",
+            "nginx_auth_fcgi_cache_hits_total 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
+    }
+}
