@@ -41,6 +41,9 @@ enum Command {
     Serve(ServeArgs),
     /// Check the configuration and passdbs; print every problem found.
     CheckConfig(ServeArgs),
+    /// Ask the running service for its metrics over its socket (same flags
+    /// and config as serve: --listen and --require-header are used).
+    Status(ServeArgs),
     /// Hash a password like `doveadm pw` (reads it from the terminal or stdin).
     Hash {
         /// Scheme, Dovecot name (SHA512-CRYPT, BLF-CRYPT, ARGON2ID, PLAIN, …).
@@ -317,6 +320,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::CheckConfig(args) => check_config(args),
+        Command::Status(args) => status(args),
         Command::Hash { scheme } => hash(&scheme),
         Command::Auth {
             command:
@@ -647,5 +651,72 @@ fn user(db: &str, command: UserCommand) -> CmdResult {
             eprintln!("{} user(s)", seen.len());
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status`: one FastCGI request with `AUTH_METRICS=on` to the configured
+/// socket; prints the Prometheus text.
+fn status(args: ServeArgs) -> CmdResult {
+    use nginx_auth_fcgi::fastcgi::record::{self, RecordType, Role};
+    use std::io::Read;
+    let config = Config::validate(args.raw().map_err(|e| vec![e])?)?;
+    let spec = match config.listen.first() {
+        Some(s) => s.clone(),
+        None => config::DEFAULT_LISTEN
+            .parse::<ListenSpec>()
+            .map_err(|e| vec![e.to_string()])?,
+    };
+    let mut pairs = Vec::new();
+    let mut put =
+        |k: &[u8], v: &[u8]| record::encode_pair(&mut pairs, k, v).map_err(|e| vec![e.to_string()]);
+    put(b"AUTH_METRICS", b"on")?;
+    for r in &config.required {
+        put(r.param.as_bytes(), r.value.expose())?;
+    }
+    let mut out = Vec::new();
+    record::encode_begin_request(&mut out, 1, Role::Responder, 0);
+    record::encode_stream(&mut out, RecordType::Params, 1, &pairs);
+    record::encode_stream_end(&mut out, RecordType::Params, 1);
+    record::encode_stream_end(&mut out, RecordType::Stdin, 1);
+    let mut reply = Vec::new();
+    let io = |e: std::io::Error| vec![format!("{spec}: {e}")];
+    match &spec {
+        ListenSpec::Unix(path) => {
+            let mut s = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .map_err(io)?;
+            s.write_all(&out).map_err(io)?;
+            s.read_to_end(&mut reply).map_err(io)?;
+        }
+        ListenSpec::Tcp(addr) => {
+            let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .map_err(io)?;
+            s.write_all(&out).map_err(io)?;
+            s.read_to_end(&mut reply).map_err(io)?;
+        }
+        other => {
+            return Err(vec![format!(
+                "status needs --listen unix:PATH or tcp:HOST:PORT, not {other}"
+            )])
+        }
+    }
+    let mut stdout = Vec::new();
+    let mut buf = &reply[..];
+    while let Ok(Some((rec, used))) = record::decode(buf) {
+        if rec.record_type == RecordType::Stdout {
+            stdout.extend_from_slice(rec.content);
+        }
+        buf = &buf[used..];
+    }
+    let text = String::from_utf8_lossy(&stdout);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("Status: 200") {
+        return Err(vec![format!(
+            "the service answered: {}",
+            head.lines().next().unwrap_or("nothing")
+        )]);
+    }
+    print!("{body}");
     Ok(ExitCode::SUCCESS)
 }

@@ -206,3 +206,64 @@ fn user_admin_and_auth_test_on_sqlite() {
         Some(1)
     );
 }
+
+#[test]
+fn status_reads_metrics_from_the_running_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice:{PLAIN}a::::::\n").unwrap();
+    let sock = dir.path().join("auth.sock");
+    let listen = format!("unix:{}", sock.display());
+    let passdb = format!("passwd-file:{}", users.display());
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
+        .args([
+            "serve", "--listen", &listen, "--passdb", &passdb, "--log", "stderr",
+        ])
+        .args(["--require-header", "X-Auth-Key=k"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = run(
+        &[
+            "status",
+            "--listen",
+            &listen,
+            "--require-header",
+            "X-Auth-Key=k",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let metrics = text(&out.stdout);
+    assert!(
+        metrics.contains("nginx_auth_fcgi_requests_total{protocol=\"imap\",result=\"ok\"} 0"),
+        "{metrics}"
+    );
+    let denied = run(
+        &[
+            "status",
+            "--listen",
+            &listen,
+            "--require-header",
+            "X-Auth-Key=bad",
+        ],
+        "",
+    );
+    assert_eq!(denied.status.code(), Some(2));
+    assert!(
+        text(&denied.stderr).contains("403"),
+        "{}",
+        text(&denied.stderr)
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
