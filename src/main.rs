@@ -44,6 +44,8 @@ enum Command {
     /// Ask the running service for its metrics over its socket (same flags
     /// and config as serve: --listen and --require-header are used).
     Status(ServeArgs),
+    /// Print the manual page (roff) generated from this command line.
+    Man,
     /// Hash a password like `doveadm pw` (reads it from the terminal or stdin).
     Hash {
         /// Scheme, Dovecot name (SHA512-CRYPT, BLF-CRYPT, ARGON2ID, PLAIN, …).
@@ -69,8 +71,9 @@ enum Command {
 enum AuthCommand {
     /// Prompt for the password, run the decision, print the reply headers.
     Test {
-        /// User name.
-        user: String,
+        /// User name. (Field named `login`: `--user` is the privilege-drop flag.)
+        #[arg(value_name = "USER")]
+        login: String,
         /// imap, pop3 or smtp.
         #[arg(long, default_value = "imap")]
         protocol: String,
@@ -321,17 +324,18 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::CheckConfig(args) => check_config(args),
         Command::Status(args) => status(args),
+        Command::Man => man(),
         Command::Hash { scheme } => hash(&scheme),
         Command::Auth {
             command:
                 AuthCommand::Test {
-                    user,
+                    login,
                     protocol,
                     method,
                     client_ip,
                     serve,
                 },
-        } => auth_test(&user, &protocol, &method, &client_ip, serve),
+        } => auth_test(&login, &protocol, &method, &client_ip, serve),
         Command::User { db, command } => user(&db, command),
     };
     match result {
@@ -719,4 +723,41 @@ fn status(args: ServeArgs) -> CmdResult {
     }
     print!("{body}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `man`: roff for `man 1 nginx-auth-fcgi`, with every subcommand's flags, so
+/// the page can never drift from the CLI.
+fn man() -> CmdResult {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    let io = |e: std::io::Error| vec![format!("rendering the manual: {e}")];
+    clap_mangen::Man::new(cmd.clone())
+        .render(&mut out)
+        .map_err(io)?;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let title = format!("nginx-auth-fcgi {}", sub.get_name());
+        out.extend_from_slice(format!(".SH \"{}\"\n", title.to_uppercase()).as_bytes());
+        if let Some(about) = sub.get_about() {
+            out.extend_from_slice(format!("{about}\n").as_bytes());
+        }
+        let page = clap_mangen::Man::new(sub.clone());
+        page.render_options_section(&mut out).map_err(io)?;
+    }
+    std::io::stdout().write_all(&out).map_err(io)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap checks argument names per subcommand only when that subcommand
+    /// is built; this checks all of them (a flattened `--user` once clashed
+    /// with `auth test USER`).
+    #[test]
+    fn every_subcommand_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -267,3 +267,21 @@ fn status_reads_metrics_from_the_running_service() {
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
+
+#[test]
+fn man_page_covers_every_subcommand() {
+    let out = run(&["man"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let page = text(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH nginx-auth-fcgi 1"),
+        "{page}"
+    );
+    for sub in ["SERVE", "CHECK-CONFIG", "STATUS", "HASH", "AUTH", "USER"] {
+        assert!(
+            page.contains(&format!(".SH \"NGINX-AUTH-FCGI {sub}\"")),
+            "{sub} missing"
+        );
+    }
+    assert!(page.contains("require\\-header"), "flags are listed");
+}
