@@ -29,6 +29,7 @@ pub mod listen;
 pub mod mech;
 pub mod metrics;
 pub mod passdb;
+pub mod reload;
 pub mod scheme;
 pub mod secret;
 pub mod server;

@@ -10,7 +10,8 @@
 //! * FastCGI `FCGI_LISTENSOCK_FILENO` = 0 (spec §2.2,
 //!   <https://fastcgi-archives.github.io/FastCGI_Specification.html>): spawn-fcgi
 //!   binds, chmods and chowns the socket and passes it as fd 0.
-//! * `sd_notify(3)`: `READY=1` once listening, `STOPPING=1` on shutdown.
+//! * `sd_notify(3)`: `READY=1` once listening, `RELOADING=1` then `READY=1`
+//!   around a reload, `STOPPING=1` on shutdown.
 //!
 //! Every inherited fd is checked to be a *listening stream* socket
 //! (`SO_TYPE`, `SO_ACCEPTCONN`) of family unix or inet before it is adopted, so
@@ -620,6 +621,19 @@ pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(), ListenErro
 pub fn notify_ready() {
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         log::warn!("sd_notify READY=1 failed: {e}");
+    }
+}
+
+/// Tells systemd that a configuration reload has started (`RELOADING=1`, with
+/// `MONOTONIC_USEC` as `Type=notify-reload` wants); [`notify_ready`] ends it.
+/// A no-op without `NOTIFY_SOCKET`.
+pub fn notify_reloading() {
+    let mut states = vec![sd_notify::NotifyState::Reloading];
+    if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    if let Err(e) = sd_notify::notify(&states) {
+        log::warn!("sd_notify RELOADING=1 failed: {e}");
     }
 }
 

@@ -18,6 +18,7 @@ use nginx_auth_fcgi::mech::{apop, cram_md5};
 use nginx_auth_fcgi::passdb::{
     ldap::redact_uri, sqlite::Admin, AnyPassdb, PassdbOptions, PasswdFile,
 };
+use nginx_auth_fcgi::reload::Reloadable;
 use nginx_auth_fcgi::scheme::{self, Scheme};
 use nginx_auth_fcgi::secret::Secret;
 use nginx_auth_fcgi::service::Service;
@@ -398,6 +399,11 @@ fn serve(args: ServeArgs) -> CmdResult {
             .cache
             .map_or_else(|| "off".to_owned(), |c| format!("{} s", c.ttl.as_secs()))
     );
+    let handler = Arc::new(Reloadable::new(service));
+    // Registered before READY=1, so an early SIGHUP cannot kill us.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| vec![format!("cannot handle SIGHUP: {e}")])?;
+    let reloader = rt.spawn(reload_on_sighup(hup, args, Arc::clone(&handler)));
     let result = rt.block_on(async move {
         listen::notify_ready();
         let shutdown = async {
@@ -410,20 +416,57 @@ fn serve(args: ServeArgs) -> CmdResult {
             }
             listen::notify_stopping();
         };
-        server::run(
-            listeners,
-            Arc::new(service),
-            config.limits.clone(),
-            shutdown,
-        )
-        .await
+        server::run(listeners, handler, config.limits.clone(), shutdown).await
     });
+    reloader.abort();
     match result {
         Ok(()) => {
             log::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Err(vec![format!("server failed: {e}")]),
+    }
+}
+
+/// On every SIGHUP, re-reads the config file and reopens the passdbs exactly
+/// like start-up, and swaps the new service in if that succeeds; otherwise
+/// logs why and keeps the old one. Requests are served throughout. The
+/// listeners, socket settings, `user`/`group`, `[limits]` and the log target
+/// and level are fixed at start-up (a change to them needs a restart).
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    args: ServeArgs,
+    handler: Arc<Reloadable>,
+) {
+    while hup.recv().await.is_some() {
+        listen::notify_reloading();
+        log::info!("SIGHUP: reloading the configuration");
+        let args = args.clone();
+        // build() reads files and may connect to SQL/LDAP servers: keep it
+        // off the request workers.
+        match tokio::task::spawn_blocking(move || args.build()).await {
+            Ok(Ok((config, service))) => {
+                handler.replace(service);
+                log::info!(
+                    "configuration reloaded; passdbs: {} (listeners, user, limits and log \
+                     settings need a restart)",
+                    passdb_list(&config)
+                );
+            }
+            Ok(Err(problems)) => {
+                for p in &problems {
+                    log::error!("reload: {p}");
+                }
+                log::error!(
+                    "reload rejected ({} problem(s)); still serving the previous configuration",
+                    problems.len()
+                );
+            }
+            Err(e) => {
+                log::error!("reload rejected ({e}); still serving the previous configuration")
+            }
+        }
+        listen::notify_ready();
     }
 }
 

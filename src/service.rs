@@ -52,7 +52,8 @@ impl std::str::FromStr for RequiredHeader {
 #[derive(Debug)]
 pub struct Service {
     auth: Authenticator,
-    http: HttpAuth,
+    /// Shared so a reloaded service keeps the Digest nonce key and `nc` state.
+    http: std::sync::Arc<HttpAuth>,
     required: Vec<RequiredHeader>,
 }
 
@@ -68,9 +69,16 @@ impl Service {
     pub fn new(auth: Authenticator, required: Vec<RequiredHeader>) -> Self {
         Service {
             auth,
-            http: HttpAuth::new(),
+            http: std::sync::Arc::new(HttpAuth::new()),
             required,
         }
+    }
+
+    /// Takes over `old`'s per-process HTTP auth state (Digest nonce key and
+    /// seen `nc` values), so a config reload does not invalidate the nonces
+    /// clients already hold.
+    pub fn inherit_state(&mut self, old: &Service) {
+        self.http = std::sync::Arc::clone(&old.http);
     }
 
     /// The authenticator (for `auth test`).
