@@ -186,6 +186,9 @@ impl std::str::FromStr for LogTarget {
 
 struct StderrLogger {
     level: log::LevelFilter,
+    /// Our pid, read once: `std::process::id()` is a syscall every time, and
+    /// this runs once per request.
+    pid: u32,
 }
 
 impl log::Log for StderrLogger {
@@ -197,7 +200,7 @@ impl log::Log for StderrLogger {
             // One write per line so concurrent lines do not interleave.
             let line = format!(
                 "nginx-auth-fcgi[{}]: {}: {}\n",
-                std::process::id(),
+                self.pid,
                 r.level(),
                 r.args()
             );
@@ -211,7 +214,11 @@ impl log::Log for StderrLogger {
 /// syslog socket is reachable, so a start never fails for want of a logger.
 pub fn init(target: &LogTarget, level: log::LevelFilter) {
     let installed = match target {
-        LogTarget::Stderr => log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok(),
+        LogTarget::Stderr => log::set_boxed_logger(Box::new(StderrLogger {
+            level,
+            pid: std::process::id(),
+        }))
+        .is_ok(),
         LogTarget::Syslog(facility) => {
             let formatter = syslog::Formatter3164 {
                 facility: facility.parse().unwrap_or(syslog::Facility::LOG_MAIL),
@@ -224,7 +231,11 @@ pub fn init(target: &LogTarget, level: log::LevelFilter) {
                     log::set_boxed_logger(Box::new(syslog::BasicLogger::new(logger))).is_ok()
                 }
                 Err(e) => {
-                    let ok = log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok();
+                    let ok = log::set_boxed_logger(Box::new(StderrLogger {
+                        level,
+                        pid: std::process::id(),
+                    }))
+                    .is_ok();
                     log::warn!("syslog unavailable ({e}); logging to stderr");
                     ok
                 }
