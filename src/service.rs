@@ -95,15 +95,12 @@ impl Service {
             log::warn!("request without Auth-Method/Auth-Protocol or AUTH_REALM refused (400)");
             return NOT_MAIL.to_vec();
         }
-        let peer = params
-            .get("REMOTE_ADDR")
-            .map(|v| quoted(&String::from_utf8_lossy(v)))
-            .unwrap_or_else(|| "-".into());
         for r in &self.required {
             if !params.get(&r.param).is_some_and(|v| r.value.ct_eq(v)) {
                 log::warn!(
-                    "auth result=refused reason=\"missing or wrong {}\" peer={peer}",
-                    r.header
+                    "auth result=refused reason=\"missing or wrong {}\" peer={}",
+                    r.header,
+                    peer(params)
                 );
                 METRICS.protocol_error();
                 return if mail {
@@ -127,7 +124,10 @@ impl Service {
         let req = match MailAuthRequest::from_params(params) {
             Ok(r) => r,
             Err(e) => {
-                log::warn!("auth result=tempfail reason=\"protocol error: {e}\" peer={peer}");
+                log::warn!(
+                    "auth result=tempfail reason=\"protocol error: {e}\" peer={}",
+                    peer(params)
+                );
                 METRICS.protocol_error();
                 let smtp = params.get("HTTP_AUTH_PROTOCOL") == Some(b"smtp");
                 return render_fail(smtp.then_some("451 4.3.0"));
@@ -223,6 +223,15 @@ impl Handler for Service {
             app_status: 0,
         }
     }
+}
+
+/// The FastCGI peer nginx reports, for log lines about refused requests
+/// (built only when such a line is written).
+fn peer(params: &Params) -> String {
+    params
+        .get("REMOTE_ADDR")
+        .map(|v| quoted(&String::from_utf8_lossy(v)))
+        .unwrap_or_else(|| "-".into())
 }
 
 #[cfg(test)]

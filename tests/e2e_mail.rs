@@ -663,10 +663,10 @@ fn shipped_nginx_conf_drift_is_caught() {
         "pop3_auth plain apop cram-md5;",
         "smtp_auth login plain cram-md5;",
         "xclient on;",
-        "include fastcgi_params;",
+        "fastcgi_param REMOTE_ADDR $remote_addr;",
         "fastcgi_pass nginx_auth_fcgi;",
         "fastcgi_keep_conn on;",
-        "keepalive 8;",
+        "keepalive 32;",
         "fastcgi_intercept_errors off;",
         "server_tokens off;",
     ] {
