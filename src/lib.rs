@@ -22,6 +22,7 @@ pub mod audit;
 pub mod auth_http;
 pub mod authenticator;
 pub mod cache;
+pub mod client_ip;
 pub mod config;
 pub mod fastcgi;
 pub mod http_auth;
