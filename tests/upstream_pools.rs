@@ -386,6 +386,15 @@ async fn domain_pools_per_user_host_and_ipv6() {
     // IPv6 member, rendered bare in Auth-Server (checked in login()).
     let v6_users = d.placement(&users("@other.example")).await;
     assert!(v6_users.values().all(|a| *a == v6.addr), "{v6_users:?}");
+    // Only pools of two or more are checked (a pool of one has nothing to
+    // fail over to).
+    let m = d.metrics().await;
+    assert!(
+        m.contains(&format!("upstream_up{{address=\"{}\"}} 1", dom[0].addr)),
+        "{m}"
+    );
+    assert!(!m.contains(&default.addr.to_string()), "{m}");
+    assert!(!m.contains(&v6.addr.to_string()), "{m}");
     // The passdb's per-user host wins over the domain pool.
     let (status, server) = d.login("imap", "routed@example.org", "routed-pw").await;
     assert_eq!(status, "OK");
@@ -436,13 +445,13 @@ async fn domain_pools_per_user_host_and_ipv6() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_members_down_is_a_temporary_failure() {
     let mut imap: Vec<Backend> = vec![Backend::start("127.0.0.1:0"), Backend::start("[::1]:0")];
-    let mut smtp = Backend::start("127.0.0.1:0");
+    let mut smtp: Vec<Backend> = (0..2).map(|_| Backend::start("127.0.0.1:0")).collect();
     let d = Daemon::start(
         &args(&[
             "--upstream",
             &format!("imap={},{}", imap[0].spec(), imap[1].spec()),
             "--upstream",
-            &format!("smtp={}", smtp.spec()),
+            &format!("smtp={},{}", smtp[0].spec(), smtp[1].spec()),
             "--upstream-check-ms",
             "100",
         ]),
@@ -451,10 +460,9 @@ async fn all_members_down_is_a_temporary_failure() {
     );
     assert_eq!(d.login("imap", "user1", "pw1").await.0, "OK");
     assert_eq!(d.login("smtp", "user1", "pw1").await.0, "OK");
-    for m in &mut imap {
+    for m in imap.iter_mut().chain(smtp.iter_mut()) {
         m.stop();
     }
-    smtp.stop();
     until("imap answers a temporary failure", || async {
         d.login("imap", "user1", "pw1").await.0 == TEMPORARY
     })

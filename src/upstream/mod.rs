@@ -151,31 +151,42 @@ impl Upstreams {
         &self.health
     }
 
-    /// Every distinct member of every pool.
-    pub fn addresses(&self) -> Vec<SocketAddr> {
+    /// Every distinct member of every pool with more than one member: the
+    /// ones that are health-checked. A pool of one is never checked: there
+    /// is nothing to fail over to, and our view of the network must not
+    /// veto nginx's (a firewall between us and the server, but not between
+    /// nginx and it, would otherwise stop every login); nginx reports a
+    /// server it cannot reach itself.
+    pub fn checked_addresses(&self) -> Vec<SocketAddr> {
         let all: BTreeSet<SocketAddr> = self
             .by_protocol
             .values()
             .chain(self.by_domain.values().flat_map(|d| d.values()))
+            .filter(|p| p.members().len() > 1)
             .flat_map(|p| p.members().iter().copied())
             .collect();
         all.into_iter().collect()
     }
 
-    /// Starts the health checks (one task per distinct member; none when the
-    /// interval is zero). `redis` is the `state` URL, to share findings.
+    /// Starts the health checks (one task per distinct member of a pool of
+    /// two or more; none when the interval is zero). `redis` is the `state` URL, to share findings.
     /// Must run inside a tokio runtime; dropping the result stops them.
     pub fn spawn_checks(&self, redis: Option<&str>) -> Checks {
         if self.check_interval.is_zero() {
             return Checks::default();
         }
-        Checks::spawn(&self.health, &self.addresses(), self.check_interval, redis)
+        Checks::spawn(
+            &self.health,
+            &self.checked_addresses(),
+            self.check_interval,
+            redis,
+        )
     }
 
     /// Takes over `old`'s health findings for members both configurations
     /// share (configuration reload).
     pub fn inherit_health(&self, old: &Upstreams) {
-        self.health.inherit(&old.health, &self.addresses());
+        self.health.inherit(&old.health, &self.checked_addresses());
     }
 
     /// One line per pool, for `check-config`.
@@ -209,10 +220,10 @@ impl Upstreams {
         out
     }
 
-    /// Prometheus gauges: one `nginx_auth_fcgi_upstream_up` per member.
+    /// Prometheus gauges: one `nginx_auth_fcgi_upstream_up` per checked member.
     pub fn render_metrics(&self) -> String {
         let mut s = String::new();
-        let addrs = self.addresses();
+        let addrs = self.checked_addresses();
         if addrs.is_empty() {
             return s;
         }
@@ -488,7 +499,11 @@ mod tests {
             pick(&u, MailProtocol::Imap, &canonical, "alias@example.org"),
             Some(in_domain)
         );
-        assert_eq!(u.addresses().len(), 6);
+        assert_eq!(
+            u.checked_addresses().len(),
+            5,
+            "pools of one are not checked"
+        );
         assert!(u.describe().iter().any(|l| l.contains("for example.org")));
     }
 }
