@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,28 +29,49 @@ const TEMPORARY: &str = "Temporary server problem, try again later";
 
 // ------------------------------------------------------------- backends
 
-/// A pool member: a listening socket whose connections are accepted and
-/// closed at once (so the kernel backlog never fills), until [`stop`]ped.
+/// A pool member: a listening socket, until [`stop`]ped. Connections are
+/// accepted at once (so the kernel backlog never fills) and either closed or,
+/// for [`Backend::imap`], served as a minimal IMAP server that accepts the
+/// login nginx performs and records the user name.
 struct Backend {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// `Some`: an IMAP server; the users nginx logged in here.
+    logins: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl Backend {
     fn start(bind: &str) -> Backend {
-        Self::listen(TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}")))
+        Self::listen(
+            TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}")),
+            None,
+        )
     }
 
-    fn listen(l: TcpListener) -> Backend {
+    fn imap(bind: &str) -> Backend {
+        Self::listen(
+            TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}")),
+            Some(Arc::default()),
+        )
+    }
+
+    fn listen(l: TcpListener, logins: Option<Arc<Mutex<Vec<String>>>>) -> Backend {
         l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let record = logins.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match l.accept() {
-                    Ok((s, _)) => drop(s),
+                    Ok((s, _)) => match &record {
+                        Some(r) => {
+                            let r = Arc::clone(r);
+                            std::thread::spawn(move || serve_imap_login(s, &r));
+                        }
+                        None => drop(s),
+                    },
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
@@ -60,7 +81,12 @@ impl Backend {
             addr,
             stop,
             thread: Some(thread),
+            logins,
         }
+    }
+
+    fn logins(&self) -> Vec<String> {
+        self.logins.as_ref().unwrap().lock().unwrap().clone()
     }
 
     /// Closes the listening socket.
@@ -85,7 +111,8 @@ impl Backend {
                 Err(e) => panic!("cannot rebind {}: {e}", self.addr),
             }
         };
-        *self = Backend::listen(l);
+        let logins = self.logins.take();
+        *self = Backend::listen(l, logins);
     }
 
     fn spec(&self) -> String {
@@ -96,6 +123,46 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The upstream side of nginx's IMAP proxy login (ngx_mail_proxy_module):
+/// greeting; `TAG LOGIN {n}` → `+`; `USER {m}` → `+`; `PASS` → `TAG OK`.
+/// Records USER. A health check (connect, close) just ends the session.
+fn serve_imap_login(s: TcpStream, logins: &Mutex<Vec<String>>) {
+    use std::io::BufRead;
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut line = String::new();
+    let mut next = |line: &mut String| {
+        line.clear();
+        matches!(r.read_line(line), Ok(n) if n > 0)
+    };
+    if w.write_all(b"* OK fake IMAP ready\r\n").is_err() || !next(&mut line) {
+        return;
+    }
+    let Some((tag, _)) = line.split_once("LOGIN") else {
+        let _ = w.write_all(b"* BAD expected LOGIN\r\n");
+        return;
+    };
+    let tag = tag.to_owned();
+    let _ = w.write_all(b"+ go ahead\r\n");
+    if !next(&mut line) {
+        return;
+    }
+    let user = line.split(" {").next().unwrap_or_default().to_owned();
+    let _ = w.write_all(b"+ go ahead\r\n");
+    if !next(&mut line) {
+        return;
+    }
+    logins.lock().unwrap().push(user);
+    let _ = w.write_all(format!("{tag}OK logged in\r\n").as_bytes());
+    // Whatever the client sends next (LOGOUT), answer and close.
+    if next(&mut line) {
+        let tag = line.split(' ').next().unwrap_or("*").to_owned();
+        let _ = w.write_all(format!("* BYE\r\n{tag} OK bye\r\n").as_bytes());
     }
 }
 
@@ -740,4 +807,195 @@ async fn proxy_protocol_address_only_from_trusted_proxies() {
         s, "Invalid login or password",
         "the rogue peer itself is blocked"
     );
+}
+
+// ------------------------------------------------- through real nginx
+
+/// nginx (mail module) in front of the daemon, in `dir`; stopped on drop.
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// `imap`: a plain IMAP listener; `imap_pp`: one with `proxy_protocol`.
+    fn start(dir: &Path, sock: &Path, imap: u16, imap_pp: u16, http: u16) -> Nginx {
+        let nginx = require("nginx", "nginx-full");
+        let module = "/usr/lib/nginx/modules/ngx_mail_module.so";
+        assert!(
+            Path::new(module).exists(),
+            "{module} missing: install the Debian package libnginx-mod-mail"
+        );
+        let d = dir.display();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log info;
+load_module {module};
+events {{ worker_connections 64; }}
+mail {{
+    server_name mail.test;
+    auth_http 127.0.0.1:{http}/mailauth;
+    proxy_pass_error_message on;
+    resolver off;
+    server {{ listen 127.0.0.1:{imap}; protocol imap; imap_auth login plain; }}
+    server {{ listen 127.0.0.1:{imap_pp} proxy_protocol; protocol imap; imap_auth login plain; }}
+}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{http};
+        location = /mailauth {{
+            include /etc/nginx/fastcgi_params;
+            fastcgi_pass unix:{sock};
+        }}
+    }}
+}}
+"#,
+            sock = sock.display()
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let log = std::fs::File::create(dir.join("nginx.out")).unwrap();
+        let child = Command::new(nginx)
+            .arg("-p")
+            .arg(format!("{d}/"))
+            .arg("-c")
+            .arg(&path)
+            .arg("-e")
+            .arg(dir.join("nginx-startup.log"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start nginx");
+        let n = Nginx {
+            child,
+            dir: dir.to_owned(),
+        };
+        let deadline = Instant::now() + NOTICE;
+        for port in [imap, imap_pp, http] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "nginx did not listen on {port}:\n{}",
+                    n.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        n
+    }
+
+    fn log(&self) -> String {
+        ["nginx.out", "nginx-startup.log", "nginx-error.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- nginx log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Logs in with Python's imaplib through nginx (optionally sending a PROXY
+/// v1 header first, as a load balancer would); the server's reply to LOGIN.
+fn imaplib_login(port: u16, user: &str, pass: &str, proxy_from: Option<&str>) -> String {
+    let script = r#"
+import imaplib, socket, sys
+port, user, pw, src = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+class Client(imaplib.IMAP4):
+    def _create_socket(self, timeout):
+        s = socket.create_connection((self.host, self.port), timeout)
+        if src:
+            s.sendall(f"PROXY TCP4 {src} 127.0.0.1 40000 {port}\r\n".encode())
+        return s
+c = Client("127.0.0.1", port, timeout=15)
+try:
+    typ, data = c.login(user, pw)
+    print(typ, data[0].decode())
+    c.logout()
+except imaplib.IMAP4.error as e:
+    print("NO", e)
+"#;
+    let out = Command::new(require("python3", "python3"))
+        .arg("-c")
+        .arg(script)
+        .args([&port.to_string(), user, pass, proxy_from.unwrap_or("")])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "imaplib client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_logs_in_at_the_member_we_chose() {
+    let mut b: Vec<Backend> = (0..2).map(|_| Backend::imap("127.0.0.1:0")).collect();
+    let d = Daemon::start(
+        &args(&[
+            "--upstream",
+            &format!("imap={},{}", b[0].spec(), b[1].spec()),
+            "--upstream-check-ms",
+            "100",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+        ]),
+        NO_THROTTLE,
+        "",
+    );
+    let [imap, imap_pp, http] = common::e2e::free_ports::<3>();
+    let nginx = Nginx::start(d.dir.path(), &d.sock, imap, imap_pp, http);
+
+    let (user, pass) = ("user5", "pw5");
+    let chosen = d.login("imap", user, pass).await.1.unwrap();
+    let (at, other) = if chosen == b[0].addr { (0, 1) } else { (1, 0) };
+    let reply = imaplib_login(imap, user, pass, None);
+    assert!(reply.starts_with("OK"), "{reply}\n{}", nginx.log());
+    assert_eq!(b[at].logins(), vec![user.to_owned()]);
+    assert!(b[other].logins().is_empty());
+
+    // The chosen member goes away: nginx is sent to the other one.
+    b[at].stop();
+    until("the user moved", || async {
+        d.login("imap", user, pass).await.1 == Some(b[other].addr)
+    })
+    .await;
+    let reply = imaplib_login(imap, user, pass, None);
+    assert!(reply.starts_with("OK"), "{reply}\n{}", nginx.log());
+    assert_eq!(b[other].logins(), vec![user.to_owned()]);
+
+    // Through the proxy_protocol listener: nginx's peer (127.0.0.1) is a
+    // trusted proxy, so the PROXY source is the client in our audit log.
+    let reply = imaplib_login(imap_pp, user, pass, Some("198.51.100.77"));
+    assert!(reply.starts_with("OK"), "{reply}\n{}", nginx.log());
+    assert!(
+        d.log()
+            .lines()
+            .any(|l| l.contains("result=ok") && l.contains("ip=198.51.100.77")),
+        "{}",
+        d.log()
+    );
+    // A wrong password through the same path is a failure for that client.
+    let reply = imaplib_login(imap_pp, user, "wrong", Some("198.51.100.78"));
+    assert!(reply.starts_with("NO"), "{reply}");
+    assert!(d
+        .log()
+        .lines()
+        .any(|l| l.contains("result=fail") && l.contains("ip=198.51.100.78")));
 }
