@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,6 +39,8 @@ struct Backend {
     thread: Option<JoinHandle<()>>,
     /// `Some`: an IMAP server; the users nginx logged in here.
     logins: Option<Arc<Mutex<Vec<String>>>>,
+    /// Connections accepted so far (health checks included).
+    accepted: Arc<AtomicUsize>,
 }
 
 impl Backend {
@@ -62,16 +64,21 @@ impl Backend {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let record = logins.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match l.accept() {
-                    Ok((s, _)) => match &record {
-                        Some(r) => {
-                            let r = Arc::clone(r);
-                            std::thread::spawn(move || serve_imap_login(s, &r));
+                    Ok((s, _)) => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        match &record {
+                            Some(r) => {
+                                let r = Arc::clone(r);
+                                std::thread::spawn(move || serve_imap_login(s, &r));
+                            }
+                            None => drop(s),
                         }
-                        None => drop(s),
-                    },
+                    }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
@@ -82,7 +89,12 @@ impl Backend {
             stop,
             thread: Some(thread),
             logins,
+            accepted,
         }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     fn logins(&self) -> Vec<String> {
@@ -998,4 +1010,47 @@ async fn nginx_logs_in_at_the_member_we_chose() {
         .log()
         .lines()
         .any(|l| l.contains("result=fail") && l.contains("ip=198.51.100.78")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_replaces_the_pools_and_their_checks() {
+    let old: Vec<Backend> = (0..2).map(|_| Backend::start("127.0.0.1:0")).collect();
+    let new: Vec<Backend> = (0..2).map(|_| Backend::start("127.0.0.1:0")).collect();
+    let config = |pool: &[Backend]| {
+        format!(
+            "upstream = [\"imap={},{}\"]\nupstream_check_ms = 100\n{NO_THROTTLE}",
+            pool[0].spec(),
+            pool[1].spec()
+        )
+    };
+    let d = Daemon::start(&[], &config(&old), "");
+    until("the old members are checked", || async {
+        old.iter().all(|b| b.accepted() >= 2)
+    })
+    .await;
+    let (status, server) = d.login("imap", "user1", "pw1").await;
+    assert_eq!(status, "OK");
+    assert!(old.iter().any(|b| Some(b.addr) == server));
+
+    std::fs::write(d.dir.path().join("config.toml"), config(&new)).unwrap();
+    let rc = unsafe { libc::kill(d.child.id() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(rc, 0, "kill -HUP");
+    until("the new pool serves", || async {
+        let server = d.login("imap", "user1", "pw1").await.1;
+        new.iter().any(|b| Some(b.addr) == server)
+    })
+    .await;
+    until("the new members are checked", || async {
+        new.iter().all(|b| b.accepted() >= 2)
+    })
+    .await;
+    // The old service is gone with its check tasks: no more connects to the
+    // old members (ten intervals pass while we look).
+    let counts: Vec<usize> = old.iter().map(Backend::accepted).collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        old.iter().map(Backend::accepted).collect::<Vec<_>>(),
+        counts,
+        "the old configuration's checks still run"
+    );
 }
