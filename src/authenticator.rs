@@ -13,12 +13,14 @@
 //! verification [`Cache`] (PLAIN against expensive schemes only).
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::audit::{AuditRecord, Outcome};
 use crate::auth_http::{AuthMethod, Failure, MailAuthRequest, MailAuthResponse, MailProtocol};
 use crate::cache::Cache;
+use crate::client_ip::TrustedProxies;
 use crate::mech::{apop, cram_md5, plain::Plain, Mechanism, Need};
 use crate::passdb::{AnyPassdb, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
 use crate::scheme::StoredPassword;
@@ -116,6 +118,8 @@ pub struct Authenticator {
     policy: Policy,
     passdbs: Vec<AnyPassdb>,
     plain: Plain,
+    /// Whose `Proxy-Protocol-Addr` is believed.
+    trusted_proxies: TrustedProxies,
 }
 
 /// Internal result before rendering.
@@ -140,6 +144,8 @@ struct Notes {
     /// The throttle's `Auth-Wait` for a counted failure.
     throttle_wait: Option<u32>,
     cache: Option<&'static str>,
+    /// The effective client address (see [`TrustedProxies::client_ip`]).
+    client_ip: Option<IpAddr>,
 }
 
 impl Authenticator {
@@ -170,10 +176,17 @@ impl Authenticator {
                 policy,
                 passdbs,
                 plain: Plain::new(),
+                trusted_proxies: TrustedProxies::default(),
             })
         } else {
             Err(problems)
         }
+    }
+
+    /// Believes `Proxy-Protocol-Addr` from these peers (`--trusted-proxy`).
+    pub fn with_trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted_proxies = trusted;
+        self
     }
 
     /// The policy in force.
@@ -189,7 +202,10 @@ impl Authenticator {
     /// Decides one mail login.
     pub async fn authenticate(&self, req: &MailAuthRequest) -> Decision {
         let started = Instant::now();
-        let mut notes = Notes::default();
+        let mut notes = Notes {
+            client_ip: self.trusted_proxies.client_ip(req),
+            ..Notes::default()
+        };
         let judged = tokio::time::timeout(self.policy.timeout, self.judge(req, &mut notes)).await;
         let judgement = match judged {
             Ok(j) => j,
@@ -209,15 +225,15 @@ impl Authenticator {
         let Some(throttle) = &self.policy.throttle else {
             return self.judge_mechanism(req, notes).await;
         };
-        if let Check::Blocked(scope) = throttle.check(req.client_ip, &req.user).await {
+        if let Check::Blocked(scope) = throttle.check(notes.client_ip, &req.user).await {
             return Judgement::Blocked(scope);
         }
         let j = self.judge_mechanism(req, notes).await;
         match &j {
             Judgement::Reject(..) => {
-                notes.throttle_wait = throttle.record_failure(req.client_ip, &req.user).await;
+                notes.throttle_wait = throttle.record_failure(notes.client_ip, &req.user).await;
             }
-            Judgement::Accept { .. } => throttle.record_success(req.client_ip, &req.user).await,
+            Judgement::Accept { .. } => throttle.record_success(notes.client_ip, &req.user).await,
             _ => {}
         }
         j
@@ -369,6 +385,7 @@ impl Authenticator {
     ) -> Decision {
         let mut audit = AuditRecord::new(req);
         audit.cache = notes.cache;
+        audit.client_ip = notes.client_ip;
         let smtp = req.protocol == MailProtocol::Smtp;
         let code = |c: &'static str| smtp.then_some(c);
         // The per-connection schedule decides whether nginx may retry at
@@ -467,8 +484,8 @@ impl Authenticator {
         let (server, port) = self
             .policy
             .upstreams
-            .pick(req.protocol, principal)
-            .ok_or_else(|| format!("no upstream configured for {}", req.protocol.as_str()))?;
+            .pick(req.protocol, principal, &req.user)
+            .map_err(|e| e.to_string())?;
         // IMAP and POP3 upstream logins always need a password from us once
         // nginx has no plaintext (CRAM-MD5, APOP); sending it always is safest.
         let pass = match req.protocol {

@@ -2,15 +2,17 @@
 //! refused) overlaid with command-line flags, then [`Config::validate`]d into
 //! typed values, reporting every problem at once.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::audit::LogTarget;
+use crate::auth_http::MailProtocol;
 use crate::authenticator::WaitPolicy;
 use crate::cache::CachePolicy;
+use crate::client_ip::TrustedProxies;
 use crate::fastcgi::Limits;
 use crate::listen::{ListenSpec, SocketOptions};
 use crate::mech::Mechanism;
@@ -55,9 +57,23 @@ pub struct RawConfig {
     /// `--mechanism` list (default: plain, cram-md5, apop).
     #[serde(default)]
     pub mechanisms: Vec<String>,
-    /// `--upstream PROTOCOL=HOST:PORT`.
+    /// `--upstream PROTOCOL=HOST:PORT[,HOST:PORT…]`: the protocol's pool
+    /// (a protocol repeated adds to its pool).
     #[serde(default)]
     pub upstream: Vec<String>,
+    /// `--upstream-domain DOMAIN:PROTOCOL=HOST:PORT[,…]`: a domain's own pool.
+    #[serde(default)]
+    pub upstream_domain: Vec<String>,
+    /// The same as a table: `[upstream_domains."example.org"]` with
+    /// `imap = ["10.0.1.1:143", "10.0.1.2:143"]`.
+    #[serde(default)]
+    pub upstream_domains: BTreeMap<String, RawDomainUpstreams>,
+    /// `--upstream-check-ms`: health check interval of pool members (0: off).
+    pub upstream_check_ms: Option<u64>,
+    /// `--trusted-proxy`: peers (CIDR) whose PROXY protocol address is
+    /// believed as the client's.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// `--require-header NAME=VALUE`.
     #[serde(default)]
     pub require_header: Vec<String>,
@@ -88,6 +104,18 @@ pub struct RawConfig {
     /// Verification cache.
     #[serde(default)]
     pub cache: RawCache,
+}
+
+/// `[upstream_domains."DOMAIN"]`: that domain's pools.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDomainUpstreams {
+    /// IMAP servers, `HOST:PORT`.
+    pub imap: Option<Vec<String>>,
+    /// POP3 servers.
+    pub pop3: Option<Vec<String>>,
+    /// SMTP servers.
+    pub smtp: Option<Vec<String>>,
 }
 
 /// `[throttle]`.
@@ -177,8 +205,10 @@ pub struct Config {
     pub password_query: Option<String>,
     /// Enabled mechanisms.
     pub mechanisms: HashSet<Mechanism>,
-    /// Default upstreams.
+    /// Upstream pools (health checks not started).
     pub upstreams: Upstreams,
+    /// Peers whose `Proxy-Protocol-Addr` is believed.
+    pub trusted_proxies: TrustedProxies,
     /// Required headers.
     pub required: Vec<RequiredHeader>,
     /// Local domains, lower-case.
@@ -222,6 +252,13 @@ impl RawConfig {
         take(&mut self.passdb, cli.passdb);
         take(&mut self.mechanisms, cli.mechanisms);
         take(&mut self.upstream, cli.upstream);
+        if !cli.upstream_domain.is_empty() {
+            // Domain pools on the command line replace all of the file's.
+            self.upstream_domains.clear();
+            self.upstream_domain = cli.upstream_domain;
+        }
+        self.upstream_check_ms = cli.upstream_check_ms.or(self.upstream_check_ms);
+        take(&mut self.trusted_proxies, cli.trusted_proxies);
         take(&mut self.require_header, cli.require_header);
         take(&mut self.local_domains, cli.local_domains);
         self.socket_mode = cli.socket_mode.or(self.socket_mode);
@@ -311,6 +348,35 @@ impl Config {
         let mut upstreams = Upstreams::default();
         for u in &raw.upstream {
             check(upstreams.add(u).map_err(|e| e.to_string()));
+        }
+        for u in &raw.upstream_domain {
+            check(upstreams.add_domain(u).map_err(|e| e.to_string()));
+        }
+        for (domain, pools) in &raw.upstream_domains {
+            for (proto, list) in [
+                (MailProtocol::Imap, &pools.imap),
+                (MailProtocol::Pop3, &pools.pop3),
+                (MailProtocol::Smtp, &pools.smtp),
+            ] {
+                if let Some(list) = list {
+                    check(
+                        upstreams
+                            .add_domain_list(domain, proto, list)
+                            .map_err(|e| format!("upstream_domains: {e}")),
+                    );
+                }
+            }
+        }
+        if let Some(ms) = raw.upstream_check_ms {
+            upstreams.set_check_interval(Duration::from_millis(ms));
+        }
+        let mut trusted_proxies = Vec::new();
+        for n in &raw.trusted_proxies {
+            check(
+                n.parse::<Cidr>()
+                    .map(|c| trusted_proxies.push(c))
+                    .map_err(|e| format!("trusted_proxies: {e}")),
+            );
         }
         let mut required = Vec::new();
         for r in &raw.require_header {
@@ -459,6 +525,7 @@ impl Config {
                 password_query: raw.password_query.clone(),
                 mechanisms,
                 upstreams,
+                trusted_proxies: TrustedProxies::new(trusted_proxies),
                 required,
                 local_domains,
                 smtp_pass: raw.smtp_pass.unwrap_or(false),
@@ -495,15 +562,25 @@ mod tests {
             default_scheme = "ROT13"
             mechanisms = ["plain", "gssapi"]
             upstream = ["imap=nohostport"]
+            upstream_domain = ["example.org:gopher=127.0.0.1:70"]
+            trusted_proxies = ["10.0.0.0/33"]
             require_header = ["X_Key=secretvalue"]
             log = "file"
             [auth_wait]
             max_attempts = 0
+            [upstream_domains."example.net"]
+            imap = []
             "#,
         )
         .unwrap();
         let problems = Config::validate(raw).unwrap_err();
-        assert_eq!(problems.len(), 8, "{problems:#?}");
+        assert_eq!(problems.len(), 11, "{problems:#?}");
+        for value in ["nohostport", "gopher", "10.0.0.0/33", "example.net"] {
+            assert!(
+                problems.iter().any(|p| p.contains(value)),
+                "{value} not named in {problems:#?}"
+            );
+        }
         assert!(
             problems.iter().all(|p| !p.contains("secretvalue")),
             "secrets stay out of errors"
@@ -568,6 +645,50 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<RawConfig>("lisen = []").is_err());
+        let e = toml::from_str::<RawConfig>("[upstream_domains.\"a.example\"]\ngopher = []\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("gopher"), "{e}");
+    }
+
+    #[test]
+    fn pools_domains_and_trusted_proxies() {
+        let file: RawConfig = toml::from_str(
+            r#"
+            upstream = ["imap=127.0.0.1:143,127.0.0.2:143", "imap=[::1]:143"]
+            upstream_check_ms = 250
+            trusted_proxies = ["10.0.0.0/8"]
+            [upstream_domains."Example.org"]
+            imap = ["127.0.1.1:143", "127.0.1.2:143"]
+            smtp = ["127.0.1.1:25"]
+            "#,
+        )
+        .unwrap();
+        let c = Config::validate(file.clone()).unwrap();
+        let u = &c.upstreams;
+        assert_eq!(u.pool(MailProtocol::Imap).unwrap().members().len(), 3);
+        assert_eq!(
+            u.domain_pool("example.org", MailProtocol::Imap)
+                .unwrap()
+                .members()
+                .len(),
+            2
+        );
+        assert_eq!(u.check_interval(), Duration::from_millis(250));
+        assert!(c.trusted_proxies.trusts("10.9.8.7".parse().unwrap()));
+        // A domain pool on the command line replaces the file's.
+        let cli = RawConfig {
+            upstream_domain: vec!["other.example:imap=127.0.2.1:143".into()],
+            ..RawConfig::default()
+        };
+        let c = Config::validate(file.overlay(cli)).unwrap();
+        assert!(c
+            .upstreams
+            .domain_pool("example.org", MailProtocol::Imap)
+            .is_none());
+        assert!(c
+            .upstreams
+            .domain_pool("other.example", MailProtocol::Imap)
+            .is_some());
     }
 
     #[test]

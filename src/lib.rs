@@ -11,7 +11,8 @@
 //!    [`auth_http::MailAuthRequest`]. All string → enum conversion happens there.
 //! 3. **Decide** — [`authenticator`] applies policy: shared secret, mechanism
 //!    ([`mech`]), directory lookup ([`passdb`], [`scheme`]), upstream choice
-//!    ([`upstream`]) and one audit record ([`audit`]); brute-force limits
+//!    ([`upstream`]: pools, hashing, health checks), the effective client
+//!    address ([`client_ip`]) and one audit record ([`audit`]); brute-force limits
 //!    ([`throttle`]) and the verification cache ([`cache`]) wrap the passdb.
 //! 4. **Render** — [`auth_http::response`] is the only code that knows the
 //!    response header names.
@@ -22,6 +23,7 @@ pub mod audit;
 pub mod auth_http;
 pub mod authenticator;
 pub mod cache;
+pub mod client_ip;
 pub mod config;
 pub mod fastcgi;
 pub mod http_auth;

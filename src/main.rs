@@ -176,9 +176,22 @@ struct ServeArgs {
     /// Enabled mechanisms: plain, cram-md5, apop (repeatable; default all).
     #[arg(long = "mechanism")]
     mechanisms: Vec<String>,
-    /// PROTOCOL=HOST:PORT, e.g. imap=127.0.0.1:143 (repeatable).
+    /// PROTOCOL=HOST:PORT[,HOST:PORT…]: the protocol's pool, e.g.
+    /// imap=10.0.0.1:143,10.0.0.2:143,[2001:db8::5]:143 (repeatable; users
+    /// stick to one member by hashing their name).
     #[arg(long)]
     upstream: Vec<String>,
+    /// DOMAIN:PROTOCOL=HOST:PORT[,…]: users of DOMAIN go to this pool
+    /// instead (repeatable).
+    #[arg(long)]
+    upstream_domain: Vec<String>,
+    /// Health check interval of pool members in ms (default 5000; 0: off).
+    #[arg(long)]
+    upstream_check_ms: Option<u64>,
+    /// Peer network (CIDR) whose PROXY protocol address (Proxy-Protocol-Addr)
+    /// is taken as the client's for throttling and logs (repeatable).
+    #[arg(long = "trusted-proxy")]
+    trusted_proxies: Vec<String>,
     /// NAME=VALUE header nginx must send (auth_http_header), repeatable.
     #[arg(long)]
     require_header: Vec<String>,
@@ -239,6 +252,10 @@ impl ServeArgs {
             password_query: self.password_query.clone(),
             mechanisms: self.mechanisms.clone(),
             upstream: self.upstream.clone(),
+            upstream_domain: self.upstream_domain.clone(),
+            upstream_domains: Default::default(),
+            upstream_check_ms: self.upstream_check_ms,
+            trusted_proxies: self.trusted_proxies.clone(),
             require_header: self.require_header.clone(),
             local_domains: self.local_domains.clone(),
             smtp_pass: self.smtp_pass.then_some(true),
@@ -313,7 +330,8 @@ impl ServeArgs {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let auth = Authenticator::new(policy, passdbs)?;
+        let auth = Authenticator::new(policy, passdbs)?
+            .with_trusted_proxies(config.trusted_proxies.clone());
         let service = Service::new(auth, config.required.clone());
         Ok((config, service))
     }
@@ -364,8 +382,9 @@ fn serve(args: ServeArgs) -> CmdResult {
     // Passdb set-up may touch the filesystem only; no runtime work yet, but
     // the sqlite pool and spawn_blocking need the runtime entered.
     let _guard = rt.enter();
-    let (config, service) = args.build()?;
+    let (config, mut service) = args.build()?;
     audit::init(&config.log, config.log_level);
+    service.start_upstream_checks(config.state.as_deref());
     let listeners = match listen::open(&config.listen, &config.socket) {
         Ok(l) => l,
         Err(e) if config.listen.is_empty() => {
@@ -445,7 +464,8 @@ async fn reload_on_sighup(
         // build() reads files and may connect to SQL/LDAP servers: keep it
         // off the request workers.
         match tokio::task::spawn_blocking(move || args.build()).await {
-            Ok(Ok((config, service))) => {
+            Ok(Ok((config, mut service))) => {
+                service.start_upstream_checks(config.state.as_deref());
                 handler.replace(service);
                 log::info!(
                     "configuration reloaded; passdbs: {} (listeners, user, limits and log \
@@ -485,11 +505,8 @@ fn check_config(args: ServeArgs) -> CmdResult {
     let mut mechs: Vec<_> = config.mechanisms.iter().map(|m| m.as_str()).collect();
     mechs.sort_unstable();
     println!("  mechanisms: {}", mechs.join(", "));
-    for p in [MailProtocol::Imap, MailProtocol::Pop3, MailProtocol::Smtp] {
-        match config.upstreams.get(p) {
-            Some(a) => println!("  upstream {}: {a}", p.as_str()),
-            None => println!("  upstream {}: (per-user only)", p.as_str()),
-        }
+    for line in config.upstreams.describe() {
+        println!("  {line}");
     }
     Ok(ExitCode::SUCCESS)
 }

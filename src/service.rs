@@ -9,6 +9,7 @@ use crate::fastcgi::{Handler, Params, Request, Response};
 use crate::http_auth::{self, HttpAuth, HttpOutcome, HttpSettings};
 use crate::metrics::{Observation, METRICS};
 use crate::secret::Secret;
+use crate::upstream::Checks;
 
 /// A header nginx must send (`auth_http_header X-Auth-Key "…"`), proving the
 /// request came through our nginx and not from another local process.
@@ -55,6 +56,8 @@ pub struct Service {
     /// Shared so a reloaded service keeps the Digest nonce key and `nc` state.
     http: std::sync::Arc<HttpAuth>,
     required: Vec<RequiredHeader>,
+    /// The upstream health checks, stopped when this service is dropped.
+    checks: Checks,
 }
 
 const NOT_MAIL: &[u8] = b"Status: 400 Bad Request\r\nContent-Type: text/plain\r\n\r\n\
@@ -71,6 +74,7 @@ impl Service {
             auth,
             http: std::sync::Arc::new(HttpAuth::new()),
             required,
+            checks: Checks::default(),
         }
     }
 
@@ -79,6 +83,18 @@ impl Service {
     /// clients already hold.
     pub fn inherit_state(&mut self, old: &Service) {
         self.http = std::sync::Arc::clone(&old.http);
+        // Backends found down stay down across the reload.
+        self.auth
+            .policy()
+            .upstreams
+            .inherit_health(&old.auth.policy().upstreams);
+    }
+
+    /// Starts the upstream pools' health checks (inside a tokio runtime),
+    /// sharing findings through `redis` (the `state` URL) when given. They
+    /// run as long as this service exists.
+    pub fn start_upstream_checks(&mut self, redis: Option<&str>) {
+        self.checks = self.auth.policy().upstreams.spawn_checks(redis);
     }
 
     /// The authenticator (for `auth test`).
@@ -111,7 +127,8 @@ impl Service {
             }
         }
         if metrics && !mail {
-            let body = METRICS.render();
+            let mut body = METRICS.render();
+            body.push_str(&self.auth.policy().upstreams.render_metrics());
             return format!(
                 "Status: 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
