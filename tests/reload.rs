@@ -44,6 +44,19 @@ fn sighup(child: &Child) {
     assert_eq!(rc, 0, "kill -HUP");
 }
 
+/// The daemon, killed if the test panics before stopping it (an orphan would
+/// keep the test's output pipe open and the test run would never end).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 struct Stats {
     ok: u64,
     failures: Vec<String>,
@@ -120,16 +133,18 @@ async fn sighup_reloads_the_config_without_failing_a_request() {
     let sock = dir.path().join("auth.sock");
     let log_path = dir.path().join("daemon.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .arg("--listen")
-        .arg(format!("unix:{}", sock.display()))
-        .stdin(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
+    let mut daemon = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(format!("unix:{}", sock.display()))
+            .stdin(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(Instant::now() < deadline, "daemon did not listen");
@@ -156,17 +171,17 @@ async fn sighup_reloads_the_config_without_failing_a_request() {
     for port in [1144, 1145, 1146] {
         tokio::time::sleep(Duration::from_millis(250)).await;
         write_config(&config, &users, port, "");
-        sighup(&daemon);
+        sighup(&daemon.0);
         wait_for(port).await;
     }
     // Two quick SIGHUPs without a change in between are harmless too.
-    sighup(&daemon);
-    sighup(&daemon);
+    sighup(&daemon.0);
+    sighup(&daemon.0);
     tokio::time::sleep(Duration::from_millis(250)).await;
 
     // A broken config: rejected, the old one keeps serving.
     write_config(&config, &users, 1999, "no_such_key = 1");
-    sighup(&daemon);
+    sighup(&daemon.0);
     let deadline = Instant::now() + Duration::from_secs(3);
     while !std::fs::read_to_string(&log_path)
         .unwrap()
@@ -188,8 +203,8 @@ async fn sighup_reloads_the_config_without_failing_a_request() {
         ok += stats.ok;
         problems.extend(stats.failures);
     }
-    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
-    let status = daemon.wait().unwrap();
+    unsafe { libc::kill(daemon.0.id() as libc::pid_t, libc::SIGTERM) };
+    let status = daemon.0.wait().unwrap();
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(problems.is_empty(), "{problems:#?}\n{log}");
     assert!(ok > 100, "only {ok} requests served");
