@@ -26,6 +26,7 @@ pub mod config;
 pub mod fastcgi;
 pub mod http_auth;
 pub mod listen;
+pub mod master_user;
 pub mod mech;
 pub mod metrics;
 pub mod passdb;

@@ -8,6 +8,7 @@
 
 pub mod apop;
 pub mod cram_md5;
+pub mod external;
 pub mod plain;
 
 use crate::auth_http::AuthMethod;
