@@ -156,6 +156,8 @@ struct Notes {
     /// The throttle's `Auth-Wait` for a counted failure.
     throttle_wait: Option<u32>,
     cache: Option<&'static str>,
+    /// EXTERNAL: the user the certificate mapped to (for the audit line).
+    mapped_user: Option<String>,
 }
 
 impl Authenticator {
@@ -277,7 +279,7 @@ impl Authenticator {
 
     async fn judge_mechanism(&self, req: &MailAuthRequest, notes: &mut Notes) -> Judgement {
         if req.method == AuthMethod::External && !self.external.is_empty() {
-            return self.judge_external(req).await;
+            return self.judge_external(req, notes).await;
         }
         let Some(mech) = Mechanism::from_method(req.method) else {
             return Judgement::Refuse(
@@ -435,11 +437,12 @@ impl Authenticator {
 
     /// EXTERNAL: map the verified certificate to a user, who must exist
     /// (and not be disabled) in the passdb chain.
-    async fn judge_external(&self, req: &MailAuthRequest) -> Judgement {
+    async fn judge_external(&self, req: &MailAuthRequest, notes: &mut Notes) -> Judgement {
         let user = match self.external.map(req.ssl.as_ref(), &req.user) {
             Ok(u) => u,
             Err(e) => return Judgement::Unmapped(e),
         };
+        notes.mapped_user = Some(user.clone());
         let mut failure = None;
         for db in &self.passdbs {
             if !db.capabilities().lookup_credentials {
@@ -482,6 +485,9 @@ impl Authenticator {
     ) -> Decision {
         let mut audit = AuditRecord::new(req);
         audit.cache = notes.cache;
+        if let Some(user) = notes.mapped_user {
+            audit.user = user;
+        }
         let smtp = req.protocol == MailProtocol::Smtp;
         let code = |c: &'static str| smtp.then_some(c);
         // The per-connection schedule decides whether nginx may retry at
