@@ -354,3 +354,91 @@ fn hash_cram_md5_equals_doveadm() {
         );
     }
 }
+
+#[test]
+fn config_sections_validate_and_never_echo_the_secret() {
+    use nginx_auth_fcgi::config::{Config, RawConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("master.secret");
+    std::fs::write(&secret_file, format!("{MASTER_SECRET}\n")).unwrap();
+    let raw: RawConfig = toml::from_str(&format!(
+        r#"
+        [master_user]
+        user = "master"
+        password_file = "{}"
+        [[external.rule]]
+        fingerprint = "01:23:45:67:89:AB:CD:EF:01:23:45:67:89:ab:cd:ef:01:23:45:67"
+        user = "alice"
+        [[external.rule]]
+        subject_attribute = "emailAddress"
+        issuer = "CN=Test CA,O=Example"
+        "#,
+        secret_file.display()
+    ))
+    .unwrap();
+    let c = Config::validate(raw).unwrap();
+    let m = c.master_user.as_ref().unwrap();
+    assert_eq!((m.user(), m.separator()), ("master", "*"));
+    assert_eq!(
+        m.login_for(b"bob").unwrap().password.expose(),
+        MASTER_SECRET.as_bytes()
+    );
+    assert_eq!(c.external.0.len(), 2);
+    assert!(!format!("{c:?}").contains(MASTER_SECRET));
+
+    let bad: RawConfig = toml::from_str(&format!(
+        r#"
+        [master_user]
+        user = "master"
+        password = "{MASTER_SECRET}"
+        password_file = "/nonexistent"
+        [[external.rule]]
+        fingerprint = "0123"
+        user = "alice"
+        [[external.rule]]
+        fingerprint = "{FP_ALICE}"
+        subject_attribute = "CN"
+        [[external.rule]]
+        subject_attribute = "CN"
+        issuer = "CN=unterminated\\"
+        "#
+    ))
+    .unwrap();
+    let problems = Config::validate(bad).unwrap_err();
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    assert!(problems.iter().all(|p| !p.contains(MASTER_SECRET)));
+    let no_user: RawConfig =
+        toml::from_str("[master_user]\npassword = \"x\"\nseparator = \"*\"\n").unwrap();
+    assert_eq!(Config::validate(no_user).unwrap_err().len(), 1);
+    assert!(toml::from_str::<RawConfig>("[master_user]\nsecret = \"x\"\n").is_err());
+
+    // check-config shows the master's name and the rules, never the secret.
+    let passwd = dir.path().join("users");
+    std::fs::write(&passwd, "alice:{PLAIN}alice-pw::::::\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
+        .arg("check-config")
+        .arg(format!("--passdb=passwd-file:{}", passwd.display()))
+        .args(["--master-user", "master", "--master-password-file"])
+        .arg(&secret_file)
+        .args(["--external-subject", "CN", "--external-issuer", CA])
+        .args(["--external-fingerprint", &format!("{FP_ALICE}=alice")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("master user: master (Auth-User LOGIN*master)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("external rule: subject CN (issuer pinned)"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("external rule: fingerprint {FP_ALICE} -> alice")));
+    assert!(!text.contains("warning"), "{text}");
+    assert!(!text.contains(MASTER_SECRET));
+}
