@@ -302,7 +302,44 @@ print("SELECT", typ, dat)
 conn.logout()
 "#;
 
+/// The same for POP3 (RFC 5034 `AUTH EXTERNAL`, then `STAT`), over a raw
+/// TLS socket: poplib has no SASL.
+const EXTERNAL_POP3_CLIENT: &str = r#"
+import base64, socket, ssl, sys
+port, cert, key, authzid = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+if cert:
+    ctx.load_cert_chain(cert, key)
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port)), timeout=30))
+f = s.makefile("rb")
+def cmd(line):
+    s.sendall(line.encode() + b"\r\n")
+    return f.readline().decode().rstrip()
+print("GREETING", f.readline().decode().rstrip())
+r = cmd("AUTH EXTERNAL")
+if r.startswith("+"):
+    r = cmd(base64.b64encode(authzid.encode()).decode())
+if not r.startswith("+OK"):
+    print("AUTH NO", r)
+    sys.exit(0)
+print("AUTH OK", r)
+print("STAT", cmd("STAT"))
+cmd("QUIT")
+"#;
+
 fn external_login(port: u16, pki: &Pki, cert: Option<&str>, authzid: &str) -> String {
+    external_client(EXTERNAL_CLIENT, port, pki, cert, authzid)
+}
+
+fn external_client(
+    script: &str,
+    port: u16,
+    pki: &Pki,
+    cert: Option<&str>,
+    authzid: &str,
+) -> String {
     let (pem, key) = match cert {
         Some(c) => (
             pki.path(&format!("{c}.pem")).display().to_string(),
@@ -311,14 +348,7 @@ fn external_login(port: u16, pki: &Pki, cert: Option<&str>, authzid: &str) -> St
         None => (String::new(), String::new()),
     };
     let out = Command::new(require("python3", "python3"))
-        .args([
-            "-c",
-            EXTERNAL_CLIENT,
-            &port.to_string(),
-            &pem,
-            &key,
-            authzid,
-        ])
+        .args(["-c", script, &port.to_string(), &pem, &key, authzid])
         .output()
         .expect("run python3");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -337,7 +367,7 @@ fn external_client_certificates_map_to_users() {
     pki.client("nobody", "/O=Example/CN=nobody");
     let fp = pki.client("pinned", "/O=Example/CN=pinned-holder");
     let files = master_files();
-    let [verified, optional] = free_ports::<2>();
+    let [verified, optional, pop3] = free_ports::<3>();
     let ca = pki.path("ca.pem").display().to_string();
     let mut extras = master_extras(files.path(), true);
     extras.daemon_args.extend([
@@ -363,6 +393,13 @@ fn external_client_certificates_map_to_users() {
         protocol imap;
         imap_auth external;
         ssl_verify_client optional;
+        ssl_client_certificate {ca};
+    }}
+    server {{
+        listen 127.0.0.1:{pop3} ssl;
+        protocol pop3;
+        pop3_auth external;
+        ssl_verify_client on;
         ssl_client_certificate {ca};
     }}
 "#
@@ -401,6 +438,12 @@ fn external_client_certificates_map_to_users() {
     assert!(out.contains("AUTH NO"), "{out}");
     assert!(!mailbox_exists(&stack, "nobody"));
 
+    // POP3: the same certificate, the same mapping.
+    let out = external_client(EXTERNAL_POP3_CLIENT, pop3, &pki, Some("carol"), "");
+    assert!(out.contains("AUTH OK") && out.contains("STAT +OK"), "{out}");
+    let out = external_client(EXTERNAL_POP3_CLIENT, pop3, &pki, Some("nobody"), "");
+    assert!(out.contains("AUTH NO"), "{out}");
+
     // Each refusal for its own reason; the mapped user is audited.
     let log = stack.daemon_log();
     for (user, reason) in [
@@ -416,9 +459,10 @@ fn external_client_certificates_map_to_users() {
     }
     // Dovecot: the master logged in as carol; alice with her own password.
     let dovecot = stack.dovecot_log();
-    assert!(
-        dovecot.contains("Master user logging in as carol"),
-        "{dovecot}"
+    assert_eq!(
+        dovecot.matches("Master user logging in as carol").count(),
+        3,
+        "IMAP twice, POP3 once:\n{dovecot}"
     );
     assert!(
         !dovecot.contains("Master user logging in as alice"),
