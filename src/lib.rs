@@ -11,7 +11,8 @@
 //!    [`auth_http::MailAuthRequest`]. All string → enum conversion happens there.
 //! 3. **Decide** — [`authenticator`] applies policy: shared secret, mechanism
 //!    ([`mech`]), directory lookup ([`passdb`], [`scheme`]), upstream choice
-//!    ([`upstream`]) and one audit record ([`audit`]); brute-force limits
+//!    ([`upstream`]; a Dovecot [`master_user`] login when no plaintext is at
+//!    hand) and one audit record ([`audit`]); brute-force limits
 //!    ([`throttle`]) and the verification cache ([`cache`]) wrap the passdb.
 //! 4. **Render** — [`auth_http::response`] is the only code that knows the
 //!    response header names.
