@@ -21,6 +21,8 @@ use crate::audit::{AuditRecord, Outcome};
 use crate::auth_http::{AuthMethod, Failure, MailAuthRequest, MailAuthResponse, MailProtocol};
 use crate::cache::Cache;
 use crate::client_ip::TrustedProxies;
+use crate::master_user::MasterUser;
+use crate::mech::external::{NoMatch, Rules};
 use crate::mech::{apop, cram_md5, plain::Plain, Mechanism, Need};
 use crate::passdb::{AnyPassdb, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
 use crate::scheme::StoredPassword;
@@ -120,6 +122,18 @@ pub struct Authenticator {
     plain: Plain,
     /// Whose `Proxy-Protocol-Addr` is believed.
     trusted_proxies: TrustedProxies,
+    /// Upstream login for users verified without a plaintext.
+    master: Option<MasterUser>,
+    /// EXTERNAL rules (empty: EXTERNAL refused as not supported).
+    external: Rules,
+}
+
+/// Why a verified login still cannot be answered with OK.
+enum AcceptError {
+    /// Backend or rendering trouble: a temporary failure.
+    Temporary(String),
+    /// No password for the upstream login (no plaintext, no master user).
+    NoUpstreamPassword(&'static str),
 }
 
 /// Internal result before rendering.
@@ -131,6 +145,8 @@ enum Judgement {
         passdb: &'static str,
     },
     Reject(Rejection, Option<&'static str>),
+    /// EXTERNAL: the certificate maps to no (allowed) user.
+    Unmapped(NoMatch),
     Malformed(String),
     Temporary(String),
     Refuse(&'static str, Failure),
@@ -146,6 +162,8 @@ struct Notes {
     cache: Option<&'static str>,
     /// The effective client address (see [`TrustedProxies::client_ip`]).
     client_ip: Option<IpAddr>,
+    /// EXTERNAL: the user the certificate mapped to (for the audit line).
+    mapped_user: Option<String>,
 }
 
 impl Authenticator {
@@ -177,6 +195,8 @@ impl Authenticator {
                 passdbs,
                 plain: Plain::new(),
                 trusted_proxies: TrustedProxies::default(),
+                master: None,
+                external: Rules::default(),
             })
         } else {
             Err(problems)
@@ -187,6 +207,40 @@ impl Authenticator {
     pub fn with_trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
         self.trusted_proxies = trusted;
         self
+    }
+
+    /// Answers users verified without a plaintext ({CRAM-MD5}, EXTERNAL)
+    /// with this master login; without one they are refused.
+    pub fn with_master_user(mut self, master: Option<MasterUser>) -> Self {
+        self.master = master;
+        self
+    }
+
+    /// Offers EXTERNAL with these rules (empty: not offered). The mapped user
+    /// must exist in a passdb, so one must be able to look users up.
+    pub fn with_external(mut self, rules: Rules) -> Result<Self, String> {
+        if !rules.is_empty()
+            && !self
+                .passdbs
+                .iter()
+                .any(|p| p.capabilities().lookup_credentials)
+        {
+            return Err(
+                "external rules need a passdb that can look users up (lookup_credentials)".into(),
+            );
+        }
+        self.external = rules;
+        Ok(self)
+    }
+
+    /// The master login in force, if any.
+    pub fn master_user(&self) -> Option<&MasterUser> {
+        self.master.as_ref()
+    }
+
+    /// The EXTERNAL rules in force.
+    pub fn external_rules(&self) -> &Rules {
+        &self.external
     }
 
     /// The policy in force.
@@ -240,6 +294,9 @@ impl Authenticator {
     }
 
     async fn judge_mechanism(&self, req: &MailAuthRequest, notes: &mut Notes) -> Judgement {
+        if req.method == AuthMethod::External && !self.external.is_empty() {
+            return self.judge_external(req, notes).await;
+        }
         let Some(mech) = Mechanism::from_method(req.method) else {
             return Judgement::Refuse(
                 "mechanism-not-supported",
@@ -364,11 +421,70 @@ impl Authenticator {
                     passdb: db.name(),
                 },
                 Ok(false) => Judgement::Reject(Rejection::PasswordMismatch, Some(db.name())),
+                // APOP needs the plaintext, and CRAM-MD5 the plaintext or a
+                // {CRAM-MD5} context: a hashed password cannot answer them.
+                // Not a server fault: refuse the mechanism for this user.
+                Err(PassdbError::SchemeNotAvailable(scheme)) => {
+                    log::info!(
+                        "passdb {}: user {user}: {scheme} cannot serve {}",
+                        db.name(),
+                        mech.as_str()
+                    );
+                    Judgement::Refuse(
+                        "scheme-cannot-serve-mechanism",
+                        Failure {
+                            message: "Authentication mechanism not supported",
+                            wait: None,
+                            smtp_code: Some("504 5.5.4"),
+                        },
+                    )
+                }
                 Err(e) => {
                     log::error!("passdb {}: user {user}: {e}", db.name());
                     Judgement::Temporary(e.to_string())
                 }
             };
+        }
+        match failure {
+            Some(e) => Judgement::Temporary(e.to_string()),
+            None => Judgement::Reject(Rejection::UnknownUser, None),
+        }
+    }
+
+    /// EXTERNAL: map the verified certificate to a user, who must exist
+    /// (and not be disabled) in the passdb chain.
+    async fn judge_external(&self, req: &MailAuthRequest, notes: &mut Notes) -> Judgement {
+        let user = match self.external.map(req.ssl.as_ref(), &req.user) {
+            Ok(u) => u,
+            Err(e) => return Judgement::Unmapped(e),
+        };
+        notes.mapped_user = Some(user.clone());
+        let mut failure = None;
+        for db in &self.passdbs {
+            if !db.capabilities().lookup_credentials {
+                continue;
+            }
+            match db.lookup_credentials(&user).await {
+                Ok(Lookup::Found {
+                    mut principal,
+                    secret,
+                }) => {
+                    if principal.user.is_empty() {
+                        principal.user = user;
+                    }
+                    return Judgement::Accept {
+                        principal,
+                        password: secret.plaintext().map(|p| Secret::new(p.to_vec())),
+                        passdb: db.name(),
+                    };
+                }
+                Ok(Lookup::Rejected(Rejection::UnknownUser)) => continue,
+                Ok(Lookup::Rejected(r)) => return Judgement::Reject(r, Some(db.name())),
+                Err(e) => {
+                    log::error!("passdb {}: {e}", db.name());
+                    failure.get_or_insert(e);
+                }
+            }
         }
         match failure {
             Some(e) => Judgement::Temporary(e.to_string()),
@@ -386,6 +502,9 @@ impl Authenticator {
         let mut audit = AuditRecord::new(req);
         audit.cache = notes.cache;
         audit.client_ip = notes.client_ip;
+        if let Some(user) = notes.mapped_user {
+            audit.user = user;
+        }
         let smtp = req.protocol == MailProtocol::Smtp;
         let code = |c: &'static str| smtp.then_some(c);
         // The per-connection schedule decides whether nginx may retry at
@@ -424,10 +543,22 @@ impl Authenticator {
                         audit.outcome = Outcome::Ok;
                         ok
                     }
-                    Err(reason) => {
+                    Err(AcceptError::Temporary(reason)) => {
                         audit.outcome = Outcome::TempFail;
                         audit.reason = reason;
                         MailAuthResponse::Fail(temporary)
+                    }
+                    Err(AcceptError::NoUpstreamPassword(reason)) => {
+                        // Verified, but nginx could not log in upstream:
+                        // the client should use a mechanism that carries
+                        // the password (PLAIN/LOGIN).
+                        audit.outcome = Outcome::Refused;
+                        audit.reason = reason.to_owned();
+                        MailAuthResponse::Fail(Failure {
+                            message: "Authentication mechanism not supported",
+                            wait: None,
+                            smtp_code: code("504 5.5.4"),
+                        })
                     }
                 }
             }
@@ -435,6 +566,11 @@ impl Authenticator {
                 audit.outcome = Outcome::Fail;
                 audit.reason = r.as_str().to_owned();
                 audit.passdb = passdb.unwrap_or("-");
+                MailAuthResponse::Fail(invalid)
+            }
+            Judgement::Unmapped(why) => {
+                audit.outcome = Outcome::Fail;
+                audit.reason = why.to_string();
                 MailAuthResponse::Fail(invalid)
             }
             Judgement::Blocked(scope) => {
@@ -480,25 +616,45 @@ impl Authenticator {
         req: &MailAuthRequest,
         principal: &Principal,
         password: Option<Secret>,
-    ) -> Result<MailAuthResponse, String> {
+    ) -> Result<MailAuthResponse, AcceptError> {
         let (server, port) = self
             .policy
             .upstreams
             .pick(req.protocol, principal, &req.user)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| AcceptError::Temporary(e.to_string()))?;
         // IMAP and POP3 upstream logins always need a password from us once
-        // nginx has no plaintext (CRAM-MD5, APOP); sending it always is safest.
-        let pass = match req.protocol {
-            MailProtocol::Imap | MailProtocol::Pop3 => {
-                Some(password.ok_or("stored scheme gives no plaintext for the upstream login")?)
-            }
-            MailProtocol::Smtp if self.policy.smtp_pass => password,
-            MailProtocol::Smtp => None,
+        // nginx has no plaintext (CRAM-MD5, APOP, EXTERNAL); sending it
+        // always is safest.
+        let needs_pass = match req.protocol {
+            MailProtocol::Imap | MailProtocol::Pop3 => true,
+            // `none` (relay) never logs in upstream.
+            MailProtocol::Smtp => self.policy.smtp_pass && req.method != AuthMethod::None,
         };
-        let user = principal
-            .backend_user
-            .as_ref()
-            .map(|u| u.as_bytes().to_vec());
+        // The upstream login: the passdb's backend user, else (EXTERNAL,
+        // where nginx only has the authzid) the mapped user.
+        let mapped = (req.method == AuthMethod::External)
+            .then(|| principal.user.clone())
+            .filter(|u| !u.is_empty());
+        let login = principal.backend_user.clone().or(mapped);
+        let (user, pass) =
+            match password {
+                Some(p) => (login.map(String::into_bytes), needs_pass.then_some(p)),
+                None if !needs_pass => (login.map(String::into_bytes), None),
+                None => {
+                    let Some(master) = &self.master else {
+                        return Err(AcceptError::NoUpstreamPassword(
+                            "no-plaintext-and-no-master-user",
+                        ));
+                    };
+                    let login = login
+                        .or_else(|| Some(principal.user.clone()).filter(|u| !u.is_empty()))
+                        .unwrap_or_else(|| String::from_utf8_lossy(&req.user).into());
+                    let m = master.login_for(login.as_bytes()).ok_or(
+                        AcceptError::NoUpstreamPassword("login-unusable-with-master-user"),
+                    )?;
+                    (Some(m.user), Some(m.password))
+                }
+            };
         let response = MailAuthResponse::Ok {
             server,
             port,
@@ -507,7 +663,9 @@ impl Authenticator {
         };
         // Refuse here what cannot be rendered (CR/LF in a password, an
         // oversized reply), so the caller never sends half a success.
-        response.render().map_err(|e| e.to_string())?;
+        response
+            .render()
+            .map_err(|e| AcceptError::Temporary(e.to_string()))?;
         Ok(response)
     }
 }

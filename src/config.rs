@@ -15,6 +15,8 @@ use crate::cache::CachePolicy;
 use crate::client_ip::TrustedProxies;
 use crate::fastcgi::Limits;
 use crate::listen::{ListenSpec, SocketOptions};
+use crate::master_user::{MasterUser, DEFAULT_SEPARATOR};
+use crate::mech::external::{Rule, Rules};
 use crate::mech::Mechanism;
 use crate::scheme::Scheme;
 use crate::service::RequiredHeader;
@@ -104,6 +106,72 @@ pub struct RawConfig {
     /// Verification cache.
     #[serde(default)]
     pub cache: RawCache,
+    /// `[master_user]`: Dovecot master login for users verified without a
+    /// plaintext ({CRAM-MD5}, EXTERNAL).
+    pub master_user: Option<RawMasterUser>,
+    /// `[external]`: client-certificate rules (none: EXTERNAL not offered).
+    #[serde(default)]
+    pub external: RawExternal,
+}
+
+/// `[master_user]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMasterUser {
+    /// `--master-user`: the master user's name.
+    pub user: Option<String>,
+    /// The master secret itself (prefer `password_file`).
+    pub password: Option<String>,
+    /// `--master-password-file`: first line is the master secret.
+    pub password_file: Option<PathBuf>,
+    /// `--master-separator` (Dovecot `auth_master_user_separator`, default `*`).
+    pub separator: Option<String>,
+}
+
+/// `[external]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExternal {
+    /// `[[external.rule]]`, tried in order.
+    #[serde(default)]
+    pub rule: Vec<RawExternalRule>,
+}
+
+/// One `[[external.rule]]`: `fingerprint` + `user`, or `subject_attribute`
+/// (+ optional `issuer`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExternalRule {
+    /// SHA-1 of the certificate, hex (`:` allowed).
+    pub fingerprint: Option<String>,
+    /// The user a `fingerprint` maps to.
+    pub user: Option<String>,
+    /// Subject attribute whose value is the user (`CN`, `emailAddress`, …).
+    pub subject_attribute: Option<String>,
+    /// Issuer DN (RFC 2253) a `subject_attribute` rule requires.
+    pub issuer: Option<String>,
+}
+
+impl RawExternalRule {
+    fn build(&self) -> Result<Rule, String> {
+        match self {
+            RawExternalRule {
+                fingerprint: Some(f),
+                user: Some(u),
+                subject_attribute: None,
+                issuer: None,
+            } => Rule::fingerprint(f, u),
+            RawExternalRule {
+                fingerprint: None,
+                user: None,
+                subject_attribute: Some(a),
+                issuer,
+            } => Rule::subject(a, issuer.as_deref()),
+            _ => Err("external rule: give either fingerprint + user, or \
+                      subject_attribute (+ issuer)"
+                .into()),
+        }
+    }
 }
 
 /// `[upstream_domains."DOMAIN"]`: that domain's pools.
@@ -231,6 +299,10 @@ pub struct Config {
     pub throttle: Option<ThrottlePolicy>,
     /// Cache settings (`None`: off).
     pub cache: Option<CachePolicy>,
+    /// Master login for users verified without a plaintext.
+    pub master_user: Option<MasterUser>,
+    /// EXTERNAL mapping rules (empty: EXTERNAL not offered).
+    pub external: Rules,
 }
 
 impl RawConfig {
@@ -292,6 +364,16 @@ impl RawConfig {
         c.ttl_secs = cc.ttl_secs.or(c.ttl_secs);
         c.negative_ttl_secs = cc.negative_ttl_secs.or(c.negative_ttl_secs);
         c.max_entries = cc.max_entries.or(c.max_entries);
+        if let Some(cm) = cli.master_user {
+            let m = self.master_user.get_or_insert_with(RawMasterUser::default);
+            m.user = cm.user.or(m.user.take());
+            if cm.password_file.is_some() {
+                m.password = None;
+                m.password_file = cm.password_file;
+            }
+            m.separator = cm.separator.or(m.separator.take());
+        }
+        self.external.rule.extend(cli.external.rule);
         self
     }
 }
@@ -510,6 +592,29 @@ impl Config {
             max_entries: c.max_entries.unwrap_or(dc.max_entries),
         };
         let cache = (!cache.ttl.is_zero() && cache.max_entries > 0).then_some(cache);
+        let master_user = raw.master_user.as_ref().and_then(|m| {
+            let secret = match (&m.password, &m.password_file) {
+                (Some(p), None) => Ok(crate::secret::Secret::from(p.as_str())),
+                (None, Some(f)) => MasterUser::read_password_file(f),
+                _ => Err("master_user: give exactly one of password, password_file".into()),
+            };
+            let user = m
+                .user
+                .as_deref()
+                .ok_or_else(|| "master_user.user is required".to_owned());
+            let built = secret.and_then(|secret| {
+                MasterUser::new(
+                    user?,
+                    secret,
+                    m.separator.as_deref().unwrap_or(DEFAULT_SEPARATOR),
+                )
+            });
+            built.map_err(|e| check(Err(e))).ok()
+        });
+        let mut external = Rules::default();
+        for r in &raw.external.rule {
+            check(r.build().map(|r| external.0.push(r)));
+        }
         let passdbs = if raw.passdb.is_empty() {
             vec![DEFAULT_PASSDB.to_owned()]
         } else {
@@ -537,6 +642,8 @@ impl Config {
                 state,
                 throttle,
                 cache,
+                master_user,
+                external,
             })
         } else {
             Err(problems)

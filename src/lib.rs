@@ -11,8 +11,9 @@
 //!    [`auth_http::MailAuthRequest`]. All string → enum conversion happens there.
 //! 3. **Decide** — [`authenticator`] applies policy: shared secret, mechanism
 //!    ([`mech`]), directory lookup ([`passdb`], [`scheme`]), upstream choice
-//!    ([`upstream`]: pools, hashing, health checks), the effective client
-//!    address ([`client_ip`]) and one audit record ([`audit`]); brute-force limits
+//!    ([`upstream`]: pools, hashing, health checks; a Dovecot [`master_user`]
+//!    login when no plaintext is at hand), the effective client address
+//!    ([`client_ip`]) and one audit record ([`audit`]); brute-force limits
 //!    ([`throttle`]) and the verification cache ([`cache`]) wrap the passdb.
 //! 4. **Render** — [`auth_http::response`] is the only code that knows the
 //!    response header names.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod fastcgi;
 pub mod http_auth;
 pub mod listen;
+pub mod master_user;
 pub mod mech;
 pub mod metrics;
 pub mod passdb;

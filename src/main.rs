@@ -12,9 +12,12 @@ use clap::{Args, Parser, Subcommand};
 use nginx_auth_fcgi::auth_http::{AuthMethod, MailAuthRequest, MailProtocol};
 use nginx_auth_fcgi::authenticator::{Authenticator, Policy};
 use nginx_auth_fcgi::cache::Cache;
-use nginx_auth_fcgi::config::{self, Config, RawCache, RawConfig, RawThrottle, RawWait};
+use nginx_auth_fcgi::config::{
+    self, Config, RawCache, RawConfig, RawExternal, RawExternalRule, RawMasterUser, RawThrottle,
+    RawWait,
+};
 use nginx_auth_fcgi::listen::{self, ListenSpec};
-use nginx_auth_fcgi::mech::{apop, cram_md5};
+use nginx_auth_fcgi::mech::{apop, cram_md5, Mechanism};
 use nginx_auth_fcgi::passdb::{
     ldap::redact_uri, sqlite::Admin, AnyPassdb, PassdbOptions, PasswdFile,
 };
@@ -232,6 +235,27 @@ struct ServeArgs {
     /// Remember successful verifications of expensive schemes this long (0: off).
     #[arg(long)]
     cache_ttl_secs: Option<u64>,
+    /// Dovecot master user for logins verified without a plaintext
+    /// ({CRAM-MD5} stored passwords, EXTERNAL): Auth-User USER*MASTER.
+    #[arg(long)]
+    master_user: Option<String>,
+    /// File whose first line is the master user's password.
+    #[arg(long)]
+    master_password_file: Option<PathBuf>,
+    /// Dovecot auth_master_user_separator (default *).
+    #[arg(long)]
+    master_separator: Option<String>,
+    /// EXTERNAL: client certificate with this SHA-1 fingerprint is USER
+    /// (HEX=USER, repeatable).
+    #[arg(long)]
+    external_fingerprint: Vec<String>,
+    /// EXTERNAL: this subject attribute's value is the user (CN,
+    /// emailAddress, …; repeatable).
+    #[arg(long)]
+    external_subject: Vec<String>,
+    /// With --external-subject: only certificates issued by this DN (RFC 2253).
+    #[arg(long)]
+    external_issuer: Option<String>,
 }
 
 impl ServeArgs {
@@ -279,8 +303,45 @@ impl ServeArgs {
                 ttl_secs: self.cache_ttl_secs,
                 ..RawCache::default()
             },
+            master_user: (self.master_user.is_some()
+                || self.master_password_file.is_some()
+                || self.master_separator.is_some())
+            .then(|| RawMasterUser {
+                user: self.master_user.clone(),
+                password: None,
+                password_file: self.master_password_file.clone(),
+                separator: self.master_separator.clone(),
+            }),
+            external: RawExternal {
+                rule: self.external_rules()?,
+            },
         };
         Ok(file.overlay(cli))
+    }
+
+    fn external_rules(&self) -> Result<Vec<RawExternalRule>, String> {
+        let mut rules = Vec::new();
+        for f in &self.external_fingerprint {
+            let (fp, user) = f
+                .split_once('=')
+                .ok_or_else(|| format!("--external-fingerprint `{f}`: expected HEX=USER"))?;
+            rules.push(RawExternalRule {
+                fingerprint: Some(fp.to_owned()),
+                user: Some(user.to_owned()),
+                ..RawExternalRule::default()
+            });
+        }
+        for a in &self.external_subject {
+            rules.push(RawExternalRule {
+                subject_attribute: Some(a.clone()),
+                issuer: self.external_issuer.clone(),
+                ..RawExternalRule::default()
+            });
+        }
+        if self.external_issuer.is_some() && self.external_subject.is_empty() {
+            return Err("--external-issuer needs --external-subject".into());
+        }
+        Ok(rules)
     }
 
     /// Validates the config and opens the passdbs, collecting every problem.
@@ -331,7 +392,10 @@ impl ServeArgs {
             return Err(problems);
         }
         let auth = Authenticator::new(policy, passdbs)?
-            .with_trusted_proxies(config.trusted_proxies.clone());
+            .with_trusted_proxies(config.trusted_proxies.clone())
+            .with_master_user(config.master_user.clone())
+            .with_external(config.external.clone())
+            .map_err(|e| vec![e])?;
         let service = Service::new(auth, config.required.clone());
         Ok((config, service))
     }
@@ -508,7 +572,47 @@ fn check_config(args: ServeArgs) -> CmdResult {
     for line in config.upstreams.describe() {
         println!("  {line}");
     }
+    match &config.master_user {
+        // Never the secret.
+        Some(m) => println!(
+            "  master user: {} (Auth-User LOGIN{}{})",
+            m.user(),
+            m.separator(),
+            m.user()
+        ),
+        None => println!("  master user: (none)"),
+    }
+    for r in &config.external.0 {
+        println!("  external rule: {r:?}");
+    }
+    for w in challenge_warnings(&config) {
+        println!("warning: {w}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What cannot work for lack of a master user.
+fn challenge_warnings(config: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    if config.master_user.is_some() {
+        return w;
+    }
+    if config.mechanisms.contains(&Mechanism::CramMd5) {
+        w.push(
+            "cram-md5 is enabled but no [master_user] is set: users stored as {CRAM-MD5} \
+             (or any non-plaintext scheme) are refused CRAM-MD5 for IMAP/POP3, because \
+             nginx needs a password to log in upstream"
+                .into(),
+        );
+    }
+    if !config.external.is_empty() {
+        w.push(
+            "external rules are set but no [master_user]: EXTERNAL logins of users without \
+             a {PLAIN} password are refused for IMAP/POP3"
+                .into(),
+        );
+    }
+    w
 }
 
 fn read_password(confirm: bool, from_stdin: bool) -> Result<Secret, Vec<String>> {

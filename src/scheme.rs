@@ -1163,6 +1163,23 @@ mod tests {
     }
 
     #[test]
+    fn md5_resume_matches_rfc1321_and_the_md5_crate() {
+        let resume = |m: &[u8]| {
+            let mut st = MD5_IV;
+            md5::block_api::compress(&mut st, &[m[..64].try_into().unwrap()]);
+            hex::encode(md5_resume(st, &m[64..]))
+        };
+        // RFC 1321 A.5, the one test message longer than a block.
+        let m = b"12345678901234567890123456789012345678901234567890123456789012345678901234567890";
+        assert_eq!(resume(m), "57edf4a22be3c955ac49da2e2107b67a");
+        // Every tail length across the padding boundaries (55/56/64 bytes).
+        for n in 64..300 {
+            let m: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            assert_eq!(resume(&m), hex::encode(Md5::digest(&m)), "{n}");
+        }
+    }
+
+    #[test]
     fn cram_md5_context_resumes_for_long_keys_and_long_challenges() {
         // Python: hmac.new(b"x"*70 + "ü".encode(), b"<1.2@x>", "md5").hexdigest()
         let sp = StoredPassword::parse(DOVEADM_LONG[0], Scheme::Plain).unwrap();

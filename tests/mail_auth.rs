@@ -328,23 +328,25 @@ async fn cram_md5_and_apop() {
 #[tokio::test]
 async fn challenge_against_a_hash_cannot_log_in_upstream() {
     let f = fixture();
-    // bob has SHA512-CRYPT: nothing can answer CRAM-MD5 → temporary failure, not "wrong password".
+    // bob has SHA512-CRYPT: nothing can answer CRAM-MD5 → the mechanism is
+    // refused for him (not "wrong password", not a server fault).
     let d = hex::encode(cram_md5::digest(b"crypt-pw", SALT.as_bytes()));
     let r = ask(&f, Req::new("imap", "cram-md5", "bob", d.as_bytes())).await;
     assert_eq!(
         r.get("Auth-Status"),
-        Some("Temporary server problem, try again later")
+        Some("Authentication mechanism not supported")
     );
     r.assert_no_route();
     // carol has {CRAM-MD5}: the digest verifies, SMTP needs no password upstream…
     let d = hex::encode(cram_md5::digest(b"cram-pw", SALT.as_bytes()));
     let r = ask(&f, Req::new("smtp", "cram-md5", "carol", d.as_bytes())).await;
     assert!(r.ok(), "{}", r.raw);
-    // …but IMAP has no plaintext to hand nginx for the upstream login.
+    // …but IMAP has no plaintext to hand nginx for the upstream login, and
+    // no master user is configured here (tests/master_external.rs has one).
     let r = ask(&f, Req::new("imap", "cram-md5", "carol", d.as_bytes())).await;
     assert_eq!(
         r.get("Auth-Status"),
-        Some("Temporary server problem, try again later")
+        Some("Authentication mechanism not supported")
     );
     r.assert_no_route();
 }

@@ -184,6 +184,16 @@ mod tests {
             pass: Some(Secret::from("a\r\nAuth-Status: OK")),
         };
         assert_eq!(r.render(), Err(RenderError::UnsafeValue("Auth-Pass")));
+        // A master secret or master login with NUL/LF never goes out either.
+        for (user, pass) in [(&b"u*master"[..], &b"m\0s"[..]), (b"u\n*master", b"ms")] {
+            let r = MailAuthResponse::Ok {
+                server: "127.0.0.1".parse().unwrap(),
+                port: 143,
+                user: Some(user.to_vec()),
+                pass: Some(Secret::new(pass.to_vec())),
+            };
+            assert!(matches!(r.render(), Err(RenderError::UnsafeValue(_))));
+        }
         let r = MailAuthResponse::Ok {
             server: "127.0.0.1".parse().unwrap(),
             port: 110,

@@ -3,11 +3,15 @@
 //! nginx runs the client side of each exchange itself and passes the result:
 //! for PLAIN/LOGIN the user and password ([`plain`], validated through rsasl),
 //! for CRAM-MD5 and APOP the client's digest and the challenge (`Auth-Salt`)
-//! ([`cram_md5`], [`apop`]). What a mechanism needs from a passdb is given by
-//! [`Mechanism::need`] and checked against backends at start-up.
+//! ([`cram_md5`], [`apop`]); for EXTERNAL the TLS client certificate's facts,
+//! which [`external`] maps to a user by configured rules (EXTERNAL is offered
+//! when rules exist, not through [`Mechanism`]). What a mechanism needs from a
+//! passdb is given by [`Mechanism::need`] and checked against backends at
+//! start-up.
 
 pub mod apop;
 pub mod cram_md5;
+pub mod external;
 pub mod plain;
 
 use crate::auth_http::AuthMethod;

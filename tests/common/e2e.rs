@@ -302,8 +302,22 @@ pub enum Launch {
     SocketActivate,
 }
 
+/// Additions to a stack's configuration, for tests that need more than the
+/// shipped defaults (all empty by default: [`Stack::start`] uses none).
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Appended to the daemon's command line after [`Stack::daemon_args`].
+    pub daemon_args: Vec<String>,
+    /// Appended to the generated dovecot.conf.
+    pub dovecot_conf: String,
+    /// Inserted at the top of the `mail {}` block of the rendered nginx.conf
+    /// (e.g. more `server {}` blocks on ports the test picked).
+    pub nginx_mail: String,
+}
+
 /// One complete mail stack in a temp dir. Dropping it stops every process.
 pub struct Stack {
+    extras: Extras,
     dir: tempfile::TempDir,
     /// nginx mail ports (what clients use).
     pub imap: u16,
@@ -335,9 +349,15 @@ impl Stack {
     /// them; if another process took one meanwhile, the start is retried
     /// with new ports (twice at most).
     pub fn start_with(launch: Launch) -> Stack {
+        Stack::start_with_extras(launch, Extras::default())
+    }
+
+    /// A stack with `extras` added to the daemon's, Dovecot's and nginx's
+    /// configuration.
+    pub fn start_with_extras(launch: Launch, extras: Extras) -> Stack {
         const TRIES: u32 = 3;
         for attempt in 1..=TRIES {
-            let (stack, result) = Stack::try_start(launch);
+            let (stack, result) = Stack::try_start(launch, extras.clone());
             match result {
                 Ok(()) => return stack,
                 Err(e) if attempt < TRIES && stack.port_clash() => {
@@ -370,7 +390,7 @@ impl Stack {
         })
     }
 
-    fn try_start(launch: Launch) -> (Stack, Result<(), String>) {
+    fn try_start(launch: Launch, extras: Extras) -> (Stack, Result<(), String>) {
         let started = Instant::now();
         let nginx = require("nginx", "nginx-full");
         require_file(NGINX_MAIL_MODULE, "libnginx-mod-mail");
@@ -390,6 +410,7 @@ impl Stack {
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
         let [imap, pop3, smtp, auth_http, dovecot_imap, dovecot_pop3, sink] = free_ports::<7>();
         let mut stack = Stack {
+            extras,
             socket: dir.path().join("auth.sock"),
             dir,
             imap,
@@ -567,6 +588,7 @@ impl Stack {
             }
         };
         cmd.args(self.daemon_args());
+        cmd.args(&self.extras.daemon_args);
         self.daemon = Some(Proc::spawn(
             "nginx-auth-fcgi",
             &mut cmd,
@@ -677,7 +699,7 @@ service pop3-login {{
 "#,
             imap = self.dovecot_imap,
             pop3 = self.dovecot_pop3,
-        )
+        ) + &self.extras.dovecot_conf
     }
 
     /// `nginx-conf/nginx.conf` with the values marked `TEST:` there replaced.
@@ -750,7 +772,12 @@ service pop3-login {{
                 format!("server unix:{};", self.socket.display()),
             ),
         ];
-        render_config(&shipped, &subs, &d.to_string())
+        let conf = render_config(&shipped, &subs, &d.to_string());
+        if self.extras.nginx_mail.is_empty() {
+            return conf;
+        }
+        let at = conf.find("\nmail {\n").expect("a mail {} block") + "\nmail {\n".len();
+        format!("{}{}\n{}", &conf[..at], self.extras.nginx_mail, &conf[at..])
     }
 
     // -------------------------------------------------------- observations
