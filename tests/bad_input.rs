@@ -904,7 +904,24 @@ async fn bad_input_matrix_against_the_daemon() {
     }
     eprintln!("stalled: {n} cases; {served} good logins served meanwhile");
 
-    // 4. 1,100 connections at once, over the 1,024 cap.
+    // 4. Clients that never read their answers: pipelined keep-alive logins,
+    //    and management records that each get an UNKNOWN_TYPE back.
+    let mut unknown = Vec::new();
+    for _ in 0..64 {
+        unknown.extend(fcgi::record(99, 0, b""));
+    }
+    for (name, unit) in [
+        ("pipelined logins, never read", good(1, fcgi::KEEP_CONN)),
+        ("UNKNOWN_TYPE answers, never read", unknown),
+    ] {
+        match never_reads(d.sock.clone(), name, unit).await {
+            Ok(sent) => eprintln!("{name}: closed after {sent} bytes sent"),
+            Err(e) => problems.push(e),
+        }
+        assert_good_login(&d, name).await;
+    }
+
+    // 5. 1,100 connections at once, over the 1,024 cap.
     match connection_flood(&d, 1100, 1024).await {
         Ok((refused, oks)) => {
             eprintln!("flood of 1100: {refused} closed at the cap, {oks} answered OK")
@@ -936,6 +953,35 @@ async fn bad_input_matrix_against_the_daemon() {
         "a password reached the log:\n{log}"
     );
     assert!(problems.is_empty(), "{problems:#?}\n--- daemon log:\n{log}");
+}
+
+/// A client that sends and sends but never reads: `unit` (records that each
+/// provoke an answer) repeated. The server must not buffer its answers
+/// without bound: once the socket is full its write times out and it closes,
+/// which the client sees as a failed write well before `MAX_SENT`.
+async fn never_reads(sock: PathBuf, name: &str, unit: Vec<u8>) -> Result<usize, String> {
+    const MAX_SENT: usize = 256 << 20;
+    let mut s = UnixStream::connect(&sock).await.unwrap();
+    let mut block = Vec::new();
+    while block.len() < 64 * 1024 {
+        block.extend_from_slice(&unit);
+    }
+    let mut sent = 0;
+    let r = tokio::time::timeout(Duration::from_secs(60), async {
+        while sent < MAX_SENT {
+            if s.write_all(&block).await.is_err() {
+                return true;
+            }
+            sent += block.len();
+        }
+        false
+    })
+    .await;
+    match r {
+        Ok(true) => Ok(sent),
+        Ok(false) => Err(format!("{name}: server took {sent} bytes without closing")),
+        Err(_) => Err(format!("{name}: writes blocked for 60 s without a close")),
+    }
 }
 
 /// Opens `n` connections (over the cap) before sending anything. Those over
