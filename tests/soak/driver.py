@@ -486,6 +486,8 @@ def main():
     else:
         print("VmRSS: start %d kB, end %d kB, VmHWM %d kB (run shorter than the warm-up)"
               % (rows[0][3], rss_end, hwm))
+    print("throttle (from the log): %d blocks, %d counter resets at the 100,000-key cap"
+          % (log.count("throttle: blocked"), log.count("counters reset")))
     leaked = [p for p in (ALICE[1], BOB[1], WRONG_MARK) if p.decode() in log]
     print("passwords in the daemon log: %d" % len(leaked))
     if leaked:
