@@ -585,10 +585,31 @@ impl MemoryStore {
         if s.windows.len() >= MEMORY_SWEEP_AT {
             s.windows.retain(|_, w| w.bucket + 1 >= bucket);
             if s.windows.len() >= MEMORY_SWEEP_AT {
-                // A flood of distinct keys within one window: forget counts
-                // rather than grow without bound (blocks are kept).
-                log::warn!("throttle: too many distinct clients; counters reset");
-                s.windows.clear();
+                // A flood of distinct keys within one window. Forgetting all
+                // counts would let a spray from many addresses wash a guesser's
+                // count away, so forget the lightest ones: single failures
+                // first, then all but the heaviest half of the cap. The map is
+                // then at most half full, so this runs at most once per
+                // MEMORY_SWEEP_AT / 2 new keys. Blocks are kept.
+                let before = s.windows.len();
+                s.windows.retain(|_, w| w.cur.saturating_add(w.prev) > 1);
+                let keep = MEMORY_SWEEP_AT / 2;
+                if s.windows.len() > keep {
+                    let mut counts: Vec<u32> = s
+                        .windows
+                        .values()
+                        .map(|w| w.cur.saturating_add(w.prev))
+                        .collect();
+                    counts.select_nth_unstable_by(keep, |a, b| b.cmp(a));
+                    let threshold = counts[keep];
+                    s.windows
+                        .retain(|_, w| w.cur.saturating_add(w.prev) > threshold);
+                }
+                log::warn!(
+                    "throttle: too many distinct clients; forgot {} light counters, kept the {} heaviest",
+                    before - s.windows.len(),
+                    s.windows.len()
+                );
             }
         }
         if s.blocks.len() >= MEMORY_SWEEP_AT {
@@ -767,6 +788,36 @@ impl RedisStore {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_flood_of_new_keys_keeps_the_heavy_counters() {
+        let store = MemoryStore::default();
+        // A guesser with 7 failures, then a spray of single failures from
+        // distinct addresses up to the cap.
+        for _ in 0..7 {
+            store.incr(&["ip:203.0.113.9|alice"], 10, 0);
+        }
+        for i in 0..MEMORY_SWEEP_AT {
+            store.incr(&[&format!("ip:spray-{i}")], 10, 0);
+        }
+        // The sweep ran (the map is far below the cap) and the guesser's
+        // count survived it.
+        let len = store.state.lock().unwrap().windows.len();
+        assert!(len < MEMORY_SWEEP_AT / 2, "{len} counters after the sweep");
+        assert_eq!(store.incr(&["ip:203.0.113.9|alice"], 10, 0), vec![(8, 0)]);
+        // With heavy keys beyond half the cap, only the heaviest half stays.
+        let store = MemoryStore::default();
+        for i in 0..MEMORY_SWEEP_AT {
+            let k = format!("k{i}");
+            let n = if i == 0 { 9 } else { 2 + (i % 3) as u32 };
+            for _ in 0..n {
+                store.incr(&[&k], 10, 0);
+            }
+        }
+        let len = store.state.lock().unwrap().windows.len();
+        assert!(len <= MEMORY_SWEEP_AT / 2 + 1, "{len} counters");
+        assert_eq!(store.incr(&["k0"], 10, 0), vec![(10, 0)]);
+    }
     use super::*;
 
     #[test]
