@@ -677,11 +677,13 @@ fn distinctive_passwords<'a>(lines: &[&'a [u8]]) -> Vec<&'a [u8]> {
         if secret.len() < 4 || !secret.iter().any(|b| b"~^|".contains(b) || *b >= 0x80) {
             continue;
         }
-        // Elsewhere in the file (this line's other fields, other lines), it may
-        // legitimately be quoted as a user name or extra field.
+        // Elsewhere in the file (this line's other fields and scheme name,
+        // other lines), it may legitimately be quoted as a user name, scheme
+        // or extra field.
+        let secret_start = start + field.len() - secret.len();
         let elsewhere = lines.iter().enumerate().any(|(j, other)| {
             let haystack: Vec<u8> = if i == j {
-                [&line[..start], &line[start + field.len()..]].concat()
+                [&line[..secret_start], &line[start + field.len()..]].concat()
             } else {
                 other.to_vec()
             };
