@@ -612,8 +612,9 @@ fn check_auth_params(s: &str) {
 /// (`host=` takes IP literals only), with and without a default scheme.
 ///
 /// Checks: no user name is empty or holds `:` or a line break; each user is
-/// the first field of a line of the file; `port=` is never 0 and `user=` never
-/// empty; and no problem message repeats a password (the field after the
+/// the first field of a line of the file; `port=` is never 0; `user=` is never
+/// empty and holds no whitespace or control character (it becomes the
+/// `Auth-User` header); and no problem message repeats a password (the field after the
 /// `{SCHEME}` prefix) when that password is distinctive (≥ 4 bytes, with a byte
 /// no fixed message text has) and occurs nowhere else in the file.
 pub fn check_passwd_file(data: &[u8]) {
@@ -638,7 +639,13 @@ pub fn check_passwd_file(data: &[u8]) {
             );
             assert_ne!(entry.principal.upstream_port, Some(0));
             if let Some(b) = &entry.principal.backend_user {
-                assert!(!b.is_empty() && !b.contains(char::is_whitespace));
+                assert!(
+                    !b.is_empty()
+                        && !b
+                            .bytes()
+                            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control()),
+                    "user= value {b:?} cannot be sent as Auth-User"
+                );
             }
         }
         for secret in distinctive_passwords(&lines) {

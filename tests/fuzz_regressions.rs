@@ -68,3 +68,42 @@ fn digest_authorization_corpus() {
 fn passwd_file_corpus() {
     replay("passwd_file", fuzz_api::check_passwd_file);
 }
+
+/// fuzz/passwd_file found `user=` accepting a control character (here a
+/// vertical tab, which `split_ascii_whitespace` does not split on): the user
+/// loaded fine and every login then failed when the reply could not be
+/// rendered. Now the line is refused at load time, with a problem that names
+/// the user and not the value.
+#[test]
+fn passwd_file_user_field_with_a_control_character_is_refused() {
+    use nginx_auth_fcgi::passdb::passwd_file::parse_without_dns;
+    let reproducer = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fuzz-regressions/passwd_file/user-field-control-character"),
+    )
+    .expect("reproducer");
+    assert!(reproducer.ends_with(b"user=\x0b"));
+    let (users, problems) = parse_without_dns(&reproducer, None);
+    assert!(users.is_empty(), "{:?}", users.keys());
+    assert!(
+        problems
+            .iter()
+            .any(|p| p == "line 2: user al: user= holds a control character, skipped"),
+        "{problems:?}"
+    );
+    for bad in ["a\0b", "\x7f", "x\x0by"] {
+        let text = format!("bob:{{PLAIN}}pw::::::user={bad}\n");
+        let (users, problems) = parse_without_dns(text.as_bytes(), None);
+        assert!(
+            users.is_empty() && problems.len() == 1,
+            "{bad:?}: {problems:?}"
+        );
+    }
+    let (users, problems) =
+        parse_without_dns(b"bob:{PLAIN}pw::::::user=b\xc3\xb6b@internal\n", None);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(
+        users["bob"].principal.backend_user.as_deref(),
+        Some("b\u{f6}b@internal")
+    );
+}

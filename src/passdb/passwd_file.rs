@@ -241,7 +241,15 @@ fn parse_line(
                         .ok_or_else(|| format!("user {user}: bad port={value}"))?,
                 )
             }
-            "user" if !value.is_empty() => principal.backend_user = Some(value.to_owned()),
+            "user" if !value.is_empty() => {
+                // Sent to nginx as the Auth-User header, where a control
+                // character cannot go: refuse the line now rather than fail
+                // every login of the user later (found by fuzz/passwd_file).
+                if value.bytes().any(|b| b.is_ascii_control()) {
+                    return Err(format!("user {user}: user= holds a control character"));
+                }
+                principal.backend_user = Some(value.to_owned())
+            }
             "nologin" | "disabled" => {
                 enabled = !matches!(value, "" | "y" | "yes" | "1" | "true");
             }
