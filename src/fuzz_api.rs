@@ -614,9 +614,9 @@ fn check_auth_params(s: &str) {
 /// Checks: no user name is empty or holds `:` or a line break; each user is
 /// the first field of a line of the file; `port=` is never 0; `user=` is never
 /// empty and holds no whitespace or control character (it becomes the
-/// `Auth-User` header); and no problem message repeats a password (the field after the
-/// `{SCHEME}` prefix) when that password is distinctive (≥ 4 bytes, with a byte
-/// no fixed message text has) and occurs nowhere else in the file.
+/// `Auth-User` header); and no problem message repeats a distinctive password
+/// (see [`passwords_and_quotable_parts`]) outside the user names, scheme names
+/// and extra fields it may quote.
 pub fn check_passwd_file(data: &[u8]) {
     let lines: Vec<&[u8]> = data
         .split(|b| *b == b'\n')
@@ -648,10 +648,19 @@ pub fn check_passwd_file(data: &[u8]) {
                 );
             }
         }
-        for secret in distinctive_passwords(&lines) {
-            for p in &problems {
+        let (secrets, quotable) = passwords_and_quotable_parts(&lines);
+        for p in &problems {
+            // Cut out everything a message may legitimately quote (user
+            // names, scheme names, extra fields); what is left is template
+            // text and line numbers, which a distinctive password cannot be
+            // part of. A '\n' keeps the pieces apart, as no password holds one.
+            let mut rest = p.as_bytes().to_vec();
+            for q in &quotable {
+                rest = replace_all(&rest, q, b"\n");
+            }
+            for secret in &secrets {
                 assert!(
-                    !p.as_bytes().windows(secret.len()).any(|w| w == secret),
+                    !rest.windows(secret.len()).any(|w| w == *secret),
                     "problem {p:?} repeats a password"
                 );
             }
@@ -659,46 +668,56 @@ pub fn check_passwd_file(data: &[u8]) {
     }
 }
 
-/// Password fields (after a `{SCHEME}` prefix) worth looking for in messages.
-fn distinctive_passwords<'a>(lines: &[&'a [u8]]) -> Vec<&'a [u8]> {
-    let password_field = |l: &'a [u8]| -> Option<(usize, &'a [u8])> {
-        let start = l.iter().position(|b| *b == b':')? + 1;
-        let len = l[start..]
-            .iter()
-            .position(|b| *b == b':')
-            .unwrap_or(l.len() - start);
-        Some((start, &l[start..start + len]))
-    };
-    let mut out = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        let Some((start, field)) = password_field(line) else {
-            continue;
-        };
+fn replace_all(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The distinctive passwords of the file (the part of the password field
+/// after a `{SCHEME}` prefix, at least 4 bytes, with a byte no fixed message
+/// text has: `~`, `^`, `|` or non-ASCII), and every part of the file a
+/// problem message may quote, longest first.
+fn passwords_and_quotable_parts<'a>(lines: &[&'a [u8]]) -> (Vec<&'a [u8]>, Vec<&'a [u8]>) {
+    let mut secrets = Vec::new();
+    let mut quotable: Vec<&[u8]> = Vec::new();
+    for line in lines {
+        let mut fields = line.splitn(8, |b| *b == b':');
+        let Some(user) = fields.next() else { continue };
+        quotable.push(user);
+        let Some(field) = fields.next() else { continue };
         let secret = match field.strip_prefix(b"{") {
             Some(f) => match f.iter().position(|b| *b == b'}') {
-                Some(close) => &f[close + 1..],
+                Some(close) => {
+                    quotable.push(&f[..close]);
+                    &f[close + 1..]
+                }
                 None => continue,
             },
             None => field,
         };
-        if secret.len() < 4 || !secret.iter().any(|b| b"~^|".contains(b) || *b >= 0x80) {
-            continue;
+        if secret.len() >= 4 && secret.iter().any(|b| b"~^|".contains(b) || *b >= 0x80) {
+            secrets.push(secret);
         }
-        // Elsewhere in the file (this line's other fields and scheme name,
-        // other lines), it may legitimately be quoted as a user name, scheme
-        // or extra field.
-        let secret_start = start + field.len() - secret.len();
-        let elsewhere = lines.iter().enumerate().any(|(j, other)| {
-            let haystack: Vec<u8> = if i == j {
-                [&line[..secret_start], &line[start + field.len()..]].concat()
-            } else {
-                other.to_vec()
-            };
-            haystack.windows(secret.len()).any(|w| w == secret)
-        });
-        if !elsewhere {
-            out.push(secret);
+        if let Some(extra) = fields.nth(5) {
+            for token in extra.split(u8::is_ascii_whitespace) {
+                quotable.push(token);
+                if let Some(eq) = token.iter().position(|b| *b == b'=') {
+                    quotable.push(&token[eq + 1..]);
+                }
+            }
         }
     }
-    out
+    quotable.retain(|q| !q.is_empty());
+    quotable.sort_by_key(|q| std::cmp::Reverse(q.len()));
+    (secrets, quotable)
 }
