@@ -622,6 +622,10 @@ pub fn check_passwd_file(data: &[u8]) {
         .split(|b| *b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .collect();
+    let first_fields: std::collections::HashSet<&[u8]> = lines
+        .iter()
+        .filter_map(|l| l.iter().position(|b| *b == b':').map(|i| &l[..i]))
+        .collect();
     for default in [None, Some(Scheme::Plain)] {
         let (users, problems) = passwd_file::parse_without_dns(data, default);
         assert!(users.len() <= lines.len());
@@ -632,9 +636,8 @@ pub fn check_passwd_file(data: &[u8]) {
                 "user name {name:?} holds a separator"
             );
             assert_eq!(entry.principal.user, *name);
-            let field = format!("{name}:");
             assert!(
-                lines.iter().any(|l| l.starts_with(field.as_bytes())),
+                first_fields.contains(name.as_bytes()),
                 "user {name:?} is not the first field of any line"
             );
             assert_ne!(entry.principal.upstream_port, Some(0));
@@ -649,7 +652,11 @@ pub fn check_passwd_file(data: &[u8]) {
             }
         }
         let (secrets, quotable) = passwords_and_quotable_parts(&lines);
+        let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
         for p in &problems {
+            if !secrets.iter().any(|s| contains(p.as_bytes(), s)) {
+                continue;
+            }
             // Cut out everything a message may legitimately quote (user
             // names, scheme names, extra fields); what is left is template
             // text and line numbers, which a distinctive password cannot be
@@ -659,10 +666,7 @@ pub fn check_passwd_file(data: &[u8]) {
                 rest = replace_all(&rest, q, b"\n");
             }
             for secret in &secrets {
-                assert!(
-                    !rest.windows(secret.len()).any(|w| w == *secret),
-                    "problem {p:?} repeats a password"
-                );
+                assert!(!contains(&rest, secret), "problem {p:?} repeats a password");
             }
         }
     }
