@@ -705,7 +705,9 @@ fn passwords_and_quotable_parts<'a>(lines: &[&'a [u8]]) -> (Vec<&'a [u8]>, Vec<&
                     quotable.push(&f[..close]);
                     &f[close + 1..]
                 }
-                None => continue,
+                // No scheme, so nothing is parsed as a password; the extra
+                // fields below are still quotable.
+                None => &[][..],
             },
             None => field,
         };
