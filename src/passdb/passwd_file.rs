@@ -155,6 +155,26 @@ impl Passdb for PasswdFile {
 /// Parses the whole file. Problems name the line number, never its contents
 /// beyond the user name (the rest may be a password).
 fn parse(text: &[u8], default_scheme: Option<Scheme>) -> (Table, Vec<String>) {
+    parse_with(text, default_scheme, &resolve)
+}
+
+/// [`parse`] without DNS: `host=` accepts IP literals only, so arbitrary input
+/// never leaves the process. For the fuzz target and its replay test
+/// (`crate::fuzz_api`), which need the users and problems of a file.
+#[doc(hidden)]
+pub fn parse_without_dns(
+    text: &[u8],
+    default_scheme: Option<Scheme>,
+) -> (HashMap<String, Entry>, Vec<String>) {
+    let (table, problems) = parse_with(text, default_scheme, &ip_literal);
+    (table.users, problems)
+}
+
+fn parse_with(
+    text: &[u8],
+    default_scheme: Option<Scheme>,
+    resolve: &dyn Fn(&str) -> Option<IpAddr>,
+) -> (Table, Vec<String>) {
     let mut table = Table::default();
     let mut problems = Vec::new();
     for (i, raw) in text.split(|b| *b == b'\n').enumerate() {
@@ -167,7 +187,7 @@ fn parse(text: &[u8], default_scheme: Option<Scheme>) -> (Table, Vec<String>) {
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
-        match parse_line(line, default_scheme) {
+        match parse_line(line, default_scheme, resolve) {
             Ok((user, entry)) => {
                 if let Err(e) = &entry.password {
                     problems.push(format!("line {n}: user {user}: {e}"));
@@ -188,7 +208,11 @@ fn parse(text: &[u8], default_scheme: Option<Scheme>) -> (Table, Vec<String>) {
     (table, problems)
 }
 
-fn parse_line(line: &str, default_scheme: Option<Scheme>) -> Result<(String, Entry), String> {
+fn parse_line(
+    line: &str,
+    default_scheme: Option<Scheme>,
+    resolve: &dyn Fn(&str) -> Option<IpAddr>,
+) -> Result<(String, Entry), String> {
     let mut fields = line.splitn(8, ':');
     let user = fields.next().unwrap_or_default();
     if user.is_empty() {
@@ -217,7 +241,15 @@ fn parse_line(line: &str, default_scheme: Option<Scheme>) -> Result<(String, Ent
                         .ok_or_else(|| format!("user {user}: bad port={value}"))?,
                 )
             }
-            "user" if !value.is_empty() => principal.backend_user = Some(value.to_owned()),
+            "user" if !value.is_empty() => {
+                // Sent to nginx as the Auth-User header, where a control
+                // character cannot go: refuse the line now rather than fail
+                // every login of the user later (found by fuzz/passwd_file).
+                if value.bytes().any(|b| b.is_ascii_control()) {
+                    return Err(format!("user {user}: user= holds a control character"));
+                }
+                principal.backend_user = Some(value.to_owned())
+            }
             "nologin" | "disabled" => {
                 enabled = !matches!(value, "" | "y" | "yes" | "1" | "true");
             }
@@ -243,14 +275,25 @@ fn parse_line(line: &str, default_scheme: Option<Scheme>) -> Result<(String, Ent
 /// An IP literal (IPv6 with or without brackets), else a name resolved now, at
 /// load time: nginx needs a literal IP and the request path must not do DNS.
 pub fn resolve(host: &str) -> Option<IpAddr> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if let Ok(ip) = bare.parse() {
+    if let Some(ip) = ip_literal(host) {
         return Some(ip);
     }
-    (bare, 0).to_socket_addrs().ok()?.next().map(|a| a.ip())
+    (unbracket(host), 0)
+        .to_socket_addrs()
+        .ok()?
+        .next()
+        .map(|a| a.ip())
+}
+
+/// An IP literal (IPv6 with or without brackets); no name resolution.
+fn ip_literal(host: &str) -> Option<IpAddr> {
+    unbracket(host).parse().ok()
+}
+
+fn unbracket(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
 }
 
 #[cfg(test)]
