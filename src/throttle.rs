@@ -669,6 +669,28 @@ impl MemoryStore {
     }
 }
 
+/// A lazily connecting Redis/Valkey connection for shared state (throttle,
+/// upstream health), with short timeouts, and the URL as it may be logged
+/// (password hidden).
+pub(crate) fn open_redis(url: &str) -> Result<(redis::aio::ConnectionManager, String), String> {
+    let shown = match url.split_once('@') {
+        Some((scheme_auth, host)) => {
+            let scheme = scheme_auth.split("://").next().unwrap_or("redis");
+            format!("{scheme}://…@{host}")
+        }
+        None => url.to_owned(),
+    };
+    let client = redis::Client::open(url).map_err(|e| format!("state `{shown}`: {e}"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(2));
+    let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|e| format!("state `{shown}`: {e}"))?;
+    Ok((conn, shown))
+}
+
 /// Counters and blocks in Redis/Valkey.
 struct RedisStore {
     conn: redis::aio::ConnectionManager,
@@ -679,21 +701,7 @@ struct RedisStore {
 
 impl RedisStore {
     fn open(url: &str) -> Result<Self, String> {
-        let shown = match url.split_once('@') {
-            Some((scheme_auth, host)) => {
-                let scheme = scheme_auth.split("://").next().unwrap_or("redis");
-                format!("{scheme}://…@{host}")
-            }
-            None => url.to_owned(),
-        };
-        let client = redis::Client::open(url).map_err(|e| format!("state `{shown}`: {e}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("state `{shown}`: {e}"))?;
+        let (conn, shown) = open_redis(url)?;
         Ok(RedisStore {
             conn,
             shown,

@@ -196,21 +196,7 @@ struct SharedHealth {
 
 impl SharedHealth {
     fn open(url: &str) -> Result<Self, String> {
-        let shown = match url.split_once('@') {
-            Some((scheme_auth, host)) => {
-                let scheme = scheme_auth.split("://").next().unwrap_or("redis");
-                format!("{scheme}://…@{host}")
-            }
-            None => url.to_owned(),
-        };
-        let client = redis::Client::open(url).map_err(|e| format!("state `{shown}`: {e}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("state `{shown}`: {e}"))?;
+        let (conn, _shown) = crate::throttle::open_redis(url)?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         Ok(SharedHealth {
             conn,
