@@ -39,18 +39,25 @@ const ZERO: AtomicU64 = AtomicU64::new(0);
 const ROW: [AtomicU64; RESULTS.len()] = [ZERO; RESULTS.len()];
 
 /// The process's counters.
-pub static METRICS: Metrics = Metrics {
-    requests: [ROW; PROTOCOLS.len()],
-    methods: [ZERO; METHODS.len()],
-    latency_buckets: [ZERO; BUCKETS.len()],
-    latency_count: ZERO,
-    latency_sum_us: ZERO,
-    protocol_errors: ZERO,
-    passdb_errors: ZERO,
-    throttle_blocked: ZERO,
-    cache_hits: ZERO,
-    cache_misses: ZERO,
-};
+pub static METRICS: Metrics = Metrics::new();
+
+impl Metrics {
+    /// All counters at zero.
+    const fn new() -> Self {
+        Metrics {
+            requests: [ROW; PROTOCOLS.len()],
+            methods: [ZERO; METHODS.len()],
+            latency_buckets: [ZERO; BUCKETS.len()],
+            latency_count: ZERO,
+            latency_sum_us: ZERO,
+            protocol_errors: ZERO,
+            passdb_errors: ZERO,
+            throttle_blocked: ZERO,
+            cache_hits: ZERO,
+            cache_misses: ZERO,
+        }
+    }
+}
 
 /// One decided request.
 #[derive(Debug, Clone, Copy)]
@@ -197,18 +204,7 @@ mod tests {
 
     #[test]
     fn observes_and_renders() {
-        let m = Metrics {
-            requests: [ROW; PROTOCOLS.len()],
-            methods: [ZERO; METHODS.len()],
-            latency_buckets: [ZERO; BUCKETS.len()],
-            latency_count: ZERO,
-            latency_sum_us: ZERO,
-            protocol_errors: ZERO,
-            passdb_errors: ZERO,
-            throttle_blocked: ZERO,
-            cache_hits: ZERO,
-            cache_misses: ZERO,
-        };
+        let m = Metrics::new();
         let o = Observation {
             protocol: "imap",
             method: "plain",

@@ -42,7 +42,6 @@
 //! on a fresh connection.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,8 +51,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::sql::Var;
 use super::{
-    parse_stored, verify_entry, Capabilities, Entry, Lookup, Passdb, PassdbError, Principal,
-    Rejection, Verdict,
+    parse_stored, resolve_host, seconds, verify_entry, Capabilities, Entry, Lookup, Passdb,
+    PassdbError, Principal, Rejection, Verdict,
 };
 use crate::scheme::{Scheme, SchemeError};
 use crate::secret::Secret;
@@ -427,15 +426,6 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("`{s}` is not UTF-8 once decoded"))
 }
 
-fn seconds(key: &str, value: &str) -> Result<Duration, String> {
-    value
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{key} `{value}`: expected seconds, e.g. 3 or 0.5"))
-}
-
 /// A pooled connection and who it is bound as.
 struct Conn {
     ldap: ldap3::Ldap,
@@ -658,7 +648,7 @@ impl Ldap {
     async fn principal(&self, user: &str, entry: &SearchEntry) -> Result<Principal, PassdbError> {
         let upstream_host = match self.opts.host_attr.as_deref().and_then(|a| first(entry, a)) {
             None => None,
-            Some(h) => Some(resolve(&h).await.ok_or_else(|| {
+            Some(h) => Some(resolve_host(h.trim()).await.ok_or_else(|| {
                 PassdbError::Unavailable(format!("upstream host of {user} does not resolve"))
             })?),
         };
@@ -726,18 +716,6 @@ fn ldap_error(e: LdapError) -> PassdbError {
         LdapError::Timeout { .. } => PassdbError::Timeout,
         other => PassdbError::Unavailable(format!("ldap: {other}")),
     }
-}
-
-async fn resolve(host: &str) -> Option<IpAddr> {
-    let bare = host.trim().trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse() {
-        return Some(ip);
-    }
-    tokio::net::lookup_host((bare, 0))
-        .await
-        .ok()?
-        .next()
-        .map(|a| a.ip())
 }
 
 impl Passdb for Ldap {

@@ -427,6 +427,17 @@ pub fn entry_ha1(found: Option<Entry>) -> Option<String> {
     found.filter(|e| e.enabled).and_then(|e| e.digest_ha1)
 }
 
+/// A timeout option of a passdb URI (`connect_timeout=3`, `timeout=0.5`):
+/// seconds, more than 0 and at most an hour.
+pub(crate) fn seconds(key: &str, value: &str) -> Result<std::time::Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("{key} `{value}`: expected seconds, e.g. 3 or 0.5"))
+}
+
 /// An IP literal (IPv6 with or without brackets), else a name resolved
 /// asynchronously: for hosts that backends return per user at request time.
 pub async fn resolve_host(host: &str) -> Option<IpAddr> {

@@ -28,7 +28,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{parse_stored, Entry, PassdbError, Principal};
+use super::{parse_stored, seconds, Entry, PassdbError, Principal};
 use crate::scheme::{Scheme, SchemeError};
 
 pub use self::mysql::{Mysql, MYSQL_SCHEMA};
@@ -98,15 +98,6 @@ impl SqlOptions {
         };
         Ok((opts, uri))
     }
-}
-
-fn seconds(key: &str, value: &str) -> Result<Duration, String> {
-    value
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{key} `{value}`: expected seconds, e.g. 3 or 0.5"))
 }
 
 /// `uri` with the password of its `user:password@` part replaced, for logs
