@@ -1,5 +1,6 @@
-//! The audit log: exactly one line per decision, with typed fields and no
-//! password field at all. Also sets up where log lines go (syslog or stderr).
+//! The audit log: exactly one line per decision, mail or HTTP, with typed
+//! fields and no password field at all; the same record feeds the metrics.
+//! Also sets up where log lines go (syslog or stderr).
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
@@ -7,6 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::auth_http::MailAuthRequest;
+use crate::metrics::{Observation, METRICS};
 
 /// The result class of a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +21,9 @@ pub enum Outcome {
     TempFail,
     /// Not allowed by configuration (relay, mechanism, missing shared secret).
     Refused,
+    /// HTTP: no credentials yet; the client was sent the challenge (not a
+    /// failure: every browser's first request gets one).
+    Challenge,
 }
 
 impl Outcome {
@@ -29,6 +34,7 @@ impl Outcome {
             Outcome::Fail => "fail",
             Outcome::TempFail => "tempfail",
             Outcome::Refused => "refused",
+            Outcome::Challenge => "challenge",
         }
     }
 }
@@ -36,16 +42,20 @@ impl Outcome {
 /// One audit line.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
-    /// `imap`, `pop3`, `smtp`.
+    /// `imap`, `pop3`, `smtp`, `http`.
     pub protocol: &'static str,
-    /// nginx `Auth-Method`.
+    /// nginx `Auth-Method`, or the HTTP scheme (`basic`, `digest`, `-`).
     pub method: &'static str,
     /// User name (escaped when printed).
     pub user: String,
-    /// Mail client address.
+    /// Client address (after the trusted-proxy rules).
     pub client_ip: Option<IpAddr>,
-    /// `Auth-Login-Attempt`.
-    pub attempt: u32,
+    /// Mail: `Auth-Login-Attempt`.
+    pub attempt: Option<u32>,
+    /// HTTP: the request URI.
+    pub uri: Option<String>,
+    /// HTTP Digest: the challenge says `stale=true`.
+    pub stale: bool,
     /// Result.
     pub outcome: Outcome,
     /// Internal reason (never shown to the client).
@@ -65,14 +75,34 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
-    /// A record for `req`, to be filled in by the decision.
-    pub fn new(req: &MailAuthRequest) -> Self {
+    /// A record for the mail request `req`, to be filled in by the decision.
+    pub fn mail(req: &MailAuthRequest) -> Self {
         AuditRecord {
-            protocol: req.protocol.as_str(),
-            method: req.method.as_str(),
-            user: String::from_utf8_lossy(&req.user).into_owned(),
-            client_ip: req.client_ip,
-            attempt: req.attempt,
+            attempt: Some(req.attempt),
+            ..AuditRecord::new(
+                req.protocol.as_str(),
+                req.method.as_str(),
+                String::from_utf8_lossy(&req.user).into_owned(),
+                req.client_ip,
+            )
+        }
+    }
+
+    /// A record to be filled in by the decision.
+    pub fn new(
+        protocol: &'static str,
+        method: &'static str,
+        user: String,
+        client_ip: Option<IpAddr>,
+    ) -> Self {
+        AuditRecord {
+            protocol,
+            method,
+            user,
+            client_ip,
+            attempt: None,
+            uri: None,
+            stale: false,
             outcome: Outcome::Fail,
             reason: String::new(),
             passdb: "-",
@@ -84,12 +114,24 @@ impl AuditRecord {
         }
     }
 
-    /// Writes the record to the log (info for successes, notice-ish warn otherwise).
+    /// Writes the record to the log (info for successes and challenges,
+    /// error for temporary failures, warn otherwise) and counts it in the
+    /// metrics (challenges are not decisions there).
     pub fn emit(&self) {
         match self.outcome {
-            Outcome::Ok => log::info!(target: "audit", "{self}"),
+            Outcome::Ok | Outcome::Challenge => log::info!(target: "audit", "{self}"),
             Outcome::TempFail => log::error!(target: "audit", "{self}"),
             Outcome::Fail | Outcome::Refused => log::warn!(target: "audit", "{self}"),
+        }
+        if self.outcome != Outcome::Challenge {
+            METRICS.observe(Observation {
+                protocol: self.protocol,
+                method: self.method,
+                result: self.outcome.as_str(),
+                latency: self.latency,
+                blocked: self.throttle == Some("blocked"),
+                cache_hit: self.cache.map(|c| c.ends_with("hit")),
+            });
         }
     }
 }
@@ -98,15 +140,20 @@ impl fmt::Display for AuditRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "auth result={} protocol={} method={} user={} ip={} attempt={}",
+            "auth result={} protocol={} method={} user={} ip={}",
             self.outcome.as_str(),
             self.protocol,
             self.method,
             quoted(&self.user),
             self.client_ip
                 .map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
-            self.attempt,
         )?;
+        if let Some(a) = self.attempt {
+            write!(f, " attempt={a}")?;
+        }
+        if let Some(uri) = &self.uri {
+            write!(f, " uri={}", quoted(uri))?;
+        }
         if !self.reason.is_empty() {
             write!(f, " reason={}", quoted(&self.reason))?;
         }
@@ -119,6 +166,9 @@ impl fmt::Display for AuditRecord {
         }
         if let Some(w) = self.wait {
             write!(f, " wait={w}")?;
+        }
+        if self.stale {
+            f.write_str(" stale=true")?;
         }
         if let Some(t) = self.throttle {
             write!(f, " throttle={t}")?;

@@ -10,7 +10,9 @@
 //! which the lookup before the cache sees) takes effect at once; a restart
 //! empties the cache and makes a new key.
 //!
-//! Only expensive schemes go through the cache; checking a cheap one costs
+//! The policy layer ([`crate::authenticator`]) consults it for mail and HTTP
+//! alike, before handing a check to the bounded verifier. Only expensive
+//! schemes go through the cache; checking a cheap one costs
 //! less than the bookkeeping. Negative entries (a wrong password seen
 //! before) are optional and off by default: they save CPU against a client
 //! that retries one stale password, but the throttle already answers guessing.
@@ -28,7 +30,6 @@ use sha2::Sha256;
 use tokio::time::Instant;
 use zeroize::Zeroize;
 
-use crate::passdb::{AnyPassdb, Entry, Lookup, Passdb, PassdbError, Rejection, Verdict};
 use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 
@@ -165,60 +166,6 @@ impl Cache {
             }
         }
         m.insert(key, (now + ttl, outcome));
-    }
-
-    /// [`Passdb::verify_plain`] through the cache: look the stored hash up
-    /// (cheap) and verify (expensive) only when this exact (user, password,
-    /// stored hash) is not remembered. Passdbs that cannot hand out stored
-    /// credentials (and cheap schemes) are asked directly. Also returns how
-    /// the cache was used (`hit`, `negative-hit`, `miss`; `None`: not at all),
-    /// for the audit line.
-    pub async fn verify_plain(
-        &self,
-        db: &AnyPassdb,
-        user: &str,
-        passwords: &[Secret],
-    ) -> Result<(Verdict, Option<&'static str>), PassdbError> {
-        if !db.capabilities().lookup_credentials {
-            return Ok((db.verify_plain(user, passwords).await?, None));
-        }
-        let (principal, stored) = match db.lookup_credentials(user).await? {
-            Lookup::Found { principal, secret } => (principal, secret),
-            Lookup::Rejected(r) => return Ok((Verdict::Rejected(r), None)),
-        };
-        let key = stored
-            .scheme()
-            .is_expensive()
-            .then(|| self.key(db.name(), user, &stored, passwords));
-        if let Some(key) = &key {
-            match self.get(key) {
-                Some(Cached::Match) => return Ok((Verdict::Accepted(principal), Some("hit"))),
-                Some(Cached::Mismatch) => {
-                    let v = Verdict::Rejected(Rejection::PasswordMismatch);
-                    return Ok((v, Some("negative-hit")));
-                }
-                None => {}
-            }
-        }
-        // The same check the passdb's own verify_plain makes (expensive
-        // schemes on the blocking pool); the lookup has already refused
-        // disabled accounts.
-        let entry = Entry {
-            principal,
-            password: Ok(stored),
-            enabled: true,
-            digest_ha1: None,
-        };
-        let verdict = entry.verify(passwords).await?;
-        let Some(key) = key else {
-            return Ok((verdict, None));
-        };
-        match &verdict {
-            Verdict::Accepted(_) => self.put(key, Cached::Match),
-            Verdict::Rejected(Rejection::PasswordMismatch) => self.put(key, Cached::Mismatch),
-            Verdict::Rejected(_) => {}
-        }
-        Ok((verdict, Some("miss")))
     }
 
     /// Forgets everything (on reload).

@@ -53,11 +53,73 @@ impl TrustedProxies {
             (peer, None) => peer,
         }
     }
+
+    /// The effective client address of an HTTP `auth_request`: the peer
+    /// (`REMOTE_ADDR`), unless it is a trusted proxy; then the rightmost
+    /// `X-Forwarded-For` entry that is not a trusted proxy itself (the first
+    /// address nobody we trust vouches for), else `X-Real-IP`. An entry that
+    /// is not an address ends the walk at the last trusted hop, so a client
+    /// cannot pick its own address with a malformed header.
+    pub fn http_client_ip(
+        &self,
+        peer: Option<IpAddr>,
+        forwarded_for: &[Option<IpAddr>],
+        real_ip: Option<IpAddr>,
+    ) -> Option<IpAddr> {
+        let mut hop = peer?;
+        if !self.trusts(hop) {
+            return Some(hop);
+        }
+        if forwarded_for.is_empty() {
+            return Some(real_ip.unwrap_or(hop));
+        }
+        for entry in forwarded_for.iter().rev() {
+            match entry {
+                Some(ip) if self.trusts(*ip) => hop = *ip,
+                Some(ip) => return Some(*ip),
+                None => return Some(hop),
+            }
+        }
+        Some(hop)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_forwarded_addresses_only_from_trusted_proxies() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let t = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let xff = [Some(ip("203.0.113.7")), Some(ip("10.1.1.1"))];
+        // From an untrusted peer nothing forwarded is believed.
+        assert_eq!(
+            t.http_client_ip(Some(ip("198.51.100.1")), &xff, Some(ip("203.0.113.8"))),
+            Some(ip("198.51.100.1"))
+        );
+        // From a trusted one: the rightmost untrusted entry.
+        assert_eq!(
+            t.http_client_ip(Some(ip("10.0.0.2")), &xff, None),
+            Some(ip("203.0.113.7"))
+        );
+        // X-Real-IP when there is no X-Forwarded-For.
+        assert_eq!(
+            t.http_client_ip(Some(ip("10.0.0.2")), &[], Some(ip("203.0.113.8"))),
+            Some(ip("203.0.113.8"))
+        );
+        // A spoofed leftmost entry behind a malformed one is not reached.
+        let junk = [Some(ip("192.0.2.66")), None, Some(ip("10.1.1.1"))];
+        assert_eq!(
+            t.http_client_ip(Some(ip("10.0.0.2")), &junk, None),
+            Some(ip("10.1.1.1"))
+        );
+        // Nobody trusted: the peer, whatever the headers say.
+        assert_eq!(
+            TrustedProxies::default().http_client_ip(Some(ip("10.0.0.2")), &xff, None),
+            Some(ip("10.0.0.2"))
+        );
+    }
     use crate::fastcgi::Params;
 
     fn req(client: &str, proxy: Option<&str>) -> MailAuthRequest {

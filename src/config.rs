@@ -22,6 +22,7 @@ use crate::scheme::Scheme;
 use crate::service::RequiredHeader;
 use crate::throttle::{Cidr, ThrottlePolicy};
 use crate::upstream::Upstreams;
+use crate::verifier::VerifierPolicy;
 
 /// The passdb used when none is configured: the embedded SQLite database.
 pub const DEFAULT_PASSDB: &str = "sqlite:/var/lib/nginx-auth-fcgi/users.db";
@@ -106,6 +107,9 @@ pub struct RawConfig {
     /// Verification cache.
     #[serde(default)]
     pub cache: RawCache,
+    /// The bounded verifier for expensive hashes.
+    #[serde(default)]
+    pub verifier: RawVerifier,
     /// `[master_user]`: Dovecot master login for users verified without a
     /// plaintext ({CRAM-MD5}, EXTERNAL).
     pub master_user: Option<RawMasterUser>,
@@ -224,6 +228,19 @@ pub struct RawCache {
     pub max_entries: Option<usize>,
 }
 
+/// `[verifier]`: where expensive hashes (crypt, bcrypt, Argon2, PBKDF2) are
+/// checked.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerifier {
+    /// `--verify-concurrency`: checks running at once (default: the CPUs).
+    pub concurrency: Option<usize>,
+    /// `--verify-queue`: checks waiting at most (default: 64 per CPU).
+    pub queue: Option<usize>,
+    /// `--verify-queue-ms`: longest expected wait admitted (default 1000).
+    pub max_wait_ms: Option<u64>,
+}
+
 /// `[auth_wait]`.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -299,6 +316,8 @@ pub struct Config {
     pub throttle: Option<ThrottlePolicy>,
     /// Cache settings (`None`: off).
     pub cache: Option<CachePolicy>,
+    /// Limits of the bounded verifier.
+    pub verifier: VerifierPolicy,
     /// Master login for users verified without a plaintext.
     pub master_user: Option<MasterUser>,
     /// EXTERNAL mapping rules (empty: EXTERNAL not offered).
@@ -364,6 +383,10 @@ impl RawConfig {
         c.ttl_secs = cc.ttl_secs.or(c.ttl_secs);
         c.negative_ttl_secs = cc.negative_ttl_secs.or(c.negative_ttl_secs);
         c.max_entries = cc.max_entries.or(c.max_entries);
+        let (v, cv) = (&mut self.verifier, cli.verifier);
+        v.concurrency = cv.concurrency.or(v.concurrency);
+        v.queue = cv.queue.or(v.queue);
+        v.max_wait_ms = cv.max_wait_ms.or(v.max_wait_ms);
         if let Some(cm) = cli.master_user {
             let m = self.master_user.get_or_insert_with(RawMasterUser::default);
             m.user = cm.user.or(m.user.take());
@@ -532,6 +555,27 @@ impl Config {
         if limits.max_connections == 0 {
             check(Err("limits.max_connections must be at least 1".into()));
         }
+        let dv = VerifierPolicy::default();
+        let rv = &raw.verifier;
+        if rv.concurrency == Some(0) {
+            check(Err(
+                "verifier.concurrency (--verify-concurrency) must be at least 1".into(),
+            ));
+        }
+        if rv.max_wait_ms == Some(0) {
+            check(Err(
+                "verifier.max_wait_ms (--verify-queue-ms) must be at least 1".into(),
+            ));
+        }
+        let concurrency = rv.concurrency.unwrap_or(dv.concurrency);
+        let verifier = VerifierPolicy {
+            concurrency,
+            // The default queue follows a configured concurrency.
+            queue: rv
+                .queue
+                .unwrap_or(dv.queue / dv.concurrency.max(1) * concurrency),
+            max_wait: rv.max_wait_ms.map_or(dv.max_wait, Duration::from_millis),
+        };
         let state = match raw.state.as_deref() {
             None | Some("memory") => None,
             Some(url)
@@ -642,6 +686,7 @@ impl Config {
                 state,
                 throttle,
                 cache,
+                verifier,
                 master_user,
                 external,
             })

@@ -8,15 +8,20 @@
 //!    spawn-fcgi, systemd socket activation, TCP) into listeners; [`server`] accepts
 //!    connections; [`fastcgi`] turns records into a complete [`fastcgi::Request`].
 //! 2. **Parse** — [`auth_http`] turns CGI params into a typed
-//!    [`auth_http::MailAuthRequest`]. All string → enum conversion happens there.
-//! 3. **Decide** — [`authenticator`] applies policy: shared secret, mechanism
-//!    ([`mech`]), directory lookup ([`passdb`], [`scheme`]), upstream choice
-//!    ([`upstream`]: pools, hashing, health checks; a Dovecot [`master_user`]
-//!    login when no plaintext is at hand), the effective client address
-//!    ([`client_ip`]) and one audit record ([`audit`]); brute-force limits
-//!    ([`throttle`]) and the verification cache ([`cache`]) wrap the passdb.
-//! 4. **Render** — [`auth_http::response`] is the only code that knows the
-//!    response header names.
+//!    [`auth_http::MailAuthRequest`], [`http_auth::request`] into a typed
+//!    [`http_auth::HttpAuthRequest`]. All string → value conversion happens
+//!    there.
+//! 3. **Decide** — [`authenticator`] is the one policy layer for both kinds:
+//!    one walk over the passdb chain ([`passdb`], [`scheme`]), the
+//!    verification [`cache`] and the bounded [`verifier`] for expensive
+//!    hashes, brute-force limits ([`throttle`]) on typed outcomes, the
+//!    decision timeout, the effective client address ([`client_ip`]) and one
+//!    audit record ([`audit`], which also feeds [`metrics`]). Mail adds the
+//!    mechanism ([`mech`]) and the upstream choice ([`upstream`]: pools,
+//!    hashing, health checks; a Dovecot [`master_user`] login when no
+//!    plaintext is at hand); HTTP adds Digest nonces ([`http_auth::digest`]).
+//! 4. **Render** — [`auth_http::response`] and [`http_auth::HttpAuth::render`]
+//!    are the only code that knows the response header names.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -44,3 +49,4 @@ pub mod server;
 pub mod service;
 pub mod throttle;
 pub mod upstream;
+pub mod verifier;

@@ -14,7 +14,7 @@ use nginx_auth_fcgi::authenticator::{Authenticator, Policy};
 use nginx_auth_fcgi::cache::Cache;
 use nginx_auth_fcgi::config::{
     self, Config, RawCache, RawConfig, RawExternal, RawExternalRule, RawMasterUser, RawThrottle,
-    RawWait,
+    RawVerifier, RawWait,
 };
 use nginx_auth_fcgi::listen::{self, ListenSpec};
 use nginx_auth_fcgi::mech::{apop, cram_md5, Mechanism};
@@ -26,6 +26,7 @@ use nginx_auth_fcgi::scheme::{self, Scheme};
 use nginx_auth_fcgi::secret::Secret;
 use nginx_auth_fcgi::service::Service;
 use nginx_auth_fcgi::throttle::{Clock, Throttle};
+use nginx_auth_fcgi::verifier::Verifier;
 use nginx_auth_fcgi::{audit, server};
 
 #[derive(Parser)]
@@ -235,6 +236,18 @@ struct ServeArgs {
     /// Remember successful verifications of expensive schemes this long (0: off).
     #[arg(long)]
     cache_ttl_secs: Option<u64>,
+    /// Expensive password checks (crypt, bcrypt, Argon2, PBKDF2) running at
+    /// once (default: the number of CPUs).
+    #[arg(long)]
+    verify_concurrency: Option<usize>,
+    /// Expensive checks waiting at most; past it a login is answered at once
+    /// with a temporary failure (default: 64 per CPU).
+    #[arg(long)]
+    verify_queue: Option<usize>,
+    /// Longest expected wait in the verifier's queue, in ms (default 1000);
+    /// past it a login is answered at once with a temporary failure.
+    #[arg(long)]
+    verify_queue_ms: Option<u64>,
     /// Dovecot master user for logins verified without a plaintext
     /// ({CRAM-MD5} stored passwords, EXTERNAL): Auth-User USER*MASTER.
     #[arg(long)]
@@ -302,6 +315,11 @@ impl ServeArgs {
             cache: RawCache {
                 ttl_secs: self.cache_ttl_secs,
                 ..RawCache::default()
+            },
+            verifier: RawVerifier {
+                concurrency: self.verify_concurrency,
+                queue: self.verify_queue,
+                max_wait_ms: self.verify_queue_ms,
             },
             master_user: (self.master_user.is_some()
                 || self.master_password_file.is_some()
@@ -393,6 +411,7 @@ impl ServeArgs {
         }
         let auth = Authenticator::new(policy, passdbs)?
             .with_trusted_proxies(config.trusted_proxies.clone())
+            .with_verifier(Verifier::new(config.verifier))
             .with_master_user(config.master_user.clone())
             .with_external(config.external.clone())
             .map_err(|e| vec![e])?;
@@ -434,9 +453,15 @@ fn main() -> ExitCode {
 
 type CmdResult = Result<ExitCode, Vec<String>>;
 
+/// Most threads on tokio's blocking pool (tokio's default is 512).
+const BLOCKING_THREADS: usize = 64;
+
 fn runtime() -> Result<tokio::runtime::Runtime, Vec<String>> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Expensive hashes are bounded by the verifier; this caps the rest
+        // of the blocking work (SQLite, file reads) as well.
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .map_err(|e| vec![format!("cannot start the async runtime: {e}")])
 }
@@ -569,6 +594,13 @@ fn check_config(args: ServeArgs) -> CmdResult {
     let mut mechs: Vec<_> = config.mechanisms.iter().map(|m| m.as_str()).collect();
     mechs.sort_unstable();
     println!("  mechanisms: {}", mechs.join(", "));
+    let v = &config.verifier;
+    println!(
+        "  verifier: {} expensive checks at once, {} waiting at most, {} ms expected wait at most",
+        v.concurrency,
+        v.queue,
+        v.max_wait.as_millis()
+    );
     for line in config.upstreams.describe() {
         println!("  {line}");
     }

@@ -31,6 +31,7 @@ pub struct Metrics {
     throttle_blocked: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    verify_shed: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -55,6 +56,7 @@ impl Metrics {
             throttle_blocked: ZERO,
             cache_hits: ZERO,
             cache_misses: ZERO,
+            verify_shed: ZERO,
         }
     }
 }
@@ -109,6 +111,11 @@ impl Metrics {
         self.latency_count.fetch_add(1, Relaxed);
         self.latency_sum_us
             .fetch_add(o.latency.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    /// Counts a verification refused because the verifier's queue was full.
+    pub fn verify_shed(&self) {
+        self.verify_shed.fetch_add(1, Relaxed);
     }
 
     /// Counts a request nginx sent malformed (or without the shared secret).
@@ -188,6 +195,11 @@ impl Metrics {
                 "cache_misses_total",
                 "Verifications the cache could not answer.",
                 &self.cache_misses,
+            ),
+            (
+                "verify_shed_total",
+                "Expensive verifications refused at once (temporary failure) because the verifier's queue was full.",
+                &self.verify_shed,
             ),
         ] {
             let _ = writeln!(s, "# HELP nginx_auth_fcgi_{name} {help}");

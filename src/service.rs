@@ -1,13 +1,14 @@
 //! The FastCGI handler: ties the hops together for each request —
-//! params → shared-secret check → [`MailAuthRequest`] → [`Authenticator`] →
-//! rendered headers. Holds no policy of its own.
+//! params → shared-secret check → [`MailAuthRequest`] or [`HttpAuthRequest`]
+//! → [`Authenticator`] → audit record → rendered headers. Holds no policy of
+//! its own.
 
 use crate::audit::quoted;
 use crate::auth_http::{Failure, MailAuthRequest, MailAuthResponse};
 use crate::authenticator::{Authenticator, TEMPORARY};
 use crate::fastcgi::{Handler, Params, Request, Response};
-use crate::http_auth::{self, HttpAuth, HttpOutcome, HttpSettings};
-use crate::metrics::{Observation, METRICS};
+use crate::http_auth::{self, HttpAuth, HttpAuthRequest};
+use crate::metrics::METRICS;
 use crate::secret::Secret;
 use crate::upstream::Checks;
 
@@ -155,15 +156,6 @@ impl Service {
         }
         let decision = self.auth.authenticate(&req).await;
         decision.audit.emit();
-        let a = &decision.audit;
-        METRICS.observe(Observation {
-            protocol: a.protocol,
-            method: a.method,
-            result: a.outcome.as_str(),
-            latency: a.latency,
-            blocked: a.throttle == Some("blocked"),
-            cache_hit: a.cache.map(|c| c.ends_with("hit")),
-        });
         match decision.response.render() {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -177,48 +169,18 @@ impl Service {
 impl Service {
     /// An nginx `auth_request` subrequest (HTTP Basic/Digest).
     async fn respond_http(&self, params: &Params) -> Vec<u8> {
-        let settings = match HttpSettings::from_params(params) {
-            Ok(s) => s,
+        let req = match HttpAuthRequest::from_params(params) {
+            Ok(r) => r,
             Err(e) => {
                 log::error!("auth_request location misconfigured: {e}");
                 return b"Status: 503 Service Unavailable\r\n\r\n".to_vec();
             }
         };
-        let started = std::time::Instant::now();
-        let (outcome, user) = self
-            .http
-            .decide(
-                params,
-                &settings,
-                self.auth.passdbs(),
-                self.auth.policy().throttle.as_deref(),
-            )
-            .await;
-        http_auth::audit(&outcome, &user, params);
-        let scheme = params
-            .get("HTTP_AUTHORIZATION")
-            .and_then(|a| a.split(|b| *b == b' ').next())
-            .map(|s| s.to_ascii_lowercase());
-        let result = match &outcome {
-            HttpOutcome::Allow { .. } => Some("ok"),
-            HttpOutcome::Challenge { .. } if scheme.is_none() => None,
-            HttpOutcome::Challenge { .. } | HttpOutcome::Blocked => Some("fail"),
-            HttpOutcome::Unavailable { .. } => Some("tempfail"),
-        };
-        if let Some(result) = result {
-            METRICS.observe(Observation {
-                protocol: "http",
-                method: match scheme.as_deref() {
-                    Some(b"digest") => "digest",
-                    _ => "basic",
-                },
-                result,
-                latency: started.elapsed(),
-                blocked: outcome == HttpOutcome::Blocked,
-                cache_hit: None,
-            });
+        let decision = self.auth.authenticate_http(&req, &self.http).await;
+        if let Some(audit) = &decision.audit {
+            audit.emit();
         }
-        self.http.render(&outcome, &settings)
+        self.http.render(&decision.outcome, &req.settings)
     }
 }
 

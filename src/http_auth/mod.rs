@@ -7,17 +7,29 @@
 //! the client (only the first one on nginx 1.22), lets a 2xx through, turns a
 //! 403 into 403 and anything else into 500 (reference §6).
 
+//!
+//! This module holds only what is HTTP: the typed request ([`request`]),
+//! Basic/Digest parsing, the Digest maths and nonces ([`digest`]), the
+//! memory of recent decisions per client request ([`Repeats`]) and the
+//! rendering. Deciding is the policy layer's
+//! ([`crate::authenticator::Authenticator::authenticate_http`]), shared
+//! with mail.
+
 pub mod digest;
+pub mod request;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use crate::audit::quoted;
+use hmac::{Hmac, KeyInit, Mac};
+use rand::RngCore as _;
+use sha2::Sha256;
+
 use crate::fastcgi::Params;
-use crate::passdb::{AnyPassdb, Lookup, Passdb, Rejection, Verdict};
-use crate::secret::Secret;
-use crate::throttle::{Check, Throttle};
-use digest::{Algorithm, Credentials, NonceState, Nonces};
+use digest::{Algorithm, Nonces};
+pub use request::{HttpAuthRequest, HttpCredentials, REQUEST_ID_PARAM};
 
 /// The param that marks an http auth_request location.
 pub const REALM_PARAM: &str = "AUTH_REALM";
@@ -121,259 +133,33 @@ pub enum HttpOutcome {
         /// Who.
         user: String,
     },
-    /// 401 with challenges; `stale` marks a Digest nonce that only expired.
+    /// 401 with challenges; `stale` marks a Digest nonce that only expired
+    /// (or a count already used), so the client retries silently.
     Challenge {
-        /// Why (audit only).
-        reason: String,
         /// Send `stale=true`.
         stale: bool,
     },
     /// 403: the brute-force throttle blocks this client; no passdb was asked.
     Blocked,
-    /// 503 (nginx shows the client a 500): backend trouble or a bad setting.
-    Unavailable {
-        /// Why (audit only).
-        reason: String,
-    },
+    /// 503 (nginx shows the client a 500): backend trouble, overload or a
+    /// bad setting.
+    Unavailable,
 }
 
-/// Decides HTTP Basic/Digest requests.
+/// HTTP state that outlives one request (and a configuration reload): the
+/// Digest nonce key and counts, and recent decisions.
 #[derive(Debug, Default)]
 pub struct HttpAuth {
-    nonces: Nonces,
+    /// Digest nonces and the highest `nc` seen.
+    pub nonces: Nonces,
+    /// Recent decisions per client request.
+    pub repeats: Repeats,
 }
 
 impl HttpAuth {
     /// A decider with a fresh nonce key.
     pub fn new() -> Self {
         HttpAuth::default()
-    }
-
-    /// Decides one request given its params.
-    pub async fn decide(
-        &self,
-        p: &Params,
-        settings: &HttpSettings,
-        passdbs: &[AnyPassdb],
-        throttle: Option<&Throttle>,
-    ) -> (HttpOutcome, String) {
-        let guard = Guard {
-            throttle,
-            ip: p
-                .get("REMOTE_ADDR")
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
-        };
-        let (outcome, user) = self.decide_inner(p, settings, passdbs, &guard).await;
-        // Count what a guesser produces (wrong password, unknown user), as for
-        // mail; a bare first request without credentials is not a failure.
-        if let Some(t) = guard.throttle {
-            match &outcome {
-                HttpOutcome::Allow { .. } => t.record_success(guard.ip, user.as_bytes()).await,
-                HttpOutcome::Challenge { reason, .. }
-                    if reason == Rejection::PasswordMismatch.as_str()
-                        || reason == Rejection::UnknownUser.as_str() =>
-                {
-                    t.record_failure(guard.ip, user.as_bytes()).await;
-                }
-                _ => {}
-            }
-        }
-        (outcome, user)
-    }
-
-    async fn decide_inner(
-        &self,
-        p: &Params,
-        settings: &HttpSettings,
-        passdbs: &[AnyPassdb],
-        guard: &Guard<'_>,
-    ) -> (HttpOutcome, String) {
-        let header = p
-            .get("HTTP_AUTHORIZATION")
-            .map(|v| String::from_utf8_lossy(v).into_owned());
-        let Some(header) = header else {
-            return (challenge("no credentials", false), String::new());
-        };
-        let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
-        if scheme.eq_ignore_ascii_case("basic") && settings.schemes.contains(&HttpScheme::Basic) {
-            self.basic(rest.trim(), passdbs, guard).await
-        } else if scheme.eq_ignore_ascii_case("digest")
-            && settings.schemes.contains(&HttpScheme::Digest)
-        {
-            let method = p
-                .get("REQUEST_METHOD")
-                .map(|m| String::from_utf8_lossy(m).into_owned())
-                .unwrap_or_default();
-            let uri = p
-                .get("REQUEST_URI")
-                .map(|u| String::from_utf8_lossy(u).into_owned())
-                .unwrap_or_default();
-            self.digest(rest, &method, &uri, settings, passdbs, guard)
-                .await
-        } else {
-            (challenge("scheme not offered", false), String::new())
-        }
-    }
-
-    async fn basic(
-        &self,
-        b64: &str,
-        passdbs: &[AnyPassdb],
-        guard: &Guard<'_>,
-    ) -> (HttpOutcome, String) {
-        let Ok(raw) = B64.decode(b64) else {
-            return (
-                challenge("malformed Basic credentials", false),
-                String::new(),
-            );
-        };
-        let raw = Secret::new(raw);
-        let Some(colon) = raw.expose().iter().position(|b| *b == b':') else {
-            return (
-                challenge("malformed Basic credentials", false),
-                String::new(),
-            );
-        };
-        let Ok(user) = std::str::from_utf8(&raw.expose()[..colon]) else {
-            return (challenge("user name not UTF-8", false), String::new());
-        };
-        let user = user.to_owned();
-        let password = Secret::new(raw.expose()[colon + 1..].to_vec());
-        if user.is_empty() || password.is_empty() {
-            return (challenge("empty user or password", false), user);
-        }
-        if guard.blocked(&user).await {
-            return (HttpOutcome::Blocked, user);
-        }
-        let mut failure = None;
-        for db in passdbs {
-            match db
-                .verify_plain(&user, std::slice::from_ref(&password))
-                .await
-            {
-                Ok(Verdict::Accepted(p)) => return (HttpOutcome::Allow { user: p.user }, user),
-                Ok(Verdict::Rejected(Rejection::UnknownUser)) => continue,
-                Ok(Verdict::Rejected(r)) => return (challenge(r.as_str(), false), user),
-                Err(e) => {
-                    failure.get_or_insert(e.to_string());
-                }
-            }
-        }
-        match failure {
-            Some(reason) => (HttpOutcome::Unavailable { reason }, user),
-            None => (challenge(Rejection::UnknownUser.as_str(), false), user),
-        }
-    }
-
-    async fn digest(
-        &self,
-        header: &str,
-        method: &str,
-        uri: &str,
-        s: &HttpSettings,
-        passdbs: &[AnyPassdb],
-        guard: &Guard<'_>,
-    ) -> (HttpOutcome, String) {
-        let mut c = match Credentials::parse(header) {
-            Ok(c) => c,
-            Err(e) => return (challenge(&e.to_string(), false), String::new()),
-        };
-        if c.userhash {
-            if !s.userhash {
-                return (challenge("userhash not offered", false), String::new());
-            }
-            match resolve_userhash(&c, passdbs).await {
-                Ok(Some(real)) => c.username = real,
-                Ok(None) => {
-                    return (
-                        challenge(Rejection::UnknownUser.as_str(), false),
-                        String::new(),
-                    )
-                }
-                Err(reason) => return (HttpOutcome::Unavailable { reason }, String::new()),
-            }
-        }
-        let user = c.username.clone();
-        if guard.blocked(&user).await {
-            return (HttpOutcome::Blocked, user);
-        }
-        if c.realm != s.realm {
-            return (challenge("wrong realm", false), user);
-        }
-        if !s.algorithms.contains(&c.algorithm) {
-            return (challenge("algorithm not allowed", false), user);
-        }
-        if c.uri != uri {
-            return (challenge("uri does not match the request", false), user);
-        }
-        let nonce_state = self.nonces.check(&c.nonce, &s.realm, s.nonce_lifetime);
-        if nonce_state == NonceState::Invalid {
-            return (challenge("nonce not ours", false), user);
-        }
-        let mut failure = None;
-        for db in passdbs {
-            if c.md5_family() {
-                match db.digest_ha1(&user, &s.realm).await {
-                    Ok(Some(ha1)) => {
-                        let ok = c.matches(&c.expected_from_ha1(&ha1, method));
-                        return self.conclude_digest(ok, nonce_state, &c, user);
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        failure.get_or_insert(e.to_string());
-                        continue;
-                    }
-                }
-            }
-            if !db.capabilities().lookup_credentials {
-                continue;
-            }
-            let stored = match db.lookup_credentials(&user).await {
-                Ok(Lookup::Found { secret, .. }) => secret,
-                Ok(Lookup::Rejected(Rejection::UnknownUser)) => continue,
-                Ok(Lookup::Rejected(r)) => return (challenge(r.as_str(), false), user),
-                Err(e) => {
-                    failure.get_or_insert(e.to_string());
-                    continue;
-                }
-            };
-            let Some(plain) = stored.plaintext() else {
-                return (
-                    HttpOutcome::Unavailable {
-                        reason: format!("stored scheme {} cannot serve Digest", stored.scheme()),
-                    },
-                    user,
-                );
-            };
-            let ok = c.matches(&c.expected(plain, method));
-            return self.conclude_digest(ok, nonce_state, &c, user);
-        }
-        match failure {
-            Some(reason) => (HttpOutcome::Unavailable { reason }, user),
-            None => (challenge(Rejection::UnknownUser.as_str(), false), user),
-        }
-    }
-
-    /// The answer once the response was checked: a right answer with an
-    /// expired nonce is `stale` (the client retries silently), a replayed
-    /// `nc` is refused.
-    fn conclude_digest(
-        &self,
-        ok: bool,
-        nonce_state: NonceState,
-        c: &Credentials,
-        user: String,
-    ) -> (HttpOutcome, String) {
-        if !ok {
-            return (challenge(Rejection::PasswordMismatch.as_str(), false), user);
-        }
-        if nonce_state == NonceState::Stale {
-            return (challenge("nonce expired", true), user);
-        }
-        if !self.nonces.accept_nc(&c.nonce, &c.cnonce, c.nc) {
-            return (challenge("nc replayed", true), user);
-        }
-        (HttpOutcome::Allow { user: user.clone() }, user)
     }
 
     /// Renders the CGI reply.
@@ -410,85 +196,111 @@ impl HttpAuth {
                 }
             }
             HttpOutcome::Blocked => out.push_str("Status: 403 Forbidden\r\n"),
-            HttpOutcome::Unavailable { .. } => out.push_str("Status: 503 Service Unavailable\r\n"),
+            HttpOutcome::Unavailable => out.push_str("Status: 503 Service Unavailable\r\n"),
         }
         out.push_str("\r\n");
         out.into_bytes()
     }
 }
 
-/// The throttle and the client address of one request.
-struct Guard<'a> {
-    throttle: Option<&'a Throttle>,
-    ip: Option<std::net::IpAddr>,
+/// How long a decision is remembered for repeats of its client request.
+/// nginx repeats a subrequest within the same request (milliseconds); the
+/// margin covers a slow upstream before an `error_page` redirect.
+const REPEAT_TTL: Duration = Duration::from_secs(30);
+/// Decisions per generation of the repeat memory.
+const REPEAT_GENERATION: usize = 20_000;
+
+/// One client request, one decision. nginx runs the `auth_request`
+/// subrequest again after an internal redirect (index file, `try_files`,
+/// `error_page`) with the same `Authorization` header: without this a
+/// Digest answer would be refused the second time as a replayed `nc`, a
+/// Basic password hashed twice and a wrong one counted twice. With
+/// `AUTH_REQUEST_ID` (nginx's `$request_id`, the same across internal
+/// redirects and not settable by the client) a repeat of the same
+/// credentials under the same id gets the decision already made. A header
+/// replayed in another client request has another id and is judged afresh.
+///
+/// Keys are HMAC-SHA256 under a per-process key of the id, the location's
+/// realm, the method, the URI and the header, so nothing stored reveals a
+/// credential; two generations bound the memory.
+pub struct Repeats {
+    key: [u8; 32],
+    memory: Mutex<Generations>,
+    warned_missing_id: AtomicBool,
 }
 
-impl Guard<'_> {
-    async fn blocked(&self, user: &str) -> bool {
-        match self.throttle {
-            Some(t) => matches!(t.check(self.ip, user.as_bytes()).await, Check::Blocked(_)),
-            None => false,
+#[derive(Default)]
+struct Generations {
+    current: HashMap<[u8; 32], (Instant, HttpOutcome)>,
+    previous: HashMap<[u8; 32], (Instant, HttpOutcome)>,
+}
+
+impl std::fmt::Debug for Repeats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Repeats")
+    }
+}
+
+impl Default for Repeats {
+    fn default() -> Self {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        Repeats {
+            key,
+            memory: Mutex::default(),
+            warned_missing_id: AtomicBool::new(false),
         }
     }
 }
 
-/// The real user behind a `userhash` username: the first passdb user whose
-/// H(`user:realm`) equals it.
-async fn resolve_userhash(
-    c: &Credentials,
-    passdbs: &[AnyPassdb],
-) -> Result<Option<String>, String> {
-    let wanted = c.username.to_ascii_lowercase();
-    let matches = |u: &str| {
-        let h = c.algorithm.h(format!("{u}:{}", c.realm).as_bytes());
-        crate::secret::ct_eq(h.as_bytes(), wanted.as_bytes())
-    };
-    for db in passdbs {
-        if let Some(u) = db.find_user(&matches).await.map_err(|e| e.to_string())? {
-            return Ok(Some(u));
-        }
-    }
-    Ok(None)
-}
+/// The key of one client request's credentials.
+#[derive(Clone, Copy)]
+pub struct RepeatKey([u8; 32]);
 
-fn challenge(reason: &str, stale: bool) -> HttpOutcome {
-    HttpOutcome::Challenge {
-        reason: reason.to_owned(),
-        stale,
-    }
-}
-
-/// One audit line for an HTTP decision.
-pub fn audit(outcome: &HttpOutcome, user: &str, p: &Params) {
-    let ip = p
-        .get("REMOTE_ADDR")
-        .map(|v| quoted(&String::from_utf8_lossy(v)))
-        .unwrap_or_else(|| "-".into());
-    let uri = p
-        .get("REQUEST_URI")
-        .map(|v| quoted(&String::from_utf8_lossy(v)))
-        .unwrap_or_else(|| "-".into());
-    match outcome {
-        HttpOutcome::Allow { .. } => {
-            log::info!(target: "audit", "auth result=ok protocol=http user={} ip={ip} uri={uri}", quoted(user))
+impl Repeats {
+    /// The key of `req`, when it carries credentials and a request id.
+    /// Without an id, Digest cannot survive internal redirects: said once.
+    pub fn key(&self, req: &HttpAuthRequest) -> Option<RepeatKey> {
+        let authorization = req.authorization.as_ref()?;
+        let Some(id) = &req.request_id else {
+            if !self.warned_missing_id.swap(true, Relaxed) {
+                log::warn!(
+                    "auth_request location (realm \"{}\") sends no {REQUEST_ID_PARAM}: add \
+                     `fastcgi_param {REQUEST_ID_PARAM} $request_id;`, or Digest fails on URLs \
+                     nginx redirects internally (index files, try_files, error_page) and \
+                     Basic failures there count twice",
+                    req.settings.realm
+                );
+            }
+            return None;
+        };
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("any key length");
+        for field in [
+            id.as_bytes(),
+            req.settings.realm.as_bytes(),
+            req.method.as_bytes(),
+            req.uri.as_bytes(),
+            authorization.expose(),
+        ] {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field);
         }
-        HttpOutcome::Challenge { reason, stale } => log::warn!(
-            target: "audit",
-            "auth result=fail protocol=http user={} ip={ip} uri={uri} reason={}{}",
-            quoted(user),
-            quoted(reason),
-            if *stale { " stale=true" } else { "" }
-        ),
-        HttpOutcome::Blocked => log::warn!(
-            target: "audit",
-            "auth result=fail protocol=http user={} ip={ip} uri={uri} throttle=blocked",
-            quoted(user)
-        ),
-        HttpOutcome::Unavailable { reason } => log::error!(
-            target: "audit",
-            "auth result=tempfail protocol=http user={} ip={ip} uri={uri} reason={}",
-            quoted(user),
-            quoted(reason)
-        ),
+        Some(RepeatKey(mac.finalize().into_bytes().into()))
+    }
+
+    /// The decision already made for `key`, if it is recent.
+    pub fn recall(&self, key: &RepeatKey) -> Option<HttpOutcome> {
+        let m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, outcome) = m.current.get(&key.0).or_else(|| m.previous.get(&key.0))?;
+        (at.elapsed() < REPEAT_TTL).then(|| outcome.clone())
+    }
+
+    /// Remembers the decision for `key`.
+    pub fn remember(&self, key: RepeatKey, outcome: &HttpOutcome) {
+        let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        if m.current.len() >= REPEAT_GENERATION {
+            m.previous = std::mem::take(&mut m.current);
+        }
+        m.current.insert(key.0, (Instant::now(), outcome.clone()));
     }
 }

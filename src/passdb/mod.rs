@@ -112,6 +112,9 @@ pub enum PassdbError {
     /// The stored credential is malformed (an admin error; the hash is not shown).
     #[error("stored password of this user is unusable: {0}")]
     BadStoredPassword(String),
+    /// The bounded verifier could not take the check (flood or overload).
+    #[error(transparent)]
+    Verifier(#[from] crate::verifier::VerifyError),
 }
 
 /// A directory backend.

@@ -1,0 +1,172 @@
+//! The passdb chain, walked in one place, and password verification through
+//! the cache and the bounded verifier.
+//!
+//! [`Authenticator::walk`] is the only loop over the passdbs: an unknown user
+//! (or a passdb that cannot serve the question) moves on to the next one, an
+//! error is remembered and the walk goes on, and the first real answer
+//! decides. Mail PLAIN/LOGIN, CRAM-MD5/APOP, EXTERNAL, HTTP Basic, Digest and
+//! Digest `userhash` all ask their question through it.
+
+use std::future::Future;
+
+use crate::cache::Cached;
+use crate::passdb::{AnyPassdb, Lookup, Passdb, PassdbError, Rejection, Verdict};
+use crate::scheme::StoredPassword;
+use crate::secret::Secret;
+
+use super::Authenticator;
+
+/// One passdb's answer to the walk's question.
+pub(crate) enum Answer<T> {
+    /// A real answer: the walk ends with it.
+    Decide(T),
+    /// Not here (unknown user, or this passdb cannot answer): ask the next.
+    Next,
+}
+
+/// The chain's answer.
+pub(crate) enum Walk<T> {
+    /// A passdb answered (named for the audit line).
+    Decided(T, &'static str),
+    /// Nobody knows the user and nothing failed.
+    Unknown,
+    /// Nobody answered and one passdb failed (the first error).
+    Failed(PassdbError),
+}
+
+/// A plaintext check, with how the verification cache took part (`hit`,
+/// `negative-hit`, `miss`; `None`: not at all) for the audit line.
+pub(crate) struct Checked {
+    pub verdict: Verdict,
+    pub cache: Option<&'static str>,
+}
+
+impl Authenticator {
+    /// Asks each passdb in order until one gives a real answer.
+    pub(crate) async fn walk<'a, T, F, Fut>(&'a self, mut ask: F) -> Walk<T>
+    where
+        F: FnMut(&'a AnyPassdb) -> Fut,
+        Fut: Future<Output = Result<Answer<T>, PassdbError>>,
+    {
+        let mut failure = None;
+        for db in &self.passdbs {
+            match ask(db).await {
+                Ok(Answer::Decide(t)) => return Walk::Decided(t, db.name()),
+                Ok(Answer::Next) => {}
+                Err(e) => {
+                    log::error!("passdb {}: {e}", db.name());
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        match failure {
+            Some(e) => Walk::Failed(e),
+            None => Walk::Unknown,
+        }
+    }
+
+    /// The stored credential of `user` in `db`, for the walk: an unknown
+    /// user, or a passdb that cannot hand credentials out, moves on.
+    pub(crate) async fn lookup(
+        &self,
+        db: &AnyPassdb,
+        user: &str,
+    ) -> Result<Answer<Lookup>, PassdbError> {
+        if !db.capabilities().lookup_credentials {
+            return Ok(Answer::Next);
+        }
+        Ok(match db.lookup_credentials(user).await? {
+            Lookup::Rejected(Rejection::UnknownUser) => Answer::Next,
+            found => Answer::Decide(found),
+        })
+    }
+
+    /// Checks plaintext `passwords` of `user` in `db`, for the walk.
+    ///
+    /// A passdb that can hand out the stored credential is asked for it
+    /// (cheap), and the check happens here: expensive schemes through the
+    /// verification cache and then the bounded verifier, cheap ones inline.
+    /// Other passdbs (saslauthd, Dovecot auth, LDAP bind) check remotely.
+    pub(crate) async fn verify_plain(
+        &self,
+        db: &AnyPassdb,
+        user: &str,
+        passwords: &[Secret],
+    ) -> Result<Answer<Checked>, PassdbError> {
+        let checked = if db.capabilities().lookup_credentials {
+            match db.lookup_credentials(user).await? {
+                Lookup::Found { principal, secret } => {
+                    let (ok, cache) = self.check_stored(db, user, &secret, passwords).await?;
+                    Checked {
+                        verdict: if ok {
+                            Verdict::Accepted(principal)
+                        } else {
+                            Verdict::Rejected(Rejection::PasswordMismatch)
+                        },
+                        cache,
+                    }
+                }
+                Lookup::Rejected(r) => Checked {
+                    verdict: Verdict::Rejected(r),
+                    cache: None,
+                },
+            }
+        } else {
+            Checked {
+                verdict: db.verify_plain(user, passwords).await?,
+                cache: None,
+            }
+        };
+        Ok(match checked.verdict {
+            Verdict::Rejected(Rejection::UnknownUser) => Answer::Next,
+            _ => Answer::Decide(checked),
+        })
+    }
+
+    /// Whether one of `passwords` matches `stored`, and how the cache helped.
+    async fn check_stored(
+        &self,
+        db: &AnyPassdb,
+        user: &str,
+        stored: &StoredPassword,
+        passwords: &[Secret],
+    ) -> Result<(bool, Option<&'static str>), PassdbError> {
+        if !stored.scheme().is_expensive() {
+            return Ok((matches_any(stored, passwords)?, None));
+        }
+        let key = self
+            .policy
+            .cache
+            .as_ref()
+            .map(|c| (c, c.key(db.name(), user, stored, passwords)));
+        if let Some((cache, key)) = &key {
+            match cache.get(key) {
+                Some(Cached::Match) => return Ok((true, Some("hit"))),
+                Some(Cached::Mismatch) => return Ok((false, Some("negative-hit"))),
+                None => {}
+            }
+        }
+        let (stored2, passwords2) = (stored.clone(), passwords.to_vec());
+        let ok = self
+            .verifier
+            .run(move || matches_any(&stored2, &passwords2))
+            .await??;
+        let Some((cache, key)) = key else {
+            return Ok((ok, None));
+        };
+        cache.put(key, if ok { Cached::Match } else { Cached::Mismatch });
+        Ok((ok, Some("miss")))
+    }
+}
+
+fn matches_any(stored: &StoredPassword, passwords: &[Secret]) -> Result<bool, PassdbError> {
+    for p in passwords {
+        if stored
+            .verify(p.expose())
+            .map_err(|e| PassdbError::BadStoredPassword(e.to_string()))?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

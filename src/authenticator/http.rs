@@ -1,0 +1,340 @@
+//! HTTP `auth_request` decisions (Basic and Digest), by the same rules as
+//! mail: the one passdb walk, the verification cache and bounded verifier,
+//! the throttle on typed outcomes, the decision timeout, trusted proxies and
+//! one audit record.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use crate::audit::{AuditRecord, Outcome};
+use crate::http_auth::digest::{Credentials, NonceState};
+use crate::http_auth::{HttpAuth, HttpAuthRequest, HttpCredentials, HttpOutcome};
+use crate::passdb::{Lookup, Passdb, Rejection, Verdict};
+use crate::scheme::StoredPassword;
+use crate::secret::Secret;
+use crate::throttle::Scope;
+
+use super::chain::{Answer, Checked, Walk};
+use super::{Authenticator, Count, Counted, Throttled};
+
+/// The decision for one HTTP request.
+#[derive(Debug)]
+pub struct HttpDecision {
+    /// What nginx gets.
+    pub outcome: HttpOutcome,
+    /// What the audit log gets; `None` for a repeat of a client request
+    /// already decided (one client request, one audit line).
+    pub audit: Option<AuditRecord>,
+}
+
+/// Internal result before rendering.
+enum Judgement {
+    Allow {
+        user: String,
+        passdb: &'static str,
+    },
+    /// Wrong credentials: counted by the throttle.
+    Reject {
+        rejection: Rejection,
+        passdb: Option<&'static str>,
+    },
+    /// Unusable credentials (wrong realm or URI, a nonce not ours, a used
+    /// count): a new challenge, not counted.
+    Refuse {
+        reason: String,
+        stale: bool,
+    },
+    /// No credentials yet.
+    Challenge,
+    Temporary(String),
+    Blocked(Scope),
+}
+
+impl Counted for Judgement {
+    fn count(&self) -> Count {
+        match self {
+            Judgement::Reject { .. } => Count::Failure,
+            Judgement::Allow { .. } => Count::Success,
+            _ => Count::Nothing,
+        }
+    }
+}
+
+/// What a passdb holds that can check a Digest response.
+enum DigestSecret {
+    /// HA1 as stored (htdigest, an SQL `digest_ha1` column).
+    Ha1(String),
+    /// The stored password: usable when it is a plaintext.
+    Stored(StoredPassword),
+    Rejected(Rejection),
+}
+
+fn refuse(reason: &str, stale: bool) -> Judgement {
+    Judgement::Refuse {
+        reason: reason.to_owned(),
+        stale,
+    }
+}
+
+fn rejected(rejection: Rejection, passdb: Option<&'static str>) -> Judgement {
+    Judgement::Reject { rejection, passdb }
+}
+
+impl Authenticator {
+    /// Decides one `auth_request` subrequest. `state` holds the Digest
+    /// nonces and the decisions already made per client request.
+    pub async fn authenticate_http(&self, req: &HttpAuthRequest, state: &HttpAuth) -> HttpDecision {
+        let started = Instant::now();
+        let repeat = state.repeats.key(req);
+        if let Some(outcome) = repeat.as_ref().and_then(|k| state.repeats.recall(k)) {
+            log::debug!(
+                "auth_request repeated within client request {}: same decision",
+                req.request_id.as_deref().unwrap_or("-")
+            );
+            return HttpDecision {
+                outcome,
+                audit: None,
+            };
+        }
+        let ip = self
+            .trusted_proxies
+            .http_client_ip(req.peer, &req.forwarded_for, req.real_ip);
+        let mut user = match &req.credentials {
+            HttpCredentials::Basic { user, .. } | HttpCredentials::Malformed { user, .. } => {
+                user.clone()
+            }
+            HttpCredentials::Digest(c) if !c.userhash => c.username.clone(),
+            _ => String::new(),
+        };
+        let mut cache = None;
+        let judgement = self
+            .within(
+                self.judge_http(req, state, ip, &mut user, &mut cache),
+                Judgement::Temporary,
+            )
+            .await;
+        let mut audit = AuditRecord::new("http", req.credentials.scheme(), user, ip);
+        audit.uri = Some(req.uri.clone());
+        audit.cache = cache;
+        let outcome = conclude(judgement, &mut audit);
+        if let Some(k) = repeat {
+            state.repeats.remember(k, &outcome);
+        }
+        audit.latency = started.elapsed();
+        HttpDecision {
+            outcome,
+            audit: Some(audit),
+        }
+    }
+
+    async fn judge_http(
+        &self,
+        req: &HttpAuthRequest,
+        state: &HttpAuth,
+        ip: Option<IpAddr>,
+        user: &mut String,
+        cache: &mut Option<&'static str>,
+    ) -> Judgement {
+        let throttled = match &req.credentials {
+            HttpCredentials::None => return Judgement::Challenge,
+            HttpCredentials::NotOffered => return refuse("scheme not offered", false),
+            HttpCredentials::Malformed { reason, .. } => return refuse(reason, false),
+            HttpCredentials::Basic { user, password } => {
+                self.throttled(ip, user.as_bytes(), self.judge_basic(user, password, cache))
+                    .await
+            }
+            HttpCredentials::Digest(c) => {
+                if c.userhash {
+                    if !req.settings.userhash {
+                        return refuse("userhash not offered", false);
+                    }
+                    match self.resolve_userhash(c).await {
+                        Some(Ok(real)) => *user = real,
+                        // Counted as an unknown user, as for a name in clear.
+                        None => {
+                            let unknown = async { rejected(Rejection::UnknownUser, None) };
+                            return self.settle(self.throttled(ip, b"", unknown).await);
+                        }
+                        Some(Err(j)) => return j,
+                    }
+                }
+                let who = user.clone();
+                self.throttled(ip, who.as_bytes(), self.judge_digest(req, c, &who, state))
+                    .await
+            }
+        };
+        self.settle(throttled)
+    }
+
+    fn settle(&self, t: Throttled<Judgement>) -> Judgement {
+        match t {
+            Throttled::Blocked(scope) => Judgement::Blocked(scope),
+            Throttled::Judged(j, _) => j,
+        }
+    }
+
+    async fn judge_basic(
+        &self,
+        user: &str,
+        password: &Secret,
+        cache: &mut Option<&'static str>,
+    ) -> Judgement {
+        let passwords = std::slice::from_ref(password);
+        match self.walk(|db| self.verify_plain(db, user, passwords)).await {
+            Walk::Decided(
+                Checked {
+                    verdict,
+                    cache: used,
+                },
+                passdb,
+            ) => {
+                *cache = used;
+                match verdict {
+                    Verdict::Accepted(p) => Judgement::Allow {
+                        user: if p.user.is_empty() {
+                            user.to_owned()
+                        } else {
+                            p.user
+                        },
+                        passdb,
+                    },
+                    Verdict::Rejected(r) => rejected(r, Some(passdb)),
+                }
+            }
+            Walk::Unknown => rejected(Rejection::UnknownUser, None),
+            Walk::Failed(e) => Judgement::Temporary(e.to_string()),
+        }
+    }
+
+    /// The real user behind a `userhash` username: the first passdb user
+    /// whose H(`user:realm`) equals it. `None`: nobody.
+    async fn resolve_userhash(&self, c: &Credentials) -> Option<Result<String, Judgement>> {
+        let wanted = c.username.to_ascii_lowercase();
+        let matches = |u: &str| {
+            let h = c.algorithm.h(format!("{u}:{}", c.realm).as_bytes());
+            crate::secret::ct_eq(h.as_bytes(), wanted.as_bytes())
+        };
+        let walk = self
+            .walk(|db| async {
+                Ok(match db.find_user(&matches).await? {
+                    Some(u) => Answer::Decide(u),
+                    None => Answer::Next,
+                })
+            })
+            .await;
+        match walk {
+            Walk::Decided(u, _) => Some(Ok(u)),
+            Walk::Unknown => None,
+            Walk::Failed(e) => Some(Err(Judgement::Temporary(e.to_string()))),
+        }
+    }
+
+    async fn judge_digest(
+        &self,
+        req: &HttpAuthRequest,
+        c: &Credentials,
+        user: &str,
+        state: &HttpAuth,
+    ) -> Judgement {
+        let s = &req.settings;
+        if c.realm != s.realm {
+            return refuse("wrong realm", false);
+        }
+        if !s.algorithms.contains(&c.algorithm) {
+            return refuse("algorithm not allowed", false);
+        }
+        if c.uri != req.uri {
+            return refuse("uri does not match the request", false);
+        }
+        let nonce = state.nonces.check(&c.nonce, &s.realm, s.nonce_lifetime);
+        if nonce == NonceState::Invalid {
+            return refuse("nonce not ours", false);
+        }
+        let walk = self
+            .walk(|db| async move {
+                if c.md5_family() {
+                    if let Some(ha1) = db.digest_ha1(user, &s.realm).await? {
+                        return Ok(Answer::Decide(DigestSecret::Ha1(ha1)));
+                    }
+                }
+                Ok(match self.lookup(db, user).await? {
+                    Answer::Decide(Lookup::Found { secret, .. }) => {
+                        Answer::Decide(DigestSecret::Stored(secret))
+                    }
+                    Answer::Decide(Lookup::Rejected(r)) => {
+                        Answer::Decide(DigestSecret::Rejected(r))
+                    }
+                    Answer::Next => Answer::Next,
+                })
+            })
+            .await;
+        let (ok, passdb) = match walk {
+            Walk::Decided(DigestSecret::Ha1(ha1), passdb) => {
+                (c.matches(&c.expected_from_ha1(&ha1, &req.method)), passdb)
+            }
+            Walk::Decided(DigestSecret::Stored(stored), passdb) => match stored.plaintext() {
+                Some(plain) => (c.matches(&c.expected(plain, &req.method)), passdb),
+                None => {
+                    return Judgement::Temporary(format!(
+                        "stored scheme {} cannot serve Digest",
+                        stored.scheme()
+                    ))
+                }
+            },
+            Walk::Decided(DigestSecret::Rejected(r), passdb) => return rejected(r, Some(passdb)),
+            Walk::Unknown => return rejected(Rejection::UnknownUser, None),
+            Walk::Failed(e) => return Judgement::Temporary(e.to_string()),
+        };
+        // A right answer with an expired nonce is `stale` (the client
+        // retries silently); a count already used is a replay.
+        if !ok {
+            rejected(Rejection::PasswordMismatch, Some(passdb))
+        } else if nonce == NonceState::Stale {
+            refuse("nonce expired", true)
+        } else if !state.nonces.accept_nc(&c.nonce, &c.cnonce, c.nc) {
+            refuse("nc replayed", true)
+        } else {
+            Judgement::Allow {
+                user: user.to_owned(),
+                passdb,
+            }
+        }
+    }
+}
+
+/// The outcome for nginx, with the audit record filled in.
+fn conclude(j: Judgement, audit: &mut AuditRecord) -> HttpOutcome {
+    match j {
+        Judgement::Allow { user, passdb } => {
+            audit.outcome = Outcome::Ok;
+            audit.passdb = passdb;
+            audit.user = user.clone();
+            HttpOutcome::Allow { user }
+        }
+        Judgement::Reject { rejection, passdb } => {
+            audit.reason = rejection.as_str().to_owned();
+            audit.passdb = passdb.unwrap_or("-");
+            HttpOutcome::Challenge { stale: false }
+        }
+        Judgement::Refuse { reason, stale } => {
+            audit.reason = reason;
+            audit.stale = stale;
+            HttpOutcome::Challenge { stale }
+        }
+        Judgement::Challenge => {
+            audit.outcome = Outcome::Challenge;
+            audit.reason = "no credentials".to_owned();
+            HttpOutcome::Challenge { stale: false }
+        }
+        Judgement::Temporary(reason) => {
+            audit.outcome = Outcome::TempFail;
+            audit.reason = reason;
+            HttpOutcome::Unavailable
+        }
+        Judgement::Blocked(scope) => {
+            audit.reason = format!("blocked-{}", scope.as_str());
+            audit.throttle = Some("blocked");
+            HttpOutcome::Blocked
+        }
+    }
+}

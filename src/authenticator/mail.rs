@@ -1,0 +1,451 @@
+//! Mail logins (nginx `auth_http`): mechanism, SMTP relay, the passdb chain,
+//! the upstream choice and the `Auth-Wait` back-off.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use crate::audit::{AuditRecord, Outcome};
+use crate::auth_http::{AuthMethod, Failure, MailAuthRequest, MailAuthResponse, MailProtocol};
+use crate::mech::external::NoMatch;
+use crate::mech::{apop, cram_md5, Mechanism};
+use crate::passdb::{Lookup, PassdbError, Principal, Rejection, Verdict};
+use crate::scheme::StoredPassword;
+use crate::secret::Secret;
+use crate::throttle::Scope;
+
+use super::chain::{Checked, Walk};
+use super::{Authenticator, Count, Counted, Decision, Throttled, INVALID_LOGIN, TEMPORARY};
+
+const SMTP_INVALID: &str = "535 5.7.8";
+const SMTP_TEMPORARY: &str = "451 4.3.0";
+const NOT_SUPPORTED: &str = "Authentication mechanism not supported";
+
+/// Why a verified login still cannot be answered with OK.
+enum AcceptError {
+    /// Backend or rendering trouble: a temporary failure.
+    Temporary(String),
+    /// No password for the upstream login (no plaintext, no master user).
+    NoUpstreamPassword(&'static str),
+}
+
+/// Internal result before rendering.
+enum Judgement {
+    Accept {
+        principal: Principal,
+        /// Plaintext password for the upstream login, when we have it.
+        password: Option<Secret>,
+        passdb: &'static str,
+    },
+    Reject(Rejection, Option<&'static str>),
+    /// EXTERNAL: the certificate maps to no (allowed) user.
+    Unmapped(NoMatch),
+    Malformed(String),
+    Temporary(String),
+    Refuse(&'static str, Failure),
+    /// Refused by the throttle before the passdb was asked.
+    Blocked(Scope),
+}
+
+impl Counted for Judgement {
+    fn count(&self) -> Count {
+        match self {
+            Judgement::Reject(..) => Count::Failure,
+            Judgement::Accept { .. } => Count::Success,
+            _ => Count::Nothing,
+        }
+    }
+}
+
+/// Facts gathered while judging, for the reply and the audit line.
+#[derive(Default)]
+struct Notes {
+    /// The throttle's `Auth-Wait` for a counted failure.
+    throttle_wait: Option<u32>,
+    cache: Option<&'static str>,
+    /// The effective client address (see [`crate::client_ip::TrustedProxies`]).
+    client_ip: Option<IpAddr>,
+    /// EXTERNAL: the user the certificate mapped to (for the audit line).
+    mapped_user: Option<String>,
+}
+
+fn not_supported() -> Failure {
+    Failure {
+        message: NOT_SUPPORTED,
+        wait: None,
+        smtp_code: Some("504 5.5.4"),
+    }
+}
+
+/// The judgement for a walk that found nobody (or only failures).
+fn unknown_or_failed<T>(walk: Walk<T>) -> Judgement {
+    match walk {
+        Walk::Failed(e) => Judgement::Temporary(e.to_string()),
+        _ => Judgement::Reject(Rejection::UnknownUser, None),
+    }
+}
+
+impl Authenticator {
+    /// Decides one mail login.
+    pub async fn authenticate(&self, req: &MailAuthRequest) -> Decision {
+        let started = Instant::now();
+        let mut notes = Notes {
+            client_ip: self.trusted_proxies.client_ip(req),
+            ..Notes::default()
+        };
+        let judgement = self
+            .within(self.judge(req, &mut notes), Judgement::Temporary)
+            .await;
+        self.conclude(req, judgement, notes, started)
+    }
+
+    /// The mechanism's judgement, inside the throttle.
+    async fn judge(&self, req: &MailAuthRequest, notes: &mut Notes) -> Judgement {
+        if req.method == AuthMethod::None {
+            return self.judge_relay(req);
+        }
+        let ip = notes.client_ip;
+        match self
+            .throttled(ip, &req.user, self.judge_mechanism(req, notes))
+            .await
+        {
+            Throttled::Blocked(scope) => Judgement::Blocked(scope),
+            Throttled::Judged(j, wait) => {
+                notes.throttle_wait = wait;
+                j
+            }
+        }
+    }
+
+    async fn judge_mechanism(&self, req: &MailAuthRequest, notes: &mut Notes) -> Judgement {
+        if req.method == AuthMethod::External && !self.external.is_empty() {
+            return self.judge_external(req, notes).await;
+        }
+        let Some(mech) = Mechanism::from_method(req.method) else {
+            return Judgement::Refuse("mechanism-not-supported", not_supported());
+        };
+        if !self.policy.mechanisms.contains(&mech) {
+            return Judgement::Refuse("mechanism-disabled", not_supported());
+        }
+        match mech {
+            Mechanism::Plain => self.judge_plain(req, notes).await,
+            Mechanism::CramMd5 | Mechanism::Apop => self.judge_challenge(req, mech).await,
+        }
+    }
+
+    fn judge_relay(&self, req: &MailAuthRequest) -> Judgement {
+        let deny = Failure {
+            message: "Relay access denied",
+            wait: None,
+            smtp_code: Some("554 5.7.1"),
+        };
+        if req.protocol != MailProtocol::Smtp {
+            return Judgement::Malformed("method none outside SMTP".into());
+        }
+        let domain = req
+            .smtp
+            .as_ref()
+            .and_then(|e| e.recipient())
+            .and_then(|r| r.rsplit_once('@'))
+            .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
+        match domain {
+            Some(d) if self.policy.local_domains.contains(&d) => Judgement::Accept {
+                // nginx passes the identity to the MTA as XCLIENT LOGIN=; an
+                // unauthenticated session must not assert one (1.22 may even
+                // send a stale Auth-User here).
+                principal: Principal::default(),
+                password: None,
+                passdb: "-",
+            },
+            _ => Judgement::Refuse("relay-denied", deny),
+        }
+    }
+
+    async fn judge_plain(&self, req: &MailAuthRequest, notes: &mut Notes) -> Judgement {
+        let creds = match self.plain.prepare(&req.user, &req.pass) {
+            Ok(c) => c,
+            Err(e) => return Judgement::Malformed(e.to_string()),
+        };
+        let walk = self
+            .walk(|db| self.verify_plain(db, &creds.user, &creds.passwords))
+            .await;
+        match walk {
+            Walk::Decided(Checked { verdict, cache }, passdb) => {
+                notes.cache = cache;
+                match verdict {
+                    Verdict::Accepted(principal) => Judgement::Accept {
+                        principal,
+                        password: Some(req.pass.clone()),
+                        passdb,
+                    },
+                    Verdict::Rejected(r) => Judgement::Reject(r, Some(passdb)),
+                }
+            }
+            other => unknown_or_failed(other),
+        }
+    }
+
+    async fn judge_challenge(&self, req: &MailAuthRequest, mech: Mechanism) -> Judgement {
+        let Ok(user) = std::str::from_utf8(&req.user) else {
+            return Judgement::Malformed("user name is not UTF-8".into());
+        };
+        if user.is_empty() {
+            return Judgement::Malformed("empty user name".into());
+        }
+        let salt = req.salt.as_deref().unwrap_or_default();
+        let response = req.pass.expose();
+        let (principal, stored, passdb) = match self.walk(|db| self.lookup(db, user)).await {
+            Walk::Decided(Lookup::Found { principal, secret }, passdb) => {
+                (principal, secret, passdb)
+            }
+            Walk::Decided(Lookup::Rejected(r), passdb) => {
+                return Judgement::Reject(r, Some(passdb))
+            }
+            other => return unknown_or_failed(other),
+        };
+        match verify_challenge(mech, &stored, salt, response) {
+            Ok(true) => Judgement::Accept {
+                principal,
+                password: stored.plaintext().map(|p| Secret::new(p.to_vec())),
+                passdb,
+            },
+            Ok(false) => Judgement::Reject(Rejection::PasswordMismatch, Some(passdb)),
+            // APOP needs the plaintext, and CRAM-MD5 the plaintext or a
+            // {CRAM-MD5} context: a hashed password cannot answer them.
+            // Not a server fault: refuse the mechanism for this user.
+            Err(PassdbError::SchemeNotAvailable(scheme)) => {
+                log::info!(
+                    "passdb {passdb}: user {user}: {scheme} cannot serve {}",
+                    mech.as_str()
+                );
+                Judgement::Refuse("scheme-cannot-serve-mechanism", not_supported())
+            }
+            Err(e) => {
+                log::error!("passdb {passdb}: user {user}: {e}");
+                Judgement::Temporary(e.to_string())
+            }
+        }
+    }
+
+    /// EXTERNAL: map the verified certificate to a user, who must exist
+    /// (and not be disabled) in the passdb chain.
+    async fn judge_external(&self, req: &MailAuthRequest, notes: &mut Notes) -> Judgement {
+        let user = match self.external.map(req.ssl.as_ref(), &req.user) {
+            Ok(u) => u,
+            Err(e) => return Judgement::Unmapped(e),
+        };
+        notes.mapped_user = Some(user.clone());
+        match self.walk(|db| self.lookup(db, &user)).await {
+            Walk::Decided(
+                Lookup::Found {
+                    mut principal,
+                    secret,
+                },
+                passdb,
+            ) => {
+                if principal.user.is_empty() {
+                    principal.user = user.clone();
+                }
+                Judgement::Accept {
+                    principal,
+                    password: secret.plaintext().map(|p| Secret::new(p.to_vec())),
+                    passdb,
+                }
+            }
+            Walk::Decided(Lookup::Rejected(r), passdb) => Judgement::Reject(r, Some(passdb)),
+            other => unknown_or_failed(other),
+        }
+    }
+
+    fn conclude(
+        &self,
+        req: &MailAuthRequest,
+        j: Judgement,
+        notes: Notes,
+        started: Instant,
+    ) -> Decision {
+        let mut audit = AuditRecord::mail(req);
+        audit.cache = notes.cache;
+        audit.client_ip = notes.client_ip;
+        if let Some(user) = notes.mapped_user {
+            audit.user = user;
+        }
+        let smtp = req.protocol == MailProtocol::Smtp;
+        let code = |c: &'static str| smtp.then_some(c);
+        // The per-connection schedule decides whether nginx may retry at
+        // all; the throttle may only lengthen the wait.
+        let invalid = Failure {
+            message: INVALID_LOGIN,
+            wait: self
+                .policy
+                .wait
+                .after_failure(req.attempt)
+                .map(|w| w.max(notes.throttle_wait.unwrap_or(0))),
+            smtp_code: code(SMTP_INVALID),
+        };
+        let temporary = Failure {
+            message: TEMPORARY,
+            wait: self.policy.wait.after_temporary(req.attempt),
+            smtp_code: code(SMTP_TEMPORARY),
+        };
+        let response = match j {
+            Judgement::Accept {
+                principal,
+                password,
+                passdb,
+            } => {
+                audit.passdb = passdb;
+                audit.user = if principal.user.is_empty() {
+                    audit.user
+                } else {
+                    principal.user.clone()
+                };
+                match self.accept(req, &principal, password) {
+                    Ok(ok) => {
+                        if let MailAuthResponse::Ok { server, port, .. } = &ok {
+                            audit.upstream = Some((*server, *port));
+                        }
+                        audit.outcome = Outcome::Ok;
+                        ok
+                    }
+                    Err(AcceptError::Temporary(reason)) => {
+                        audit.outcome = Outcome::TempFail;
+                        audit.reason = reason;
+                        MailAuthResponse::Fail(temporary)
+                    }
+                    Err(AcceptError::NoUpstreamPassword(reason)) => {
+                        // Verified, but nginx could not log in upstream:
+                        // the client should use a mechanism that carries
+                        // the password (PLAIN/LOGIN).
+                        audit.outcome = Outcome::Refused;
+                        audit.reason = reason.to_owned();
+                        MailAuthResponse::Fail(Failure {
+                            smtp_code: code("504 5.5.4"),
+                            ..not_supported()
+                        })
+                    }
+                }
+            }
+            Judgement::Reject(r, passdb) => {
+                audit.outcome = Outcome::Fail;
+                audit.reason = r.as_str().to_owned();
+                audit.passdb = passdb.unwrap_or("-");
+                MailAuthResponse::Fail(invalid)
+            }
+            Judgement::Unmapped(why) => {
+                audit.outcome = Outcome::Fail;
+                audit.reason = why.to_string();
+                MailAuthResponse::Fail(invalid)
+            }
+            Judgement::Blocked(scope) => {
+                // No Auth-Wait: nginx closes the connection at once, and the
+                // client learns nothing it would not from a wrong password.
+                audit.outcome = Outcome::Fail;
+                audit.reason = format!("blocked-{}", scope.as_str());
+                audit.throttle = Some("blocked");
+                MailAuthResponse::Fail(Failure {
+                    wait: None,
+                    ..invalid
+                })
+            }
+            Judgement::Malformed(why) => {
+                audit.outcome = Outcome::Fail;
+                audit.reason = format!("malformed: {why}");
+                MailAuthResponse::Fail(invalid)
+            }
+            Judgement::Temporary(why) => {
+                audit.outcome = Outcome::TempFail;
+                audit.reason = why;
+                MailAuthResponse::Fail(temporary)
+            }
+            Judgement::Refuse(why, failure) => {
+                audit.outcome = Outcome::Refused;
+                audit.reason = why.to_owned();
+                MailAuthResponse::Fail(Failure {
+                    smtp_code: failure.smtp_code.filter(|_| smtp),
+                    ..failure
+                })
+            }
+        };
+        audit.wait = match &response {
+            MailAuthResponse::Fail(f) => f.wait,
+            MailAuthResponse::Ok { .. } => None,
+        };
+        audit.latency = started.elapsed();
+        Decision { response, audit }
+    }
+
+    fn accept(
+        &self,
+        req: &MailAuthRequest,
+        principal: &Principal,
+        password: Option<Secret>,
+    ) -> Result<MailAuthResponse, AcceptError> {
+        let (server, port) = self
+            .policy
+            .upstreams
+            .pick(req.protocol, principal, &req.user)
+            .map_err(|e| AcceptError::Temporary(e.to_string()))?;
+        // IMAP and POP3 upstream logins always need a password from us once
+        // nginx has no plaintext (CRAM-MD5, APOP, EXTERNAL); sending it
+        // always is safest.
+        let needs_pass = match req.protocol {
+            MailProtocol::Imap | MailProtocol::Pop3 => true,
+            // `none` (relay) never logs in upstream.
+            MailProtocol::Smtp => self.policy.smtp_pass && req.method != AuthMethod::None,
+        };
+        // The upstream login: the passdb's backend user, else (EXTERNAL,
+        // where nginx only has the authzid) the mapped user.
+        let mapped = (req.method == AuthMethod::External)
+            .then(|| principal.user.clone())
+            .filter(|u| !u.is_empty());
+        let login = principal.backend_user.clone().or(mapped);
+        let (user, pass) =
+            match password {
+                Some(p) => (login.map(String::into_bytes), needs_pass.then_some(p)),
+                None if !needs_pass => (login.map(String::into_bytes), None),
+                None => {
+                    let Some(master) = &self.master else {
+                        return Err(AcceptError::NoUpstreamPassword(
+                            "no-plaintext-and-no-master-user",
+                        ));
+                    };
+                    let login = login
+                        .or_else(|| Some(principal.user.clone()).filter(|u| !u.is_empty()))
+                        .unwrap_or_else(|| String::from_utf8_lossy(&req.user).into());
+                    let m = master.login_for(login.as_bytes()).ok_or(
+                        AcceptError::NoUpstreamPassword("login-unusable-with-master-user"),
+                    )?;
+                    (Some(m.user), Some(m.password))
+                }
+            };
+        let response = MailAuthResponse::Ok {
+            server,
+            port,
+            user,
+            pass,
+        };
+        // Refuse here what cannot be rendered (CR/LF in a password, an
+        // oversized reply), so the caller never sends half a success.
+        response
+            .render()
+            .map_err(|e| AcceptError::Temporary(e.to_string()))?;
+        Ok(response)
+    }
+}
+
+fn verify_challenge(
+    mech: Mechanism,
+    stored: &StoredPassword,
+    salt: &[u8],
+    response: &[u8],
+) -> Result<bool, PassdbError> {
+    match (mech, stored.plaintext()) {
+        (Mechanism::Apop, Some(p)) => Ok(apop::verify(p, salt, response)),
+        (Mechanism::CramMd5, Some(p)) => Ok(cram_md5::verify(p, salt, response)),
+        (Mechanism::CramMd5, None) => stored
+            .verify_cram_md5(salt, response)
+            .map_err(|e| PassdbError::BadStoredPassword(e.to_string()))?
+            .ok_or(PassdbError::SchemeNotAvailable(stored.scheme())),
+        _ => Err(PassdbError::SchemeNotAvailable(stored.scheme())),
+    }
+}
