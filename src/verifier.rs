@@ -128,6 +128,11 @@ impl Verifier {
         &self.inner.policy
     }
 
+    /// Checks running now.
+    pub fn running(&self) -> usize {
+        self.inner.policy.concurrency - self.inner.slots.available_permits()
+    }
+
     /// Checks waiting for a slot now.
     pub fn waiting(&self) -> usize {
         self.inner.waiting.load(Relaxed)
