@@ -31,12 +31,15 @@ use std::time::Duration;
 /// within about this long. One `stat` per file per interval, off the request path.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Parses a whole file into its table.
+pub(crate) type Parse<T> = Box<dyn Fn(&[u8]) -> T + Send>;
+
 /// How to turn a file into its table.
 pub(crate) struct Loader<T> {
     /// The passdb kind, for logs (`passwd-file`, `htdigest`).
     pub kind: &'static str,
     /// Parses the whole file; logs its own per-line problems.
-    pub parse: Box<dyn Fn(&[u8]) -> T + Send>,
+    pub parse: Parse<T>,
     /// Number of users in a table, for the "reloaded" log line.
     pub users: fn(&T) -> usize,
 }
