@@ -410,20 +410,25 @@ mod tests {
             Ok(Verdict::Rejected(Rejection::UnknownUser))
         ));
         // Written in place (same inode), different size: no lookup happens
-        // until the watcher has swapped the new table in.
+        // until the watcher has swapped the new table in. (The watcher may
+        // also have caught the file truncated and empty, just before the
+        // write: then it loads twice.)
         assert_eq!(db.table.reloads(), 0);
         std::fs::write(&path, "alice:{PLAIN}new::::::\nbob:{PLAIN}b::::::\n").unwrap();
-        wait_until("the watcher reloads", || db.table.reloads() == 1);
-        assert_eq!(db.len(), 2);
+        wait_until("the watcher reloads", || db.len() == 2);
+        assert!(db.table.reloads() >= 1);
         assert!(matches!(
             db.verify_plain("alice", &pw("new")).await,
             Ok(Verdict::Accepted(_))
         ));
         let reloaded = format!("passwd-file {}: reloaded, 2 users", path.display());
         assert_eq!(logged(&reloaded).len(), 1, "{:?}", logged(&reloaded));
-        // Replaced by rename (new inode).
+        // Replaced by rename (new inode, never seen half-written).
+        let reloads = db.table.reloads();
         replace(&path, "carol:{PLAIN}c::::::\n");
-        wait_until("the watcher reloads again", || db.table.reloads() == 2);
+        wait_until("the watcher reloads again", || {
+            db.table.reloads() == reloads + 1
+        });
         assert!(matches!(
             db.verify_plain("carol", &pw("c")).await,
             Ok(Verdict::Accepted(_))
@@ -434,7 +439,7 @@ mod tests {
         ));
         // Nothing changes: checks go on, no reload.
         wait_two_checks(&db);
-        assert_eq!(db.table.reloads(), 2);
+        assert_eq!(db.table.reloads(), reloads + 1);
     }
 
     #[tokio::test]
