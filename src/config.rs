@@ -18,7 +18,7 @@ use crate::listen::{ListenSpec, SocketOptions};
 use crate::master_user::{MasterUser, DEFAULT_SEPARATOR};
 use crate::mech::external::{Rule, Rules};
 use crate::mech::Mechanism;
-use crate::scheme::Scheme;
+use crate::scheme::{Scheme, DEFAULT_ARGON2_MAX_MEMORY_KIB};
 use crate::service::RequiredHeader;
 use crate::throttle::{Cidr, ThrottlePolicy};
 use crate::upstream::Upstreams;
@@ -57,6 +57,10 @@ pub struct RawConfig {
     /// `--password-query`: the SQL passdbs' lookup, a template whose `%u`,
     /// `%n`, `%d` become bound parameters (default: the built-in schema).
     pub password_query: Option<String>,
+    /// `--argon2-max-memory`: the largest Argon2 memory cost a stored hash
+    /// may ask for, as a size with a unit: `256M`, `1G`, `65536K` (K, M, G
+    /// are KiB, MiB, GiB; default 256M). Hashes above it are refused.
+    pub argon2_max_memory: Option<String>,
     /// `--mechanism` list (default: plain, cram-md5, apop).
     #[serde(default)]
     pub mechanisms: Vec<String>,
@@ -288,6 +292,9 @@ pub struct Config {
     pub default_scheme: Option<Scheme>,
     /// Lookup template of the SQL server passdbs (`None`: built-in schema).
     pub password_query: Option<String>,
+    /// Largest Argon2 memory cost (KiB) of a stored hash; see
+    /// [`crate::scheme::set_argon2_max_memory_kib`].
+    pub argon2_max_memory_kib: u32,
     /// Enabled mechanisms.
     pub mechanisms: HashSet<Mechanism>,
     /// Upstream pools (health checks not started).
@@ -359,6 +366,7 @@ impl RawConfig {
         self.group = cli.group.or(self.group);
         self.default_scheme = cli.default_scheme.or(self.default_scheme);
         self.password_query = cli.password_query.or(self.password_query);
+        self.argon2_max_memory = cli.argon2_max_memory.or(self.argon2_max_memory);
         self.smtp_pass = cli.smtp_pass.or(self.smtp_pass);
         self.log = cli.log.or(self.log);
         self.log_level = cli.log_level.or(self.log_level);
@@ -439,6 +447,20 @@ impl Config {
                 s.parse::<Scheme>()
                     .map(|s| default_scheme = Some(s))
                     .map_err(|e| format!("default_scheme: {e}")),
+            );
+        }
+        let mut argon2_max_memory_kib = DEFAULT_ARGON2_MAX_MEMORY_KIB;
+        if let Some(size) = &raw.argon2_max_memory {
+            check(
+                parse_size_kib(size)
+                    .filter(|kib| *kib >= ARGON2_MIN_MEMORY_KIB)
+                    .map(|kib| argon2_max_memory_kib = kib)
+                    .ok_or_else(|| {
+                        format!(
+                            "argon2_max_memory `{size}`: expected a size from 8K up, such as \
+                             256M, 1G or 65536K (K, M, G: KiB, MiB, GiB)"
+                        )
+                    }),
             );
         }
         let mut mechanisms = HashSet::new();
@@ -672,6 +694,7 @@ impl Config {
                 passdbs,
                 default_scheme,
                 password_query: raw.password_query.clone(),
+                argon2_max_memory_kib,
                 mechanisms,
                 upstreams,
                 trusted_proxies: TrustedProxies::new(trusted_proxies),
@@ -693,6 +716,41 @@ impl Config {
         } else {
             Err(problems)
         }
+    }
+}
+
+/// Argon2's own minimum memory cost (8 KiB per lane); a lower limit would
+/// refuse every hash.
+const ARGON2_MIN_MEMORY_KIB: u32 = 8;
+
+/// A size in KiB from `256M`, `1G`, `65536K` (also `256MiB`, `1 GiB`; case
+/// does not matter): K, M, G are KiB, MiB, GiB. A bare number is refused
+/// (bytes or KiB would both be guesses), as is anything that does not fit in
+/// a `u32` of KiB.
+pub fn parse_size_kib(text: &str) -> Option<u32> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit.trim_start().to_ascii_uppercase().as_str() {
+        "K" | "KIB" => 0,
+        "M" | "MIB" => 10,
+        "G" | "GIB" => 20,
+        _ => return None,
+    };
+    let n: u32 = number.parse().ok()?;
+    n.checked_mul(1 << shift)
+}
+
+/// A KiB size for people: `256 MiB`, `1 GiB`, `1536 KiB`.
+pub fn format_size_kib(kib: u32) -> String {
+    if kib != 0 && kib % (1 << 20) == 0 {
+        format!("{} GiB", kib >> 20)
+    } else if kib != 0 && kib % (1 << 10) == 0 {
+        format!("{} MiB", kib >> 10)
+    } else {
+        format!("{kib} KiB")
     }
 }
 
@@ -792,6 +850,58 @@ mod tests {
         let problems = Config::validate(bad).unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:#?}");
         assert!(problems.iter().all(|p| !p.contains("hunter2")));
+    }
+
+    #[test]
+    fn argon2_max_memory_sizes() {
+        for (text, kib) in [
+            ("256M", 262144),
+            ("1G", 1 << 20),
+            ("65536K", 65536),
+            ("512MiB", 524288),
+            (" 2 GiB ", 2 << 20),
+            ("64m", 65536),
+            ("8k", 8),
+            ("4095G", 4095 << 20),
+        ] {
+            assert_eq!(parse_size_kib(text), Some(kib), "{text}");
+        }
+        for bad in [
+            "", "256", "M", "1.5G", "-1G", "1T", "1 MB", "4096G", "256 M M",
+        ] {
+            assert_eq!(parse_size_kib(bad), None, "{bad}");
+        }
+        assert_eq!(format_size_kib(262144), "256 MiB");
+        assert_eq!(format_size_kib(1 << 20), "1 GiB");
+        assert_eq!(format_size_kib(1536), "1536 KiB");
+        assert_eq!(format_size_kib(1536 << 10), "1536 MiB");
+
+        let c = Config::validate(RawConfig::default()).unwrap();
+        assert_eq!(c.argon2_max_memory_kib, 256 * 1024);
+        let file: RawConfig = toml::from_str("argon2_max_memory = \"512M\"\n").unwrap();
+        let c = Config::validate(file.clone()).unwrap();
+        assert_eq!(c.argon2_max_memory_kib, 512 * 1024);
+        // The command line wins.
+        let cli = RawConfig {
+            argon2_max_memory: Some("1G".into()),
+            ..RawConfig::default()
+        };
+        let c = Config::validate(file.overlay(cli)).unwrap();
+        assert_eq!(c.argon2_max_memory_kib, 1 << 20);
+        for bad in ["262144", "4K", "lots"] {
+            let raw = RawConfig {
+                argon2_max_memory: Some(bad.into()),
+                ..RawConfig::default()
+            };
+            let problems = Config::validate(raw).unwrap_err();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].starts_with(&format!("argon2_max_memory `{bad}`: expected a size")),
+                "{problems:?}"
+            );
+        }
+        // A number is not a size in TOML either.
+        assert!(toml::from_str::<RawConfig>("argon2_max_memory = 262144\n").is_err());
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod cache;
 pub mod client_ip;
 pub mod config;
 pub mod fastcgi;
+pub(crate) mod file_watch;
 /// Invariant checks for the fuzz targets in `fuzz/` and their stable replay
 /// test; not part of the API.
 #[doc(hidden)]

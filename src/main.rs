@@ -177,6 +177,11 @@ struct ServeArgs {
     /// optionally enabled, upstream_host, upstream_port, backend_user.
     #[arg(long)]
     password_query: Option<String>,
+    /// Largest Argon2 memory cost a stored hash may ask for: 256M, 1G,
+    /// 65536K (K/M/G = KiB/MiB/GiB; default 256M). Each Argon2 check
+    /// allocates that much; hashes above it are refused at load.
+    #[arg(long, value_name = "SIZE")]
+    argon2_max_memory: Option<String>,
     /// Enabled mechanisms: plain, cram-md5, apop (repeatable; default all).
     #[arg(long = "mechanism")]
     mechanisms: Vec<String>,
@@ -287,6 +292,7 @@ impl ServeArgs {
             passdb: self.passdb.clone(),
             default_scheme: self.default_scheme.clone(),
             password_query: self.password_query.clone(),
+            argon2_max_memory: self.argon2_max_memory.clone(),
             mechanisms: self.mechanisms.clone(),
             upstream: self.upstream.clone(),
             upstream_domain: self.upstream_domain.clone(),
@@ -365,6 +371,20 @@ impl ServeArgs {
     /// Validates the config and opens the passdbs, collecting every problem.
     fn build(&self) -> Result<(Config, Service), Vec<String>> {
         let config = Config::validate(self.raw().map_err(|e| vec![e])?)?;
+        // Stored hashes are checked against the Argon2 limit when they are
+        // parsed (passwd-file at load, SQL/LDAP at lookup): set it before the
+        // passdbs open. It is process-wide, so a rejected reload puts back the
+        // limit of the configuration still serving.
+        let previous = scheme::set_argon2_max_memory_kib(config.argon2_max_memory_kib);
+        let built = Self::open_service(config);
+        if built.is_err() {
+            scheme::set_argon2_max_memory_kib(previous);
+        }
+        built
+    }
+
+    /// The passdbs and the service of a validated `config`.
+    fn open_service(config: Config) -> Result<(Config, Service), Vec<String>> {
         let mut problems = Vec::new();
         let mut passdbs = Vec::new();
         for uri in &config.passdbs {
@@ -591,6 +611,10 @@ fn check_config(args: ServeArgs) -> CmdResult {
     let (config, _service) = args.build()?;
     println!("configuration OK");
     println!("  passdbs: {}", passdb_list(&config));
+    println!(
+        "  argon2 max memory: {} per verification",
+        config::format_size_kib(scheme::argon2_max_memory_kib())
+    );
     let mut mechs: Vec<_> = config.mechanisms.iter().map(|m| m.as_str()).collect();
     mechs.sort_unstable();
     println!("  mechanisms: {}", mechs.join(", "));

@@ -93,6 +93,87 @@ fn check_config_reads_toml_and_checks_passdbs() {
 }
 
 #[test]
+fn check_config_refuses_argon2_hashes_above_the_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    // `doveadm pw -s ARGON2ID` / `-s ARGON2I` (m=65536 and m=32768 KiB: under
+    // the default limit), then a hand-made PHC string asking for 512 MiB.
+    // The limit is checked when the line is parsed, before any verification.
+    let salt_and_hash = "2sZcItI1HuQ8Jd1z3JoTaA$vWYdMTirXl6ps8wOy5uAjH23p3BamHpuhpdGCSeUl44";
+    std::fs::write(
+        &users,
+        format!(
+            "alice:{{ARGON2ID}}$argon2id$v=19$m=65536,t=3,p=1${salt_and_hash}::::::\n\
+             bob:{{ARGON2I}}$argon2i$v=19$m=32768,t=4,p=1$JpgKwTThAkNwGNa7++I35Q$IgwMfoEJf/fQgTLaIxyVUiscJRYLB16GdB0ZPpJhWZk::::::\n\
+             carol:{{ARGON2ID}}$argon2id$v=19$m=524288,t=3,p=1${salt_and_hash}::::::\n"
+        ),
+    )
+    .unwrap();
+    let passdb = format!("--passdb=passwd-file:{}", users.display());
+    let base = ["check-config", &passdb, "--upstream", "imap=127.0.0.1:143"];
+
+    let out = run(&base, "");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "line 3: user carol: ARGON2ID memory cost 524288 KiB is above argon2_max_memory \
+             (262144 KiB)"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "alice and bob are fine: {err}");
+    for part in salt_and_hash.split('$') {
+        assert!(!err.contains(part), "the hash is not shown: {err}");
+    }
+
+    let out = run(&[&base[..], &["--argon2-max-memory", "1G"]].concat(), "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("  argon2 max memory: 1 GiB per verification"),
+        "{stdout}"
+    );
+
+    // The TOML twin; without carol the default limit is printed.
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "argon2_max_memory = \"512M\"\n").unwrap();
+    let cfg_flag = format!("--config={}", cfg.display());
+    let out = run(&[&base[..], &[&cfg_flag]].concat(), "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("  argon2 max memory: 512 MiB per verification"),
+        "{}",
+        text(&out.stdout)
+    );
+    let text_now = std::fs::read_to_string(&users).unwrap();
+    std::fs::write(
+        &users,
+        text_now.lines().take(2).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    let out = run(&base, "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("  argon2 max memory: 256 MiB per verification"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A bare number is not a size.
+    let out = run(
+        &[&base[..], &["--argon2-max-memory", "262144"]].concat(),
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("argon2_max_memory `262144`: expected a size"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn hash_output_verifies() {
     for scheme in ["SHA512-CRYPT", "BLF-CRYPT", "SSHA256", "CRAM-MD5"] {
         let out = run(&["hash", "--scheme", scheme], "pässwörd %+:\n");

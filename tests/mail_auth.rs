@@ -511,7 +511,21 @@ async fn unusable_stored_hash_is_temporary() {
     let mut text = std::fs::read_to_string(&passwd).unwrap();
     text.push_str("broken:{SHA512-CRYPT}$6$garbage::::::\n");
     std::fs::write(&passwd, text).unwrap();
-    let r = ask(&f, Req::plain("imap", "broken", "whatever")).await;
+    // The passdb's watcher picks the new line up within about a second; until
+    // then `broken` is an unknown user. Whatever answer comes first after
+    // that must be the temporary failure.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let r = loop {
+        let r = ask(&f, Req::plain("imap", "broken", "whatever")).await;
+        if r.get("Auth-Status") != Some("Invalid login or password") {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new line was never loaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(
         r.get("Auth-Status"),
         Some("Temporary server problem, try again later")

@@ -39,6 +39,16 @@ fn write_config(path: &Path, users: &Path, port: u16, extra: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// Threads of process `pid` named like the passwd-file watcher (Linux keeps
+/// 15 bytes of a thread name: "watch passwd-fi").
+fn watcher_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("watch passwd"))
+        .count()
+}
+
 fn sighup(child: &Child) {
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
     assert_eq!(rc, 0, "kill -HUP");
@@ -194,6 +204,21 @@ async fn sighup_reloads_the_config_without_failing_a_request() {
     let after_rejected = seen.load(Ordering::Relaxed);
     if after_rejected != 1146 {
         problems.push(format!("after a rejected reload: port {after_rejected}"));
+    }
+
+    // Every reload opened the passwd-file again, with a watcher thread of its
+    // own; a replaced passdb ends its thread when its service is dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = watcher_threads(daemon.0.id());
+        if n == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} passwd-file watcher threads after the reloads"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     stop.store(true, Ordering::Relaxed);

@@ -28,6 +28,30 @@ impl Fixture {
         std::fs::rename(&tmp, self.dir.path().join("users")).unwrap();
     }
 
+    /// Logs in until the answer is no longer `before` (the passdb's watcher
+    /// reloads a changed file within about a second; until then the old file
+    /// answers), and returns the first other answer. Real time: the watcher
+    /// is a thread, paused tokio time does not move it.
+    async fn login_once_changed(
+        &self,
+        user: &str,
+        pass: &str,
+        before: (Outcome, Option<&str>),
+    ) -> Decision {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let d = self.login(user, pass).await;
+            if (d.audit.outcome, d.audit.cache) != before {
+                return d;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the changed passwd-file was never loaded"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     async fn login(&self, user: &str, pass: &str) -> Decision {
         let pairs = [
             ("HTTP_AUTH_METHOD", "plain"),
@@ -120,14 +144,19 @@ async fn a_changed_password_or_disabled_account_takes_effect_at_once() {
         Some("hit"),
     );
     f.write_users(&users("new-pw", ""));
-    let d = f.login("crypt", "crypt-pw").await;
+    // Until the new file is loaded the old hash answers, from the cache.
+    let d = f
+        .login_once_changed("crypt", "crypt-pw", (Outcome::Ok, Some("hit")))
+        .await;
     assert_outcome(&d, Outcome::Fail, Some("miss"));
     assert_eq!(d.audit.reason, "password-mismatch");
     assert_outcome(&f.login("crypt", "new-pw").await, Outcome::Ok, Some("miss"));
     assert_outcome(&f.login("crypt", "new-pw").await, Outcome::Ok, Some("hit"));
     // Disabled (nologin): refused before the cache is consulted.
     f.write_users(&users("new-pw", "nologin"));
-    let d = f.login("crypt", "new-pw").await;
+    let d = f
+        .login_once_changed("crypt", "new-pw", (Outcome::Ok, Some("hit")))
+        .await;
     assert_outcome(&d, Outcome::Fail, None);
     assert_eq!(d.audit.reason, "disabled");
 }

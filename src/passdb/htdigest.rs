@@ -5,16 +5,19 @@
 //! without any plaintext, and also plaintext checks (Basic, mail PLAIN) by
 //! hashing the offered password for each realm the user has. They cannot
 //! hand out a password, so CRAM-MD5/APOP are not served.
-//! Re-read when the file changes, like the passwd-file.
+//! Watched like the passwd-file (see [`crate::file_watch`]): a background
+//! thread re-reads it within about a second of a change and swaps the new
+//! table in; lookups never touch the file. A file that cannot be read keeps
+//! the last good table and is logged.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use md5::{Digest as _, Md5};
 
 use super::{Capabilities, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
+use crate::file_watch::{Loader, Watched, CHECK_INTERVAL};
 use crate::secret::{ct_eq, Secret};
 
 /// user → every (realm, HA1) line of that user.
@@ -23,14 +26,8 @@ type Table = HashMap<String, Vec<(String, [u8; 16])>>;
 /// An htdigest passdb.
 #[derive(Debug)]
 pub struct Htdigest {
-    path: PathBuf,
     /// user → [(realm, HA1 bytes)]
-    table: RwLock<Arc<Table>>,
-    stamp: Mutex<Option<(i64, i64, u64, u64)>>,
-}
-
-fn stamp(m: &std::fs::Metadata) -> (i64, i64, u64, u64) {
-    (m.mtime(), m.mtime_nsec(), m.len(), m.ino())
+    table: Watched<Table>,
 }
 
 fn parse(text: &[u8], path: &Path) -> Table {
@@ -62,34 +59,25 @@ fn parse(text: &[u8], path: &Path) -> Table {
 }
 
 impl Htdigest {
-    /// Loads `path`.
+    /// Loads `path` and starts watching it.
     pub fn open(path: &Path) -> Result<Self, String> {
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::open_checking_every(path, CHECK_INTERVAL)
+    }
+
+    fn open_checking_every(path: &Path, interval: Duration) -> Result<Self, String> {
+        let shown: PathBuf = path.to_owned();
+        let loader = Loader {
+            kind: "htdigest",
+            parse: Box::new(move |text: &[u8]| parse(text, &shown)),
+            users: |t: &Table| t.len(),
+        };
         Ok(Htdigest {
-            path: path.to_owned(),
-            table: RwLock::new(Arc::new(parse(&text, path))),
-            stamp: Mutex::new(Some(stamp(&meta))),
+            table: Watched::open(path, loader, interval)?,
         })
     }
 
     fn entries(&self, user: &str) -> Vec<(String, [u8; 16])> {
-        if let Ok(meta) = std::fs::metadata(&self.path) {
-            let now = stamp(&meta);
-            let mut loaded = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
-            if *loaded != Some(now) {
-                match std::fs::read(&self.path) {
-                    Ok(text) => {
-                        *self.table.write().unwrap_or_else(|e| e.into_inner()) =
-                            Arc::new(parse(&text, &self.path));
-                        *loaded = Some(now);
-                    }
-                    Err(e) => log::error!("htdigest {}: reload failed: {e}", self.path.display()),
-                }
-            }
-        }
-        let table = self.table.read().unwrap_or_else(|e| e.into_inner()).clone();
-        table.get(user).cloned().unwrap_or_default()
+        self.table.current().get(user).cloned().unwrap_or_default()
     }
 }
 
@@ -140,9 +128,7 @@ impl Passdb for Htdigest {
         &self,
         matches: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Option<String>, PassdbError> {
-        let _ = self.entries("");
-        let table = self.table.read().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(table.keys().find(|u| matches(u)).cloned())
+        Ok(self.table.current().keys().find(|u| matches(u)).cloned())
     }
     async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
         Ok(self
@@ -194,5 +180,52 @@ mod tests {
             db.verify_plain("Simba", &[Secret::from("x")]).await,
             Ok(Verdict::Rejected(Rejection::UnknownUser))
         ));
+    }
+
+    #[tokio::test]
+    async fn changes_are_picked_up_by_the_watcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htdigest");
+        let line = |user: &str, pw: &str| {
+            format!("{user}:R:{}\n", hex::encode(ha1(user, "R", pw.as_bytes())))
+        };
+        std::fs::write(&path, line("alice", "a")).unwrap();
+        let db = Htdigest::open_checking_every(&path, Duration::from_millis(10)).unwrap();
+        let tmp = dir.path().join("htdigest.new");
+        std::fs::write(&tmp, line("alice", "a2") + &line("bob", "b")).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while db.table.reloads() == 0 {
+            assert!(std::time::Instant::now() < deadline, "never reloaded");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(matches!(
+            db.verify_plain("bob", &[Secret::from("b")]).await,
+            Ok(Verdict::Accepted(_))
+        ));
+        assert!(matches!(
+            db.verify_plain("alice", &[Secret::from("a")]).await,
+            Ok(Verdict::Rejected(Rejection::PasswordMismatch))
+        ));
+        // Gone: the last table stays.
+        std::fs::remove_file(&path).unwrap();
+        let seen = db.table.checks();
+        while db.table.checks() < seen + 2 {
+            assert!(std::time::Instant::now() < deadline, "no checks");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            db.find_user(&|u| u == "bob").await.unwrap().as_deref(),
+            Some("bob")
+        );
+        let alive = db.table.thread_alive();
+        drop(db);
+        while alive.upgrade().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "watcher still running"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }

@@ -5,28 +5,31 @@
 //! to their own upstream, `user=` renames them towards it, `nologin`/`disabled`
 //! refuse them. See <https://doc.dovecot.org/configuration_manual/authentication/passwd_file/>.
 //!
-//! The file is re-read when its modification time, size or inode changes,
-//! checked with one `stat` per lookup, so edits take effect without a restart.
-//! A file that cannot be read keeps the last good table and is logged.
+//! The file is watched off the request path (see [`crate::file_watch`]): a
+//! background thread checks it every second
+//! ([`CHECK_INTERVAL`](crate::file_watch::CHECK_INTERVAL)) and, when its
+//! modification time, size or inode changed, reads and parses it (resolving
+//! `host=` names) and swaps the new table in, so edits take effect within
+//! about a second without a restart. Lookups only read the current table: no
+//! `stat`, no read, no DNS. A file that cannot be read keeps the last good
+//! table and is logged; bad lines are logged and skipped, as at start-up.
+//! Dropping the passdb (a configuration reload replaces it) ends the thread.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, ToSocketAddrs};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::{parse_stored, Capabilities, Entry, Lookup, Passdb, PassdbError, Principal, Verdict};
+use crate::file_watch::{Loader, Watched, CHECK_INTERVAL};
 use crate::scheme::Scheme;
 use crate::secret::Secret;
 
 /// A passwd-file passdb.
 #[derive(Debug)]
 pub struct PasswdFile {
-    path: PathBuf,
-    default_scheme: Option<Scheme>,
-    table: RwLock<Arc<Table>>,
-    /// Serialises reloads; holds the stamp of the loaded file.
-    stamp: Mutex<Option<Stamp>>,
+    table: Watched<Table>,
 }
 
 #[derive(Debug, Default)]
@@ -34,29 +37,32 @@ struct Table {
     users: HashMap<String, Entry>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    mtime: i64,
-    mtime_nsec: i64,
-    len: u64,
-    ino: u64,
-}
-
 impl PasswdFile {
-    /// Loads `path`. Fails when the file cannot be read; bad lines are logged
-    /// and skipped (the users on them cannot log in).
+    /// Loads `path` and starts watching it. Fails when the file cannot be
+    /// read; bad lines are logged and skipped (the users on them cannot log in).
     pub fn open(path: &Path, default_scheme: Option<Scheme>) -> Result<Self, String> {
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let (table, problems) = parse(&text, default_scheme);
-        for p in &problems {
-            log::warn!("passwd-file {}: {p}", path.display());
-        }
+        Self::open_checking_every(path, default_scheme, CHECK_INTERVAL)
+    }
+
+    fn open_checking_every(
+        path: &Path,
+        default_scheme: Option<Scheme>,
+        interval: Duration,
+    ) -> Result<Self, String> {
+        let shown: PathBuf = path.to_owned();
+        let loader = Loader {
+            kind: "passwd-file",
+            parse: Box::new(move |text: &[u8]| {
+                let (table, problems) = parse(text, default_scheme);
+                for p in &problems {
+                    log::warn!("passwd-file {}: {p}", shown.display());
+                }
+                table
+            }),
+            users: |t: &Table| t.users.len(),
+        };
         Ok(PasswdFile {
-            path: path.to_owned(),
-            default_scheme,
-            table: RwLock::new(Arc::new(table)),
-            stamp: Mutex::new(Some(stamp(&meta))),
+            table: Watched::open(path, loader, interval)?,
         })
     }
 
@@ -68,7 +74,7 @@ impl PasswdFile {
 
     /// Number of users loaded.
     pub fn len(&self) -> usize {
-        self.current().users.len()
+        self.table.current().users.len()
     }
 
     /// True when no users are loaded.
@@ -76,54 +82,8 @@ impl PasswdFile {
         self.len() == 0
     }
 
-    fn current(&self) -> Arc<Table> {
-        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Re-reads the file if it changed since the last load.
-    fn refresh(&self) {
-        let Ok(meta) = std::fs::metadata(&self.path) else {
-            // Vanished (e.g. replaced by rename in progress): keep the last table.
-            return;
-        };
-        let now = stamp(&meta);
-        let mut loaded = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
-        if *loaded == Some(now) {
-            return;
-        }
-        match std::fs::read(&self.path) {
-            Ok(text) => {
-                let (table, problems) = parse(&text, self.default_scheme);
-                for p in &problems {
-                    log::warn!("passwd-file {}: {p}", self.path.display());
-                }
-                log::info!(
-                    "passwd-file {}: reloaded, {} users",
-                    self.path.display(),
-                    table.users.len()
-                );
-                *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
-                *loaded = Some(now);
-            }
-            Err(e) => log::error!(
-                "passwd-file {}: reload failed, keeping the previous users: {e}",
-                self.path.display()
-            ),
-        }
-    }
-
     fn entry(&self, user: &str) -> Option<Entry> {
-        self.refresh();
-        self.current().users.get(user).cloned()
-    }
-}
-
-fn stamp(m: &std::fs::Metadata) -> Stamp {
-    Stamp {
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec(),
-        len: m.len(),
-        ino: m.ino(),
+        self.table.current().users.get(user).cloned()
     }
 }
 
@@ -144,8 +104,13 @@ impl Passdb for PasswdFile {
         &self,
         matches: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Option<String>, PassdbError> {
-        self.refresh();
-        Ok(self.current().users.keys().find(|u| matches(u)).cloned())
+        Ok(self
+            .table
+            .current()
+            .users
+            .keys()
+            .find(|u| matches(u))
+            .cloned())
     }
     async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
         super::lookup_entry(self.entry(user))
@@ -357,13 +322,81 @@ mod tests {
         assert!(alice.verify(b"one").unwrap(), "first duplicate wins");
     }
 
+    static LOG_LINES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    /// Keeps every log line from now on (a logger set once for this test
+    /// binary; no other unit test sets one). Tests filter by their own path.
+    fn capture_logs() {
+        struct Capture;
+        impl log::Log for Capture {
+            fn enabled(&self, _: &log::Metadata) -> bool {
+                true
+            }
+            fn log(&self, r: &log::Record) {
+                let line = format!("{} {}", r.level(), r.args());
+                LOG_LINES
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line);
+            }
+            fn flush(&self) {}
+        }
+        static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        ONCE.get_or_init(|| {
+            log::set_boxed_logger(Box::new(Capture)).expect("no other logger in unit tests");
+            log::set_max_level(log::LevelFilter::Debug);
+        });
+    }
+
+    /// The captured lines that contain `text`.
+    fn logged(text: &str) -> Vec<String> {
+        let lines = LOG_LINES.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().filter(|l| l.contains(text)).cloned().collect()
+    }
+
+    /// Polls `done` every 10 ms; panics after a generous 10 s.
+    #[track_caller]
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for two more completed checks: the second began after the
+    /// caller's change, so the watcher has seen it.
+    #[track_caller]
+    fn wait_two_checks(db: &PasswdFile) {
+        let seen = db.table.checks();
+        wait_until("two more checks", || db.table.checks() >= seen + 2);
+    }
+
+    /// Replaces the file by rename, as an editor or admin tool does.
+    fn replace(path: &Path, text: &str) {
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    fn pw(s: &str) -> Vec<Secret> {
+        vec![Secret::from(s)]
+    }
+
+    async fn accepts(db: &PasswdFile, user: &str, password: &str) -> bool {
+        matches!(
+            db.verify_plain(user, &pw(password)).await,
+            Ok(Verdict::Accepted(_))
+        )
+    }
+
     #[tokio::test]
-    async fn verifies_and_reloads_on_change() {
+    async fn verifies_and_picks_up_changes_without_lookups() {
+        capture_logs();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users");
         std::fs::write(&path, "alice:{PLAIN}old::::::\n").unwrap();
-        let db = PasswdFile::open(&path, None).unwrap();
-        let pw = |s: &str| vec![Secret::from(s)];
+        let db = PasswdFile::open_checking_every(&path, None, Duration::from_millis(10)).unwrap();
         assert!(matches!(
             db.verify_plain("alice", &pw("old")).await,
             Ok(Verdict::Accepted(_))
@@ -376,19 +409,124 @@ mod tests {
             db.verify_plain("nobody", &pw("old")).await,
             Ok(Verdict::Rejected(Rejection::UnknownUser))
         ));
-        // Different size, so the change is seen even within one mtime tick.
+        // Written in place (same inode), different size: no lookup happens
+        // until the watcher has swapped the new table in. (The watcher may
+        // also have caught the file truncated and empty, just before the
+        // write: then it loads twice.)
+        assert_eq!(db.table.reloads(), 0);
         std::fs::write(&path, "alice:{PLAIN}new::::::\nbob:{PLAIN}b::::::\n").unwrap();
+        wait_until("the watcher reloads", || db.len() == 2);
+        assert!(db.table.reloads() >= 1);
         assert!(matches!(
             db.verify_plain("alice", &pw("new")).await,
             Ok(Verdict::Accepted(_))
         ));
-        assert_eq!(db.len(), 2);
-        // A vanished file keeps the last good table.
-        std::fs::remove_file(&path).unwrap();
+        let reloaded = format!("passwd-file {}: reloaded, 2 users", path.display());
+        assert_eq!(logged(&reloaded).len(), 1, "{:?}", logged(&reloaded));
+        // Replaced by rename (new inode, never seen half-written).
+        let reloads = db.table.reloads();
+        replace(&path, "carol:{PLAIN}c::::::\n");
+        wait_until("the watcher reloads again", || {
+            db.table.reloads() == reloads + 1
+        });
         assert!(matches!(
-            db.verify_plain("bob", &pw("b")).await,
+            db.verify_plain("carol", &pw("c")).await,
             Ok(Verdict::Accepted(_))
         ));
+        assert!(matches!(
+            db.verify_plain("alice", &pw("new")).await,
+            Ok(Verdict::Rejected(Rejection::UnknownUser))
+        ));
+        // Nothing changes: checks go on, no reload.
+        wait_two_checks(&db);
+        assert_eq!(db.table.reloads(), reloads + 1);
+    }
+
+    #[tokio::test]
+    async fn lookups_never_stat_or_read_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        std::fs::write(&path, "alice:{PLAIN}old::::::\n").unwrap();
+        // The watcher's first check is an hour away: whatever lookups see
+        // comes from the table loaded at open.
+        let db = PasswdFile::open_checking_every(&path, None, Duration::from_secs(3600)).unwrap();
+        replace(&path, "alice:{PLAIN}new::::::\nbob:{PLAIN}b::::::\n");
+        for _ in 0..3 {
+            assert!(matches!(
+                db.verify_plain("alice", &pw("old")).await,
+                Ok(Verdict::Accepted(_))
+            ));
+            assert!(matches!(
+                db.verify_plain("bob", &pw("b")).await,
+                Ok(Verdict::Rejected(Rejection::UnknownUser))
+            ));
+            assert!(matches!(
+                db.lookup_credentials("alice").await,
+                Ok(Lookup::Found { .. })
+            ));
+            assert_eq!(db.find_user(&|u| u == "bob").await.unwrap(), None);
+        }
+        assert_eq!(db.len(), 1);
+        assert_eq!((db.table.reloads(), db.table.checks()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn unreadable_vanished_or_broken_files_keep_the_previous_users() {
+        capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        std::fs::write(&path, "alice:{PLAIN}a::::::\n").unwrap();
+        let db = PasswdFile::open_checking_every(&path, None, Duration::from_millis(10)).unwrap();
+        let failed = format!(
+            "passwd-file {}: reload failed, keeping the previous users",
+            path.display()
+        );
+
+        // Unreadable: a directory where the file was (mode bits would not
+        // stop root).
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        wait_two_checks(&db);
+        wait_two_checks(&db);
+        assert!(accepts(&db, "alice", "a").await);
+        assert_eq!(db.table.reloads(), 0);
+        let lines = logged(&failed);
+        assert_eq!(lines.len(), 1, "logged once, not every check: {lines:?}");
+        assert!(lines[0].starts_with("ERROR"), "{lines:?}");
+
+        // Vanished.
+        std::fs::remove_dir(&path).unwrap();
+        wait_two_checks(&db);
+        assert!(accepts(&db, "alice", "a").await);
+        assert_eq!(db.table.reloads(), 0);
+        let lines = logged(&failed);
+        assert_eq!(lines.len(), 2, "a new problem is logged: {lines:?}");
+
+        // Back, with a bad line: that line is logged and skipped, the rest
+        // is loaded (as at start-up).
+        replace(&path, "nopass\nbob:{PLAIN}b::::::\n");
+        wait_until("the file is back", || db.table.reloads() == 1);
+        assert!(accepts(&db, "bob", "b").await);
+        assert!(!accepts(&db, "alice", "a").await);
+        let bad_line = format!(
+            "WARN passwd-file {}: line 1: user nopass: no password field, skipped",
+            path.display()
+        );
+        assert_eq!(logged(&bad_line), vec![bad_line]);
+    }
+
+    #[test]
+    fn dropping_the_passdb_ends_its_watcher() {
+        // No runtime at all, and a check interval of an hour: the watcher
+        // ends because its owner went away, not because a check came round.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        std::fs::write(&path, "alice:{PLAIN}a::::::\n").unwrap();
+        let db = PasswdFile::open_checking_every(&path, None, Duration::from_secs(3600)).unwrap();
+        let alive = db.table.thread_alive();
+        assert!(alive.upgrade().is_some(), "the watcher runs");
+        drop(db);
+        wait_until("the watcher thread ends", || alive.upgrade().is_none());
     }
 
     #[tokio::test]

@@ -836,8 +836,13 @@ service pop3-login {{
     }
 
     /// Adds a line to the passwd-file both the daemon and Dovecot read
-    /// (both notice the change without a restart).
+    /// (both notice the change without a restart). Dovecot re-reads it on
+    /// its next lookup; the daemon's watcher checks it about once a second,
+    /// so this returns once the daemon has logged the reload.
     pub fn add_passwd_line(&self, line: &str) {
+        let reloaded = format!("passwd-file {}: reloaded", self.passwd_path().display());
+        let reloads = || self.daemon_log().matches(&reloaded).count();
+        let before = reloads();
         let mut text = fs::read_to_string(self.passwd_path()).expect("read passwd-file");
         text.push_str(line);
         text.push('\n');
@@ -847,6 +852,15 @@ service pop3-login {{
         fs::write(&tmp, text).expect("write passwd-file");
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).expect("chmod");
         fs::rename(&tmp, self.passwd_path()).expect("replace passwd-file");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reloads() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "e2e: the daemon never logged `{reloaded}`:\n{}",
+                self.daemon_log()
+            );
+            sleep(Duration::from_millis(50));
+        }
     }
 
     // ------------------------------------------------------------ clients
