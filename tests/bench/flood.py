@@ -271,7 +271,7 @@ def argon2id_hash(password):
     return h
 
 
-def start_daemon(binary, tmp):
+def start_daemon(binary, tmp, extra):
     users = os.path.join(tmp, "users.passwd")
     argon = argon2id_hash(ARGON[1])
     with open(users, "wb") as f:
@@ -281,7 +281,7 @@ def start_daemon(binary, tmp):
     log = open(os.path.join(tmp, "daemon.log"), "wb")
     proc = subprocess.Popen([binary, "serve", "--listen", "unix:" + sock,
                              "--passdb", "passwd-file:" + users,
-                             "--upstream", "imap=127.0.0.1:1143", "--log", "stderr"],
+                             "--upstream", "imap=127.0.0.1:1143", "--log", "stderr"] + extra,
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     deadline = time.monotonic() + 15
     while not os.path.exists(sock):
@@ -386,6 +386,9 @@ def main():
     ap.add_argument("--sample", type=float, default=0.2, help="seconds between memory samples (0.2)")
     ap.add_argument("--rss-kill-mib", type=int, default=4096,
                     help="kill the daemon when its VmRSS passes this (MiB, default 4096)")
+    ap.add_argument("--daemon-arg", action="append", default=[], metavar="ARG",
+                    help="extra `serve` argument, repeatable (e.g. --daemon-arg=--cache-ttl-secs=0 "
+                         "so the ARGON2ID probes are verified, not cache hits)")
     ap.add_argument("--seed", type=int, default=1313)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (users, daemon log)")
     args = ap.parse_args()
@@ -401,10 +404,12 @@ def main():
     guard = None
     finished = False
     try:
-        proc, sock, params = start_daemon(args.bin, tmp)
+        proc, sock, params = start_daemon(args.bin, tmp, args.daemon_arg)
         print("daemon pid %d; ARGON2ID %s; flood %d connections × %.0f s; probes every %.0f ms; "
               "RSS guard %d MiB; %d CPUs" % (proc.pid, params, args.connections, args.seconds,
                                              args.probe_interval * 1000, args.rss_kill_mib, os.cpu_count()))
+        if args.daemon_arg:
+            print("extra serve arguments: " + " ".join(args.daemon_arg))
         print()
         guard = Guard(proc, args.rss_kill_mib * MIB)
         guard.start()
@@ -456,6 +461,19 @@ def main():
                 if until is not None else "not OK within 5 s (%d attempts)" % attempts))
         else:
             print("after the flood, %s: not tried (daemon gone)" % name)
+    # The audit log (one line per decision; OK lines are info, the default).
+    audit = [line for line in log.splitlines() if " auth result=" in line]
+    flood_lines = [line for line in audit if " ip=198.18." in line or " ip=198.19." in line]
+    flood_ok = sum(" auth result=ok " in line for line in flood_lines)
+    flood_hit = sum(" cache=hit" in line for line in flood_lines)
+    argon_ok = [line for line in audit if " ip=%s " % PROBE_IP in line and " user=%s " % ARGON[0].decode() in line
+                and " auth result=ok " in line]
+    argon_hits = sum(" cache=hit" in line for line in argon_ok)
+    print("audit log: %d flood decisions (%d result=ok, %d cache=hit); ARGON2ID OKs from %s (probes and "
+          "after): %d, %d of them cache=hit%s"
+          % (len(flood_lines), flood_ok, flood_hit, PROBE_IP, len(argon_ok), argon_hits,
+             " (the set-up check's login filled the verification cache; --daemon-arg=--cache-ttl-secs=0 "
+             "to verify every time)" if argon_hits else ""))
     leaked = [p.decode() for p in (PLAIN[1], ARGON[1], WRONG_MARK) if p.decode() in log]
     if leaked:
         print("passwords in the daemon log: %d" % len(leaked))
@@ -482,7 +500,9 @@ def main():
     bad = {k: n for k, n in argon.kinds().items() if k not in ("ok", "temporary")}
     bar(bool(argon.results) and not bad, "ARGON2ID probes OK or temporary, never invalid (%s)"
         % (", ".join("%s=%d" % kv for kv in sorted(argon.kinds().items())) or "no probes"))
-    bar(flood.kinds.get("ok", 0) == 0, "no flood answer OK (%d)" % flood.kinds.get("ok", 0))
+    bar(flood.kinds.get("ok", 0) == 0 and flood_ok == 0 and flood_hit == 0,
+        "no flood answer OK (%d answers, %d audit lines ok, %d cache hits)"
+        % (flood.kinds.get("ok", 0), flood_ok, flood_hit))
     both = all(name in after and after[name][2] is not None for name in ("PLAIN", "ARGON2ID"))
     bar(both, "both users OK right after the flood (within 5 s)")
     bar(not leaked and "panicked" not in log, "no password and no panic in the daemon log")
