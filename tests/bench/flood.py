@@ -25,7 +25,7 @@ in flight), one PLAIN and one ARGON2ID login, retried every 100 ms for up to
 bar fails, 2 if the set-up itself failed.
 
 Not part of the test suite. Stdlib only; one temp dir, removed at the end
-(--keep keeps it, and it is kept on failure for the daemon log).
+(--keep keeps it; on failure the daemon log's tail is printed).
 
 CAUTION: a daemon with no bound on concurrent Argon2 verifications spends
 64 MiB per verification in flight (up to 512 blocking threads: 32 GiB). Try
@@ -229,7 +229,8 @@ def proc_status(pid):
                 if line.startswith(("VmRSS:", "VmHWM:", "Threads:")):
                     k, v = line.split(":", 1)
                     out[k] = int(v.split()[0])
-            return out
+            # A zombie (killed, not yet reaped) has no Vm* lines.
+            return out if "VmRSS" in out else None
     except (FileNotFoundError, ProcessLookupError):
         return None
 
@@ -272,6 +273,7 @@ def argon2id_hash(password):
 
 
 def start_daemon(binary, tmp, extra):
+    """The daemon and its socket; SystemExit (set-up failure) if it does not start."""
     users = os.path.join(tmp, "users.passwd")
     argon = argon2id_hash(ARGON[1])
     with open(users, "wb") as f:
@@ -428,7 +430,7 @@ def main():
                 proc.kill()
                 proc.wait()
         if not finished:  # set-up failure or Ctrl-C
-            if args.keep or os.path.exists(os.path.join(tmp, "daemon.log")):
+            if args.keep:
                 print("flood: kept %s" % tmp, file=sys.stderr)
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -511,7 +513,7 @@ def main():
         print()
         print("daemon log tail:")
         print("\n".join("  " + line for line in log.splitlines()[-15:]))
-    if args.keep or failed:
+    if args.keep:
         print("kept %s" % tmp)
     else:
         shutil.rmtree(tmp, ignore_errors=True)
