@@ -397,7 +397,7 @@ def main():
 
     opts = serve_options(args.bin)
     print("binary: %s (%s)" % (args.bin, subprocess.run([args.bin, "--version"], capture_output=True,
-                                                        text=True).stdout.strip()))
+                                                        text=True).stdout.strip().splitlines()[0]))
     print("serve options for bounding verifications: %s (left at their defaults)"
           % (", ".join(opts) if opts else "none listed (no --verify-concurrency / --verify-queue)"))
 
