@@ -396,8 +396,8 @@ def main():
     args = ap.parse_args()
 
     opts = serve_options(args.bin)
-    print("binary: %s (%s)" % (args.bin, subprocess.run([args.bin, "--version"], capture_output=True,
-                                                        text=True).stdout.strip().splitlines()[0]))
+    version = subprocess.run([args.bin, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    print("binary: %s (%s)" % (args.bin, version.strip() or "?"))
     print("serve options for bounding verifications: %s (left at their defaults)"
           % (", ".join(opts) if opts else "none listed (no --verify-concurrency / --verify-queue)"))
 
