@@ -131,12 +131,13 @@ async def login(sock, user, password, ip):
 
 
 async def login_kind(sock, user, password, ip):
+    t0 = time.monotonic()
     try:
         return await login(sock, user, password, ip)
     except asyncio.TimeoutError:
-        return "timeout", ANSWER_WITHIN
+        return "timeout", time.monotonic() - t0
     except (ConnectionError, OSError, asyncio.IncompleteReadError) as e:
-        return "error: " + type(e).__name__, 0.0
+        return "error: " + type(e).__name__, time.monotonic() - t0
 
 
 # -------------------------------------------------------------- traffic
@@ -246,6 +247,7 @@ class Guard(threading.Thread):
         self.peak_hwm = 0
         self.peak_threads = 0
         self.killed_at = None  # VmRSS kB that made us kill it
+        self.killed_when = None  # time.monotonic() of the kill
         self.halt = threading.Event()
 
     def run(self):
@@ -258,6 +260,7 @@ class Guard(threading.Thread):
             self.peak_threads = max(self.peak_threads, st.get("Threads", 0))
             if st.get("VmRSS", 0) > self.limit:
                 self.killed_at = st["VmRSS"]
+                self.killed_when = time.monotonic()
                 self.proc.kill()
                 break
             self.halt.wait(self.every)
@@ -376,7 +379,7 @@ async def run(args, proc, sock, guard):
     for p in probers:
         await asyncio.gather(*p.tasks, return_exceptions=True)
     st = proc_status(proc.pid) if alive() else None
-    return flood, probers, samples, flood_secs, after, st
+    return flood, probers, samples, flood_secs, after, st, start
 
 
 def main():
@@ -415,7 +418,7 @@ def main():
         print()
         guard = Guard(proc, args.rss_kill_mib * MIB)
         guard.start()
-        flood, probers, samples, flood_secs, after, st_end = asyncio.run(run(args, proc, sock, guard))
+        flood, probers, samples, flood_secs, after, st_end, start = asyncio.run(run(args, proc, sock, guard))
         finished = True
     finally:
         if guard is not None:
@@ -490,8 +493,10 @@ def main():
     print()
     print("verdict (issue 13):")
     if guard.killed_at is not None:
-        bar(False, "daemon alive: KILLED by the guard at VmRSS %.0f MiB > %d MiB"
-            % (guard.killed_at / MIB, args.rss_kill_mib))
+        t = guard.killed_when - start
+        bar(False, "daemon alive: KILLED by the guard at VmRSS %.0f MiB > %d MiB, t=%.1f s (%s)"
+            % (guard.killed_at / MIB, args.rss_kill_mib, t,
+               "during the flood" if t < flood_secs else "after the flood stopped, %.1f s in" % (t - flood_secs)))
     else:
         bar(alive, "daemon alive" + ("" if alive else ": it DIED (log tail below)"))
     bar(hwm <= 1024 * MIB, "VmHWM <= 1 GiB (peak %.0f MiB)" % (hwm / MIB))
