@@ -372,9 +372,9 @@ async def run(args, proc, sock, guard):
     await asyncio.gather(*probe_runs, return_exceptions=True)
 
     after = {}
-    if alive():
-        for name, (user, pw) in (("PLAIN", PLAIN), ("ARGON2ID", ARGON)):
-            after[name] = await until_ok(sock, user, pw)
+    if alive():  # both at once, right away
+        got = await asyncio.gather(until_ok(sock, *PLAIN), until_ok(sock, *ARGON))
+        after = dict(zip(("PLAIN", "ARGON2ID"), got))
     # Probes still waiting for their answer when the flood stopped.
     for p in probers:
         await asyncio.gather(*p.tasks, return_exceptions=True)
