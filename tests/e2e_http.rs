@@ -836,7 +836,7 @@ fn captured_digest_header_replayed_in_new_request_is_refused() {
     let captured = verbose
         .lines()
         .filter_map(|l| l.strip_prefix("> Authorization: "))
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no Authorization header in curl -v:\n{verbose}"))
         .trim_end()
         .to_owned();

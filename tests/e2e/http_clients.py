@@ -123,7 +123,7 @@ def chromium_mode(chromium, base, user, password, agent, paths):
         [chromium, "--headless", "--no-sandbox", "--disable-gpu",
          "--no-first-run", "--no-default-browser-check",
          "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--password-store=basic",
+         "--disable-sync", "--password-store=basic", "--disable-dev-shm-usage",
          f"--user-data-dir={profile}", f"--user-agent={agent}",
          "--remote-debugging-pipe", "about:blank"],
         preexec_fn=child_fds, pass_fds=(3, 4),
@@ -150,10 +150,10 @@ def chromium_mode(chromium, base, user, password, agent, paths):
 
 
 def drive(cdp, base, user, password, paths):
-    targets = cdp.call("Target.getTargets")["targetInfos"]
-    page = next(t for t in targets if t["type"] == "page")
+    # A tab of our own: the initial about:blank may not exist yet.
+    page = cdp.call("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = cdp.call("Target.attachToTarget",
-                       {"targetId": page["targetId"], "flatten": True})["sessionId"]
+                       {"targetId": page, "flatten": True})["sessionId"]
     cdp.call("Page.enable", session=session)
     cdp.call("Network.enable", session=session)
     # Every request pauses (requestPaused: we let it go on); a 401 challenge
