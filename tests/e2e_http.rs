@@ -1,7 +1,11 @@
 //! HTTP Basic and Digest for nginx `auth_request`, end to end: real nginx
 //! running the shipped `nginx-conf/http-auth.conf`, our daemon on a Unix
-//! socket, and real clients (curl, Python's urllib, a Digest client that can
-//! replay and wait out nonces).
+//! socket, and real clients (curl, Python's urllib and python3-requests,
+//! headless Chromium, a Digest client that can replay and wait out nonces).
+//!
+//! `/private/` is a directory with an index file: nginx serves it through an
+//! internal redirect to `/private/index.html`, which runs the `auth_request`
+//! subrequest a second time with the same `Authorization` header.
 
 mod common;
 
@@ -13,9 +17,12 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::e2e::{daemon_bin, free_ports, repo_root, require};
+use serde::Deserialize;
 
 const KEY: &str = "http-e2e-key-0815";
 const ALICE_PW: &str = "Circle of Life";
+/// What `www/private/index.html` shows (`document.body.innerText`).
+const INDEX_TEXT: &str = "the private index";
 
 struct Site {
     dir: tempfile::TempDir,
@@ -102,6 +109,11 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
 
 impl Site {
     fn start() -> Site {
+        Site::start_with("")
+    }
+
+    /// With `daemon_toml` (when not empty) as the daemon's `--config`.
+    fn start_with(daemon_toml: &str) -> Site {
         let nginx_bin = require("nginx", "nginx-full");
         require("python3", "python3");
         let dir = tempfile::tempdir().unwrap();
@@ -116,7 +128,16 @@ impl Site {
         chmod(&p("www/legacy"), 0o755);
         fs::write(p("www/private/secret.txt"), "the private page\n").unwrap();
         fs::write(p("www/legacy/old.txt"), "the legacy page\n").unwrap();
-        for f in ["www/private/secret.txt", "www/legacy/old.txt"] {
+        fs::write(
+            p("www/private/index.html"),
+            format!("<!doctype html><title>Private</title><p>{INDEX_TEXT}</p>\n"),
+        )
+        .unwrap();
+        for f in [
+            "www/private/secret.txt",
+            "www/private/index.html",
+            "www/legacy/old.txt",
+        ] {
             chmod(&p(f), 0o644);
         }
         let crypt =
@@ -133,8 +154,14 @@ impl Site {
         let [port] = free_ports::<1>();
         fs::write(p("nginx.conf"), render(dir.path(), port, &sock)).unwrap();
 
-        let daemon = Command::new(daemon_bin())
-            .args(["serve", "--listen"])
+        let mut daemon = Command::new(daemon_bin());
+        daemon.arg("serve");
+        if !daemon_toml.is_empty() {
+            fs::write(p("daemon.toml"), daemon_toml).unwrap();
+            daemon.arg("--config").arg(p("daemon.toml"));
+        }
+        let daemon = daemon
+            .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
             .args([
                 "--socket-mode",
@@ -227,6 +254,114 @@ impl Site {
     fn log(&self, name: &str) -> String {
         fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
+
+    /// Lines of the daemon's log containing `what`.
+    fn daemon_lines(&self, what: &str) -> Vec<String> {
+        self.log("daemon.log")
+            .lines()
+            .filter(|l| l.contains(what))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// nginx's access log (format `combined`): the requests whose
+    /// User-Agent is `agent`, in order.
+    fn access(&self, agent: &str) -> Vec<Hit> {
+        self.log("access.log")
+            .lines()
+            .filter_map(|line| {
+                // addr - user [time] "GET /path HTTP/1.1" 200 88 "referer" "agent"
+                let f: Vec<&str> = line.split('"').collect();
+                if f.len() < 6 || f[5] != agent {
+                    return None;
+                }
+                Some(Hit {
+                    path: f[1].split(' ').nth(1)?.to_owned(),
+                    status: f[2].split_whitespace().next()?.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Polls [`Site::access`] until `done` holds: nginx writes a request's
+    /// line as it finishes the request, which may be just after the client
+    /// read the response.
+    fn access_until(&self, agent: &str, what: &str, done: impl Fn(&[Hit]) -> bool) -> Vec<Hit> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let hits = self.access(agent);
+            if done(&hits) {
+                return hits;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx's access log for {agent:?} never showed {what}: {hits:?}"
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `tests/e2e/http_clients.py MODE ARGS…` (system interpreter: Debian's
+    /// python3-requests lives there), its TOML output parsed.
+    fn http_clients(&self, mode: &str, args: &[&str]) -> ClientsOut {
+        let out = Command::new("/usr/bin/python3")
+            .arg(repo_root().join("tests/e2e/http_clients.py"))
+            .arg(mode)
+            .args(args)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .output()
+            .expect("run /usr/bin/python3 tests/e2e/http_clients.py");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "http_clients.py {mode} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        toml::from_str(&stdout).unwrap_or_else(|e| panic!("http_clients.py output: {e}\n{stdout}"))
+    }
+}
+
+/// One request in nginx's access log.
+#[derive(Debug, Clone, PartialEq)]
+struct Hit {
+    path: String,
+    status: u16,
+}
+
+fn count_401(hits: &[Hit], path: &str) -> usize {
+    hits.iter()
+        .filter(|h| h.path == path && h.status == 401)
+        .count()
+}
+
+/// What `tests/e2e/http_clients.py` prints.
+#[derive(Debug, Deserialize)]
+struct ClientsOut {
+    /// requests: all 401s the session saw.
+    #[serde(default)]
+    challenges: usize,
+    results: Vec<Fetched>,
+}
+
+/// One page fetched by `tests/e2e/http_clients.py`.
+#[derive(Debug, Deserialize)]
+struct Fetched {
+    path: String,
+    /// Absent when Chromium got no document (a net error).
+    status: Option<u16>,
+    /// Chromium's net error.
+    error: Option<String>,
+    body: String,
+    /// requests: the 401s of this fetch (history plus a final 401).
+    #[serde(default)]
+    challenges: usize,
+    /// requests: HTTP requests this fetch made.
+    #[serde(default)]
+    requests: usize,
+    /// Chromium: how often it asked for credentials.
+    #[serde(default)]
+    auth_prompts: usize,
 }
 
 impl Drop for Site {
@@ -462,4 +597,255 @@ fn shipped_http_conf_keeps_its_test_markers() {
     let rendered = render(dir.path(), 1, &PathBuf::from("/tmp/x.sock"));
     assert!(rendered.contains("fastcgi_param AUTH_REALM \"Private area\";"));
     assert!(rendered.contains(&format!("fastcgi_param HTTP_X_AUTH_KEY \"{KEY}\";")));
+    // Both auth locations: internal redirects re-run auth_request with the
+    // same $request_id (one client request, one decision).
+    assert_eq!(
+        rendered
+            .matches("fastcgi_param AUTH_REQUEST_ID $request_id;")
+            .count(),
+        2
+    );
+}
+
+/// Responses curl printed with `-i` (`--digest` shows the 401 and the retry).
+fn responses(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stdout)
+        .split("\r\n")
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `/private/` (the index file, reached by an internal redirect that runs
+/// `auth_request` again) and a file below it: curl's Digest makes exactly
+/// one unauthorised request, then the authorised one, which must get 200.
+#[test]
+fn curl_digest_directory_url_after_one_challenge() {
+    let site = Site::start();
+    let user = format!("alice:{ALICE_PW}");
+    for (path, body) in [
+        ("/private/", INDEX_TEXT),
+        ("/private/secret.txt", "the private page"),
+    ] {
+        let agent = format!("e2e-curl {path}");
+        let o = site.curl(&["--digest", "-u", &user, "-A", &agent, &site.url(path)]);
+        let seen = responses(&o);
+        let challenges = seen.iter().filter(|l| l.contains(" 401")).count();
+        assert!(
+            status_line(&o).contains(" 200") && challenges <= 1,
+            "curl --digest {path}: got {:?} after {challenges} challenge(s) in {} request(s)",
+            status_line(&o),
+            seen.len()
+        );
+        assert!(
+            last_response(&o).contains(body),
+            "curl --digest {path}: {}",
+            last_response(&o)
+        );
+        assert_eq!(header(&o, "X-Authenticated-User"), vec!["alice"]);
+        // nginx saw the same: every request curl made, at most one 401.
+        let hits = site.access_until(&agent, "curl's last request", |h| h.len() >= seen.len());
+        assert_eq!(hits.len(), seen.len(), "{hits:?}");
+        assert!(count_401(&hits, path) <= 1, "{hits:?}");
+    }
+}
+
+/// One python3-requests Session with HTTPDigestAuth, several rounds over
+/// `/private/` and `/private/secret.txt`: every fetch 200, and at most one
+/// 401 in total (requests reuses the nonce with a growing nonce count).
+#[test]
+fn python_requests_session_directory_url() {
+    common::e2e::require_file(
+        "/usr/lib/python3/dist-packages/requests",
+        "python3-requests",
+    );
+    let site = Site::start();
+    let agent = "e2e-python-requests";
+    let base = site.url("");
+    let out = site.http_clients(
+        "requests",
+        &[
+            &base,
+            "alice",
+            ALICE_PW,
+            "/private/",
+            "/private/secret.txt",
+            "--rounds",
+            "3",
+            "--agent",
+            agent,
+        ],
+    );
+    assert_eq!(out.results.len(), 6, "{out:?}");
+    let summary: Vec<String> = out
+        .results
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {:?} after {} challenge(s)",
+                r.path, r.status, r.challenges
+            )
+        })
+        .collect();
+    assert!(
+        out.results.iter().all(|r| r.status == Some(200)) && out.challenges <= 1,
+        "python3-requests session: {} challenge(s) in total; {summary:?}",
+        out.challenges
+    );
+    for r in &out.results {
+        let want = if r.path == "/private/" {
+            INDEX_TEXT
+        } else {
+            "the private page"
+        };
+        assert!(r.body.contains(want), "{}: {:?}", r.path, r.body);
+    }
+    let sent: usize = out.results.iter().map(|r| r.requests).sum();
+    let hits = site.access_until(agent, "every request of the session", |h| h.len() >= sent);
+    assert_eq!(hits.len(), sent, "{hits:?}");
+    assert!(
+        hits.iter().filter(|h| h.status == 401).count() <= 1,
+        "{hits:?}"
+    );
+}
+
+/// Headless Chromium, driven over the DevTools protocol (its own auth
+/// handling answers the challenge: Fetch.authRequired → continueWithAuth),
+/// opens `/private/` and `/private/secret.txt`: each shows its page, after
+/// at most one 401 each in nginx's access log (Chromium retries a
+/// stale=true nonce by itself, so only the log shows such loops).
+#[test]
+fn headless_chromium_directory_url() {
+    let chromium = require("chromium", "chromium");
+    let site = Site::start();
+    let agent = "e2e-headless-chromium";
+    let base = site.url("");
+    let out = site.http_clients(
+        "chromium",
+        &[
+            chromium.to_str().unwrap(),
+            &base,
+            "alice",
+            ALICE_PW,
+            agent,
+            "/private/",
+            "/private/secret.txt",
+        ],
+    );
+    assert_eq!(out.results.len(), 2, "{out:?}");
+    for (r, want) in out.results.iter().zip([INDEX_TEXT, "the private page"]) {
+        if r.status != Some(200) {
+            let hits = site.access(agent);
+            panic!(
+                "Chromium {}: got {:?} ({}) after {} 401(s) in nginx's access log, \
+                 {} credential prompt(s); page text {:?}",
+                r.path,
+                r.status,
+                r.error.as_deref().unwrap_or("no net error"),
+                count_401(&hits, &r.path),
+                r.auth_prompts,
+                r.body
+            );
+        }
+        assert_eq!(r.body.trim(), want, "Chromium {}: page text", r.path);
+        let hits = site.access_until(agent, &format!("200 for {}", r.path), |h| {
+            h.iter().any(|h| h.path == r.path && h.status == 200)
+        });
+        assert!(
+            count_401(&hits, &r.path) <= 1,
+            "Chromium {}: {} 401s: {hits:?}",
+            r.path,
+            count_401(&hits, &r.path)
+        );
+    }
+}
+
+/// A wrong Basic password on `/private/` is one failure in the throttle.
+/// With block_ip_user = 2, one wrong client request leaves the right
+/// password working; two block it (the control, for bob): so a count of
+/// two for one client request would show as a 403.
+#[test]
+fn wrong_basic_password_on_directory_url_counts_once() {
+    let site = Site::start_with("[throttle]\nblock_ip_user = 2\n");
+    let url = site.url("/private/");
+    let wrong = site.curl(&["--basic", "-u", "alice:wrong", &url]);
+    assert!(
+        status_line(&wrong).contains(" 401"),
+        "{}",
+        status_line(&wrong)
+    );
+    let ok = site.curl(&["--basic", "-u", &format!("alice:{ALICE_PW}"), &url]);
+    assert!(
+        status_line(&ok).contains(" 200"),
+        "one wrong Basic password on /private/ counted more than once: \
+         the right one then got {:?}",
+        status_line(&ok)
+    );
+    assert!(last_response(&ok).contains(INDEX_TEXT));
+    let fails = site.daemon_lines("auth result=fail protocol=http user=alice ");
+    assert_eq!(fails.len(), 1, "one decision per client request: {fails:?}");
+
+    // The control: two wrong client requests do block.
+    for _ in 0..2 {
+        let o = site.curl(&["--basic", "-u", "bob:wrong", &url]);
+        assert!(status_line(&o).contains(" 401"), "{}", status_line(&o));
+    }
+    let blocked = site.curl(&["--basic", "-u", "bob:bob-pw", &url]);
+    assert!(
+        status_line(&blocked).contains(" 403"),
+        "two failures block bob: {}",
+        status_line(&blocked)
+    );
+}
+
+/// The right Basic password on `/private/` is one decision: one audit
+/// record (and one verification), not one per auth_request subrequest.
+#[test]
+fn basic_on_directory_url_is_one_decision() {
+    let site = Site::start();
+    let ok = site.curl(&[
+        "--basic",
+        "-u",
+        &format!("alice:{ALICE_PW}"),
+        &site.url("/private/"),
+    ]);
+    assert!(status_line(&ok).contains(" 200"), "{}", status_line(&ok));
+    assert!(last_response(&ok).contains(INDEX_TEXT));
+    let oks = site.daemon_lines("auth result=ok protocol=http user=alice ");
+    assert_eq!(
+        oks.len(),
+        1,
+        "Basic on /private/: {} decisions for one client request: {oks:?}",
+        oks.len()
+    );
+}
+
+/// A Digest header captured from a successful request and sent again in a
+/// new client request (another $request_id) is a replay: 401.
+#[test]
+fn captured_digest_header_replayed_in_new_request_is_refused() {
+    let site = Site::start();
+    let url = site.url("/private/secret.txt");
+    let first = site.curl(&["-v", "--digest", "-u", &format!("alice:{ALICE_PW}"), &url]);
+    assert!(
+        status_line(&first).contains(" 200"),
+        "{}",
+        status_line(&first)
+    );
+    let verbose = String::from_utf8_lossy(&first.stderr);
+    let captured = verbose
+        .lines()
+        .filter_map(|l| l.strip_prefix("> Authorization: "))
+        .next_back()
+        .unwrap_or_else(|| panic!("no Authorization header in curl -v:\n{verbose}"))
+        .trim_end()
+        .to_owned();
+    assert!(captured.starts_with("Digest "), "{captured}");
+    let replay = site.curl(&["-H", &format!("Authorization: {captured}"), &url]);
+    assert!(
+        status_line(&replay).contains(" 401"),
+        "replayed Digest header: {}",
+        status_line(&replay)
+    );
+    assert!(!String::from_utf8_lossy(&replay.stdout).contains("the private page"));
 }
