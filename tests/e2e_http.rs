@@ -443,7 +443,8 @@ fn curl_digest_sha256_md5_and_basic() {
     let ok = site.curl(&["--digest", "-u", &format!("alice:{ALICE_PW}"), &url]);
     assert!(
         status_line(&ok).contains(" 200"),
-        "{}",
+        "{}\n{}",
+        site.log("daemon.log"),
         String::from_utf8_lossy(&ok.stdout)
     );
     assert!(String::from_utf8_lossy(&ok.stdout).ends_with("the private page\n"));
@@ -493,7 +494,7 @@ fn curl_digest_sha256_md5_and_basic() {
 
     let log = site.log("daemon.log");
     assert!(
-        log.contains("auth result=ok protocol=http user=alice"),
+        log.contains("auth result=ok protocol=http method=digest user=alice"),
         "{log}"
     );
     assert!(
@@ -782,7 +783,7 @@ fn wrong_basic_password_on_directory_url_counts_once() {
         status_line(&ok)
     );
     assert!(last_response(&ok).contains(INDEX_TEXT));
-    let fails = site.daemon_lines("auth result=fail protocol=http user=alice ");
+    let fails = site.daemon_lines("auth result=fail protocol=http method=basic user=alice ");
     assert_eq!(fails.len(), 1, "one decision per client request: {fails:?}");
 
     // The control: two wrong client requests do block.
@@ -811,7 +812,7 @@ fn basic_on_directory_url_is_one_decision() {
     ]);
     assert!(status_line(&ok).contains(" 200"), "{}", status_line(&ok));
     assert!(last_response(&ok).contains(INDEX_TEXT));
-    let oks = site.daemon_lines("auth result=ok protocol=http user=alice ");
+    let oks = site.daemon_lines("auth result=ok protocol=http method=basic user=alice ");
     assert_eq!(
         oks.len(),
         1,

@@ -143,13 +143,18 @@ impl Authenticator {
                 self.throttled(ip, user.as_bytes(), self.judge_basic(user, password, cache))
                     .await
             }
-            HttpCredentials::Digest(c) => {
+            HttpCredentials::Digest(sent) => {
+                // With `userhash`, HA1 is computed over the real name.
+                let mut c = sent.clone();
                 if c.userhash {
                     if !req.settings.userhash {
                         return refuse("userhash not offered", false);
                     }
-                    match self.resolve_userhash(c).await {
-                        Some(Ok(real)) => *user = real,
+                    match self.resolve_userhash(&c).await {
+                        Some(Ok(real)) => {
+                            c.username.clone_from(&real);
+                            *user = real;
+                        }
                         // Counted as an unknown user, as for a name in clear.
                         None => {
                             let unknown = async { rejected(Rejection::UnknownUser, None) };
@@ -159,7 +164,7 @@ impl Authenticator {
                     }
                 }
                 let who = user.clone();
-                self.throttled(ip, who.as_bytes(), self.judge_digest(req, c, &who, state))
+                self.throttled(ip, who.as_bytes(), self.judge_digest(req, &c, &who, state))
                     .await
             }
         };
