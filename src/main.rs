@@ -473,15 +473,20 @@ fn main() -> ExitCode {
 
 type CmdResult = Result<ExitCode, Vec<String>>;
 
-/// Most threads on tokio's blocking pool (tokio's default is 512).
-const BLOCKING_THREADS: usize = 64;
+/// Most threads on tokio's blocking pool (tokio's default is 512): 64, or
+/// two per CPU on larger machines, so the verifier's default concurrency (one
+/// per CPU) always fits beside SQLite queries and file reads.
+fn blocking_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (2 * cpus).max(64)
+}
 
 fn runtime() -> Result<tokio::runtime::Runtime, Vec<String>> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Expensive hashes are bounded by the verifier; this caps the rest
         // of the blocking work (SQLite, file reads) as well.
-        .max_blocking_threads(BLOCKING_THREADS)
+        .max_blocking_threads(blocking_threads())
         .build()
         .map_err(|e| vec![format!("cannot start the async runtime: {e}")])
 }
@@ -624,6 +629,14 @@ fn check_config(args: ServeArgs) -> CmdResult {
         v.concurrency,
         v.queue,
         v.max_wait.as_millis()
+    );
+    // Only running checks hold hash memory; waiting ones hold none.
+    let worst = (v.concurrency as u64 * u64::from(scheme::argon2_max_memory_kib()))
+        .min(u64::from(u32::MAX)) as u32;
+    println!(
+        "  verifier worst-case memory: {} ({} x argon2 max memory)",
+        config::format_size_kib(worst),
+        v.concurrency
     );
     for line in config.upstreams.describe() {
         println!("  {line}");

@@ -115,7 +115,7 @@ impl Service {
         for r in &self.required {
             if !params.get(&r.param).is_some_and(|v| r.value.ct_eq(v)) {
                 log::warn!(
-                    "auth result=refused reason=\"missing or wrong {}\" peer={}",
+                    "request refused (no decision): missing or wrong {} header from peer {}",
                     r.header,
                     peer(params)
                 );
@@ -143,7 +143,8 @@ impl Service {
             Ok(r) => r,
             Err(e) => {
                 log::warn!(
-                    "auth result=tempfail reason=\"protocol error: {e}\" peer={}",
+                    "request answered with a temporary failure (no decision): protocol error \
+                     from peer {}: {e}",
                     peer(params)
                 );
                 METRICS.protocol_error();

@@ -127,12 +127,41 @@ fn check_config_refuses_argon2_hashes_above_the_memory_limit() {
         assert!(!err.contains(part), "the hash is not shown: {err}");
     }
 
-    let out = run(&[&base[..], &["--argon2-max-memory", "1G"]].concat(), "");
+    let out = run(
+        &[
+            &base[..],
+            &[
+                "--argon2-max-memory",
+                "1G",
+                "--verify-concurrency",
+                "3",
+                "--verify-queue",
+                "40",
+            ],
+        ]
+        .concat(),
+        "",
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("  argon2 max memory: 1 GiB per verification"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("  verifier: 3 expensive checks at once, 40 waiting at most"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  verifier worst-case memory: 3 GiB (3 x argon2 max memory)"),
+        "{stdout}"
+    );
+    let out = run(&[&base[..], &["--verify-concurrency", "0"]].concat(), "");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--verify-concurrency) must be at least 1"),
+        "{}",
+        text(&out.stderr)
     );
 
     // The TOML twin; without carol the default limit is printed.
