@@ -258,6 +258,31 @@ mod tests {
         }
     }
 
+    type Gate = Arc<Mutex<mpsc::Receiver<()>>>;
+
+    /// A verifier with these limits, a closed gate (send to open it once per
+    /// check) and a counter of checks that ran.
+    fn setup(
+        concurrency: usize,
+        queue: usize,
+        max_wait: Duration,
+    ) -> (Verifier, mpsc::Sender<()>, Gate, Arc<AtomicUsize>) {
+        let v = Verifier::new(VerifierPolicy {
+            concurrency,
+            queue,
+            max_wait,
+        });
+        let (open, gate) = mpsc::channel::<()>();
+        (
+            v,
+            open,
+            Arc::new(Mutex::new(gate)),
+            Arc::new(AtomicUsize::new(0)),
+        )
+    }
+
+    const LONG: Duration = Duration::from_secs(3600);
+
     async fn until(mut cond: impl FnMut() -> bool) {
         while !cond() {
             tokio::task::yield_now().await;
@@ -267,14 +292,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bounded_queue_sheds_at_once_and_drains() {
-        let v = Verifier::new(VerifierPolicy {
-            concurrency: 2,
-            queue: 3,
-            max_wait: Duration::from_secs(3600),
-        });
-        let (open, gate) = mpsc::channel::<()>();
-        let gate = Arc::new(Mutex::new(gate));
-        let ran = Arc::new(AtomicUsize::new(0));
+        let (v, open, gate, ran) = setup(2, 3, LONG);
         let mut jobs = Vec::new();
         for _ in 0..5 {
             let v = v.clone();
@@ -303,14 +321,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_that_gives_up_leaves_the_queue_without_hashing() {
-        let v = Verifier::new(VerifierPolicy {
-            concurrency: 1,
-            queue: 10,
-            max_wait: Duration::from_secs(3600),
-        });
-        let (open, gate) = mpsc::channel::<()>();
-        let gate = Arc::new(Mutex::new(gate));
-        let ran = Arc::new(AtomicUsize::new(0));
+        let (v, open, gate, ran) = setup(1, 10, LONG);
         let running = {
             let v = v.clone();
             let check = gated(&gate, &ran);
@@ -337,14 +348,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_slot_stays_taken_until_an_abandoned_check_finishes() {
-        let v = Verifier::new(VerifierPolicy {
-            concurrency: 1,
-            queue: 10,
-            max_wait: Duration::from_secs(3600),
-        });
-        let (open, gate) = mpsc::channel::<()>();
-        let gate = Arc::new(Mutex::new(gate));
-        let ran = Arc::new(AtomicUsize::new(0));
+        let (v, open, gate, ran) = setup(1, 10, LONG);
         let running = {
             let v = v.clone();
             let check = gated(&gate, &ran);
@@ -362,16 +366,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slow_checks_shorten_the_queue() {
-        let v = Verifier::new(VerifierPolicy {
-            concurrency: 1,
-            queue: 100,
-            max_wait: Duration::from_millis(1000),
-        });
+        let (v, open, gate, ran) = setup(1, 100, Duration::from_millis(1000));
         // As if every check so far took 400 ms.
         v.inner.cost_us.store(400_000, Relaxed);
-        let (open, gate) = mpsc::channel::<()>();
-        let gate = Arc::new(Mutex::new(gate));
-        let ran = Arc::new(AtomicUsize::new(0));
         let mut jobs = Vec::new();
         // One runs; two wait (expected waits 400 and 800 ms); the next
         // would wait 1200 ms and is refused.

@@ -10,7 +10,7 @@
 use std::future::Future;
 
 use crate::cache::Cached;
-use crate::passdb::{AnyPassdb, Lookup, Passdb, PassdbError, Rejection, Verdict};
+use crate::passdb::{verify_any, AnyPassdb, Lookup, Passdb, PassdbError, Rejection, Verdict};
 use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 
@@ -132,7 +132,7 @@ impl Authenticator {
         passwords: &[Secret],
     ) -> Result<(bool, Option<&'static str>), PassdbError> {
         if !stored.scheme().is_expensive() {
-            return Ok((matches_any(stored, passwords)?, None));
+            return Ok((verify_any(stored, passwords)?, None));
         }
         let key = self
             .policy
@@ -149,7 +149,7 @@ impl Authenticator {
         let (stored2, passwords2) = (stored.clone(), passwords.to_vec());
         let ok = self
             .verifier
-            .run(move || matches_any(&stored2, &passwords2))
+            .run(move || verify_any(&stored2, &passwords2))
             .await??;
         let Some((cache, key)) = key else {
             return Ok((ok, None));
@@ -157,16 +157,4 @@ impl Authenticator {
         cache.put(key, if ok { Cached::Match } else { Cached::Mismatch });
         Ok((ok, Some("miss")))
     }
-}
-
-fn matches_any(stored: &StoredPassword, passwords: &[Secret]) -> Result<bool, PassdbError> {
-    for p in passwords {
-        if stored
-            .verify(p.expose())
-            .map_err(|e| PassdbError::BadStoredPassword(e.to_string()))?
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }

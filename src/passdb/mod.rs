@@ -458,7 +458,13 @@ pub async fn resolve_host(host: &str) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-fn verify_any(stored: &StoredPassword, passwords: &[Secret]) -> Result<bool, PassdbError> {
+/// Whether one of `passwords` (tried in order) matches `stored`. Runs the
+/// hash on the calling thread: expensive schemes belong on the blocking pool
+/// or the policy layer's bounded verifier.
+pub(crate) fn verify_any(
+    stored: &StoredPassword,
+    passwords: &[Secret],
+) -> Result<bool, PassdbError> {
     for p in passwords {
         if stored
             .verify(p.expose())
