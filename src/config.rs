@@ -215,9 +215,17 @@ pub struct RawThrottle {
     pub delay_max: Option<u32>,
     /// IPv6 clients are counted per network of this prefix length.
     pub ipv6_prefix: Option<u8>,
-    /// `--trusted-network`: CIDRs never counted or blocked.
-    #[serde(default)]
-    pub trusted_networks: Vec<String>,
+    /// `--trusted-network`: CIDRs never counted or blocked (default:
+    /// loopback; `[]` / `--trusted-network none`: nobody).
+    pub trusted_networks: Option<Vec<String>>,
+    /// Adaptive toleration: threshold growth per doubling of the users who
+    /// logged in from a network (default 10).
+    pub success_bonus: Option<u32>,
+    /// The most toleration can raise `block_ip` to (default 250).
+    pub block_ip_max: Option<u32>,
+    /// Days a network stays known for a user after a login there (default
+    /// 30; 0: off).
+    pub known_days: Option<u64>,
 }
 
 /// `[cache]`.
@@ -386,7 +394,10 @@ impl RawConfig {
         t.delay_base = ct.delay_base.or(t.delay_base);
         t.delay_max = ct.delay_max.or(t.delay_max);
         t.ipv6_prefix = ct.ipv6_prefix.or(t.ipv6_prefix);
-        take(&mut t.trusted_networks, ct.trusted_networks);
+        t.trusted_networks = ct.trusted_networks.or(t.trusted_networks.take());
+        t.success_bonus = ct.success_bonus.or(t.success_bonus);
+        t.block_ip_max = ct.block_ip_max.or(t.block_ip_max);
+        t.known_days = ct.known_days.or(t.known_days);
         let (c, cc) = (&mut self.cache, cli.cache);
         c.ttl_secs = cc.ttl_secs.or(c.ttl_secs);
         c.negative_ttl_secs = cc.negative_ttl_secs.or(c.negative_ttl_secs);
@@ -619,14 +630,20 @@ impl Config {
         };
         let dt = ThrottlePolicy::default();
         let t = &raw.throttle;
-        let mut trusted = Vec::new();
-        for n in &t.trusted_networks {
-            check(
-                n.parse::<Cidr>()
-                    .map(|c| trusted.push(c))
-                    .map_err(|e| format!("throttle.trusted_networks: {e}")),
-            );
-        }
+        let trusted = match &t.trusted_networks {
+            None => dt.trusted.clone(),
+            Some(list) => {
+                let mut trusted = Vec::new();
+                for n in list {
+                    check(
+                        n.parse::<Cidr>()
+                            .map(|c| trusted.push(c))
+                            .map_err(|e| format!("throttle.trusted_networks: {e}")),
+                    );
+                }
+                trusted
+            }
+        };
         let throttle = ThrottlePolicy {
             window: t.window_secs.map_or(dt.window, Duration::from_secs),
             block_ip: t.block_ip.unwrap_or(dt.block_ip),
@@ -638,6 +655,11 @@ impl Config {
             delay_max: t.delay_max.or(w.max).unwrap_or(dt.delay_max),
             ipv6_prefix: t.ipv6_prefix.unwrap_or(dt.ipv6_prefix),
             trusted,
+            success_bonus: t.success_bonus.unwrap_or(dt.success_bonus),
+            block_ip_max: t.block_ip_max.unwrap_or(dt.block_ip_max),
+            known_for: t.known_days.map_or(dt.known_for, |d| {
+                Duration::from_secs(d.saturating_mul(86_400))
+            }),
         };
         if throttle.window.is_zero() || throttle.block_time.is_zero() {
             check(Err(
@@ -812,7 +834,7 @@ mod tests {
         .unwrap();
         let cli = RawConfig {
             throttle: RawThrottle {
-                trusted_networks: vec!["2001:db8::/32".into()],
+                trusted_networks: Some(vec!["2001:db8::/32".into()]),
                 ..RawThrottle::default()
             },
             ..RawConfig::default()

@@ -49,6 +49,12 @@ enum Command {
     /// Ask the running service for its metrics over its socket (same flags
     /// and config as serve: --listen and --require-header are used).
     Status(ServeArgs),
+    /// Show or lift the brute-force throttle's state over the running
+    /// service's socket (same flags and config as serve).
+    Throttle {
+        #[command(subcommand)]
+        command: ThrottleCommand,
+    },
     /// Print the manual page (roff) generated from this command line.
     Man,
     /// Hash a password like `doveadm pw` (reads it from the terminal or stdin).
@@ -91,6 +97,59 @@ enum AuthCommand {
         #[command(flatten)]
         serve: ServeArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum ThrottleCommand {
+    /// Counters, blocks and time left for an address and/or user, and what
+    /// their next login would meet and why.
+    Show {
+        /// Client address.
+        #[arg(long)]
+        ip: Option<String>,
+        /// User name.
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Lift blocks (and forget their counts): --ip and --user for the pair,
+    /// --ip alone for the network and its pairs, --user alone everywhere.
+    Unblock {
+        /// Client address.
+        #[arg(long)]
+        ip: Option<String>,
+        /// User name.
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+/// How an admin command reaches the running service.
+#[derive(Args, Clone)]
+struct ConnArgs {
+    /// TOML configuration file (its listen and require_header are used).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// The service's socket: unix:PATH or tcp:HOST:PORT.
+    #[arg(long)]
+    listen: Vec<String>,
+    /// NAME=VALUE shared secret the service requires (repeatable).
+    #[arg(long)]
+    require_header: Vec<String>,
+}
+
+impl ConnArgs {
+    fn serve_args(self) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            listen: self.listen,
+            require_header: self.require_header,
+            ..ServeArgs::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -232,7 +291,8 @@ struct ServeArgs {
     /// to share one limit between instances.
     #[arg(long)]
     state: Option<String>,
-    /// Network (CIDR) never throttled, e.g. a webmail host (repeatable).
+    /// Network (CIDR) never throttled, e.g. a webmail host (repeatable;
+    /// default loopback, 127.0.0.0/8 and ::1; `none`: nobody).
     #[arg(long = "trusted-network")]
     trusted_networks: Vec<String>,
     /// Turn brute-force throttling off.
@@ -276,6 +336,19 @@ struct ServeArgs {
     external_issuer: Option<String>,
 }
 
+/// `--trusted-network`: none given keeps the file's (or the loopback
+/// default); `none` alone clears the list.
+fn trusted_networks(flags: &[String]) -> Result<Option<Vec<String>>, String> {
+    match flags {
+        [] => Ok(None),
+        [only] if only == "none" => Ok(Some(Vec::new())),
+        list if list.iter().any(|n| n == "none") => {
+            Err("--trusted-network none cannot be combined with networks".into())
+        }
+        list => Ok(Some(list.to_vec())),
+    }
+}
+
 impl ServeArgs {
     fn raw(&self) -> Result<RawConfig, String> {
         let file = match &self.config {
@@ -315,7 +388,7 @@ impl ServeArgs {
             state: self.state.clone(),
             throttle: RawThrottle {
                 enabled: self.no_throttle.then_some(false),
-                trusted_networks: self.trusted_networks.clone(),
+                trusted_networks: trusted_networks(&self.trusted_networks)?,
                 ..RawThrottle::default()
             },
             cache: RawCache {
@@ -446,6 +519,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::CheckConfig(args) => check_config(args),
         Command::Status(args) => status(args),
+        Command::Throttle { command } => throttle(command),
         Command::Man => man(),
         Command::Hash { scheme } => hash(&scheme),
         Command::Auth {
@@ -521,6 +595,9 @@ fn serve(args: ServeArgs) -> CmdResult {
         listeners.len(),
         passdb_list(&config)
     );
+    if let Some(t) = &config.throttle {
+        log::info!("throttle: {}", trusted_line(t));
+    }
     log::info!(
         "throttle: {}; verification cache: {}",
         match (&config.throttle, &config.state) {
@@ -604,6 +681,20 @@ async fn reload_on_sighup(
     }
 }
 
+/// What the throttle never counts, for start-up and check-config.
+fn trusted_line(t: &nginx_auth_fcgi::throttle::ThrottlePolicy) -> String {
+    if t.trusted.is_empty() {
+        "no trusted networks (loopback is counted too)".to_owned()
+    } else {
+        let nets: Vec<String> = t.trusted.iter().map(|c| c.to_string()).collect();
+        format!(
+            "trusted networks, never counted, delayed or blocked: {} (clear with \
+             trusted_networks = [] or --trusted-network none)",
+            nets.join(", ")
+        )
+    }
+}
+
 /// The passdb URIs for logs, database passwords masked.
 fn passdb_list(config: &Config) -> String {
     let uris: Vec<String> = config.passdbs.iter().map(|u| redact_uri(u)).collect();
@@ -640,6 +731,18 @@ fn check_config(args: ServeArgs) -> CmdResult {
     );
     for line in config.upstreams.describe() {
         println!("  {line}");
+    }
+    match &config.throttle {
+        Some(t) => println!(
+            "  throttle: blocks a network at {} failures (+{} per doubling of its users who \
+             logged in, at most {}), a user from a network at {}; {}",
+            t.block_ip,
+            t.success_bonus,
+            t.block_ip_max,
+            t.block_ip_user,
+            trusted_line(t)
+        ),
+        None => println!("  throttle: off"),
     }
     match &config.master_user {
         // Never the secret.
@@ -894,6 +997,35 @@ fn user(db: &str, command: UserCommand) -> CmdResult {
 /// `status`: one FastCGI request with `AUTH_METRICS=on` to the configured
 /// socket; prints the Prometheus text.
 fn status(args: ServeArgs) -> CmdResult {
+    print!("{}", ask_service(&args, &[(b"AUTH_METRICS", b"on")])?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn throttle(command: ThrottleCommand) -> CmdResult {
+    let (action, ip, login, conn): (&[u8], _, _, _) = match command {
+        ThrottleCommand::Show { ip, user, conn } => (b"show", ip, user, conn),
+        ThrottleCommand::Unblock { ip, user, conn } => (b"unblock", ip, user, conn),
+    };
+    let args = conn.serve_args();
+    let ip = ip.unwrap_or_default();
+    let login = login.unwrap_or_default();
+    print!(
+        "{}",
+        ask_service(
+            &args,
+            &[
+                (b"AUTH_THROTTLE", action),
+                (b"AUTH_THROTTLE_IP", ip.as_bytes()),
+                (b"AUTH_THROTTLE_USER", login.as_bytes()),
+            ],
+        )?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sends one FastCGI request with `params` (and the shared secret) to the
+/// running service's first listener; the body of its 200 answer.
+fn ask_service(args: &ServeArgs, params: &[(&[u8], &[u8])]) -> Result<String, Vec<String>> {
     use nginx_auth_fcgi::fastcgi::record::{self, RecordType, Role};
     use std::io::Read;
     let config = Config::validate(args.raw().map_err(|e| vec![e])?)?;
@@ -906,7 +1038,9 @@ fn status(args: ServeArgs) -> CmdResult {
     let mut pairs = Vec::new();
     let mut put =
         |k: &[u8], v: &[u8]| record::encode_pair(&mut pairs, k, v).map_err(|e| vec![e.to_string()]);
-    put(b"AUTH_METRICS", b"on")?;
+    for (k, v) in params {
+        put(k, v)?;
+    }
     for r in &config.required {
         put(r.param.as_bytes(), r.value.expose())?;
     }
@@ -934,7 +1068,7 @@ fn status(args: ServeArgs) -> CmdResult {
         }
         other => {
             return Err(vec![format!(
-                "status needs --listen unix:PATH or tcp:HOST:PORT, not {other}"
+                "the service is reached with --listen unix:PATH or tcp:HOST:PORT, not {other}"
             )])
         }
     }
@@ -950,12 +1084,12 @@ fn status(args: ServeArgs) -> CmdResult {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     if !head.starts_with("Status: 200") {
         return Err(vec![format!(
-            "the service answered: {}",
-            head.lines().next().unwrap_or("nothing")
+            "the service answered: {} {}",
+            head.lines().next().unwrap_or("nothing"),
+            body.trim()
         )]);
     }
-    print!("{body}");
-    Ok(ExitCode::SUCCESS)
+    Ok(body.to_owned())
 }
 
 /// `man`: roff for `man 1 nginx-auth-fcgi`, with every subcommand's flags, so

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 const PROTOCOLS: [&str; 4] = ["imap", "pop3", "smtp", "http"];
 const RESULTS: [&str; 4] = ["ok", "fail", "tempfail", "refused"];
+const BLOCK_SCOPES: [&str; 2] = ["ip", "ip-user"];
 const METHODS: [&str; 7] = [
     "plain", "apop", "cram-md5", "external", "none", "basic", "digest",
 ];
@@ -32,6 +33,8 @@ pub struct Metrics {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     verify_shed: AtomicU64,
+    /// New blocks, by scope (`ip`, `ip-user`).
+    throttle_blocks: [AtomicU64; 2],
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -57,6 +60,7 @@ impl Metrics {
             cache_hits: ZERO,
             cache_misses: ZERO,
             verify_shed: ZERO,
+            throttle_blocks: [ZERO; 2],
         }
     }
 }
@@ -113,6 +117,13 @@ impl Metrics {
             .fetch_add(o.latency.as_micros().min(u64::MAX as u128) as u64, Relaxed);
     }
 
+    /// Counts a block the throttle set (`ip` or `ip-user`).
+    pub fn throttle_block(&self, scope: &str) {
+        if let Some(i) = index(&BLOCK_SCOPES, scope) {
+            self.throttle_blocks[i].fetch_add(1, Relaxed);
+        }
+    }
+
     /// Counts a verification refused because the verifier's queue was full.
     pub fn verify_shed(&self) {
         self.verify_shed.fetch_add(1, Relaxed);
@@ -148,6 +159,17 @@ impl Metrics {
                 s,
                 "nginx_auth_fcgi_method_total{{method=\"{method}\"}} {}",
                 self.methods[m].load(Relaxed)
+            );
+        }
+        s.push_str(
+            "# HELP nginx_auth_fcgi_throttle_blocks_total Blocks the throttle set, by scope.\n",
+        );
+        s.push_str("# TYPE nginx_auth_fcgi_throttle_blocks_total counter\n");
+        for (i, scope) in BLOCK_SCOPES.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "nginx_auth_fcgi_throttle_blocks_total{{scope=\"{scope}\"}} {}",
+                self.throttle_blocks[i].load(Relaxed)
             );
         }
         s.push_str("# HELP nginx_auth_fcgi_decision_seconds Time to decide one request.\n");

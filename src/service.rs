@@ -67,6 +67,10 @@ nor an auth_request location (no fastcgi_param AUTH_REALM)\n";
 
 /// The param that turns a location into the Prometheus metrics endpoint.
 pub const METRICS_PARAM: &str = "AUTH_METRICS";
+/// The param of the throttle's admin view (`show` or `unblock`), with
+/// `AUTH_THROTTLE_IP` and `AUTH_THROTTLE_USER`; sent by `nginx-auth-fcgi
+/// throttle` over the socket, never by nginx.
+pub const THROTTLE_PARAM: &str = "AUTH_THROTTLE";
 
 impl Service {
     /// A handler deciding with `auth`, requiring `required` headers.
@@ -107,7 +111,8 @@ impl Service {
     pub async fn respond(&self, params: &Params) -> Vec<u8> {
         let mail = MailAuthRequest::is_mail_request(params);
         let metrics = params.get(METRICS_PARAM) == Some(b"on");
-        if !mail && !metrics && params.get(http_auth::REALM_PARAM).is_none() {
+        let admin = params.get(THROTTLE_PARAM).map(<[u8]>::to_vec);
+        if !mail && !metrics && admin.is_none() && params.get(http_auth::REALM_PARAM).is_none() {
             METRICS.protocol_error();
             log::warn!("request without Auth-Method/Auth-Protocol or AUTH_REALM refused (400)");
             return NOT_MAIL.to_vec();
@@ -135,6 +140,9 @@ impl Service {
                 body.len()
             )
             .into_bytes();
+        }
+        if let (Some(action), false) = (&admin, mail) {
+            return self.throttle_admin(action, params).await;
         }
         if !mail {
             return self.respond_http(params).await;
@@ -183,6 +191,59 @@ impl Service {
         }
         self.http.render(&decision.outcome, &req.settings)
     }
+}
+
+impl Service {
+    /// `nginx-auth-fcgi throttle show|unblock`: the throttle's view of an
+    /// address and/or user, or lifting their blocks.
+    async fn throttle_admin(&self, action: &[u8], params: &Params) -> Vec<u8> {
+        let text = |name: &str| {
+            params
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let ip = match text("AUTH_THROTTLE_IP").map(|v| v.parse::<std::net::IpAddr>()) {
+            None => None,
+            Some(Ok(ip)) => Some(ip),
+            Some(Err(_)) => return plain("400 Bad Request", "not an IP address\n"),
+        };
+        let user = text("AUTH_THROTTLE_USER");
+        let user = user.as_deref().map(str::as_bytes);
+        let Some(throttle) = self.auth.policy().throttle.as_deref() else {
+            return plain("200 OK", "throttle: off\n");
+        };
+        if ip.is_none() && user.is_none() {
+            return plain(
+                "400 Bad Request",
+                "name an address (--ip), a user (--user) or both\n",
+            );
+        }
+        match action {
+            b"show" => plain("200 OK", &throttle.inspect(ip, user).await),
+            b"unblock" => {
+                let lifted = throttle.unblock(ip, user).await;
+                let body = if lifted.is_empty() {
+                    "no block in force\n".to_owned()
+                } else {
+                    lifted.iter().map(|l| format!("unblocked {l}\n")).collect()
+                };
+                plain("200 OK", &body)
+            }
+            _ => plain(
+                "400 Bad Request",
+                "unknown throttle action (show, unblock)\n",
+            ),
+        }
+    }
+}
+
+fn plain(status: &str, body: &str) -> Vec<u8> {
+    format!(
+        "Status: {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// A temporary failure that closes the client connection (no `Auth-Wait`).

@@ -58,9 +58,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hmac::{Hmac, KeyInit, Mac};
+use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::audit::quoted;
+use crate::metrics::METRICS;
 
 /// Entries kept per in-memory map before expired ones are swept.
 const MEMORY_SWEEP_AT: usize = 100_000;
@@ -212,8 +215,27 @@ pub struct ThrottlePolicy {
     /// IPv6 clients are counted per network of this prefix length (one
     /// customer usually gets a whole /64 or more).
     pub ipv6_prefix: u8,
-    /// Clients that are never counted, delayed or blocked (webmail, monitoring).
+    /// Clients that are never counted, delayed or blocked (webmail,
+    /// monitoring). Default: loopback (127.0.0.0/8, ::1).
     pub trusted: Vec<Cidr>,
+    /// Adaptive toleration: a network's block threshold grows by this much
+    /// per doubling of the distinct users who logged in from it in the window
+    /// (`block_ip + success_bonus × log2(1 + users)`, at most `block_ip_max`).
+    pub success_bonus: u32,
+    /// The highest block threshold toleration can reach.
+    pub block_ip_max: u32,
+    /// A network where a user logged in within this time is *known* for
+    /// that user: failures of that user elsewhere (a distributed attack) do
+    /// not delay the user there. Zero: off.
+    pub known_for: Duration,
+}
+
+/// Loopback, trusted by default (a webmail on the same host, monitoring).
+pub fn loopback() -> Vec<Cidr> {
+    vec![
+        "127.0.0.0/8".parse().expect("valid CIDR"),
+        "::1".parse().expect("valid CIDR"),
+    ]
 }
 
 impl Default for ThrottlePolicy {
@@ -226,12 +248,26 @@ impl Default for ThrottlePolicy {
             delay_base: 1,
             delay_max: 30,
             ipv6_prefix: 64,
-            trusted: Vec::new(),
+            trusted: loopback(),
+            success_bonus: 10,
+            block_ip_max: 250,
+            known_for: Duration::from_secs(30 * 86_400),
         }
     }
 }
 
 impl ThrottlePolicy {
+    /// The failures that block a network from which `users` distinct users
+    /// logged in within the window (0: never blocks).
+    pub fn ip_threshold(&self, users: u32) -> u32 {
+        if self.block_ip == 0 {
+            return 0;
+        }
+        let bonus = f64::from(self.success_bonus) * (1.0 + f64::from(users)).log2();
+        let grown = (f64::from(self.block_ip) + bonus.floor()).min(f64::from(u32::MAX)) as u32;
+        grown.min(self.block_ip_max.max(self.block_ip))
+    }
+
     /// The `Auth-Wait` for `failures` counted failures; `None` for none.
     pub fn delay(&self, failures: u32) -> Option<u32> {
         if failures == 0 || self.delay_base == 0 {
@@ -280,9 +316,19 @@ struct Keys {
     net: Option<String>,
     /// Quoted user name, for logs.
     user_shown: String,
+    /// The user name as counted (lower case).
+    name: String,
     ip: Option<String>,
     ip_user: Option<String>,
     user: String,
+    /// Distinct users who logged in from the network (window counter).
+    ok: Option<String>,
+    /// Set while this user counts toward `ok` in the window.
+    ok_user: Option<String>,
+    /// Set while the network is known for the user.
+    known: Option<String>,
+    /// Prefix of the marks of wrong passwords already counted.
+    dup: Option<String>,
 }
 
 /// The throttle: policy, clock and state.
@@ -292,6 +338,9 @@ pub struct Throttle {
     local: MemoryStore,
     redis: Option<RedisStore>,
     health: Mutex<Health>,
+    /// This instance's key for the tags of wrong passwords (the shared one
+    /// lives in Redis).
+    dedup_key: [u8; 32],
 }
 
 impl fmt::Debug for Throttle {
@@ -313,12 +362,15 @@ struct Health {
 impl Throttle {
     /// A throttle keeping its state in this process.
     pub fn in_memory(policy: ThrottlePolicy, clock: Clock) -> Self {
+        let mut dedup_key = [0u8; 32];
+        rand::rng().fill_bytes(&mut dedup_key);
         Throttle {
             policy,
             clock,
             local: MemoryStore::default(),
             redis: None,
             health: Mutex::default(),
+            dedup_key,
         }
     }
 
@@ -352,11 +404,17 @@ impl Throttle {
                 format!("{masked}/{p}")
             }
         });
+        let on_net = |prefix: &str| net.as_ref().map(|n| format!("{prefix}:{n}:{name}"));
         Some(Keys {
             ip: net.as_ref().map(|n| format!("ip:{n}")),
-            ip_user: net.as_ref().map(|n| format!("ipu:{n}:{name}")),
+            ip_user: on_net("ipu"),
             user: format!("u:{name}"),
             user_shown: quoted(&String::from_utf8_lossy(user)),
+            ok: net.as_ref().map(|n| format!("ok:{n}")),
+            ok_user: on_net("oku"),
+            known: on_net("known"),
+            dup: on_net("dup"),
+            name,
             net,
         })
     }
@@ -472,13 +530,44 @@ impl Throttle {
     }
 
     /// Counts a rejected login; returns the throttle's `Auth-Wait` for it.
-    pub async fn record_failure(&self, ip: Option<IpAddr>, user: &[u8]) -> Option<u32> {
+    /// `secret` is what the client offered (a password): the same wrong one
+    /// for the same user from the same network counts once per window (a
+    /// phone retrying a stale password is not a guesser). Only a 32-bit
+    /// keyed HMAC of it is kept.
+    pub async fn record_failure(
+        &self,
+        ip: Option<IpAddr>,
+        user: &[u8],
+        secret: Option<&[u8]>,
+    ) -> Option<u32> {
         let k = self.keys(ip, user)?;
         let now = self.clock.now_ms();
         let window_ms = (self.policy.window.as_millis() as u64).max(1);
         let bucket = now / window_ms;
         // Share of the previous window still inside the sliding one.
         let prev_weight = 1.0 - (now % window_ms) as f64 / window_ms as f64;
+        let weigh = |(cur, prev): (u32, u32)| cur + (prev as f64 * prev_weight) as u32;
+        if let (Some(dup), Some(secret)) = (&k.dup, secret) {
+            let local = format!("{dup}:{}", tag(&self.dedup_key, secret));
+            let shared = match self.redis() {
+                Some(r) => r
+                    .dedup_key()
+                    .await
+                    .ok()
+                    .map(|key| format!("{dup}:{}", tag(&key, secret))),
+                None => None,
+            };
+            if !self
+                .mark(&local, shared.as_deref(), self.policy.window, true)
+                .await
+            {
+                log::debug!(
+                    "throttle: the same wrong password again for {}: not counted",
+                    Self::describe(&k, Scope::IpUser)
+                );
+                return None;
+            }
+        }
         let mut names: Vec<(Option<Scope>, &str)> = vec![(None, k.user.as_str())];
         if let Some(ip) = &k.ip {
             names.push((Some(Scope::Ip), ip));
@@ -487,67 +576,65 @@ impl Throttle {
             names.push((Some(Scope::IpUser), iu));
         }
         let keys: Vec<&str> = names.iter().map(|(_, n)| *n).collect();
-        let ttl = Duration::from_millis(window_ms * 2);
-        let local = self.local.incr(&keys, bucket, now);
-        let mut counts = local;
-        if let Some(r) = self.redis() {
-            match r.incr(&keys, bucket, ttl).await {
-                Ok(c) => {
-                    self.redis_ok();
-                    counts = c;
-                }
-                Err(e) => self.redis_failed(&e),
-            }
-        }
-        let weighted: Vec<u32> = counts
-            .iter()
-            .map(|(cur, prev)| cur + (*prev as f64 * prev_weight) as u32)
-            .collect();
+        let counts = self.incr(&keys, bucket, now, window_ms).await;
+        let weighted: Vec<u32> = counts.into_iter().map(weigh).collect();
+        let users_ok = match &k.ok {
+            Some(ok) => weigh(self.peek(ok, bucket).await),
+            None => 0,
+        };
+        let known = match &k.known {
+            Some(key) if !self.policy.known_for.is_zero() => self.marked(key).await,
+            _ => false,
+        };
         let until = now + self.policy.block_time.as_millis() as u64;
-        // Kept past expiry for a window, so the unblock is seen and logged.
-        let block_ttl = self.policy.block_time + self.policy.window;
         for ((scope, _), n) in names.iter().zip(&weighted) {
             let limit = match scope {
-                Some(Scope::Ip) => self.policy.block_ip,
+                Some(Scope::Ip) => self.policy.ip_threshold(users_ok),
                 Some(Scope::IpUser) => self.policy.block_ip_user,
                 None => 0,
             };
             let Some(scope) = scope.filter(|_| limit > 0 && *n >= limit) else {
                 continue;
             };
-            let name = match scope {
-                Scope::Ip => format!("block:{}", k.ip.as_deref().unwrap_or_default()),
-                Scope::IpUser => format!("block:{}", k.ip_user.as_deref().unwrap_or_default()),
-            };
-            let mut new = self.local.set_block(&name, until, now);
-            if let Some(r) = self.redis() {
-                match r.set_block(&name, until, block_ttl).await {
-                    Ok(shared_new) => {
-                        self.redis_ok();
-                        new = shared_new;
-                    }
-                    Err(e) => self.redis_failed(&e),
-                }
-            }
-            if new {
+            if self.set_block(&k, scope, until, now).await {
+                METRICS.throttle_block(scope.as_str());
                 log::warn!(
-                    "throttle: blocked {} for {} s after {n} failures in {} s",
+                    "throttle: blocked {} for {} s after {n} failures in {} s (threshold {limit}{})",
                     Self::describe(&k, scope),
                     self.policy.block_time.as_secs(),
-                    self.policy.window.as_secs()
+                    self.policy.window.as_secs(),
+                    if scope == Scope::Ip && users_ok > 0 {
+                        format!(", raised by {users_ok} users who logged in from there")
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }
-        self.policy
-            .delay(weighted.iter().copied().max().unwrap_or(0))
+        // The user's count (failures from everywhere) delays only where the
+        // user is not known: the owner keeps working from home while
+        // somebody else guesses from elsewhere.
+        let delaying = names
+            .iter()
+            .zip(&weighted)
+            .filter(|((scope, _), _)| scope.is_some() || !known)
+            .map(|(_, n)| *n);
+        self.policy.delay(delaying.max().unwrap_or(0))
     }
 
-    /// A successful login: forgets this user's failures from this network.
+    /// A successful login: forgets this user's failures from this network,
+    /// counts the user toward the network's toleration and marks the
+    /// network known for the user.
     pub async fn record_success(&self, ip: Option<IpAddr>, user: &[u8]) {
         let Some(k) = self.keys(ip, user) else { return };
-        let Some(iu) = &k.ip_user else { return };
+        let (Some(iu), Some(ok), Some(ok_user), Some(known)) =
+            (&k.ip_user, &k.ok, &k.ok_user, &k.known)
+        else {
+            return;
+        };
+        let now = self.clock.now_ms();
         let window_ms = (self.policy.window.as_millis() as u64).max(1);
-        let bucket = self.clock.now_ms() / window_ms;
+        let bucket = now / window_ms;
         self.local.reset(iu);
         if let Some(r) = self.redis() {
             match r.reset(iu, bucket).await {
@@ -555,7 +642,332 @@ impl Throttle {
                 Err(e) => self.redis_failed(&e),
             }
         }
+        if self.mark(ok_user, None, self.policy.window, true).await {
+            self.incr(&[ok.as_str()], bucket, now, window_ms).await;
+        }
+        if !self.policy.known_for.is_zero() {
+            self.mark(known, None, self.policy.known_for, false).await;
+        }
     }
+
+    /// Adds one to each counter, in both stores; the shared counts win.
+    async fn incr(&self, keys: &[&str], bucket: u64, now: u64, window_ms: u64) -> Vec<(u32, u32)> {
+        let local = self.local.incr(keys, bucket, now);
+        if let Some(r) = self.redis() {
+            match r
+                .incr(keys, bucket, Duration::from_millis(window_ms * 2))
+                .await
+            {
+                Ok(c) => {
+                    self.redis_ok();
+                    return c;
+                }
+                Err(e) => self.redis_failed(&e),
+            }
+        }
+        local
+    }
+
+    /// A counter's current and previous window, without counting.
+    async fn peek(&self, key: &str, bucket: u64) -> (u32, u32) {
+        if let Some(r) = self.redis() {
+            match r.peek(key, bucket).await {
+                Ok(c) => {
+                    self.redis_ok();
+                    return c;
+                }
+                Err(e) => self.redis_failed(&e),
+            }
+        }
+        self.local.peek(key, bucket)
+    }
+
+    /// Sets a mark for `ttl` (in Redis under `shared`, else the same name);
+    /// with `only_new`, true only when it was not set yet.
+    async fn mark(&self, local: &str, shared: Option<&str>, ttl: Duration, only_new: bool) -> bool {
+        let now = self.clock.now_ms();
+        let new = self
+            .local
+            .mark(local, now + ttl.as_millis() as u64, now, only_new);
+        if let Some(r) = self.redis() {
+            match r.mark(shared.unwrap_or(local), ttl, only_new).await {
+                Ok(shared_new) => {
+                    self.redis_ok();
+                    return shared_new;
+                }
+                Err(e) => self.redis_failed(&e),
+            }
+        }
+        new
+    }
+
+    /// Whether a mark is set.
+    async fn marked(&self, key: &str) -> bool {
+        if let Some(r) = self.redis() {
+            match r.marked(key).await {
+                Ok(m) => {
+                    self.redis_ok();
+                    return m || self.local.marked(key, self.clock.now_ms());
+                }
+                Err(e) => self.redis_failed(&e),
+            }
+        }
+        self.local.marked(key, self.clock.now_ms())
+    }
+
+    /// Sets the block of `scope` for `k` until `until`, in both stores; true
+    /// when no block was in force before (so one instance logs it).
+    async fn set_block(&self, k: &Keys, scope: Scope, until: u64, now: u64) -> bool {
+        let name = match scope {
+            Scope::Ip => format!("block:{}", k.ip.as_deref().unwrap_or_default()),
+            Scope::IpUser => format!("block:{}", k.ip_user.as_deref().unwrap_or_default()),
+        };
+        // Kept past expiry for a window, so the unblock is seen and logged.
+        let block_ttl = self.policy.block_time + self.policy.window;
+        let mut new = self.local.set_block(&name, until, now);
+        if let Some(r) = self.redis() {
+            if scope == Scope::IpUser {
+                // So `throttle unblock --ip` / `--user` can find pair
+                // blocks behind their hashed keys.
+                let net = k.net.as_deref().unwrap_or_default();
+                if let Err(e) = r
+                    .index(&format!("idx-net:{net}"), &k.name, block_ttl)
+                    .await
+                    .and(
+                        r.index(&format!("idx-user:{}", k.name), net, block_ttl)
+                            .await,
+                    )
+                {
+                    self.redis_failed(&e);
+                }
+            }
+            match r.set_block(&name, until, block_ttl).await {
+                Ok(shared_new) => {
+                    self.redis_ok();
+                    new = shared_new;
+                }
+                Err(e) => self.redis_failed(&e),
+            }
+        }
+        new
+    }
+}
+
+/// One counter as `throttle show` reports it.
+fn counted(n: u32, limit: u32) -> String {
+    if limit == 0 {
+        format!("{n} (delays only)")
+    } else {
+        format!("{n} of {limit}")
+    }
+}
+
+impl Throttle {
+    /// What the throttle holds about `ip` and `user` (either may be
+    /// missing), and what the next login from there would meet and why:
+    /// the text of `nginx-auth-fcgi throttle show`.
+    pub async fn inspect(&self, ip: Option<IpAddr>, user: Option<&[u8]>) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let Some(k) = self.keys(ip, user.unwrap_or_default()) else {
+            let _ = writeln!(
+                out,
+                "client {}: in trusted_networks, never counted, delayed or blocked",
+                ip.map_or("-".into(), |i| i.to_string())
+            );
+            return out;
+        };
+        let now = self.clock.now_ms();
+        let window_ms = (self.policy.window.as_millis() as u64).max(1);
+        let bucket = now / window_ms;
+        let prev_weight = 1.0 - (now % window_ms) as f64 / window_ms as f64;
+        let weigh = |(cur, prev): (u32, u32)| cur + (prev as f64 * prev_weight) as u32;
+        let users_ok = match &k.ok {
+            Some(ok) => weigh(self.peek(ok, bucket).await),
+            None => 0,
+        };
+        let threshold = self.policy.ip_threshold(users_ok);
+        let _ = writeln!(
+            out,
+            "window {} s; block {} s",
+            self.policy.window.as_secs(),
+            self.policy.block_time.as_secs()
+        );
+        let mut blocked = None;
+        if let Some(net) = &k.net {
+            let n = weigh(self.peek(k.ip.as_deref().unwrap_or_default(), bucket).await);
+            let _ = writeln!(
+                out,
+                "network {net}: {} failures; {users_ok} users logged in from it \
+                 (threshold {} + {} x log2(1 + {users_ok}) = {threshold}, at most {})",
+                counted(n, threshold),
+                self.policy.block_ip,
+                self.policy.success_bonus,
+                self.policy.block_ip_max
+            );
+        }
+        let mut blocks = Self::block_keys(&k);
+        if user.is_none() {
+            blocks.retain(|(scope, _)| *scope == Scope::Ip);
+        }
+        let names: Vec<&str> = blocks.iter().map(|(_, n)| n.as_str()).collect();
+        let mut untils = self.local.get_blocks(&names);
+        if let Some(r) = self.redis() {
+            if let Ok(remote) = r.get_blocks(&names).await {
+                untils = untils
+                    .into_iter()
+                    .zip(remote)
+                    .map(|(l, r)| l.max(r))
+                    .collect();
+            }
+        }
+        if user.is_some() {
+            let known = match &k.known {
+                Some(key) if !self.policy.known_for.is_zero() => self.marked(key).await,
+                _ => false,
+            };
+            if let Some(iu) = &k.ip_user {
+                let n = weigh(self.peek(iu, bucket).await);
+                let _ = writeln!(
+                    out,
+                    "user {} from there: {} failures; network known for the user: {}",
+                    k.user_shown,
+                    counted(n, self.policy.block_ip_user),
+                    if known {
+                        "yes (failures elsewhere do not delay it here)"
+                    } else {
+                        "no"
+                    }
+                );
+            }
+            let n = weigh(self.peek(&k.user, bucket).await);
+            let _ = writeln!(
+                out,
+                "user {} from everywhere: {n} failures (delays only, never blocks)",
+                k.user_shown
+            );
+        }
+        for ((scope, _), until) in blocks.iter().zip(untils) {
+            let left = until.filter(|u| *u > now).map(|u| (u - now).div_ceil(1000));
+            let _ = writeln!(
+                out,
+                "block of {}: {}",
+                Self::describe(&k, *scope),
+                left.map_or("none".to_owned(), |s| format!("{s} s left"))
+            );
+            if blocked.is_none() {
+                blocked = left.map(|s| (*scope, s));
+            }
+        }
+        let _ = match blocked {
+            Some((scope, left)) => writeln!(
+                out,
+                "next login: refused without asking the passdb (block of {}, {left} s left)",
+                Self::describe(&k, scope)
+            ),
+            None => writeln!(
+                out,
+                "next login: allowed; a wrong password counts toward the limits above"
+            ),
+        };
+        out
+    }
+
+    /// Lifts blocks and forgets the counts behind them: `ip` and `user` for
+    /// that pair, `ip` alone for the network and every pair on it, `user`
+    /// alone for that user from every network. Returns what was lifted.
+    pub async fn unblock(&self, ip: Option<IpAddr>, user: Option<&[u8]>) -> Vec<String> {
+        let Some(k) = self.keys(ip, user.unwrap_or_default()) else {
+            return Vec::new();
+        };
+        // (block key, counter key, description)
+        let mut targets: Vec<(String, String, String)> = Vec::new();
+        let pair = |net: &str, name: &str| {
+            let iu = format!("ipu:{net}:{name}");
+            (
+                format!("block:{iu}"),
+                iu,
+                format!("ip {net} user {}", quoted(name)),
+            )
+        };
+        match (&k.net, user) {
+            (Some(_), Some(_)) => {
+                let iu = k.ip_user.clone().unwrap_or_default();
+                targets.push((format!("block:{iu}"), iu, Self::describe(&k, Scope::IpUser)));
+            }
+            (Some(net), None) => {
+                let ipk = k.ip.clone().unwrap_or_default();
+                targets.push((format!("block:{ipk}"), ipk, Self::describe(&k, Scope::Ip)));
+                let mut names: Vec<String> = self
+                    .local
+                    .pair_blocks()
+                    .into_iter()
+                    .filter(|(n, _)| n == net)
+                    .map(|(_, u)| u)
+                    .collect();
+                if let Some(r) = self.redis() {
+                    names.extend(
+                        r.members(&format!("idx-net:{net}"))
+                            .await
+                            .unwrap_or_default(),
+                    );
+                }
+                names.sort();
+                names.dedup();
+                targets.extend(names.iter().map(|name| pair(net, name)));
+            }
+            (None, _) => {
+                let name = &k.name;
+                let mut nets: Vec<String> = self
+                    .local
+                    .pair_blocks()
+                    .into_iter()
+                    .filter(|(_, u)| u == name)
+                    .map(|(n, _)| n)
+                    .collect();
+                if let Some(r) = self.redis() {
+                    nets.extend(
+                        r.members(&format!("idx-user:{name}"))
+                            .await
+                            .unwrap_or_default(),
+                    );
+                }
+                nets.sort();
+                nets.dedup();
+                targets.extend(nets.iter().map(|net| pair(net, name)));
+            }
+        }
+        let now = self.clock.now_ms();
+        let bucket = now / (self.policy.window.as_millis() as u64).max(1);
+        let mut lifted = Vec::new();
+        for (block, counter, shown) in targets {
+            let mut was = self.local.lift(&block, now);
+            self.local.reset(&counter);
+            if let Some(r) = self.redis() {
+                match r.lift(&block).await {
+                    Ok(shared) => was |= shared,
+                    Err(e) => self.redis_failed(&e),
+                }
+                if let Err(e) = r.reset(&counter, bucket).await {
+                    self.redis_failed(&e);
+                }
+            }
+            if was {
+                log::warn!("throttle: unblocked {shown} by the admin");
+                lifted.push(shown);
+            }
+        }
+        lifted
+    }
+}
+
+/// The short keyed tag of a secret kept for de-duplication: 32 bits of
+/// HMAC-SHA256, too short to test guesses against offline with any
+/// confidence, long enough that two wrong passwords of one user rarely share it.
+fn tag(key: &[u8; 32], secret: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+    mac.update(secret);
+    hex::encode(&mac.finalize().into_bytes()[..4])
 }
 
 /// Counters and blocks in this process.
@@ -568,6 +980,9 @@ struct MemoryStore {
 struct MemoryState {
     windows: HashMap<String, Window>,
     blocks: HashMap<String, u64>,
+    /// Marks (wrong passwords seen, users who logged in, known networks)
+    /// and when they expire.
+    marks: HashMap<String, u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -633,6 +1048,45 @@ impl MemoryStore {
             .collect()
     }
 
+    fn peek(&self, key: &str, bucket: u64) -> (u32, u32) {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match s.windows.get(key) {
+            Some(w) if w.bucket == bucket => (w.cur, w.prev),
+            Some(w) if w.bucket + 1 == bucket => (0, w.cur),
+            _ => (0, 0),
+        }
+    }
+
+    /// Sets a mark until `until`; true when it was not set (or expired).
+    /// With `only_new` an existing mark is left as it is.
+    fn mark(&self, key: &str, until: u64, now: u64, only_new: bool) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.marks.len() >= MEMORY_SWEEP_AT {
+            s.marks.retain(|_, u| *u > now);
+            if s.marks.len() >= MEMORY_SWEEP_AT {
+                // Forget the half closest to expiry: for a wrong-password
+                // mark that means counting it again (never fewer counts),
+                // for a known network a delay again.
+                let mut ends: Vec<u64> = s.marks.values().copied().collect();
+                let half = ends.len() / 2;
+                ends.select_nth_unstable(half);
+                let cut = ends[half];
+                s.marks.retain(|_, u| *u > cut);
+                log::warn!("throttle: too many marks; forgot the half closest to expiry");
+            }
+        }
+        let existed = s.marks.get(key).is_some_and(|u| *u > now);
+        if !(existed && only_new) {
+            s.marks.insert(key.to_owned(), until);
+        }
+        !existed
+    }
+
+    fn marked(&self, key: &str, now: u64) -> bool {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.marks.get(key).is_some_and(|u| *u > now)
+    }
+
     fn get_blocks(&self, keys: &[&str]) -> Vec<Option<u64>> {
         let s = self.state.lock().expect("throttle state lock");
         keys.iter().map(|k| s.blocks.get(*k).copied()).collect()
@@ -658,6 +1112,29 @@ impl MemoryStore {
         } else {
             false
         }
+    }
+
+    /// The (network, user) of every pair block stored.
+    fn pair_blocks(&self) -> Vec<(String, String)> {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.blocks
+            .keys()
+            .filter_map(|k| k.strip_prefix("block:ipu:"))
+            .filter_map(|rest| {
+                // `net:user`; an IPv6 net holds colons and ends in /len.
+                let split = match rest.find('/') {
+                    Some(slash) => slash + rest[slash..].find(':')?,
+                    None => rest.find(':')?,
+                };
+                Some((rest[..split].to_owned(), rest[split + 1..].to_owned()))
+            })
+            .collect()
+    }
+
+    /// Removes a block; true when one was in force.
+    fn lift(&self, key: &str, now: u64) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.blocks.remove(key).is_some_and(|u| u > now)
     }
 
     fn reset(&self, key: &str) {
@@ -697,6 +1174,8 @@ struct RedisStore {
     /// The URL without a password, for logs.
     shown: String,
     unblock: redis::Script,
+    /// The instances' shared key for wrong-password tags, once read.
+    dedup_key: tokio::sync::OnceCell<[u8; 32]>,
 }
 
 impl RedisStore {
@@ -710,6 +1189,7 @@ impl RedisStore {
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                    return redis.call('DEL', KEYS[1]) else return 0 end",
             ),
+            dedup_key: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -752,6 +1232,100 @@ impl RedisStore {
             .chunks(2)
             .map(|c| (c[0].unwrap_or(1), c.get(1).copied().flatten().unwrap_or(0)))
             .collect())
+    }
+
+    /// The key all instances use for wrong-password tags: the first
+    /// instance stores a random one (`SET NX`), every instance reads it.
+    async fn dedup_key(&self) -> Result<[u8; 32], String> {
+        self.dedup_key
+            .get_or_try_init(|| async {
+                let name = format!("{REDIS_PREFIX}dedup-key");
+                let mut fresh = [0u8; 32];
+                rand::rng().fill_bytes(&mut fresh);
+                let mut conn = self.conn.clone();
+                let mut set = redis::cmd("SET");
+                set.arg(&name).arg(hex::encode(fresh)).arg("NX");
+                let _: Option<String> = self.run(set.query_async(&mut conn)).await?;
+                let mut get = redis::cmd("GET");
+                get.arg(&name);
+                let stored: Option<String> = self.run(get.query_async(&mut conn)).await?;
+                let bytes = stored
+                    .and_then(|h| hex::decode(h).ok())
+                    .filter(|b| b.len() == 32)
+                    .ok_or("the shared dedup key in Redis is malformed")?;
+                let mut key = [0u8; 32];
+                key.copy_from_slice(&bytes);
+                Ok(key)
+            })
+            .await
+            .copied()
+    }
+
+    async fn peek(&self, key: &str, bucket: u64) -> Result<(u32, u32), String> {
+        let base = Self::key(key);
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(format!("{base}:{bucket}"))
+            .arg(format!("{base}:{}", bucket.wrapping_sub(1)));
+        let mut conn = self.conn.clone();
+        let v: Vec<Option<u32>> = self.run(cmd.query_async(&mut conn)).await?;
+        Ok((
+            v.first().copied().flatten().unwrap_or(0),
+            v.get(1).copied().flatten().unwrap_or(0),
+        ))
+    }
+
+    async fn mark(&self, key: &str, ttl: Duration, only_new: bool) -> Result<bool, String> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(Self::key(key))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64);
+        if only_new {
+            cmd.arg("NX");
+            let r: Option<String> = self.run(cmd.query_async(&mut conn)).await?;
+            return Ok(r.is_some());
+        }
+        // Refresh; report whether it existed before.
+        cmd.arg("GET");
+        let old: Option<String> = self.run(cmd.query_async(&mut conn)).await?;
+        Ok(old.is_none())
+    }
+
+    /// Adds `member` to the index set `set` (plain, unhashed members).
+    async fn index(&self, set: &str, member: &str, ttl: Duration) -> Result<(), String> {
+        let mut pipe = redis::pipe();
+        let key = Self::key(set);
+        pipe.sadd(&key, member)
+            .ignore()
+            .pexpire(&key, ttl.as_millis() as i64)
+            .ignore();
+        let mut conn = self.conn.clone();
+        self.run(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    async fn members(&self, set: &str) -> Result<Vec<String>, String> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(Self::key(set));
+        self.run(cmd.query_async(&mut conn)).await
+    }
+
+    /// Removes a block; true when one was stored.
+    async fn lift(&self, key: &str) -> Result<bool, String> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(Self::key(key));
+        let n: u32 = self.run(cmd.query_async(&mut conn)).await?;
+        Ok(n > 0)
+    }
+
+    async fn marked(&self, key: &str) -> Result<bool, String> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(Self::key(key));
+        let n: u32 = self.run(cmd.query_async(&mut conn)).await?;
+        Ok(n > 0)
     }
 
     async fn get_blocks(&self, keys: &[&str]) -> Result<Vec<Option<u64>>, String> {

@@ -74,6 +74,10 @@ fn fixture(o: Options) -> Fixture {
                 delay_max: 30,
                 ipv6_prefix: 64,
                 trusted: vec![],
+                // The adaptive parts are off here; tests/throttle_model.rs covers them.
+                success_bonus: 0,
+                block_ip_max: 0,
+                known_for: Duration::ZERO,
             },
             Clock::system(),
         ))
@@ -337,7 +341,7 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
         trusted_proxy: Some("10.0.0.0/8"),
         ..Options::default()
     });
-    let wrong = basic("alice", "nope");
+    let (wrong, wrong2) = (basic("alice", "nope"), basic("alice", "nope2"));
     let right = basic("alice", "wonderland");
     let via_proxy = |client: &'static str| {
         [
@@ -358,7 +362,7 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
     f.ask(
         &[
             &via_proxy("203.0.113.50")[..],
-            &[("HTTP_AUTHORIZATION", &wrong)],
+            &[("HTTP_AUTHORIZATION", &wrong2)],
         ]
         .concat(),
     )
@@ -493,7 +497,8 @@ async fn one_client_request_gets_one_decision() {
         "a repeat was counted as a second failure: {o:?}"
     );
     // ... whereas two client requests with it are two failures.
-    for id in ["eeee", "ffff"] {
+    for (id, guess) in [("eeee", "guess1"), ("ffff", "guess2")] {
+        let wrong = basic("bob", guess);
         f.status(&[("HTTP_AUTHORIZATION", &wrong), ("AUTH_REQUEST_ID", id)])
             .await;
     }

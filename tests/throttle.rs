@@ -61,6 +61,10 @@ fn policy() -> ThrottlePolicy {
         delay_max: 30,
         ipv6_prefix: 64,
         trusted: vec!["192.0.2.0/24".parse().unwrap()],
+        // The adaptive parts are off here; tests/throttle_model.rs covers them.
+        success_bonus: 0,
+        block_ip_max: 0,
+        known_for: Duration::ZERO,
     }
 }
 
@@ -99,6 +103,16 @@ fn throttle(p: ThrottlePolicy) -> Arc<Throttle> {
 }
 
 /// One login as nginx asks for it: a fresh connection (attempt 1) unless said.
+/// A fresh wrong password: a guesser tries a new one each time (the same
+/// wrong password again counts once).
+fn guess() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "guess-{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 fn login(user: &str, pass: &str, ip: &str) -> MailAuthRequest {
     login_attempt(user, pass, ip, 1)
 }
@@ -238,7 +252,7 @@ async fn ipv6_clients_are_counted_per_64() {
     for i in 0..5 {
         // A different address of the same /64 each time.
         let ip = format!("2001:db8:7:7::{:x}", i + 1);
-        f.auth.authenticate(&login("alice", "guess", &ip)).await;
+        f.auth.authenticate(&login("alice", &guess(), &ip)).await;
     }
     assert_blocked(
         &f.auth
@@ -258,7 +272,7 @@ async fn a_block_expires_and_the_unblock_is_logged_once() {
     let f = fixture(throttle(policy()));
     let ip = "203.0.113.30";
     for _ in 0..5 {
-        f.auth.authenticate(&login("alice", "guess", ip)).await;
+        f.auth.authenticate(&login("alice", &guess(), ip)).await;
     }
     assert_blocked(
         &f.auth.authenticate(&login("alice", "alice-pw", ip)).await,
@@ -280,12 +294,12 @@ async fn old_failures_slide_out_of_the_window() {
     let f = fixture(throttle(policy()));
     let ip = "203.0.113.40";
     for _ in 0..4 {
-        f.auth.authenticate(&login("alice", "guess", ip)).await;
+        f.auth.authenticate(&login("alice", &guess(), ip)).await;
     }
     // Two windows later the four are forgotten: four more do not block.
     tokio::time::advance(Duration::from_secs(1200)).await;
     for _ in 0..4 {
-        let d = f.auth.authenticate(&login("alice", "guess", ip)).await;
+        let d = f.auth.authenticate(&login("alice", &guess(), ip)).await;
         assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
     }
     assert_ok(&f.auth.authenticate(&login("alice", "alice-pw", ip)).await);
@@ -312,7 +326,7 @@ async fn trusted_networks_are_exempt() {
     for _ in 0..30 {
         let d = f
             .auth
-            .authenticate(&login("alice", "guess", "192.0.2.7"))
+            .authenticate(&login("alice", &guess(), "192.0.2.7"))
             .await;
         assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
         // Only the per-connection schedule applies.
@@ -340,7 +354,7 @@ async fn temporary_failures_are_not_counted() {
     // The database breaks: every answer is a temporary failure.
     std::fs::write(&path, vec![0x55u8; 8192]).unwrap();
     for _ in 0..10 {
-        let d = auth.authenticate(&login("alice", "guess", ip)).await;
+        let d = auth.authenticate(&login("alice", &guess(), ip)).await;
         assert_eq!(d.audit.outcome, Outcome::TempFail, "{}", d.audit);
     }
     assert_eq!(log_lines(&format!("blocked ip {ip}")), 0);
@@ -355,7 +369,7 @@ async fn two_authenticators_sharing_one_in_memory_throttle_enforce_one_limit() {
     let ip = "203.0.113.70";
     for i in 0..5 {
         let f = if i % 2 == 0 { &a } else { &b };
-        f.auth.authenticate(&login("alice", "guess", ip)).await;
+        f.auth.authenticate(&login("alice", &guess(), ip)).await;
     }
     assert_blocked(
         &a.auth.authenticate(&login("alice", "alice-pw", ip)).await,

@@ -140,8 +140,13 @@ impl Authenticator {
             HttpCredentials::NotOffered => return refuse("scheme not offered", false),
             HttpCredentials::Malformed { reason, .. } => return refuse(reason, false),
             HttpCredentials::Basic { user, password } => {
-                self.throttled(ip, user.as_bytes(), self.judge_basic(user, password, cache))
-                    .await
+                self.throttled(
+                    ip,
+                    user.as_bytes(),
+                    Some(password.expose()),
+                    self.judge_basic(user, password, cache),
+                )
+                .await
             }
             HttpCredentials::Digest(sent) => {
                 // With `userhash`, HA1 is computed over the real name.
@@ -158,14 +163,19 @@ impl Authenticator {
                         // Counted as an unknown user, as for a name in clear.
                         None => {
                             let unknown = async { rejected(Rejection::UnknownUser, None) };
-                            return self.settle(self.throttled(ip, b"", unknown).await);
+                            return self.settle(self.throttled(ip, b"", None, unknown).await);
                         }
                         Some(Err(j)) => return j,
                     }
                 }
                 let who = user.clone();
-                self.throttled(ip, who.as_bytes(), self.judge_digest(req, &c, &who, state))
-                    .await
+                self.throttled(
+                    ip,
+                    who.as_bytes(),
+                    None,
+                    self.judge_digest(req, &c, &who, state),
+                )
+                .await
             }
         };
         self.settle(throttled)

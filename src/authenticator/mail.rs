@@ -105,7 +105,12 @@ impl Authenticator {
         }
         let ip = notes.client_ip;
         match self
-            .throttled(ip, &req.user, self.judge_mechanism(req, notes))
+            .throttled(
+                ip,
+                &req.user,
+                Some(req.pass.expose()),
+                self.judge_mechanism(req, notes),
+            )
             .await
         {
             Throttled::Blocked(scope) => Judgement::Blocked(scope),

@@ -284,10 +284,13 @@ impl Authenticator {
 
     /// Runs `judge` inside the throttle: a blocked client is refused before
     /// any passdb is asked; afterwards the judgement's [`Count`] is recorded.
+    /// `secret` (the password offered, when there is one that repeats as
+    /// sent) lets the throttle count a repeated wrong password once.
     pub(crate) async fn throttled<J: Counted>(
         &self,
         ip: Option<IpAddr>,
         user: &[u8],
+        secret: Option<&[u8]>,
         judge: impl Future<Output = J>,
     ) -> Throttled<J> {
         let Some(throttle) = &self.policy.throttle else {
@@ -298,7 +301,7 @@ impl Authenticator {
         }
         let j = judge.await;
         let wait = match j.count() {
-            Count::Failure => throttle.record_failure(ip, user).await,
+            Count::Failure => throttle.record_failure(ip, user, secret).await,
             Count::Success => {
                 throttle.record_success(ip, user).await;
                 None
