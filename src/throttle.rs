@@ -489,8 +489,13 @@ impl Throttle {
             }
         }
         let shared = found.is_some();
-        // Blocks set while Redis was away live only here: honour both.
-        let local = self.local.get_blocks(&names);
+        // Blocks set while Redis was away live only here: honour those too
+        // (blocks Redis took are Redis's to keep or lift).
+        let local = if shared {
+            self.local.get_unshared_blocks(&names)
+        } else {
+            self.local.get_blocks(&names)
+        };
         let untils: Vec<Option<u64>> = match found {
             Some(remote) => remote
                 .into_iter()
@@ -724,7 +729,7 @@ impl Throttle {
         };
         // Kept past expiry for a window, so the unblock is seen and logged.
         let block_ttl = self.policy.block_time + self.policy.window;
-        let mut new = self.local.set_block(&name, until, now);
+        let new = self.local.set_block(&name, until, now);
         if let Some(r) = self.redis() {
             if scope == Scope::IpUser {
                 // So `throttle unblock --ip` / `--user` can find pair
@@ -744,11 +749,13 @@ impl Throttle {
             match r.set_block(&name, until, block_ttl).await {
                 Ok(shared_new) => {
                     self.redis_ok();
-                    new = shared_new;
+                    self.local.set_shared(&name, true);
+                    return shared_new;
                 }
                 Err(e) => self.redis_failed(&e),
             }
         }
+        self.local.set_shared(&name, false);
         new
     }
 }
@@ -803,7 +810,7 @@ impl Throttle {
                 counted(n, threshold),
                 self.policy.block_ip,
                 self.policy.success_bonus,
-                self.policy.block_ip_max
+                self.policy.block_ip_max.max(self.policy.block_ip)
             );
         }
         let mut blocks = Self::block_keys(&k);
@@ -980,6 +987,8 @@ struct MemoryStore {
 struct MemoryState {
     windows: HashMap<String, Window>,
     blocks: HashMap<String, u64>,
+    /// Blocks Redis did not take (set while it was away, or without it).
+    unshared: std::collections::HashSet<String>,
     /// Marks (wrong passwords seen, users who logged in, known networks)
     /// and when they expire.
     marks: HashMap<String, u64>,
@@ -1029,6 +1038,10 @@ impl MemoryStore {
         }
         if s.blocks.len() >= MEMORY_SWEEP_AT {
             s.blocks.retain(|_, until| *until > now);
+            let MemoryState {
+                blocks, unshared, ..
+            } = &mut *s;
+            unshared.retain(|k| blocks.contains_key(k));
         }
         keys.iter()
             .map(|k| {
@@ -1088,8 +1101,30 @@ impl MemoryStore {
     }
 
     fn get_blocks(&self, keys: &[&str]) -> Vec<Option<u64>> {
-        let s = self.state.lock().expect("throttle state lock");
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         keys.iter().map(|k| s.blocks.get(*k).copied()).collect()
+    }
+
+    fn get_unshared_blocks(&self, keys: &[&str]) -> Vec<Option<u64>> {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .map(|k| {
+                s.blocks
+                    .get(*k)
+                    .copied()
+                    .filter(|_| s.unshared.contains(*k))
+            })
+            .collect()
+    }
+
+    /// Records whether Redis took the block `key`.
+    fn set_shared(&self, key: &str, shared: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if shared {
+            s.unshared.remove(key);
+        } else if s.blocks.contains_key(key) {
+            s.unshared.insert(key.to_owned());
+        }
     }
 
     /// True when no block was in force before.
@@ -1134,6 +1169,7 @@ impl MemoryStore {
     /// Removes a block; true when one was in force.
     fn lift(&self, key: &str, now: u64) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.unshared.remove(key);
         s.blocks.remove(key).is_some_and(|u| u > now)
     }
 

@@ -717,3 +717,42 @@ fn systemd_units_pass_systemd_analyze_verify() {
         "nginx.conf and the .socket unit must name the same socket"
     );
 }
+
+/// Issue 14's webmail case through real nginx, default throttle settings: a
+/// webmail on the same host logs everybody in from 127.0.0.1, so 300 failed
+/// logins over 100 users from there must not lock its users out.
+#[test]
+fn a_webmail_on_loopback_is_never_locked_out() {
+    let stack = Stack::start();
+    for i in 0..300 {
+        let user = if i % 100 == 0 {
+            ALICE.name.to_owned()
+        } else {
+            format!("webmail-user-{}", i % 100)
+        };
+        let pass = format!("mistyped-{i}");
+        let headers = stack.auth_http_request(&[
+            ("Auth-Method", "plain"),
+            ("Auth-User", &user),
+            ("Auth-Pass", &pass),
+            ("Auth-Protocol", "imap"),
+            ("Auth-Login-Attempt", "1"),
+            ("Client-IP", "127.0.0.1"),
+            ("X-Auth-Key", AUTH_KEY),
+        ]);
+        let status = headers
+            .iter()
+            .find(|(n, _)| n == "auth-status")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(status, Some("Invalid login or password"), "attempt {i}");
+    }
+    // The real login through nginx's IMAP listener, from 127.0.0.1 too.
+    let r = stack.client("imap", "login", ALICE.name, &[ALICE.password], &[]);
+    assert_ok(&r, "IMAP LOGIN after 300 failures from loopback");
+    let log = stack.daemon_log();
+    assert!(!log.contains("throttle: blocked"), "{log}");
+    assert!(
+        log.contains("trusted networks, never counted, delayed or blocked: 127.0.0.0/8, ::1/128"),
+        "start-up says what is trusted:\n{log}"
+    );
+}

@@ -160,6 +160,10 @@ struct Instance {
 }
 
 fn instance(redis: &Redis, clock: &Clock) -> Instance {
+    instance_with(redis, clock, policy())
+}
+
+fn instance_with(redis: &Redis, clock: &Clock, throttle: ThrottlePolicy) -> Instance {
     capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let passwd = dir.path().join("users");
@@ -169,7 +173,7 @@ fn instance(redis: &Redis, clock: &Clock) -> Instance {
     )
     .unwrap();
     let db = AnyPassdb::open(&format!("passwd-file:{}", passwd.display()), None).unwrap();
-    let throttle = Throttle::with_redis(policy(), clock.clone(), &redis.url()).unwrap();
+    let throttle = Throttle::with_redis(throttle, clock.clone(), &redis.url()).unwrap();
     let mut upstreams = Upstreams::default();
     upstreams.add("imap=127.0.0.1:1143").unwrap();
     let policy = Policy {
@@ -366,6 +370,87 @@ async fn redis_down_falls_back_to_local_state_and_never_fails_open() {
     assert_ok(
         &b.auth
             .authenticate(&login("bob", "bob-pw", "198.51.100.112"))
+            .await,
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_wrong_password_counts_once_across_instances() {
+    let redis = Redis::start();
+    let clock = start_clock();
+    let known = || ThrottlePolicy {
+        known_for: Duration::from_secs(30 * 86_400),
+        ..policy()
+    };
+    let (a, b) = (
+        instance_with(&redis, &clock, known()),
+        instance_with(&redis, &clock, known()),
+    );
+    let phone = "203.0.113.120";
+    // A phone with an old password, reconnecting through both instances
+    // (block_ip_user is 5 here): one failure in the shared count.
+    for _ in 0..10 {
+        for inst in [&a, &b] {
+            assert_mismatch(
+                &inst
+                    .auth
+                    .authenticate(&login("alice", "old-password", phone))
+                    .await,
+            );
+        }
+    }
+    assert_ok(
+        &b.auth
+            .authenticate(&login("alice", "alice-pw", phone))
+            .await,
+    );
+    // Both instances tag with the key stored in Redis (one key, 32 bytes).
+    let key = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "GET",
+            "nginx-auth-fcgi:dedup-key",
+        ])
+        .output()
+        .expect("redis-cli (package redis-tools)");
+    assert_eq!(String::from_utf8_lossy(&key.stdout).trim().len(), 64);
+    // Different wrong passwords are a guesser, counted on either instance.
+    for i in 0..5 {
+        let inst = if i % 2 == 0 { &a } else { &b };
+        assert_mismatch(
+            &inst
+                .auth
+                .authenticate(&login("alice", &guess(), phone))
+                .await,
+        );
+    }
+    assert_blocked(
+        &a.auth
+            .authenticate(&login("alice", "alice-pw", phone))
+            .await,
+    );
+    // The known network and the toleration marks live in Redis too: an
+    // instance that never saw alice's login knows the network.
+    let c = instance_with(&redis, &clock, known());
+    let t = c.auth.policy().throttle.as_deref().unwrap();
+    let shown = t
+        .inspect(Some("203.0.113.120".parse().unwrap()), Some(b"alice"))
+        .await;
+    assert!(shown.contains("network known for the user: yes"), "{shown}");
+    assert!(shown.contains("1 users logged in from it"), "{shown}");
+    assert!(
+        shown.contains("block of ip 203.0.113.120 user alice:"),
+        "{shown}"
+    );
+    // Unblocking on one instance lifts it for all.
+    assert_eq!(
+        t.unblock(None, Some(b"alice")).await,
+        vec!["ip 203.0.113.120 user alice".to_owned()]
+    );
+    assert_ok(
+        &a.auth
+            .authenticate(&login("alice", "alice-pw", phone))
             .await,
     );
 }

@@ -773,8 +773,10 @@ async fn proxy_protocol_address_only_from_trusted_proxies() {
     );
     let proxy = "10.9.0.1";
     let x = "198.51.100.7";
-    for _ in 0..3 {
-        let (s, _) = d.login_from("imap", "user1", "wrong", proxy, Some(x)).await;
+    for i in 0..3 {
+        // Distinct guesses (a repeated wrong password counts once).
+        let guess = format!("wrong{i}");
+        let (s, _) = d.login_from("imap", "user1", &guess, proxy, Some(x)).await;
         assert_eq!(s, "Invalid login or password");
     }
     // X is blocked for user1: the right password does not help…
@@ -808,8 +810,11 @@ async fn proxy_protocol_address_only_from_trusted_proxies() {
             "Proxy-Protocol-Addr {x} ignored: peer {rogue} is not a trusted proxy"
         )) >= 1
     );
-    for other in ["198.51.100.20", "198.51.100.21", "198.51.100.22"] {
-        d.login_from("imap", "user2", "wrong", rogue, Some(other))
+    for (i, other) in ["198.51.100.20", "198.51.100.21", "198.51.100.22"]
+        .iter()
+        .enumerate()
+    {
+        d.login_from("imap", "user2", &format!("wrong{i}"), rogue, Some(other))
             .await;
     }
     let (s, _) = d
