@@ -1,5 +1,6 @@
 //! The admin command line, run as a real process: `check-config`, `hash`,
-//! `user …` on the embedded SQLite database, and `auth test`.
+//! `user …` on the embedded SQLite database, `auth test`, and `status` /
+//! `throttle` against a running service.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -374,8 +375,124 @@ fn status_reads_metrics_from_the_running_service() {
         "{}",
         text(&denied.stderr)
     );
+
+    // The throttle's admin view over the same socket. A guesser from
+    // 203.0.113.9: ten different wrong passwords block the pair.
+    for i in 0..10 {
+        let status = mail_login(&sock, "alice", &format!("guess{i}"), "203.0.113.9");
+        assert_eq!(status, "Invalid login or password");
+    }
+    assert_eq!(
+        mail_login(&sock, "alice", "a", "203.0.113.9"),
+        "Invalid login or password"
+    );
+    let conn = ["--listen", &listen, "--require-header", "X-Auth-Key=k"];
+    let show = |who: &[&str]| {
+        let out = run(&[&["throttle", "show"][..], who, &conn].concat(), "");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let shown = show(&["--ip", "203.0.113.9", "--user", "alice"]);
+    assert!(
+        shown.contains("user alice from there: 10 of 10 failures"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("block of ip 203.0.113.9 user alice: 900 s left"),
+        "{shown}"
+    );
+    assert!(shown.contains("next login: refused"), "{shown}");
+    let lifted = run(
+        &[
+            &[
+                "throttle",
+                "unblock",
+                "--ip",
+                "203.0.113.9",
+                "--user",
+                "alice",
+            ][..],
+            &conn,
+        ]
+        .concat(),
+        "",
+    );
+    assert!(lifted.status.success(), "{}", text(&lifted.stderr));
+    assert_eq!(
+        text(&lifted.stdout),
+        "unblocked ip 203.0.113.9 user alice\n"
+    );
+    assert_eq!(mail_login(&sock, "alice", "a", "203.0.113.9"), "OK");
+    let shown = show(&["--ip", "127.0.0.1"]);
+    assert!(
+        shown.contains("never counted, delayed or blocked"),
+        "{shown}"
+    );
+    // The shared secret guards it as it guards the metrics; a bad address
+    // is a clear error.
+    let denied = run(
+        &[
+            "throttle",
+            "show",
+            "--ip",
+            "203.0.113.9",
+            "--listen",
+            &listen,
+        ],
+        "",
+    );
+    assert_eq!(denied.status.code(), Some(2));
+    let bad = run(
+        &[&["throttle", "show", "--ip", "nope"][..], &conn].concat(),
+        "",
+    );
+    assert!(
+        text(&bad.stderr).contains("not an IP address"),
+        "{}",
+        text(&bad.stderr)
+    );
     let _ = daemon.kill();
     let _ = daemon.wait();
+}
+
+/// One mail login over FastCGI, as nginx sends it; the Auth-Status.
+fn mail_login(sock: &std::path::Path, user: &str, pass: &str, ip: &str) -> String {
+    use nginx_auth_fcgi::fastcgi::record::{self, RecordType, Role};
+    use std::io::Read;
+    let mut pairs = Vec::new();
+    for (k, v) in [
+        ("HTTP_AUTH_METHOD", "plain"),
+        ("HTTP_AUTH_USER", user),
+        ("HTTP_AUTH_PASS", pass),
+        ("HTTP_AUTH_PROTOCOL", "imap"),
+        ("HTTP_AUTH_LOGIN_ATTEMPT", "1"),
+        ("HTTP_CLIENT_IP", ip),
+        ("HTTP_X_AUTH_KEY", "k"),
+    ] {
+        record::encode_pair(&mut pairs, k.as_bytes(), v.as_bytes()).unwrap();
+    }
+    let mut out = Vec::new();
+    record::encode_begin_request(&mut out, 1, Role::Responder, 0);
+    record::encode_stream(&mut out, RecordType::Params, 1, &pairs);
+    record::encode_stream_end(&mut out, RecordType::Params, 1);
+    record::encode_stream_end(&mut out, RecordType::Stdin, 1);
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.write_all(&out).unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    let mut stdout = Vec::new();
+    let mut buf = &reply[..];
+    while let Ok(Some((rec, used))) = record::decode(buf) {
+        if rec.record_type == RecordType::Stdout {
+            stdout.extend_from_slice(rec.content);
+        }
+        buf = &buf[used..];
+    }
+    String::from_utf8_lossy(&stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Auth-Status: "))
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[test]
@@ -387,7 +504,15 @@ fn man_page_covers_every_subcommand() {
         page.starts_with(".ie") || page.contains(".TH nginx-auth-fcgi 1"),
         "{page}"
     );
-    for sub in ["SERVE", "CHECK-CONFIG", "STATUS", "HASH", "AUTH", "USER"] {
+    for sub in [
+        "SERVE",
+        "CHECK-CONFIG",
+        "STATUS",
+        "THROTTLE",
+        "HASH",
+        "AUTH",
+        "USER",
+    ] {
         assert!(
             page.contains(&format!(".SH \"NGINX-AUTH-FCGI {sub}\"")),
             "{sub} missing"
