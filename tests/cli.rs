@@ -93,6 +93,50 @@ fn check_config_reads_toml_and_checks_passdbs() {
 }
 
 #[test]
+fn check_config_says_whether_reject_unknown_client_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice:{PLAIN}a::::::\n").unwrap();
+    let passdb = format!("--passdb=passwd-file:{}", users.display());
+    let base = [
+        "check-config",
+        passdb.as_str(),
+        "--local-domain",
+        "example.org",
+    ];
+    let out = run(&base, "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("  reject_unknown_client: off\n"),
+        "off by default:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("smtp_auth none: mail accepted for example.org"),
+        "{stdout}"
+    );
+    let out = run(&[&base[..], &["--reject-unknown-client"]].concat(), "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("  reject_unknown_client: on ("),
+        "{}",
+        text(&out.stdout)
+    );
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "reject_unknown_client = true\n").unwrap();
+    let out = run(
+        &[&base[..], &["--config", cfg.to_str().unwrap()]].concat(),
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("  reject_unknown_client: on ("),
+        "from the TOML file:\n{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
 fn check_config_refuses_argon2_hashes_above_the_memory_limit() {
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
