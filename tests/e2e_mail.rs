@@ -325,6 +325,112 @@ fn smtp_wrong_password_gets_535_5_7_8_and_nothing_is_relayed() {
     assert!(stack.sink_messages().is_empty());
 }
 
+/// The daemon's audit lines for `smtp_auth none` (no user).
+fn relay_audit(stack: &Stack) -> Vec<String> {
+    stack
+        .daemon_log()
+        .lines()
+        .filter(|l| l.contains("protocol=smtp method=none"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn smtp_auth_none_refuses_one_relay_rcpt_and_the_session_goes_on() {
+    let stack = Stack::start();
+    let s = stack.smtp_session(
+        stack.mx,
+        "sender@remote.example",
+        &["victim@elsewhere.example", &format!("rcpt@{LOCAL_DOMAIN}")],
+        "relay-session-marker",
+    );
+    assert_eq!(s.step("MAIL FROM").code, 250, "{s:#?}");
+    let bad = s.step("RCPT TO:<victim@");
+    assert_eq!(
+        (bad.code, bad.text.as_str()),
+        (554, "5.7.1 Relay access denied"),
+        "{s:#?}"
+    );
+    // nginx held the reply for the Auth-Wait (1 s after the first attempt).
+    assert!(bad.elapsed_s >= 0.9, "{s:#?}");
+    // The same session: the next RCPT is asked about again and accepted;
+    // nginx then hands the session to the backend, replaying MAIL FROM and
+    // this RCPT.
+    assert_eq!(s.step("RCPT TO:<rcpt@").code, 250, "{s:#?}");
+    assert_eq!(s.step("DATA").code, 354, "{s:#?}");
+    assert_eq!(s.step("<message>").code, 250, "{s:#?}");
+    assert_eq!(s.step("QUIT").code, 221, "{s:#?}");
+    assert!(!s.closed, "{s:#?}");
+    let messages = stack.sink_messages();
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    let msg = &messages[0];
+    assert_eq!(
+        msg.rcpt_to,
+        [format!("TO:<rcpt@{LOCAL_DOMAIN}>")],
+        "{msg:#?}"
+    );
+    assert_eq!(
+        msg.mail_from.as_deref(),
+        Some("FROM:<sender@remote.example>"),
+        "{msg:#?}"
+    );
+    assert!(msg.data.contains("relay-session-marker"), "{msg:#?}");
+    assert_eq!(
+        msg.xclient.get("LOGIN"),
+        None,
+        "not authenticated: {msg:#?}"
+    );
+    assert_eq!(
+        msg.xclient.get("ADDR").map(String::as_str),
+        Some("127.0.0.1")
+    );
+    let audit = relay_audit(&stack);
+    assert_eq!(audit.len(), 2, "{audit:#?}");
+    assert!(
+        audit[0].contains("result=refused")
+            && audit[0].contains("attempt=1")
+            && audit[0].contains("reason=relay-denied")
+            && audit[0].contains(" wait=1"),
+        "{audit:#?}"
+    );
+    assert!(
+        audit[1].contains("result=ok") && audit[1].contains("attempt=2"),
+        "{audit:#?}"
+    );
+}
+
+#[test]
+fn smtp_auth_none_closes_the_session_past_max_attempts() {
+    let stack = Stack::start_with_extras(
+        Launch::Direct,
+        Extras {
+            daemon_args: vec!["--max-attempts".into(), "2".into()],
+            ..Extras::default()
+        },
+    );
+    let s = stack.smtp_session(
+        stack.mx,
+        "sender@remote.example",
+        &[
+            "one@elsewhere.example",
+            "two@elsewhere.example",
+            &format!("rcpt@{LOCAL_DOMAIN}"),
+        ],
+        "never-delivered",
+    );
+    assert_eq!(s.step("RCPT TO:<one@").code, 554, "{s:#?}");
+    // Attempt 2 = max_attempts: the refusal comes without Auth-Wait and
+    // nginx hangs up after it.
+    let two = s.step("RCPT TO:<two@");
+    assert_eq!(
+        (two.code, two.text.as_str()),
+        (554, "5.7.1 Relay access denied"),
+        "{s:#?}"
+    );
+    assert!(s.closed, "{s:#?}");
+    assert!(stack.sink_messages().is_empty());
+}
+
 #[test]
 fn swaks_submits_through_nginx() {
     let stack = Stack::start();
