@@ -82,13 +82,6 @@ impl SmtpRefusal {
             },
         }
     }
-
-    fn outcome(self) -> Outcome {
-        match self {
-            SmtpRefusal::ClientTempfail => Outcome::TempFail,
-            _ => Outcome::Refused,
-        }
-    }
 }
 
 /// Why a verified login still cannot be answered with OK.
@@ -490,7 +483,9 @@ impl Authenticator {
                 MailAuthResponse::Fail(temporary)
             }
             Judgement::Smtp(refusal) => {
-                audit.outcome = refusal.outcome();
+                // Refused by configuration, also for [TEMPUNAVAIL]: the
+                // client's DNS, not our backends, is in trouble.
+                audit.outcome = Outcome::Refused;
                 audit.reason = refusal.reason().to_owned();
                 MailAuthResponse::Fail(refusal.failure(&self.policy.wait, req.attempt))
             }
