@@ -89,6 +89,11 @@ pub struct RawConfig {
     pub local_domains: Vec<String>,
     /// `--smtp-pass`: send `Auth-Pass` on SMTP success (nginx `proxy_smtp_auth on`).
     pub smtp_pass: Option<bool>,
+    /// `--reject-unknown-client`: refuse SMTP clients without a confirmed
+    /// reverse-DNS name (nginx `Client-Host: [UNAVAILABLE]` / `[TEMPUNAVAIL]`),
+    /// like Postfix's `reject_unknown_client_hostname`. Needs a `resolver`
+    /// in nginx's `mail {}`.
+    pub reject_unknown_client: Option<bool>,
     /// `--log`: `stderr`, `syslog`, `syslog:FACILITY`.
     pub log: Option<String>,
     /// `--log-level`: error, warn, info, debug.
@@ -315,6 +320,8 @@ pub struct Config {
     pub local_domains: Vec<String>,
     /// Send `Auth-Pass` for SMTP.
     pub smtp_pass: bool,
+    /// Refuse SMTP clients without a confirmed reverse-DNS name.
+    pub reject_unknown_client: bool,
     /// Log destination.
     pub log: LogTarget,
     /// Log level.
@@ -376,6 +383,7 @@ impl RawConfig {
         self.password_query = cli.password_query.or(self.password_query);
         self.argon2_max_memory = cli.argon2_max_memory.or(self.argon2_max_memory);
         self.smtp_pass = cli.smtp_pass.or(self.smtp_pass);
+        self.reject_unknown_client = cli.reject_unknown_client.or(self.reject_unknown_client);
         self.log = cli.log.or(self.log);
         self.log_level = cli.log_level.or(self.log_level);
         self.timeout_ms = cli.timeout_ms.or(self.timeout_ms);
@@ -723,6 +731,7 @@ impl Config {
                 required,
                 local_domains,
                 smtp_pass: raw.smtp_pass.unwrap_or(false),
+                reject_unknown_client: raw.reject_unknown_client.unwrap_or(false),
                 log,
                 log_level,
                 wait,
@@ -973,6 +982,34 @@ mod tests {
             .upstreams
             .domain_pool("other.example", MailProtocol::Imap)
             .is_some());
+    }
+
+    #[test]
+    fn reject_unknown_client_is_off_unless_asked() {
+        assert!(
+            !Config::validate(RawConfig::default())
+                .unwrap()
+                .reject_unknown_client
+        );
+        let file: RawConfig = toml::from_str("reject_unknown_client = true").unwrap();
+        assert!(
+            Config::validate(file.clone())
+                .unwrap()
+                .reject_unknown_client
+        );
+        // The flag can only turn it on; the file's value stays otherwise.
+        let off: RawConfig = toml::from_str("reject_unknown_client = false").unwrap();
+        let cli = RawConfig {
+            reject_unknown_client: Some(true),
+            ..RawConfig::default()
+        };
+        assert!(
+            Config::validate(off.overlay(cli))
+                .unwrap()
+                .reject_unknown_client
+        );
+        let c = Config::validate(file.overlay(RawConfig::default())).unwrap();
+        assert!(c.reject_unknown_client);
     }
 
     #[test]

@@ -269,6 +269,12 @@ struct ServeArgs {
     /// Send Auth-Pass on SMTP success (for nginx proxy_smtp_auth on).
     #[arg(long)]
     smtp_pass: bool,
+    /// Refuse SMTP clients without a confirmed reverse-DNS name, like
+    /// Postfix's reject_unknown_client_hostname: nginx's Client-Host
+    /// [UNAVAILABLE] gets 550 5.7.25, [TEMPUNAVAIL] 450 4.7.25. Needs a
+    /// resolver in nginx's mail {}.
+    #[arg(long)]
+    reject_unknown_client: bool,
     /// stderr, syslog or syslog:FACILITY (default syslog:mail).
     #[arg(long)]
     log: Option<String>,
@@ -375,6 +381,7 @@ impl ServeArgs {
             require_header: self.require_header.clone(),
             local_domains: self.local_domains.clone(),
             smtp_pass: self.smtp_pass.then_some(true),
+            reject_unknown_client: self.reject_unknown_client.then_some(true),
             log: self.log.clone(),
             log_level: self.log_level.clone(),
             timeout_ms: self.timeout_ms,
@@ -506,6 +513,7 @@ impl ServeArgs {
             .with_trusted_proxies(config.trusted_proxies.clone())
             .with_verifier(Verifier::new(config.verifier))
             .with_master_user(config.master_user.clone())
+            .with_reject_unknown_client(config.reject_unknown_client)
             .with_external(config.external.clone())
             .map_err(|e| vec![e])?;
         let service = Service::new(auth, config.required.clone());
@@ -714,6 +722,23 @@ fn check_config(args: ServeArgs) -> CmdResult {
     let mut mechs: Vec<_> = config.mechanisms.iter().map(|m| m.as_str()).collect();
     mechs.sort_unstable();
     println!("  mechanisms: {}", mechs.join(", "));
+    if config.local_domains.is_empty() {
+        println!("  smtp_auth none: every recipient refused (no local domains)");
+    } else {
+        println!(
+            "  smtp_auth none: mail accepted for {}",
+            config.local_domains.join(", ")
+        );
+    }
+    println!(
+        "  reject_unknown_client: {}",
+        if config.reject_unknown_client {
+            "on (SMTP clients without a confirmed reverse-DNS name are refused; \
+             needs a resolver in nginx's mail {})"
+        } else {
+            "off"
+        }
+    );
     let v = &config.verifier;
     println!(
         "  verifier: {} expensive checks at once, {} waiting at most, {} ms expected wait at most",

@@ -94,6 +94,50 @@ fn check_config_reads_toml_and_checks_passdbs() {
 }
 
 #[test]
+fn check_config_says_whether_reject_unknown_client_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice:{PLAIN}a::::::\n").unwrap();
+    let passdb = format!("--passdb=passwd-file:{}", users.display());
+    let base = [
+        "check-config",
+        passdb.as_str(),
+        "--local-domain",
+        "example.org",
+    ];
+    let out = run(&base, "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("  reject_unknown_client: off\n"),
+        "off by default:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("smtp_auth none: mail accepted for example.org"),
+        "{stdout}"
+    );
+    let out = run(&[&base[..], &["--reject-unknown-client"]].concat(), "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("  reject_unknown_client: on ("),
+        "{}",
+        text(&out.stdout)
+    );
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "reject_unknown_client = true\n").unwrap();
+    let out = run(
+        &[&base[..], &["--config", cfg.to_str().unwrap()]].concat(),
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("  reject_unknown_client: on ("),
+        "from the TOML file:\n{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
 fn check_config_refuses_argon2_hashes_above_the_memory_limit() {
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
@@ -326,15 +370,19 @@ fn status_reads_metrics_from_the_running_service() {
     let sock = dir.path().join("auth.sock");
     let listen = format!("unix:{}", sock.display());
     let passdb = format!("passwd-file:{}", users.display());
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
-        .args([
-            "serve", "--listen", &listen, "--passdb", &passdb, "--log", "stderr",
-        ])
-        .args(["--require-header", "X-Auth-Key=k"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
+            .args([
+                "serve", "--listen", &listen, "--passdb", &passdb, "--log", "stderr",
+            ])
+            .args(["--require-header", "X-Auth-Key=k"])
+            .args(["--upstream", "imap=127.0.0.1:1143"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(
@@ -451,8 +499,16 @@ fn status_reads_metrics_from_the_running_service() {
         "{}",
         text(&bad.stderr)
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+}
+
+/// A spawned daemon, killed when the test ends (also when it panics).
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// One mail login over FastCGI, as nginx sends it; the Auth-Status.

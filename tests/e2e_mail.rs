@@ -325,6 +325,218 @@ fn smtp_wrong_password_gets_535_5_7_8_and_nothing_is_relayed() {
     assert!(stack.sink_messages().is_empty());
 }
 
+/// The daemon's audit lines for `smtp_auth none` (no user).
+fn relay_audit(stack: &Stack) -> Vec<String> {
+    stack
+        .daemon_log()
+        .lines()
+        .filter(|l| l.contains("protocol=smtp method=none"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn smtp_auth_none_refuses_one_relay_rcpt_and_the_session_goes_on() {
+    let stack = Stack::start();
+    let s = stack.smtp_session(
+        stack.mx,
+        "sender@remote.example",
+        &["victim@elsewhere.example", &format!("rcpt@{LOCAL_DOMAIN}")],
+        "relay-session-marker",
+    );
+    assert_eq!(s.step("MAIL FROM").code, 250, "{s:#?}");
+    let bad = s.step("RCPT TO:<victim@");
+    assert_eq!(
+        (bad.code, bad.text.as_str()),
+        (554, "5.7.1 Relay access denied"),
+        "{s:#?}"
+    );
+    // nginx held the reply for the Auth-Wait (1 s after the first attempt).
+    assert!(bad.elapsed_s >= 0.9, "{s:#?}");
+    // The same session: the next RCPT is asked about again and accepted;
+    // nginx then hands the session to the backend, replaying MAIL FROM and
+    // this RCPT.
+    assert_eq!(s.step("RCPT TO:<rcpt@").code, 250, "{s:#?}");
+    assert_eq!(s.step("DATA").code, 354, "{s:#?}");
+    assert_eq!(s.step("<message>").code, 250, "{s:#?}");
+    assert_eq!(s.step("QUIT").code, 221, "{s:#?}");
+    assert!(!s.closed, "{s:#?}");
+    let messages = stack.sink_messages();
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    let msg = &messages[0];
+    assert_eq!(
+        msg.rcpt_to,
+        [format!("TO:<rcpt@{LOCAL_DOMAIN}>")],
+        "{msg:#?}"
+    );
+    assert_eq!(
+        msg.mail_from.as_deref(),
+        Some("FROM:<sender@remote.example>"),
+        "{msg:#?}"
+    );
+    assert!(msg.data.contains("relay-session-marker"), "{msg:#?}");
+    assert_eq!(
+        msg.xclient.get("LOGIN"),
+        None,
+        "not authenticated: {msg:#?}"
+    );
+    assert_eq!(
+        msg.xclient.get("ADDR").map(String::as_str),
+        Some("127.0.0.1")
+    );
+    let audit = relay_audit(&stack);
+    assert_eq!(audit.len(), 2, "{audit:#?}");
+    assert!(
+        audit[0].contains("result=refused")
+            && audit[0].contains("attempt=1")
+            && audit[0].contains("reason=relay-denied")
+            && audit[0].contains(" wait=1"),
+        "{audit:#?}"
+    );
+    assert!(
+        audit[1].contains("result=ok") && audit[1].contains("attempt=2"),
+        "{audit:#?}"
+    );
+}
+
+#[test]
+fn smtp_auth_none_closes_the_session_past_max_attempts() {
+    let stack = Stack::start_with_extras(
+        Launch::Direct,
+        Extras {
+            daemon_args: vec!["--max-attempts".into(), "2".into()],
+            ..Extras::default()
+        },
+    );
+    let s = stack.smtp_session(
+        stack.mx,
+        "sender@remote.example",
+        &[
+            "one@elsewhere.example",
+            "two@elsewhere.example",
+            &format!("rcpt@{LOCAL_DOMAIN}"),
+        ],
+        "never-delivered",
+    );
+    assert_eq!(s.step("RCPT TO:<one@").code, 554, "{s:#?}");
+    // Attempt 2 = max_attempts: the refusal comes without Auth-Wait and
+    // nginx hangs up after it.
+    let two = s.step("RCPT TO:<two@");
+    assert_eq!(
+        (two.code, two.text.as_str()),
+        (554, "5.7.1 Relay access denied"),
+        "{s:#?}"
+    );
+    assert!(s.closed, "{s:#?}");
+    assert!(stack.sink_messages().is_empty());
+}
+
+/// `tests/e2e/dns_stub.py`, stopped (by its pid) on drop.
+struct DnsStub(std::process::Child);
+
+impl DnsStub {
+    fn start(port: u16, mode: &str) -> DnsStub {
+        use std::io::BufRead;
+        let mut child = Command::new(require("python3", "python3"))
+            .arg(repo_root().join("tests/e2e/dns_stub.py"))
+            .args(["--port", &port.to_string(), "--mode", mode])
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start dns_stub.py");
+        // It prints one line once its socket is bound.
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("dns_stub.py output");
+        assert!(line.starts_with("dns_stub:"), "dns_stub.py: {line:?}");
+        DnsStub(child)
+    }
+}
+
+impl Drop for DnsStub {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn reject_unknown_client_through_nginx_with_each_resolver_answer() {
+    let [nx_dns, fail_dns, name_dns, mx_nx, mx_fail, mx_name] = free_ports::<6>();
+    let _stubs = [
+        DnsStub::start(nx_dns, "nxdomain"),
+        DnsStub::start(fail_dns, "servfail"),
+        DnsStub::start(name_dns, "name"),
+    ];
+    // One `smtp_auth none` server per resolver answer.
+    let server = |port: u16, dns: u16| {
+        format!(
+            "    server {{\n        listen 127.0.0.1:{port};\n        protocol smtp;\n        \
+             smtp_auth none;\n        resolver 127.0.0.1:{dns} ipv6=off;\n        \
+             resolver_timeout 2s;\n    }}\n"
+        )
+    };
+    let stack = Stack::start_with_extras(
+        Launch::Direct,
+        Extras {
+            daemon_args: vec!["--reject-unknown-client".into()],
+            nginx_mail: [
+                server(mx_nx, nx_dns),
+                server(mx_fail, fail_dns),
+                server(mx_name, name_dns),
+            ]
+            .concat(),
+            ..Extras::default()
+        },
+    );
+    let local = format!("rcpt@{LOCAL_DOMAIN}");
+    let unknown = "5.7.25 Client host rejected: cannot find your hostname";
+    // NXDOMAIN, and the shipped `resolver off`: [UNAVAILABLE], 550.
+    for port in [mx_nx, stack.mx] {
+        let s = stack.smtp_session(port, "sender@remote.example", &[&local], "m");
+        let r = s.step("RCPT TO:");
+        assert_eq!((r.code, r.text.as_str()), (550, unknown), "{s:#?}");
+        // Refused for that command only: the session goes on.
+        assert_eq!(s.step("QUIT").code, 221, "{s:#?}");
+    }
+    // SERVFAIL: [TEMPUNAVAIL], 450, the marker in the text.
+    let s = stack.smtp_session(mx_fail, "sender@remote.example", &[&local], "m");
+    let r = s.step("RCPT TO:");
+    assert_eq!(
+        (r.code, r.text.as_str()),
+        (
+            450,
+            &*format!("{} [TEMPUNAVAIL]", unknown.replace("5.7.25", "4.7.25"))
+        ),
+        "{s:#?}"
+    );
+    assert_eq!(s.step("QUIT").code, 221, "{s:#?}");
+    assert!(stack.sink_messages().is_empty());
+    // A name that resolves back to the client: delivered, and nginx tells
+    // the backend the name (XCLIENT NAME=).
+    let s = stack.smtp_session(mx_name, "sender@remote.example", &[&local], "named");
+    assert_eq!(s.step("RCPT TO:").code, 250, "{s:#?}");
+    assert_eq!(s.step("<message>").code, 250, "{s:#?}");
+    let messages = stack.sink_messages();
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    assert_eq!(
+        messages[0].xclient.get("NAME").map(String::as_str),
+        Some("client.example.test"),
+        "{messages:#?}"
+    );
+    // Submission with AUTH, no resolver: refused before the password check.
+    let r = stack.client("smtp", "plain", ALICE.name, &[ALICE.password], &[]);
+    assert_eq!(r.attempts[0].response, format!("550 {unknown}"), "{r:#?}");
+    // IMAP is not affected.
+    let r = stack.client("imap", "plain", ALICE.name, &[ALICE.password], &[]);
+    assert_ok(&r, "IMAP with reject_unknown_client");
+    let log = stack.daemon_log();
+    for reason in ["unknown-client-hostname", "client-hostname-tempfail"] {
+        assert!(log.contains(&format!("reason={reason}")), "{log}");
+    }
+}
+
 #[test]
 fn swaks_submits_through_nginx() {
     let stack = Stack::start();
@@ -662,6 +874,7 @@ fn shipped_nginx_conf_drift_is_caught() {
         "imap_auth login plain cram-md5;",
         "pop3_auth plain apop cram-md5;",
         "smtp_auth login plain cram-md5;",
+        "smtp_auth none;",
         "xclient on;",
         "fastcgi_param REMOTE_ADDR $remote_addr;",
         "fastcgi_pass nginx_auth_fcgi;",

@@ -12,6 +12,7 @@ pub mod request;
 pub mod response;
 
 pub use request::{
-    AuthMethod, MailAuthRequest, MailProtocol, ProtocolError, ProxyProtocol, SmtpEnvelope, SslInfo,
+    AuthMethod, ClientHost, MailAuthRequest, MailProtocol, ProtocolError, ProxyProtocol,
+    SmtpEnvelope, SslInfo,
 };
 pub use response::{Failure, MailAuthResponse};

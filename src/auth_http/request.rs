@@ -141,6 +141,32 @@ impl SmtpEnvelope {
     }
 }
 
+/// `Client-Host` (SMTP only): what nginx's reverse lookup of the client
+/// found (reference §2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientHost {
+    /// A name whose forward lookup gave the client's address back.
+    Name(String),
+    /// `[UNAVAILABLE]`: no PTR record, a PTR name that does not resolve back
+    /// to the client, or no `resolver` in nginx's `mail {}` at all.
+    Unavailable,
+    /// `[TEMPUNAVAIL]`: a resolver error (e.g. a timeout), a unix-socket
+    /// client, or (nginx 1.29.7+, Debian's backport) a PTR name with bytes
+    /// outside `[A-Za-z0-9.-]`.
+    TempUnavailable,
+}
+
+impl ClientHost {
+    fn parse(v: &[u8]) -> Option<Self> {
+        Some(match v {
+            b"" => return None,
+            b"[UNAVAILABLE]" => ClientHost::Unavailable,
+            b"[TEMPUNAVAIL]" => ClientHost::TempUnavailable,
+            name => ClientHost::Name(String::from_utf8_lossy(name).into_owned()),
+        })
+    }
+}
+
 fn angle_address(line: &str) -> Option<&str> {
     let start = line.find('<')? + 1;
     let len = line[start..].find('>')?;
@@ -167,7 +193,7 @@ pub struct MailAuthRequest {
     /// `Client-IP`: the mail client (not `REMOTE_ADDR`, which is nginx itself).
     pub client_ip: Option<IpAddr>,
     /// `Client-Host` (SMTP only).
-    pub client_host: Option<String>,
+    pub client_host: Option<ClientHost>,
     /// TLS details, when `Auth-SSL: on`.
     pub ssl: Option<SslInfo>,
     /// PROXY protocol details, when nginx listens with `proxy_protocol`.
@@ -288,7 +314,7 @@ impl MailAuthRequest {
             salt,
             attempt,
             client_ip,
-            client_host: text("HTTP_CLIENT_HOST"),
+            client_host: p.get("HTTP_CLIENT_HOST").and_then(ClientHost::parse),
             ssl,
             proxy,
             smtp,
@@ -517,5 +543,27 @@ mod tests {
         assert_eq!(ssl.cert.as_deref(), Some(&b"-----BEGIN CERT-----\nabc"[..]));
         assert_eq!(r.proxy.unwrap().port, Some(4242));
         assert_eq!(r.client_ip, Some("2001:db8::5".parse().unwrap()));
+        assert_eq!(r.client_host, Some(ClientHost::Unavailable));
+    }
+
+    #[test]
+    fn client_host_markers() {
+        for (value, want) in [
+            (&b"[UNAVAILABLE]"[..], Some(ClientHost::Unavailable)),
+            (b"[TEMPUNAVAIL]", Some(ClientHost::TempUnavailable)),
+            (
+                b"mx.example.net",
+                Some(ClientHost::Name("mx.example.net".into())),
+            ),
+            (b"", None),
+        ] {
+            let mut p = imap_login();
+            p[8] = ("HTTP_AUTH_PROTOCOL", b"smtp");
+            p.push(("HTTP_CLIENT_HOST", value));
+            let r = MailAuthRequest::from_params(&params(&p)).unwrap();
+            assert_eq!(r.client_host, want, "{value:?}");
+        }
+        let r = MailAuthRequest::from_params(&params(&imap_login())).unwrap();
+        assert_eq!(r.client_host, None);
     }
 }

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::audit::{AuditRecord, Outcome};
-use crate::auth_http::{AuthMethod, Failure, MailAuthRequest, MailAuthResponse, MailProtocol};
+use crate::auth_http::{
+    AuthMethod, ClientHost, Failure, MailAuthRequest, MailAuthResponse, MailProtocol,
+};
 use crate::mech::external::NoMatch;
 use crate::mech::{apop, cram_md5, Mechanism};
 use crate::passdb::{Lookup, PassdbError, Principal, Rejection, Verdict};
@@ -14,11 +16,73 @@ use crate::secret::Secret;
 use crate::throttle::Scope;
 
 use super::chain::{Checked, Walk};
-use super::{Authenticator, Count, Counted, Decision, Throttled, INVALID_LOGIN, TEMPORARY};
+use super::{
+    Authenticator, Count, Counted, Decision, Throttled, WaitPolicy, INVALID_LOGIN, TEMPORARY,
+};
 
 const SMTP_INVALID: &str = "535 5.7.8";
 const SMTP_TEMPORARY: &str = "451 4.3.0";
 const NOT_SUPPORTED: &str = "Authentication mechanism not supported";
+const RELAY_DENIED: &str = "Relay access denied";
+
+/// SMTP rules beyond the passdb, Postfix style (`smtpd_*_restrictions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SmtpRules {
+    /// Postfix's `reject_unknown_client_hostname`: refuse SMTP clients whose
+    /// address has no confirmed reverse-DNS name (nginx's `Client-Host`).
+    pub reject_unknown_client: bool,
+}
+
+/// An SMTP refusal by rule rather than by credentials, answered like
+/// Postfix answers that one command: the reply code says permanent (5xx)
+/// or temporary (4xx), and the session goes on (`Auth-Wait`) until the
+/// per-connection schedule says close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SmtpRefusal {
+    /// `smtp_auth none`: a recipient outside the local domains.
+    RelayDenied,
+    /// `reject_unknown_client`, `Client-Host: [UNAVAILABLE]`.
+    UnknownClient,
+    /// `reject_unknown_client`, `Client-Host: [TEMPUNAVAIL]`.
+    ClientTempfail,
+}
+
+impl SmtpRefusal {
+    fn reason(self) -> &'static str {
+        match self {
+            SmtpRefusal::RelayDenied => "relay-denied",
+            SmtpRefusal::UnknownClient => "unknown-client-hostname",
+            SmtpRefusal::ClientTempfail => "client-hostname-tempfail",
+        }
+    }
+
+    /// The reply, with the wait for attempt `attempt` of the session.
+    fn failure(self, wait: &WaitPolicy, attempt: u32) -> Failure {
+        match self {
+            // Postfix: `554 5.7.1 <rcpt>: Relay access denied` to that RCPT.
+            SmtpRefusal::RelayDenied => Failure {
+                message: RELAY_DENIED,
+                wait: wait.after_failure(attempt),
+                smtp_code: Some("554 5.7.1"),
+            },
+            // Postfix: `550 5.7.25 Client host rejected: cannot find your
+            // hostname` (unknown_hostname_reject_code 550).
+            SmtpRefusal::UnknownClient => Failure {
+                message: "Client host rejected: cannot find your hostname",
+                wait: wait.after_failure(attempt),
+                smtp_code: Some("550 5.7.25"),
+            },
+            // Postfix answers a DNS lookup failure with 450 4.7.25: try
+            // again later. The marker tells the two cases apart in logs
+            // and clients; nginx shows the text as it is.
+            SmtpRefusal::ClientTempfail => Failure {
+                message: "Client host rejected: cannot find your hostname [TEMPUNAVAIL]",
+                wait: wait.after_temporary(attempt),
+                smtp_code: Some("450 4.7.25"),
+            },
+        }
+    }
+}
 
 /// Why a verified login still cannot be answered with OK.
 enum AcceptError {
@@ -44,6 +108,10 @@ enum Judgement {
     Refuse(&'static str, Failure),
     /// Refused by the throttle before the passdb was asked.
     Blocked(Scope),
+    /// Refused by an SMTP rule.
+    Smtp(SmtpRefusal),
+    /// `smtp_auth none` from a network the throttle blocks.
+    RelayBlocked(Scope),
 }
 
 impl Counted for Judgement {
@@ -51,6 +119,20 @@ impl Counted for Judgement {
         match self {
             Judgement::Reject(..) => Count::Failure,
             Judgement::Accept { .. } => Count::Success,
+            _ => Count::Nothing,
+        }
+    }
+}
+
+/// A relay decision (`smtp_auth none`) inside the throttle: a refused
+/// recipient counts as a failure, so a relay prober ends up blocked; an
+/// accepted one proves nothing about the client and resets nothing.
+struct Relay(Judgement);
+
+impl Counted for Relay {
+    fn count(&self) -> Count {
+        match self.0 {
+            Judgement::Smtp(SmtpRefusal::RelayDenied) => Count::Failure,
             _ => Count::Nothing,
         }
     }
@@ -98,19 +180,51 @@ impl Authenticator {
         self.conclude(req, judgement, notes, started)
     }
 
+    /// Refuses SMTP with `reject_unknown_client` (Postfix's
+    /// `reject_unknown_client_hostname`): applied to SMTP logins of any
+    /// method, `none` included, before the passdb. IMAP and POP3 carry no
+    /// `Client-Host` and are never affected.
+    pub fn with_reject_unknown_client(mut self, on: bool) -> Self {
+        self.smtp.reject_unknown_client = on;
+        self
+    }
+
+    /// Whether `reject_unknown_client` is on.
+    pub fn rejects_unknown_clients(&self) -> bool {
+        self.smtp.reject_unknown_client
+    }
+
     /// The mechanism's judgement, inside the throttle.
     async fn judge(&self, req: &MailAuthRequest, notes: &mut Notes) -> Judgement {
-        if req.method == AuthMethod::None {
-            return self.judge_relay(req);
-        }
         let ip = notes.client_ip;
+        if req.method == AuthMethod::None {
+            // The user is empty: relay attempts are counted per network
+            // (the throttle's `ip` and `ip-user` scopes with an empty name),
+            // never against a real user. There is no password either: each
+            // refused recipient counts, even when a prober repeats one.
+            let relay = async {
+                Relay(
+                    self.judge_client(req)
+                        .unwrap_or_else(|| self.judge_relay(req)),
+                )
+            };
+            // The throttle's own wait is not used: its per-user count for
+            // the empty name is shared by every relay attempt from
+            // anywhere. The session's schedule is the tarpit, the block
+            // the stop.
+            return match self.throttled(ip, b"", None, relay).await {
+                Throttled::Blocked(scope) => Judgement::RelayBlocked(scope),
+                Throttled::Judged(Relay(j), _) => j,
+            };
+        }
+        let judge = async {
+            match self.judge_client(req) {
+                Some(refused) => refused,
+                None => self.judge_mechanism(req, notes).await,
+            }
+        };
         match self
-            .throttled(
-                ip,
-                &req.user,
-                Some(req.pass.expose()),
-                self.judge_mechanism(req, notes),
-            )
+            .throttled(ip, &req.user, Some(req.pass.expose()), judge)
             .await
         {
             Throttled::Blocked(scope) => Judgement::Blocked(scope),
@@ -118,6 +232,20 @@ impl Authenticator {
                 notes.throttle_wait = wait;
                 j
             }
+        }
+    }
+
+    /// The SMTP client rules (`reject_unknown_client`); `None`: go on.
+    fn judge_client(&self, req: &MailAuthRequest) -> Option<Judgement> {
+        if req.protocol != MailProtocol::Smtp || !self.smtp.reject_unknown_client {
+            return None;
+        }
+        match req.client_host {
+            Some(ClientHost::Unavailable) => Some(Judgement::Smtp(SmtpRefusal::UnknownClient)),
+            Some(ClientHost::TempUnavailable) => Some(Judgement::Smtp(SmtpRefusal::ClientTempfail)),
+            // nginx sends Client-Host with every SMTP request; without
+            // one nothing is known, and the rule does not apply.
+            Some(ClientHost::Name(_)) | None => None,
         }
     }
 
@@ -138,11 +266,6 @@ impl Authenticator {
     }
 
     fn judge_relay(&self, req: &MailAuthRequest) -> Judgement {
-        let deny = Failure {
-            message: "Relay access denied",
-            wait: None,
-            smtp_code: Some("554 5.7.1"),
-        };
         if req.protocol != MailProtocol::Smtp {
             return Judgement::Malformed("method none outside SMTP".into());
         }
@@ -161,7 +284,7 @@ impl Authenticator {
                 password: None,
                 passdb: "-",
             },
-            _ => Judgement::Refuse("relay-denied", deny),
+            _ => Judgement::Smtp(SmtpRefusal::RelayDenied),
         }
     }
 
@@ -361,6 +484,24 @@ impl Authenticator {
                 audit.outcome = Outcome::TempFail;
                 audit.reason = why;
                 MailAuthResponse::Fail(temporary)
+            }
+            Judgement::Smtp(refusal) => {
+                // Refused by configuration, also for [TEMPUNAVAIL]: the
+                // client's DNS, not our backends, is in trouble.
+                audit.outcome = Outcome::Refused;
+                audit.reason = refusal.reason().to_owned();
+                MailAuthResponse::Fail(refusal.failure(&self.policy.wait, req.attempt))
+            }
+            Judgement::RelayBlocked(scope) => {
+                // The relay answer, without Auth-Wait: nginx closes the
+                // session of a blocked relay prober at once.
+                audit.outcome = Outcome::Refused;
+                audit.reason = format!("blocked-{}", scope.as_str());
+                audit.throttle = Some("blocked");
+                MailAuthResponse::Fail(Failure {
+                    wait: None,
+                    ..SmtpRefusal::RelayDenied.failure(&self.policy.wait, req.attempt)
+                })
             }
             Judgement::Refuse(why, failure) => {
                 audit.outcome = Outcome::Refused;

@@ -138,6 +138,8 @@ pub struct Authenticator {
     external: Rules,
     /// Where expensive password checks run.
     verifier: Verifier,
+    /// SMTP rules beyond the passdb (see [`mail::SmtpRules`]).
+    smtp: mail::SmtpRules,
 }
 
 /// What the throttle learns from a judgement.
@@ -196,6 +198,7 @@ impl Authenticator {
                 master: None,
                 external: Rules::default(),
                 verifier: Verifier::default(),
+                smtp: mail::SmtpRules::default(),
             })
         } else {
             Err(problems)

@@ -323,6 +323,8 @@ pub struct Stack {
     pub imap: u16,
     pub pop3: u16,
     pub smtp: u16,
+    /// nginx's `smtp_auth none` (MX) port.
+    pub mx: u16,
     /// nginx's internal http server (auth_http target).
     pub auth_http: u16,
     /// Backends.
@@ -408,7 +410,7 @@ impl Stack {
         // nginx workers (www-data) must reach the socket and Dovecot's mail
         // processes (nobody) their home below this directory.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
-        let [imap, pop3, smtp, auth_http, dovecot_imap, dovecot_pop3, sink] = free_ports::<7>();
+        let [imap, pop3, smtp, mx, auth_http, dovecot_imap, dovecot_pop3, sink] = free_ports::<8>();
         let mut stack = Stack {
             extras,
             socket: dir.path().join("auth.sock"),
@@ -416,6 +418,7 @@ impl Stack {
             imap,
             pop3,
             smtp,
+            mx,
             auth_http,
             dovecot_imap,
             dovecot_pop3,
@@ -494,6 +497,7 @@ impl Stack {
                 imap,
                 pop3,
                 smtp,
+                mx,
                 auth_http,
             ] {
                 stack.wait_for(&format!("127.0.0.1:{port}"), || {
@@ -764,6 +768,10 @@ service pop3-login {{
                 format!("listen 127.0.0.1:{};", self.smtp),
             ),
             (
+                "listen 25;".to_string(),
+                format!("listen 127.0.0.1:{};", self.mx),
+            ),
+            (
                 "listen 127.0.0.1:9189;".to_string(),
                 format!("listen 127.0.0.1:{};", self.auth_http),
             ),
@@ -901,6 +909,29 @@ service pop3-login {{
             String::from_utf8_lossy(&out.stderr)
         );
         toml::from_str(&stdout).unwrap_or_else(|e| panic!("client.py output: {e}\n{stdout}"))
+    }
+
+    /// One SMTP session without AUTH (`tests/e2e/smtp_relay.py`) on nginx's
+    /// `port`: EHLO, MAIL FROM `from`, each of `rcpts` in turn on the same
+    /// connection, DATA with `marker` if one was accepted, QUIT.
+    pub fn smtp_session(&self, port: u16, from: &str, rcpts: &[&str], marker: &str) -> SmtpSession {
+        let mut cmd = Command::new(require("python3", "python3"));
+        cmd.arg(repo_root().join("tests/e2e/smtp_relay.py"))
+            .args(["--port", &port.to_string(), "--from", from])
+            .args(["--marker", marker])
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        for rcpt in rcpts {
+            cmd.arg(format!("--rcpt={rcpt}"));
+        }
+        let out = cmd.output().expect("run smtp_relay.py");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "smtp_relay.py failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        toml::from_str(&stdout).unwrap_or_else(|e| panic!("smtp_relay.py output: {e}\n{stdout}"))
     }
 
     /// Runs curl with `args`; returns its output (any exit code).
@@ -1103,6 +1134,34 @@ pub struct Attempt {
 pub struct After {
     pub ok: bool,
     pub response: String,
+}
+
+/// What `tests/e2e/smtp_relay.py` saw.
+#[derive(Debug, Deserialize)]
+pub struct SmtpSession {
+    pub steps: Vec<SmtpStep>,
+    /// The server hung up before QUIT was answered.
+    pub closed: bool,
+}
+
+impl SmtpSession {
+    /// The step whose command starts with `command` (the first such).
+    pub fn step(&self, command: &str) -> &SmtpStep {
+        self.steps
+            .iter()
+            .find(|s| s.command.starts_with(command))
+            .unwrap_or_else(|| panic!("no step `{command}`: {self:#?}"))
+    }
+}
+
+/// One command of an [`SmtpSession`] and its reply.
+#[derive(Debug, Deserialize)]
+pub struct SmtpStep {
+    pub command: String,
+    pub code: u16,
+    /// The reply text after the code (smtplib joins multi-line replies).
+    pub text: String,
+    pub elapsed_s: f64,
 }
 
 #[derive(Debug, Deserialize)]
