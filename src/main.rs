@@ -103,28 +103,23 @@ enum AuthCommand {
 enum ThrottleCommand {
     /// Counters, blocks and time left for an address and/or user, and what
     /// their next login would meet and why.
-    Show {
-        /// Client address.
-        #[arg(long)]
-        ip: Option<String>,
-        /// User name.
-        #[arg(long)]
-        user: Option<String>,
-        #[command(flatten)]
-        conn: ConnArgs,
-    },
+    Show(ThrottleArgs),
     /// Lift blocks (and forget their counts): --ip and --user for the pair,
     /// --ip alone for the network and its pairs, --user alone everywhere.
-    Unblock {
-        /// Client address.
-        #[arg(long)]
-        ip: Option<String>,
-        /// User name.
-        #[arg(long)]
-        user: Option<String>,
-        #[command(flatten)]
-        conn: ConnArgs,
-    },
+    Unblock(ThrottleArgs),
+}
+
+/// Whom a `throttle` command is about, and how it reaches the service.
+#[derive(Args)]
+struct ThrottleArgs {
+    /// Client address.
+    #[arg(long)]
+    ip: Option<String>,
+    /// User name.
+    #[arg(long)]
+    user: Option<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 /// How an admin command reaches the running service.
@@ -1027,13 +1022,13 @@ fn status(args: ServeArgs) -> CmdResult {
 }
 
 fn throttle(command: ThrottleCommand) -> CmdResult {
-    let (action, ip, login, conn): (&[u8], _, _, _) = match command {
-        ThrottleCommand::Show { ip, user, conn } => (b"show", ip, user, conn),
-        ThrottleCommand::Unblock { ip, user, conn } => (b"unblock", ip, user, conn),
+    let (action, who): (&[u8], _) = match command {
+        ThrottleCommand::Show(who) => (b"show", who),
+        ThrottleCommand::Unblock(who) => (b"unblock", who),
     };
-    let args = conn.serve_args();
-    let ip = ip.unwrap_or_default();
-    let login = login.unwrap_or_default();
+    let args = who.conn.serve_args();
+    let ip = who.ip.unwrap_or_default();
+    let login = who.user.unwrap_or_default();
     print!(
         "{}",
         ask_service(

@@ -259,8 +259,16 @@ mod tests {
             cache_hit: None,
             ..o
         });
+        m.throttle_block("ip-user");
+        m.throttle_block("ip-user");
+        m.throttle_block("ip");
+        m.throttle_block("no-such-scope");
+        m.verify_shed();
         let text = m.render();
         for line in [
+            "nginx_auth_fcgi_throttle_blocks_total{scope=\"ip\"} 1",
+            "nginx_auth_fcgi_throttle_blocks_total{scope=\"ip-user\"} 2",
+            "nginx_auth_fcgi_verify_shed_total 1",
             "nginx_auth_fcgi_requests_total{protocol=\"imap\",result=\"ok\"} 1",
             "nginx_auth_fcgi_requests_total{protocol=\"imap\",result=\"fail\"} 1",
             "nginx_auth_fcgi_requests_total{protocol=\"smtp\",result=\"tempfail\"} 1",

@@ -760,6 +760,37 @@ impl Throttle {
     }
 }
 
+/// Whose pair blocks to find: the users blocked on a network, or the
+/// networks a user is blocked on.
+enum Partners<'a> {
+    UsersOf(&'a str),
+    NetsOf(&'a str),
+}
+
+impl Throttle {
+    /// The other half of every pair block `of` asks for: this instance's,
+    /// and with Redis those its index sets list.
+    async fn partners(&self, of: Partners<'_>) -> Vec<String> {
+        let pairs = self.local.pair_blocks().into_iter();
+        let (index, mut found): (String, Vec<String>) = match of {
+            Partners::UsersOf(net) => (
+                format!("idx-net:{net}"),
+                pairs.filter(|(n, _)| n == net).map(|(_, u)| u).collect(),
+            ),
+            Partners::NetsOf(user) => (
+                format!("idx-user:{user}"),
+                pairs.filter(|(_, u)| u == user).map(|(n, _)| n).collect(),
+            ),
+        };
+        if let Some(r) = self.redis() {
+            found.extend(r.members(&index).await.unwrap_or_default());
+        }
+        found.sort();
+        found.dedup();
+        found
+    }
+}
+
 /// One counter as `throttle show` reports it.
 fn counted(n: u32, limit: u32) -> String {
     if limit == 0 {
@@ -905,42 +936,12 @@ impl Throttle {
             (Some(net), None) => {
                 let ipk = k.ip.clone().unwrap_or_default();
                 targets.push((format!("block:{ipk}"), ipk, Self::describe(&k, Scope::Ip)));
-                let mut names: Vec<String> = self
-                    .local
-                    .pair_blocks()
-                    .into_iter()
-                    .filter(|(n, _)| n == net)
-                    .map(|(_, u)| u)
-                    .collect();
-                if let Some(r) = self.redis() {
-                    names.extend(
-                        r.members(&format!("idx-net:{net}"))
-                            .await
-                            .unwrap_or_default(),
-                    );
-                }
-                names.sort();
-                names.dedup();
-                targets.extend(names.iter().map(|name| pair(net, name)));
+                let users = self.partners(Partners::UsersOf(net)).await;
+                targets.extend(users.iter().map(|name| pair(net, name)));
             }
             (None, _) => {
                 let name = &k.name;
-                let mut nets: Vec<String> = self
-                    .local
-                    .pair_blocks()
-                    .into_iter()
-                    .filter(|(_, u)| u == name)
-                    .map(|(n, _)| n)
-                    .collect();
-                if let Some(r) = self.redis() {
-                    nets.extend(
-                        r.members(&format!("idx-user:{name}"))
-                            .await
-                            .unwrap_or_default(),
-                    );
-                }
-                nets.sort();
-                nets.dedup();
+                let nets = self.partners(Partners::NetsOf(name)).await;
                 targets.extend(nets.iter().map(|net| pair(net, name)));
             }
         }
