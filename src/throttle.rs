@@ -8,15 +8,27 @@
 //!
 //! | scope | key | effect |
 //! |---|---|---|
-//! | `ip` | client address, IPv6 masked to a /64 | delay; **block** past `block_ip` |
+//! | `ip` | client address, IPv6 masked to a /64 | delay; **block** past `block_ip`, raised by toleration |
 //! | `ip-user` | (masked address, user name) | delay; **block** past `block_ip_user` |
-//! | `user` | user name | delay only |
+//! | `user` | user name | delay only, and not where the network is known for the user |
 //!
 //! The per-user count never blocks: an attacker guessing one user's
 //! password from one network must not lock that user out from their own.
 //! Their network is blocked instead (by `ip-user`, or by `ip` when it sprays
 //! many names), while the same user from another address still gets through;
-//! a failure there is only answered after a longer `Auth-Wait`.
+//! a failure there is only answered after a longer `Auth-Wait` — unless the
+//! user logged in from there within `known_for` (a *known network*), where
+//! a distributed attack on the name does not delay the owner.
+//!
+//! Three refinements keep real users in:
+//! - the same wrong password for the same user from the same network counts
+//!   once per window (a mark under a 32-bit keyed HMAC tag of it; the key is
+//!   per instance, or shared in Redis);
+//! - *adaptive toleration*: `block_ip` grows by `success_bonus × log2(1 + U)`,
+//!   U the distinct users who logged in from the network in the window, up to
+//!   `block_ip_max`, so a busy NAT or webmail gets room and an address with
+//!   no success is blocked at the base;
+//! - loopback is in `trusted_networks` by default.
 //!
 //! A blocked request is refused without touching the passdb (so a slow hash
 //! cannot be used to burn CPU) and gets the generic "invalid login" answer
@@ -28,7 +40,8 @@
 //! attacker with one valid account wash its address clean between guesses.
 //! Clients in `trusted_networks` are neither counted nor delayed nor blocked.
 //! A request without `Client-IP` (nginx always sends it) is counted per user
-//! only, so it can be delayed but never blocked.
+//! only, so it can be delayed but never blocked. [`Throttle::inspect`] and
+//! [`Throttle::unblock`] are the admin view (`nginx-auth-fcgi throttle`).
 //!
 //! # Windows and time
 //! Counters are sliding-window estimates (the previous fixed window, weighted
