@@ -1,14 +1,14 @@
 //! Hop 3, the one policy layer: every request, mail `auth_http` or HTTP
 //! `auth_request`, is decided here, by the same rules.
 //!
-//! - [`chain`]: the one walk over the passdb chain, and password checks
+//! - `chain`: the one walk over the passdb chain, and password checks
 //!   through the verification [`Cache`] and the bounded [`Verifier`].
-//! - [`mail`]: mail logins: mechanism, SMTP relay, upstream choice,
+//! - `mail`: mail logins: mechanism, SMTP relay, upstream choice,
 //!   `Auth-Wait`.
-//! - [`http`]: HTTP Basic and Digest.
+//! - `http`: HTTP Basic and Digest.
 //!
-//! Both kinds of request go through [`Authenticator::within`] (the decision
-//! timeout) and [`Authenticator::throttled`] (the brute-force [`Throttle`],
+//! Both kinds of request go through `Authenticator::within` (the decision
+//! timeout) and `Authenticator::throttled` (the brute-force [`Throttle`],
 //! fed typed outcomes: a rejection counts, a success resets, anything else
 //! is left alone), and end in one [`AuditRecord`].
 //!
