@@ -5,7 +5,7 @@
 //! without any plaintext, and also plaintext checks (Basic, mail PLAIN) by
 //! hashing the offered password for each realm the user has. They cannot
 //! hand out a password, so CRAM-MD5/APOP are not served.
-//! Watched like the passwd-file (see [`crate::file_watch`]): a background
+//! Watched like the passwd-file (see `file_watch`): a background
 //! thread re-reads it within about a second of a change and swaps the new
 //! table in; lookups never touch the file. A file that cannot be read keeps
 //! the last good table and is logged.

@@ -5,9 +5,9 @@
 //! to their own upstream, `user=` renames them towards it, `nologin`/`disabled`
 //! refuse them. See <https://doc.dovecot.org/configuration_manual/authentication/passwd_file/>.
 //!
-//! The file is watched off the request path (see [`crate::file_watch`]): a
+//! The file is watched off the request path (see `file_watch`): a
 //! background thread checks it every second
-//! ([`CHECK_INTERVAL`](crate::file_watch::CHECK_INTERVAL)) and, when its
+//! (`file_watch::CHECK_INTERVAL`, 1 s) and, when its
 //! modification time, size or inode changed, reads and parses it (resolving
 //! `host=` names) and swaps the new table in, so edits take effect within
 //! about a second without a restart. Lookups only read the current table: no
