@@ -741,12 +741,16 @@ fn check_config(args: ServeArgs) -> CmdResult {
         v.queue,
         v.max_wait.as_millis()
     );
-    // Only running checks hold hash memory; waiting ones hold none.
-    let worst = (v.concurrency as u64 * u64::from(scheme::argon2_max_memory_kib()))
-        .min(u64::from(u32::MAX)) as u32;
+    // Only running checks hold hash memory; waiting ones hold none. Two
+    // lanes: known or trusted networks have their own.
+    let slots = 2 * v.concurrency as u64;
+    let worst =
+        (slots * u64::from(scheme::argon2_max_memory_kib())).min(u64::from(u32::MAX)) as u32;
     println!(
-        "  verifier worst-case memory: {} ({} x argon2 max memory)",
+        "  verifier worst-case memory: {} ({slots} x argon2 max memory: {} for unknown \
+         networks, {} for known or trusted ones)",
         config::format_size_kib(worst),
+        v.concurrency,
         v.concurrency
     );
     for line in config.upstreams.describe() {

@@ -814,6 +814,17 @@ fn counted(n: u32, limit: u32) -> String {
 }
 
 impl Throttle {
+    /// Whether `user` logged in from `ip`'s network within `known_for`.
+    pub async fn known(&self, ip: Option<IpAddr>, user: &[u8]) -> bool {
+        let Some(k) = self.keys(ip, user) else {
+            return false;
+        };
+        match &k.known {
+            Some(key) if !self.policy.known_for.is_zero() => self.marked(key).await,
+            _ => false,
+        }
+    }
+
     /// What the throttle holds about `ip` and `user` (either may be
     /// missing), and what the next login from there would meet and why:
     /// the text of `nginx-auth-fcgi throttle show`.

@@ -19,6 +19,12 @@
 //!
 //! Cheap checks ({PLAIN}, cache hits, unknown users) never come here, so they
 //! never wait behind expensive ones.
+//!
+//! Checks for a user from a network the throttle knows for that user (a
+//! login from there within its `known_days`) or trusts run in a second lane
+//! of the same size and bounds ([`with_priority`]): a flood from unknown
+//! addresses fills the first lane only, so the account's owner still gets
+//! a slot. Worst-case hash memory is therefore two lanes' worth.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -27,6 +33,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::metrics::METRICS;
+
+tokio::task_local! {
+    /// Set by the policy layer for a request from a known or trusted network.
+    static PRIORITY: bool;
+}
+
+/// Runs `f` with its verifications in the priority lane when `priority`.
+pub async fn with_priority<F: std::future::Future>(priority: bool, f: F) -> F::Output {
+    PRIORITY.scope(priority, f).await
+}
 
 /// Limits of the verifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +89,8 @@ pub enum VerifyError {
 #[derive(Debug, Clone)]
 pub struct Verifier {
     inner: Arc<Inner>,
+    /// The lane of requests from known or trusted networks.
+    priority: Arc<Inner>,
 }
 
 #[derive(Debug)]
@@ -111,15 +129,28 @@ impl Verifier {
             concurrency: policy.concurrency.max(1),
             ..policy
         };
-        Verifier {
-            inner: Arc::new(Inner {
+        let lane = || {
+            Arc::new(Inner {
                 policy,
                 slots: Arc::new(Semaphore::new(policy.concurrency)),
                 waiting: AtomicUsize::new(0),
                 cost_us: AtomicU64::new(0),
                 shed: AtomicU64::new(0),
                 last_report: Mutex::new(None),
-            }),
+            })
+        };
+        Verifier {
+            inner: lane(),
+            priority: lane(),
+        }
+    }
+
+    /// The lane for this request (see [`with_priority`]).
+    fn lane(&self) -> &Arc<Inner> {
+        if PRIORITY.try_with(|p| *p).unwrap_or(false) {
+            &self.priority
+        } else {
+            &self.inner
         }
     }
 
@@ -128,12 +159,12 @@ impl Verifier {
         &self.inner.policy
     }
 
-    /// Checks running now.
+    /// Checks running now in the first lane.
     pub fn running(&self) -> usize {
         self.inner.policy.concurrency - self.inner.slots.available_permits()
     }
 
-    /// Checks waiting for a slot now.
+    /// Checks waiting for a slot now in the first lane.
     pub fn waiting(&self) -> usize {
         self.inner.waiting.load(Relaxed)
     }
@@ -147,13 +178,13 @@ impl Verifier {
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
-        let inner = &self.inner;
+        let inner = self.lane();
         let permit = match Arc::clone(&inner.slots).try_acquire_owned() {
             // A free slot and nobody ahead: no queueing.
             Ok(p) if inner.waiting.load(Relaxed) == 0 => p,
             other => {
                 drop(other);
-                self.admit()?;
+                Self::admit(inner)?;
                 let _waiting = Waiting(&inner.waiting);
                 Arc::clone(&inner.slots)
                     .acquire_owned()
@@ -173,9 +204,8 @@ impl Verifier {
         .map_err(|_| VerifyError::Crashed)
     }
 
-    /// Takes a place in the queue, or says why there is none.
-    fn admit(&self) -> Result<(), VerifyError> {
-        let inner = &self.inner;
+    /// Takes a place in `inner`'s queue, or says why there is none.
+    fn admit(inner: &Inner) -> Result<(), VerifyError> {
         let ahead = inner.waiting.fetch_add(1, Relaxed);
         let why = if ahead >= inner.policy.queue {
             Some("queue full")
@@ -194,14 +224,16 @@ impl Verifier {
             }
             Some(why) => {
                 inner.waiting.fetch_sub(1, Relaxed);
-                self.shed(why);
+                inner.shed(why);
                 Err(VerifyError::Overloaded(why))
             }
         }
     }
+}
 
+impl Inner {
     fn shed(&self, why: &'static str) {
-        let inner = &self.inner;
+        let inner = self;
         METRICS.verify_shed();
         let n = inner.shed.fetch_add(1, Relaxed) + 1;
         let mut last = inner.last_report.lock().unwrap_or_else(|e| e.into_inner());
@@ -389,5 +421,29 @@ mod tests {
         for j in jobs {
             assert!(j.await.unwrap().is_ok());
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn known_networks_have_a_lane_a_flood_cannot_fill() {
+        let (v, open, gate, ran) = setup(1, 0, LONG);
+        let flood = {
+            let v = v.clone();
+            let check = gated(&gate, &ran);
+            tokio::spawn(async move { v.run(check).await })
+        };
+        until(|| v.running() == 1).await;
+        // The first lane is full and has no queue: refused.
+        assert_eq!(
+            with_priority(false, v.run(|| 1)).await,
+            Err(VerifyError::Overloaded("queue full"))
+        );
+        assert_eq!(
+            v.run(|| 1).await,
+            Err(VerifyError::Overloaded("queue full"))
+        );
+        // The owner's check runs in the other lane at once.
+        assert_eq!(with_priority(true, v.run(|| 2)).await, Ok(2));
+        open.send(()).unwrap();
+        assert_eq!(flood.await.unwrap(), Ok(1));
     }
 }

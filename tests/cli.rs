@@ -198,7 +198,8 @@ fn check_config_refuses_argon2_hashes_above_the_memory_limit() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("  verifier worst-case memory: 3 GiB (3 x argon2 max memory)"),
+        stdout
+            .contains("  verifier worst-case memory: 6 GiB (6 x argon2 max memory: 3 for unknown"),
         "{stdout}"
     );
     let out = run(&[&base[..], &["--verify-concurrency", "0"]].concat(), "");

@@ -77,7 +77,8 @@ fn fixture(o: Options) -> Fixture {
                 // The adaptive parts are off here; tests/throttle_model.rs covers them.
                 success_bonus: 0,
                 block_ip_max: 0,
-                known_for: Duration::ZERO,
+                // Known networks on: they pick the verifier's lane.
+                known_for: Duration::from_secs(30 * 86_400),
             },
             Clock::system(),
         ))
@@ -506,4 +507,69 @@ async fn one_client_request_gets_one_decision() {
         .status(&[("HTTP_AUTHORIZATION", &right), ("AUTH_REQUEST_ID", "gggg")])
         .await;
     assert_eq!(o, HttpOutcome::Blocked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_from_a_known_network_gets_a_slot_while_a_flood_fills_the_queue() {
+    let f = fixture(Options {
+        throttle: true,
+        cache: false,
+        verifier: VerifierPolicy {
+            concurrency: 1,
+            queue: 0,
+            max_wait: Duration::from_secs(60),
+        },
+        ..Options::default()
+    });
+    let right = basic("bob", "bob-pw");
+    let home = "198.51.100.60";
+    // bob logged in from home once (a real bcrypt check: the cache is off).
+    let o = f
+        .status(&[("HTTP_AUTHORIZATION", &right), ("REMOTE_ADDR", home)])
+        .await;
+    assert!(allowed(&o), "{o:?}");
+    // A flood of wrong passwords from unknown addresses holds every slot
+    // of the first lane.
+    let v = f.auth.verifier().clone();
+    let open = hold_slots(&v, 1);
+    until_running(&v, 1).await;
+    let (o, a) = f
+        .ask(&[
+            ("HTTP_AUTHORIZATION", &basic("bob", "wrong")),
+            ("REMOTE_ADDR", "203.0.113.61"),
+        ])
+        .await;
+    assert_eq!(
+        o,
+        HttpOutcome::Unavailable,
+        "{:?}",
+        a.map(|a| a.to_string())
+    );
+    // bob from elsewhere: temporary failure (never "wrong password") ...
+    let o = f
+        .status(&[
+            ("HTTP_AUTHORIZATION", &right),
+            ("REMOTE_ADDR", "198.51.100.61"),
+        ])
+        .await;
+    assert_eq!(o, HttpOutcome::Unavailable);
+    // ... bob from home: verified in the known networks' lane.
+    let (o, a) = f
+        .ask(&[("HTTP_AUTHORIZATION", &right), ("REMOTE_ADDR", home)])
+        .await;
+    assert!(allowed(&o), "{o:?}");
+    assert_eq!(
+        a.unwrap().cache,
+        None,
+        "the cache is off: a real bcrypt check"
+    );
+    // A wrong password from home is verified too (and refused), not shed.
+    let o = f
+        .status(&[
+            ("HTTP_AUTHORIZATION", &basic("bob", "typo")),
+            ("REMOTE_ADDR", home),
+        ])
+        .await;
+    assert_eq!(o, HttpOutcome::Challenge { stale: false });
+    open.send(()).unwrap();
 }

@@ -286,7 +286,9 @@ impl Authenticator {
     }
 
     /// Runs `judge` inside the throttle: a blocked client is refused before
-    /// any passdb is asked; afterwards the judgement's [`Count`] is recorded.
+    /// any passdb is asked; a trusted client or a known network gets the
+    /// verifier's priority lane; afterwards the judgement's [`Count`] is
+    /// recorded.
     /// `secret` (the password offered, when there is one that repeats as
     /// sent) lets the throttle count a repeated wrong password once.
     pub(crate) async fn throttled<J: Counted>(
@@ -299,10 +301,15 @@ impl Authenticator {
         let Some(throttle) = &self.policy.throttle else {
             return Throttled::Judged(judge.await, None);
         };
-        if let Check::Blocked(scope) = throttle.check(ip, user).await {
-            return Throttled::Blocked(scope);
-        }
-        let j = judge.await;
+        // A trusted client, or a user from a network they logged in from,
+        // verifies in the verifier's priority lane: a flood from elsewhere
+        // cannot take the owner's slot.
+        let priority = match throttle.check(ip, user).await {
+            Check::Blocked(scope) => return Throttled::Blocked(scope),
+            Check::Exempt => true,
+            Check::Allowed => throttle.known(ip, user).await,
+        };
+        let j = crate::verifier::with_priority(priority, judge).await;
         let wait = match j.count() {
             Count::Failure => throttle.record_failure(ip, user, secret).await,
             Count::Success => {
