@@ -276,7 +276,10 @@ impl Authenticator {
         judge: impl Future<Output = T>,
         late: impl FnOnce(String) -> T,
     ) -> T {
-        match tokio::time::timeout(self.policy.timeout, judge).await {
+        // Boxed once here: the wrappers around a judgement (timeout,
+        // throttle, verifier lane) would otherwise each hold a copy of its
+        // state machine, and a request's future is held per connection.
+        match tokio::time::timeout(self.policy.timeout, Box::pin(judge)).await {
             Ok(t) => t,
             Err(_) => late(format!(
                 "no decision within {} ms",
@@ -298,6 +301,7 @@ impl Authenticator {
         secret: Option<&[u8]>,
         judge: impl Future<Output = J>,
     ) -> Throttled<J> {
+        let judge = Box::pin(judge);
         let Some(throttle) = &self.policy.throttle else {
             return Throttled::Judged(judge.await, None);
         };
