@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use nginx_auth_fcgi::audit::Outcome;
+use nginx_auth_fcgi::audit::{AuditRecord, Outcome};
 use nginx_auth_fcgi::auth_http::{MailAuthRequest, MailAuthResponse};
 use nginx_auth_fcgi::authenticator::{Authenticator, Policy, WaitPolicy, TEMPORARY};
 use nginx_auth_fcgi::cache::{Cache, CachePolicy};
@@ -186,6 +186,24 @@ fn allowed(o: &HttpOutcome) -> bool {
     matches!(o, HttpOutcome::Allow { .. })
 }
 
+/// A verifier with one slot and `queue` places.
+fn one_slot(queue: usize) -> VerifierPolicy {
+    VerifierPolicy {
+        concurrency: 1,
+        queue,
+        max_wait: Duration::from_secs(60),
+    }
+}
+
+/// A 503 whose audit record is a temporary failure saying `why`.
+#[track_caller]
+fn assert_temporary(o: HttpOutcome, a: Option<AuditRecord>, why: &str) {
+    assert_eq!(o, HttpOutcome::Unavailable);
+    let a = a.expect("an audit record");
+    assert_eq!(a.outcome, Outcome::TempFail, "{a}");
+    assert!(a.reason.contains(why), "{}", a.reason);
+}
+
 /// Takes every slot of the verifier with a check that waits for the gate.
 fn hold_slots(v: &Verifier, n: usize) -> mpsc::Sender<()> {
     let (open, gate) = mpsc::channel::<()>();
@@ -245,11 +263,7 @@ async fn basic_of_an_expensive_hash_is_served_by_the_cache_and_a_wrong_password_
 async fn a_full_verifier_queue_is_a_temporary_failure_at_once_and_cheap_logins_go_on() {
     let f = fixture(Options {
         cache: false,
-        verifier: VerifierPolicy {
-            concurrency: 1,
-            queue: 0,
-            max_wait: Duration::from_secs(60),
-        },
+        verifier: one_slot(0),
         ..Options::default()
     });
     let v = f.auth.verifier().clone();
@@ -259,10 +273,7 @@ async fn a_full_verifier_queue_is_a_temporary_failure_at_once_and_cheap_logins_g
     let (o, a) = f
         .ask(&[("HTTP_AUTHORIZATION", &basic("bob", "bob-pw"))])
         .await;
-    assert_eq!(o, HttpOutcome::Unavailable);
-    let a = a.unwrap();
-    assert_eq!(a.outcome, Outcome::TempFail);
-    assert!(a.reason.contains("overloaded (queue full)"), "{}", a.reason);
+    assert_temporary(o, a, "overloaded (queue full)");
     // Mail: the temporary text with an Auth-Wait; SMTP 451 4.3.0.
     match f.mail("imap", "bob", "bob-pw").await {
         MailAuthResponse::Fail(fail) => {
@@ -310,11 +321,7 @@ async fn the_decision_timeout_applies_to_http_and_takes_the_request_out_of_the_q
     let f = fixture(Options {
         cache: false,
         timeout: Duration::from_millis(200),
-        verifier: VerifierPolicy {
-            concurrency: 1,
-            queue: 10,
-            max_wait: Duration::from_secs(60),
-        },
+        verifier: one_slot(10),
         ..Options::default()
     });
     let v = f.auth.verifier().clone();
@@ -323,14 +330,7 @@ async fn the_decision_timeout_applies_to_http_and_takes_the_request_out_of_the_q
     let (o, a) = f
         .ask(&[("HTTP_AUTHORIZATION", &basic("bob", "bob-pw"))])
         .await;
-    assert_eq!(o, HttpOutcome::Unavailable);
-    let a = a.unwrap();
-    assert_eq!(a.outcome, Outcome::TempFail);
-    assert!(
-        a.reason.contains("no decision within 200 ms"),
-        "{}",
-        a.reason
-    );
+    assert_temporary(o, a, "no decision within 200 ms");
     assert_eq!(v.waiting(), 0, "the timed-out request left the queue");
     open.send(()).unwrap();
 }
@@ -514,11 +514,7 @@ async fn the_owner_from_a_known_network_gets_a_slot_while_a_flood_fills_the_queu
     let f = fixture(Options {
         throttle: true,
         cache: false,
-        verifier: VerifierPolicy {
-            concurrency: 1,
-            queue: 0,
-            max_wait: Duration::from_secs(60),
-        },
+        verifier: one_slot(0),
         ..Options::default()
     });
     let right = basic("bob", "bob-pw");
