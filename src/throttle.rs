@@ -552,19 +552,16 @@ impl Throttle {
     /// for the same user from the same network counts once per window (a
     /// phone retrying a stale password is not a guesser). Only a 32-bit
     /// keyed HMAC of it is kept.
+    /// `known` is [`Throttle::known`] for this pair, asked before judging.
     pub async fn record_failure(
         &self,
         ip: Option<IpAddr>,
         user: &[u8],
         secret: Option<&[u8]>,
+        known: bool,
     ) -> Option<u32> {
         let k = self.keys(ip, user)?;
-        let now = self.clock.now_ms();
-        let window_ms = (self.policy.window.as_millis() as u64).max(1);
-        let bucket = now / window_ms;
-        // Share of the previous window still inside the sliding one.
-        let prev_weight = 1.0 - (now % window_ms) as f64 / window_ms as f64;
-        let weigh = |(cur, prev): (u32, u32)| cur + (prev as f64 * prev_weight) as u32;
+        let at = self.moment();
         if let (Some(dup), Some(secret)) = (&k.dup, secret) {
             let local = format!("{dup}:{}", tag(&self.dedup_key, secret));
             let shared = match self.redis() {
@@ -594,17 +591,10 @@ impl Throttle {
             names.push((Some(Scope::IpUser), iu));
         }
         let keys: Vec<&str> = names.iter().map(|(_, n)| *n).collect();
-        let counts = self.incr(&keys, bucket, now, window_ms).await;
-        let weighted: Vec<u32> = counts.into_iter().map(weigh).collect();
-        let users_ok = match &k.ok {
-            Some(ok) => weigh(self.peek(ok, bucket).await),
-            None => 0,
-        };
-        let known = match &k.known {
-            Some(key) if !self.policy.known_for.is_zero() => self.marked(key).await,
-            _ => false,
-        };
-        let until = now + self.policy.block_time.as_millis() as u64;
+        let counts = self.incr(&keys, &at).await;
+        let weighted: Vec<u32> = counts.into_iter().map(|c| at.weigh(c)).collect();
+        let users_ok = self.users_ok(&k, &at).await;
+        let until = at.now + self.policy.block_time.as_millis() as u64;
         for ((scope, _), n) in names.iter().zip(&weighted) {
             let limit = match scope {
                 Some(Scope::Ip) => self.policy.ip_threshold(users_ok),
@@ -614,7 +604,7 @@ impl Throttle {
             let Some(scope) = scope.filter(|_| limit > 0 && *n >= limit) else {
                 continue;
             };
-            if self.set_block(&k, scope, until, now).await {
+            if self.set_block(&k, scope, until, at.now).await {
                 METRICS.throttle_block(scope.as_str());
                 log::warn!(
                     "throttle: blocked {} for {} s after {n} failures in {} s (threshold {limit}{})",
@@ -650,30 +640,56 @@ impl Throttle {
         else {
             return;
         };
-        let now = self.clock.now_ms();
-        let window_ms = (self.policy.window.as_millis() as u64).max(1);
-        let bucket = now / window_ms;
+        let at = self.moment();
         self.local.reset(iu);
         if let Some(r) = self.redis() {
-            match r.reset(iu, bucket).await {
+            match r.reset(iu, at.bucket).await {
                 Ok(()) => self.redis_ok(),
                 Err(e) => self.redis_failed(&e),
             }
         }
         if self.mark(ok_user, None, self.policy.window, true).await {
-            self.incr(&[ok.as_str()], bucket, now, window_ms).await;
+            self.incr(&[ok.as_str()], &at).await;
         }
         if !self.policy.known_for.is_zero() {
             self.mark(known, None, self.policy.known_for, false).await;
         }
     }
 
+    /// The sliding window now.
+    fn moment(&self) -> Moment {
+        let now = self.clock.now_ms();
+        let window_ms = (self.policy.window.as_millis() as u64).max(1);
+        Moment {
+            now,
+            window_ms,
+            bucket: now / window_ms,
+            prev_weight: 1.0 - (now % window_ms) as f64 / window_ms as f64,
+        }
+    }
+
+    /// Distinct users who logged in from `k`'s network in the window.
+    async fn users_ok(&self, k: &Keys, at: &Moment) -> u32 {
+        match &k.ok {
+            Some(ok) => at.weigh(self.peek(ok, at.bucket).await),
+            None => 0,
+        }
+    }
+
+    /// Whether `k`'s network is known for its user.
+    async fn is_known(&self, k: &Keys) -> bool {
+        match &k.known {
+            Some(key) if !self.policy.known_for.is_zero() => self.marked(key).await,
+            _ => false,
+        }
+    }
+
     /// Adds one to each counter, in both stores; the shared counts win.
-    async fn incr(&self, keys: &[&str], bucket: u64, now: u64, window_ms: u64) -> Vec<(u32, u32)> {
-        let local = self.local.incr(keys, bucket, now);
+    async fn incr(&self, keys: &[&str], at: &Moment) -> Vec<(u32, u32)> {
+        let local = self.local.incr(keys, at.bucket, at.now);
         if let Some(r) = self.redis() {
             match r
-                .incr(keys, bucket, Duration::from_millis(window_ms * 2))
+                .incr(keys, at.bucket, Duration::from_millis(at.window_ms * 2))
                 .await
             {
                 Ok(c) => {
@@ -816,12 +832,9 @@ fn counted(n: u32, limit: u32) -> String {
 impl Throttle {
     /// Whether `user` logged in from `ip`'s network within `known_for`.
     pub async fn known(&self, ip: Option<IpAddr>, user: &[u8]) -> bool {
-        let Some(k) = self.keys(ip, user) else {
-            return false;
-        };
-        match &k.known {
-            Some(key) if !self.policy.known_for.is_zero() => self.marked(key).await,
-            _ => false,
+        match self.keys(ip, user) {
+            Some(k) => self.is_known(&k).await,
+            None => false,
         }
     }
 
@@ -839,15 +852,10 @@ impl Throttle {
             );
             return out;
         };
-        let now = self.clock.now_ms();
-        let window_ms = (self.policy.window.as_millis() as u64).max(1);
-        let bucket = now / window_ms;
-        let prev_weight = 1.0 - (now % window_ms) as f64 / window_ms as f64;
-        let weigh = |(cur, prev): (u32, u32)| cur + (prev as f64 * prev_weight) as u32;
-        let users_ok = match &k.ok {
-            Some(ok) => weigh(self.peek(ok, bucket).await),
-            None => 0,
-        };
+        let at = self.moment();
+        let (now, bucket) = (at.now, at.bucket);
+        let weigh = |c| at.weigh(c);
+        let users_ok = self.users_ok(&k, &at).await;
         let threshold = self.policy.ip_threshold(users_ok);
         let _ = writeln!(
             out,
@@ -884,10 +892,7 @@ impl Throttle {
             }
         }
         if user.is_some() {
-            let known = match &k.known {
-                Some(key) if !self.policy.known_for.is_zero() => self.marked(key).await,
-                _ => false,
-            };
+            let known = self.is_known(&k).await;
             if let Some(iu) = &k.ip_user {
                 let n = weigh(self.peek(iu, bucket).await);
                 let _ = writeln!(
@@ -969,8 +974,7 @@ impl Throttle {
                 targets.extend(nets.iter().map(|net| pair(net, name)));
             }
         }
-        let now = self.clock.now_ms();
-        let bucket = now / (self.policy.window.as_millis() as u64).max(1);
+        let Moment { now, bucket, .. } = self.moment();
         let mut lifted = Vec::new();
         for (block, counter, shown) in targets {
             let mut was = self.local.lift(&block, now);
@@ -990,6 +994,22 @@ impl Throttle {
             }
         }
         lifted
+    }
+}
+
+/// The sliding window at one instant.
+struct Moment {
+    now: u64,
+    window_ms: u64,
+    bucket: u64,
+    /// Share of the previous window still inside the sliding one.
+    prev_weight: f64,
+}
+
+impl Moment {
+    /// A counter's (current, previous window) as one sliding count.
+    fn weigh(&self, (cur, prev): (u32, u32)) -> u32 {
+        cur + (prev as f64 * self.prev_weight) as u32
     }
 }
 

@@ -308,14 +308,17 @@ impl Authenticator {
         // A trusted client, or a user from a network they logged in from,
         // verifies in the verifier's priority lane: a flood from elsewhere
         // cannot take the owner's slot.
-        let priority = match throttle.check(ip, user).await {
+        let (priority, known) = match throttle.check(ip, user).await {
             Check::Blocked(scope) => return Throttled::Blocked(scope),
-            Check::Exempt => true,
-            Check::Allowed => throttle.known(ip, user).await,
+            Check::Exempt => (true, false),
+            Check::Allowed => {
+                let known = throttle.known(ip, user).await;
+                (known, known)
+            }
         };
         let j = crate::verifier::with_priority(priority, judge).await;
         let wait = match j.count() {
-            Count::Failure => throttle.record_failure(ip, user, secret).await,
+            Count::Failure => throttle.record_failure(ip, user, secret, known).await,
             Count::Success => {
                 throttle.record_success(ip, user).await;
                 None
