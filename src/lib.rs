@@ -25,6 +25,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod audit;
 pub mod auth_http;
 pub mod authenticator;

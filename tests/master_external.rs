@@ -406,7 +406,9 @@ fn config_sections_validate_and_never_echo_the_secret() {
     .unwrap();
     let problems = Config::validate(bad).unwrap_err();
     assert_eq!(problems.len(), 4, "{problems:#?}");
-    assert!(problems.iter().all(|p| !p.contains(MASTER_SECRET)));
+    assert!(problems
+        .iter()
+        .all(|p| !p.to_string().contains(MASTER_SECRET)));
     let no_user: RawConfig =
         toml::from_str("[master_user]\npassword = \"x\"\nseparator = \"*\"\n").unwrap();
     assert_eq!(Config::validate(no_user).unwrap_err().len(), 1);
@@ -422,6 +424,14 @@ fn config_sections_validate_and_never_echo_the_secret() {
         .arg(&secret_file)
         .args(["--external-subject", "CN", "--external-issuer", CA])
         .args(["--external-fingerprint", &format!("{FP_ALICE}=alice")])
+        // Every protocol has an upstream, so no default-upstream warning.
+        .args([
+            "--upstream",
+            "imap=127.0.0.1:143",
+            "--upstream",
+            "pop3=127.0.0.1:110",
+        ])
+        .args(["--upstream", "smtp=127.0.0.1:25"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

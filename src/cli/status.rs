@@ -1,0 +1,161 @@
+//! Commands that ask the running service over its socket: `status` (the
+//! metrics) and `throttle show|unblock`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use nginx_auth_fcgi::config;
+use nginx_auth_fcgi::listen::ListenSpec;
+
+use super::serve::ServeArgs;
+use super::CmdResult;
+
+#[derive(Subcommand)]
+pub enum ThrottleCommand {
+    /// Counters, blocks and time left for an address and/or user, and what
+    /// their next login would meet and why.
+    Show(ThrottleArgs),
+    /// Lift blocks (and forget their counts): --ip and --user for the pair,
+    /// --ip alone for the network and its pairs, --user alone everywhere.
+    Unblock(ThrottleArgs),
+}
+
+/// Whom a `throttle` command is about, and how it reaches the service.
+#[derive(Args)]
+pub struct ThrottleArgs {
+    /// Client address.
+    #[arg(long)]
+    ip: Option<String>,
+    /// User name.
+    #[arg(long)]
+    user: Option<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+/// How an admin command reaches the running service.
+#[derive(Args, Clone)]
+pub struct ConnArgs {
+    /// TOML configuration file (its listen and require_header are used).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// The service's socket: unix:PATH or tcp:HOST:PORT.
+    #[arg(long)]
+    listen: Vec<String>,
+    /// NAME=VALUE shared secret the service requires (repeatable).
+    #[arg(long)]
+    require_header: Vec<String>,
+}
+
+impl ConnArgs {
+    fn serve_args(self) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            listen: self.listen,
+            require_header: self.require_header,
+            ..ServeArgs::default()
+        }
+    }
+}
+
+/// `status`: one FastCGI request with `AUTH_METRICS=on` to the configured
+/// socket; prints the Prometheus text.
+pub fn status(args: ServeArgs) -> CmdResult {
+    print!("{}", ask_service(&args, &[(b"AUTH_METRICS", b"on")])?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `throttle show|unblock`: the throttle's admin view over the socket.
+pub fn throttle(command: ThrottleCommand) -> CmdResult {
+    let (action, who): (&[u8], _) = match command {
+        ThrottleCommand::Show(who) => (b"show", who),
+        ThrottleCommand::Unblock(who) => (b"unblock", who),
+    };
+    let args = who.conn.serve_args();
+    let ip = who.ip.unwrap_or_default();
+    let login = who.user.unwrap_or_default();
+    print!(
+        "{}",
+        ask_service(
+            &args,
+            &[
+                (b"AUTH_THROTTLE", action),
+                (b"AUTH_THROTTLE_IP", ip.as_bytes()),
+                (b"AUTH_THROTTLE_USER", login.as_bytes()),
+            ],
+        )?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sends one FastCGI request with `params` (and the shared secret) to the
+/// running service's first listener; the body of its 200 answer.
+fn ask_service(args: &ServeArgs, params: &[(&[u8], &[u8])]) -> Result<String, Vec<String>> {
+    use nginx_auth_fcgi::fastcgi::record::{self, RecordType, Role};
+    use std::io::Read;
+    let config = args.config()?;
+    let spec = match config.listen.first() {
+        Some(s) => s.clone(),
+        None => config::DEFAULT_LISTEN
+            .parse::<ListenSpec>()
+            .map_err(|e| vec![e.to_string()])?,
+    };
+    let mut pairs = Vec::new();
+    let mut put =
+        |k: &[u8], v: &[u8]| record::encode_pair(&mut pairs, k, v).map_err(|e| vec![e.to_string()]);
+    for (k, v) in params {
+        put(k, v)?;
+    }
+    for r in &config.required {
+        put(r.param.as_bytes(), r.value.expose())?;
+    }
+    let mut out = Vec::new();
+    record::encode_begin_request(&mut out, 1, Role::Responder, 0);
+    record::encode_stream(&mut out, RecordType::Params, 1, &pairs);
+    record::encode_stream_end(&mut out, RecordType::Params, 1);
+    record::encode_stream_end(&mut out, RecordType::Stdin, 1);
+    let mut reply = Vec::new();
+    let io = |e: std::io::Error| vec![format!("{spec}: {e}")];
+    match &spec {
+        ListenSpec::Unix(path) => {
+            let mut s = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .map_err(io)?;
+            s.write_all(&out).map_err(io)?;
+            s.read_to_end(&mut reply).map_err(io)?;
+        }
+        ListenSpec::Tcp(addr) => {
+            let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .map_err(io)?;
+            s.write_all(&out).map_err(io)?;
+            s.read_to_end(&mut reply).map_err(io)?;
+        }
+        other => {
+            return Err(vec![format!(
+                "the service is reached with --listen unix:PATH or tcp:HOST:PORT, not {other}"
+            )])
+        }
+    }
+    let mut stdout = Vec::new();
+    let mut buf = &reply[..];
+    while let Ok(Some((rec, used))) = record::decode(buf) {
+        if rec.record_type == RecordType::Stdout {
+            stdout.extend_from_slice(rec.content);
+        }
+        buf = &buf[used..];
+    }
+    let text = String::from_utf8_lossy(&stdout);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("Status: 200") {
+        return Err(vec![format!(
+            "the service answered: {} {}",
+            head.lines().next().unwrap_or("nothing"),
+            body.trim()
+        )]);
+    }
+    Ok(body.to_owned())
+}
