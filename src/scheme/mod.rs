@@ -8,21 +8,23 @@
 //! The tests check both directions against Dovecot 2.3.
 //!
 //! Verification of the expensive schemes (crypt, bcrypt, Argon2, PBKDF2) is
-//! CPU-bound: callers run it on the blocking pool. Every digest comparison is constant-time, and no error or
-//! `Debug` output contains a stored hash or a password. An Argon2 hash whose
-//! memory cost is above [`argon2_max_memory_kib`] (`argon2_max_memory`,
-//! default 256 MiB) is refused when it is parsed, so it is never verified.
+//! CPU-bound: callers run it on the blocking pool. Every digest comparison is
+//! constant-time, and no error or `Debug` output contains a stored hash or a
+//! password. An Argon2 hash whose memory cost is above
+//! [`argon2_max_memory_kib`] (`argon2_max_memory`, default 256 MiB) is
+//! refused when it is parsed, so it is never verified.
 //!
 //! # Layout
-//! This file holds the [`Scheme`] names and [`SchemeError`]; the rest is
-//! private to the module and re-exported here:
+//! This file holds the [`Scheme`] names and [`SchemeError`]. The other files
+//! are private submodules; their public items are re-exported here:
 //! - `stored`: [`StoredPassword`] (parsing, format checks, verification) and
 //!   the SHA-family digests;
 //! - `argon2_limit`: the process-wide Argon2 memory limit and the PHC parse
 //!   that enforces it;
 //! - `cram`: Dovecot's `{CRAM-MD5}` HMAC-MD5 contexts and CRAM-MD5 responses;
 //! - `md5_crypt`: MD5-crypt (`$1$`, `$apr1$`), which no crate in use provides;
-//! - `hash`: [`hash()`], `doveadm pw`'s formats and work factors.
+//! - `hash`: [`hash()`], `doveadm pw`'s formats and work factors;
+//! - `test_vectors` (tests only): `doveadm pw` output the tests share.
 
 use std::fmt;
 
@@ -31,8 +33,6 @@ mod cram;
 mod hash;
 mod md5_crypt;
 mod stored;
-#[cfg(test)]
-mod test_vectors;
 
 pub use argon2_limit::{
     argon2_max_memory_kib, set_argon2_max_memory_kib, DEFAULT_ARGON2_MAX_MEMORY_KIB,
@@ -183,7 +183,7 @@ pub enum SchemeError {
     /// The data after `{SCHEME}` is not in that scheme's format.
     #[error("malformed {scheme} value: {reason}")]
     Malformed {
-        /// The scheme.
+        /// The scheme the value was read as.
         scheme: Scheme,
         /// What is wrong (never the value itself).
         reason: &'static str,
@@ -191,14 +191,15 @@ pub enum SchemeError {
     /// An Argon2 hash that asks for more memory than `argon2_max_memory`.
     #[error("{scheme} memory cost {m_kib} KiB is above argon2_max_memory ({max_kib} KiB)")]
     MemoryCost {
-        /// The scheme.
+        /// `{ARGON2I}` or `{ARGON2ID}`.
         scheme: Scheme,
-        /// The hash's memory cost.
+        /// The memory cost the hash asks for, in KiB.
         m_kib: u32,
-        /// The limit.
+        /// `argon2_max_memory` when the hash was parsed, in KiB.
         max_kib: u32,
     },
-    /// Hashing failed.
+    /// [`hash()`] could not hash with this scheme: an empty or non-UTF-8
+    /// password for `{PLAIN}`/`{CLEAR}`, or the hashing crate refused.
     #[error("cannot hash with {0}")]
     Hash(Scheme),
 }
@@ -206,6 +207,9 @@ pub enum SchemeError {
 fn malformed(scheme: Scheme, reason: &'static str) -> SchemeError {
     SchemeError::Malformed { scheme, reason }
 }
+
+#[cfg(test)]
+mod test_vectors;
 
 #[cfg(test)]
 mod tests {
@@ -234,22 +238,15 @@ mod tests {
 
     #[test]
     fn expensive_schemes() {
-        let expensive: Vec<Scheme> = Scheme::ALL
+        let expensive: Vec<String> = Scheme::ALL
             .iter()
-            .copied()
             .filter(|s| s.is_expensive())
+            .map(Scheme::to_string)
             .collect();
+        // Names, not variants: `names_round_trip` shows each is one scheme's.
         assert_eq!(
-            expensive,
-            [
-                Scheme::Md5Crypt,
-                Scheme::Sha256Crypt,
-                Scheme::Sha512Crypt,
-                Scheme::BlfCrypt,
-                Scheme::Argon2i,
-                Scheme::Argon2id,
-                Scheme::Pbkdf2
-            ]
+            expensive.join(" "),
+            "MD5-CRYPT SHA256-CRYPT SHA512-CRYPT BLF-CRYPT ARGON2I ARGON2ID PBKDF2"
         );
     }
 

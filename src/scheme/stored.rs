@@ -1,8 +1,9 @@
 //! [`StoredPassword`]: what a passdb holds, parsed and format-checked once,
 //! then verified against a password or a CRAM-MD5 response. The SHA-family
-//! digests (`{SHA}`, `{SSHA}` …) and Dovecot's `{PBKDF2}` format are read
-//! here too; the other schemes' formats live with their code (`cram`,
-//! `md5_crypt`, `argon2_limit`) or in their crates.
+//! digests (`{SHA}`, `{SSHA}` …) and Dovecot's `{PBKDF2}` format are read and
+//! computed here; SHA-crypt and bcrypt strings get a shape check here and are
+//! verified by their crates; CRAM-MD5 contexts, MD5-crypt and the Argon2
+//! memory limit have modules of their own.
 
 use std::fmt;
 
