@@ -1,12 +1,14 @@
 //! Replays, on stable, every input the fuzz targets keep: the minimised corpus
 //! of each target (`fuzz/corpus/<target>/`) and every crash reproducer
 //! (`tests/fuzz-regressions/<target>/`), through the same invariant checks the
-//! targets run (`nginx_auth_fcgi::fuzz_api`). So CI checks them without nightly
-//! or cargo-fuzz, and a fixed crash cannot come back unnoticed.
+//! targets run (`tests/support/fuzz_oracles.rs`, compiled into both). So CI
+//! checks them without nightly or cargo-fuzz, and a fixed crash cannot come
+//! back unnoticed.
 
 use std::path::{Path, PathBuf};
 
-use nginx_auth_fcgi::fuzz_api;
+#[path = "support/fuzz_oracles.rs"]
+mod fuzz_oracles;
 
 type Check = fn(&[u8]);
 
@@ -51,22 +53,22 @@ fn replay(target: &str, check: Check) {
 
 #[test]
 fn fastcgi_records_corpus() {
-    replay("fastcgi_records", fuzz_api::check_fastcgi_records);
+    replay("fastcgi_records", fuzz_oracles::check_fastcgi_records);
 }
 
 #[test]
 fn auth_http_request_corpus() {
-    replay("auth_http_request", fuzz_api::check_auth_http_request);
+    replay("auth_http_request", fuzz_oracles::check_auth_http_request);
 }
 
 #[test]
 fn digest_authorization_corpus() {
-    replay("digest_authorization", fuzz_api::check_digest_authorization);
+    replay("digest_authorization", fuzz_oracles::check_digest_authorization);
 }
 
 #[test]
 fn passwd_file_corpus() {
-    replay("passwd_file", fuzz_api::check_passwd_file);
+    replay("passwd_file", fuzz_oracles::check_passwd_file);
 }
 
 /// fuzz/passwd_file found `user=` accepting a control character (here a

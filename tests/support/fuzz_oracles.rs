@@ -16,14 +16,14 @@ use std::sync::LazyLock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::auth_http::request::{AuthMethod, MailAuthRequest, ProtocolError};
-use crate::fastcgi::record::{
+use nginx_auth_fcgi::auth_http::request::{AuthMethod, MailAuthRequest, ProtocolError};
+use nginx_auth_fcgi::fastcgi::record::{
     self, BeginRequest, Header, ProtocolStatus, RecordError, RecordType, Role,
 };
-use crate::fastcgi::{conn, Handler, Limits, Params, ParamsError, Request, Response};
-use crate::http_auth::digest::{self, Algorithm, Credentials, NonceState, Nonces};
-use crate::passdb::passwd_file;
-use crate::scheme::Scheme;
+use nginx_auth_fcgi::fastcgi::{conn, Handler, Limits, Params, ParamsError, Request, Response};
+use nginx_auth_fcgi::http_auth::digest::{self, Algorithm, Credentials, NonceState, Nonces};
+use nginx_auth_fcgi::passdb::passwd_file;
+use nginx_auth_fcgi::scheme::Scheme;
 
 // ---------------------------------------------------------------------------
 // FastCGI: records, name-value pairs, and the connection state machine.
