@@ -34,10 +34,6 @@ pub mod client_ip;
 pub mod config;
 pub mod fastcgi;
 pub(crate) mod file_watch;
-/// Invariant checks for the fuzz targets in `fuzz/` and their stable replay
-/// test; not part of the API.
-#[doc(hidden)]
-pub mod fuzz_api;
 pub mod http_auth;
 pub mod listen;
 pub mod master_user;

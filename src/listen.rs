@@ -5,8 +5,9 @@
 //! Conventions followed (`nginx-auth-protocols.md` §5.10):
 //! * systemd socket activation, `sd_listen_fds(3)`
 //!   (<https://www.freedesktop.org/software/systemd/man/latest/sd_listen_fds.html>):
-//!   `LISTEN_PID` must be our pid, fds are `3..3+LISTEN_FDS`; the variables are
-//!   unset so children do not inherit them.
+//!   `LISTEN_PID` must be our pid, fds are `3..3+LISTEN_FDS` (read by
+//!   [`sd_notify::listen_fds`]); the variables are unset so children do not
+//!   inherit them.
 //! * FastCGI `FCGI_LISTENSOCK_FILENO` = 0 (spec §2.2,
 //!   <https://fastcgi-archives.github.io/FastCGI_Specification.html>): spawn-fcgi
 //!   binds, chmods and chowns the socket and passes it as fd 0.
@@ -18,22 +19,26 @@
 //! `fd:N` pointing at a file, a tty or a connected socket is an error rather than
 //! a server that never accepts anything.
 //!
-//! This module holds the crate's only `unsafe`: adopting a raw fd and calling
-//! libc for socket options and user/group lookup.
+//! User and group lookup, the privilege drop and the socket checks go through
+//! `nix`. This module holds the crate's only `unsafe`: borrowing an inherited
+//! fd number to inspect it, then adopting it.
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fmt;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
 
-/// First fd passed by systemd (`SD_LISTEN_FDS_START`).
-const SD_LISTEN_FDS_START: RawFd = 3;
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::socket::{getsockname, getsockopt, sockopt, AddressFamily, SockType};
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+use nix::unistd::{Gid, Group, Uid, User};
+
 /// `FCGI_LISTENSOCK_FILENO`.
 const FCGI_LISTENSOCK_FILENO: RawFd = 0;
 
@@ -242,12 +247,15 @@ fn open_into(
             }
             return Ok(());
         }
-        return match check_listening_socket(FCGI_LISTENSOCK_FILENO) {
-            Ok(_) => {
-                out.push(adopt_fd(FCGI_LISTENSOCK_FILENO)?);
+        // fd 0 that is not a listening socket (the usual case) is no error
+        // of its own: there is just nothing to listen on.
+        return match adopt_fd(FCGI_LISTENSOCK_FILENO) {
+            Ok(l) => {
+                out.push(l);
                 Ok(())
             }
-            Err(_) => Err(ListenError::NoListener),
+            Err(ListenError::BadFd { .. }) => Err(ListenError::NoListener),
+            Err(e) => Err(e),
         };
     }
 
@@ -285,31 +293,16 @@ fn open_into(
 
 /// Reads and unsets `LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`. Returns no fds
 /// unless `LISTEN_PID` names this process: the variables may have been
-/// inherited from a socket-activated parent.
+/// inherited from a socket-activated parent. The fds returned are already
+/// close-on-exec.
 fn take_systemd_fds() -> Result<Vec<RawFd>, ListenError> {
-    let pid = std::env::var("LISTEN_PID").ok();
-    let count = std::env::var("LISTEN_FDS").ok();
+    let fds = sd_notify::listen_fds().map(Iterator::collect);
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         // Edition 2021: remove_var is safe; the caller runs before threads
         // that read the environment exist (see `open`).
         std::env::remove_var(var);
     }
-    let (Some(pid), Some(count)) = (pid, count) else {
-        return Ok(Vec::new());
-    };
-    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
-        return Ok(Vec::new());
-    }
-    let n: RawFd = count
-        .trim()
-        .parse()
-        .ok()
-        .filter(|&n: &RawFd| (0..=4096).contains(&n))
-        .ok_or_else(|| ListenError::BadSpec {
-            spec: format!("LISTEN_FDS={count}"),
-            reason: "not a small non-negative integer",
-        })?;
-    Ok((SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + n).collect())
+    fds.map_err(io_err("LISTEN_PID/LISTEN_FDS from systemd"))
 }
 
 /// Socket family of a listening socket we can serve.
@@ -318,84 +311,55 @@ enum Family {
     Inet,
 }
 
-fn sockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
-    let mut val: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `val` and `len` are valid for writes of a c_int and a socklen_t;
-    // getsockopt on any fd number at worst fails with EBADF/ENOTSOCK.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut val as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(val)
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Checks, without taking ownership, that `fd` is a listening stream socket of
 /// family unix or inet/inet6.
-fn check_listening_socket(fd: RawFd) -> Result<Family, ListenError> {
-    let bad = |reason: String| ListenError::BadFd { fd, reason };
-    let ty = sockopt_int(fd, libc::SO_TYPE).map_err(|e| bad(format!("not a socket ({e})")))?;
-    if ty != libc::SOCK_STREAM {
-        return Err(bad("not a stream socket".into()));
+fn check_listening_socket(fd: BorrowedFd<'_>) -> Result<Family, ListenError> {
+    let bad = |reason: String| ListenError::BadFd {
+        fd: fd.as_raw_fd(),
+        reason,
+    };
+    match getsockopt(&fd, sockopt::SockType) {
+        Ok(SockType::Stream) => {}
+        // EINVAL: a socket type nix has no name for, so not a stream either.
+        Ok(_) | Err(Errno::EINVAL) => return Err(bad("not a stream socket".into())),
+        Err(e) => return Err(bad(format!("not a socket ({})", io::Error::from(e)))),
     }
-    let accepting = sockopt_int(fd, libc::SO_ACCEPTCONN)
-        .map_err(|e| bad(format!("cannot query SO_ACCEPTCONN ({e})")))?;
-    if accepting == 0 {
+    let accepting = getsockopt(&fd, sockopt::AcceptConn).map_err(|e| {
+        bad(format!(
+            "cannot query SO_ACCEPTCONN ({})",
+            io::Error::from(e)
+        ))
+    })?;
+    if !accepting {
         return Err(bad("socket is not listening".into()));
     }
-    // SAFETY: sockaddr_storage is plain data for which all-zero is valid.
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `addr` is a writable sockaddr_storage and `len` its size, as
-    // getsockname requires; the fd is only inspected.
-    let rc = unsafe {
-        libc::getsockname(
-            fd,
-            (&mut addr as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(bad(format!(
-            "getsockname failed ({})",
-            io::Error::last_os_error()
-        )));
-    }
-    match libc::c_int::from(addr.ss_family) {
-        libc::AF_UNIX => Ok(Family::Unix),
-        libc::AF_INET | libc::AF_INET6 => Ok(Family::Inet),
-        other => Err(bad(format!("unsupported socket family {other}"))),
+    let addr = getsockname::<SockaddrStorage>(fd.as_raw_fd())
+        .map_err(|e| bad(format!("getsockname failed ({})", io::Error::from(e))))?;
+    match addr.family() {
+        Some(AddressFamily::Unix) => Ok(Family::Unix),
+        Some(AddressFamily::Inet | AddressFamily::Inet6) => Ok(Family::Inet),
+        other => Err(bad(format!("unsupported socket family {other:?}"))),
     }
 }
 
 /// Takes ownership of an inherited listening socket.
 fn adopt_fd(fd: RawFd) -> Result<Listener, ListenError> {
-    let family = check_listening_socket(fd)?;
+    // SAFETY: the borrow lives only for the checks below. If `fd` is not open,
+    // each call fails with EBADF and nothing is kept; if it is, the contract
+    // of `open` is that nothing else in the process owns it, so it stays open
+    // for the borrow.
+    let inherited = unsafe { BorrowedFd::borrow_raw(fd) };
+    let family = check_listening_socket(inherited)?;
     // Children we might spawn must not inherit the listener.
-    // SAFETY: fcntl with F_GETFD/F_SETFD on an fd checked to be open above.
-    let rc = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags < 0 {
-            flags
-        } else {
-            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC)
-        }
-    };
-    if rc < 0 {
-        return Err(ListenError::Io {
+    fcntl(inherited, FcntlArg::F_GETFD)
+        .and_then(|flags| {
+            let flags = FdFlag::from_bits_retain(flags) | FdFlag::FD_CLOEXEC;
+            fcntl(inherited, FcntlArg::F_SETFD(flags))
+        })
+        .map_err(|e| ListenError::Io {
             what: format!("fd {fd}: set FD_CLOEXEC"),
-            source: io::Error::last_os_error(),
-        });
-    }
+            source: e.into(),
+        })?;
     // SAFETY: the fd is open (the checks above succeeded on it) and is a
     // listening socket handed to this process (by systemd, spawn-fcgi or
     // `fd:N`). The contract of `open` is that nothing else in the process owns
@@ -430,6 +394,7 @@ fn bind_unix(path: &Path, opts: &SocketOptions) -> Result<Listener, ListenError>
     // Resolve names first: a typo in the group should not leave a socket behind.
     let uid = opts.owner.as_deref().map(lookup_uid).transpose()?;
     let gid = opts.group.as_deref().map(lookup_gid).transpose()?;
+    let (uid, gid) = (uid.map(Uid::as_raw), gid.map(Gid::as_raw));
 
     remove_stale_socket(path)?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -515,70 +480,24 @@ pub(crate) fn remove_created_socket(listener: &tokio::net::UnixListener) {
 }
 
 /// A uid from a user name or a number.
-fn lookup_uid(name: &str) -> Result<u32, ListenError> {
+fn lookup_uid(name: &str) -> Result<Uid, ListenError> {
     if let Ok(n) = name.parse::<u32>() {
-        return Ok(n);
+        return Ok(Uid::from_raw(n));
     }
-    let unknown = || ListenError::UnknownUser(name.to_owned());
-    let cname = CString::new(name).map_err(|_| unknown())?;
-    let mut buf = vec![0 as libc::c_char; 1024];
-    loop {
-        // SAFETY: passwd is plain data for which all-zero is valid.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call: a NUL-terminated name,
-        // a writable passwd, a writable buffer of the stated length, and the
-        // result slot. `pwd` points into `buf` only while both live.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() {
-            return Err(unknown());
-        }
-        return Ok(pwd.pw_uid);
+    match User::from_name(name) {
+        Ok(Some(user)) => Ok(user.uid),
+        _ => Err(ListenError::UnknownUser(name.to_owned())),
     }
 }
 
 /// A gid from a group name or a number.
-fn lookup_gid(name: &str) -> Result<u32, ListenError> {
+fn lookup_gid(name: &str) -> Result<Gid, ListenError> {
     if let Ok(n) = name.parse::<u32>() {
-        return Ok(n);
+        return Ok(Gid::from_raw(n));
     }
-    let unknown = || ListenError::UnknownGroup(name.to_owned());
-    let cname = CString::new(name).map_err(|_| unknown())?;
-    let mut buf = vec![0 as libc::c_char; 1024];
-    loop {
-        // SAFETY: group is plain data for which all-zero is valid.
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: as in lookup_uid, with getgrnam_r's equivalent arguments.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                cname.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() {
-            return Err(unknown());
-        }
-        return Ok(grp.gr_gid);
+    match Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid),
+        _ => Err(ListenError::UnknownGroup(name.to_owned())),
     }
 }
 
@@ -589,28 +508,20 @@ fn lookup_gid(name: &str) -> Result<u32, ListenError> {
 pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(), ListenError> {
     let uid = lookup_uid(user)?;
     let gid = lookup_gid(group.unwrap_or(user))?;
-    let fail = |what: &str| ListenError::Io {
-        what: format!("dropping privileges ({what})"),
-        source: std::io::Error::last_os_error(),
+    let fail = |what: &'static str| {
+        move |e: Errno| ListenError::Io {
+            what: format!("dropping privileges ({what})"),
+            source: e.into(),
+        }
     };
-    // SAFETY: setgroups/setgid/setuid take plain integers (and a null list
-    // of length 0); they touch no memory of ours.
-    unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0 {
-            return Err(fail("setgroups"));
-        }
-        if libc::setgid(gid) != 0 {
-            return Err(fail("setgid"));
-        }
-        if libc::setuid(uid) != 0 {
-            return Err(fail("setuid"));
-        }
-        if uid != 0 && libc::setuid(0) == 0 {
-            return Err(ListenError::Io {
-                what: "dropping privileges (root could be regained)".into(),
-                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
-            });
-        }
+    nix::unistd::setgroups(&[]).map_err(fail("setgroups"))?;
+    nix::unistd::setgid(gid).map_err(fail("setgid"))?;
+    nix::unistd::setuid(uid).map_err(fail("setuid"))?;
+    if !uid.is_root() && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+        return Err(ListenError::Io {
+            what: "dropping privileges (root could be regained)".into(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        });
     }
     log::info!("running as uid {uid}, gid {gid}");
     Ok(())
@@ -647,7 +558,7 @@ pub fn notify_stopping() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
 
     #[test]
     fn parse_specs() {
@@ -687,9 +598,9 @@ mod tests {
 
     #[test]
     fn numeric_and_unknown_ids() {
-        assert_eq!(lookup_uid("1234").unwrap(), 1234);
-        assert_eq!(lookup_gid("0").unwrap(), 0);
-        assert_eq!(lookup_uid("root").unwrap(), 0);
+        assert_eq!(lookup_uid("1234").unwrap().as_raw(), 1234);
+        assert_eq!(lookup_gid("0").unwrap().as_raw(), 0);
+        assert_eq!(lookup_uid("root").unwrap().as_raw(), 0);
         assert!(matches!(
             lookup_uid("no-such-user-xyzzy"),
             Err(ListenError::UnknownUser(_))
@@ -703,10 +614,10 @@ mod tests {
     #[test]
     fn non_sockets_are_not_adopted() {
         let f = tempfile::tempfile().unwrap();
-        let e = check_listening_socket(f.as_raw_fd()).err().unwrap();
+        let e = check_listening_socket(f.as_fd()).err().unwrap();
         assert!(e.to_string().contains("not a socket"), "{e}");
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let e = check_listening_socket(a.as_raw_fd()).err().unwrap();
+        let e = check_listening_socket(a.as_fd()).err().unwrap();
         assert!(e.to_string().contains("not listening"), "{e}");
     }
 }

@@ -1,12 +1,27 @@
 //! Replays, on stable, every input the fuzz targets keep: the minimised corpus
 //! of each target (`fuzz/corpus/<target>/`) and every crash reproducer
 //! (`tests/fuzz-regressions/<target>/`), through the same invariant checks the
-//! targets run (`nginx_auth_fcgi::fuzz_api`). So CI checks them without nightly
-//! or cargo-fuzz, and a fixed crash cannot come back unnoticed.
+//! targets run. So CI checks them without nightly or cargo-fuzz, and a fixed
+//! crash cannot come back unnoticed.
+//!
+//! The checks, one file per target in `tests/support/fuzz_oracles/`, are not
+//! part of the library: this test and each `fuzz/fuzz_targets/<target>.rs`
+//! compile the file as a module of their own (`#[path = ...] mod`). Each
+//! `check_*` function takes arbitrary bytes, runs them through one parser the
+//! way the daemon does, and panics when the parser panics **or** when its
+//! result breaks an invariant: "no panic" alone would let a parser that
+//! silently returns garbage pass.
 
 use std::path::{Path, PathBuf};
 
-use nginx_auth_fcgi::fuzz_api;
+#[path = "support/fuzz_oracles/auth_http_request.rs"]
+mod auth_http_request;
+#[path = "support/fuzz_oracles/digest_authorization.rs"]
+mod digest_authorization;
+#[path = "support/fuzz_oracles/fastcgi_records.rs"]
+mod fastcgi_records;
+#[path = "support/fuzz_oracles/passwd_file.rs"]
+mod passwd_file;
 
 type Check = fn(&[u8]);
 
@@ -51,22 +66,28 @@ fn replay(target: &str, check: Check) {
 
 #[test]
 fn fastcgi_records_corpus() {
-    replay("fastcgi_records", fuzz_api::check_fastcgi_records);
+    replay("fastcgi_records", fastcgi_records::check_fastcgi_records);
 }
 
 #[test]
 fn auth_http_request_corpus() {
-    replay("auth_http_request", fuzz_api::check_auth_http_request);
+    replay(
+        "auth_http_request",
+        auth_http_request::check_auth_http_request,
+    );
 }
 
 #[test]
 fn digest_authorization_corpus() {
-    replay("digest_authorization", fuzz_api::check_digest_authorization);
+    replay(
+        "digest_authorization",
+        digest_authorization::check_digest_authorization,
+    );
 }
 
 #[test]
 fn passwd_file_corpus() {
-    replay("passwd_file", fuzz_api::check_passwd_file);
+    replay("passwd_file", passwd_file::check_passwd_file);
 }
 
 /// fuzz/passwd_file found `user=` accepting a control character (here a

@@ -45,7 +45,7 @@ struct Entry {
 
 /// Why a complete PARAMS stream was refused.
 #[derive(Debug)]
-pub(crate) enum ParamsError {
+pub enum ParamsError {
     /// The stream does not decode as name-value pairs.
     Malformed(record::RecordError),
     /// More pairs than the configured limit.
@@ -100,7 +100,7 @@ impl Params {
 
     /// Parses a complete, concatenated PARAMS stream, keeping `stream` as the
     /// backing buffer.
-    pub(crate) fn parse(stream: Vec<u8>, max_count: usize) -> Result<Self, ParamsError> {
+    pub fn parse(stream: Vec<u8>, max_count: usize) -> Result<Self, ParamsError> {
         let mut entries = Vec::new();
         let mut pos = 0;
         while let Some((range, next)) =

@@ -123,10 +123,10 @@ fn parse(text: &[u8], default_scheme: Option<Scheme>) -> (Table, Vec<String>) {
     parse_with(text, default_scheme, &resolve)
 }
 
-/// [`parse`] without DNS: `host=` accepts IP literals only, so arbitrary input
-/// never leaves the process. For the fuzz target and its replay test
-/// (`crate::fuzz_api`), which need the users and problems of a file.
-#[doc(hidden)]
+/// Parses a whole passwd-file as [`PasswdFile::open`] does, but without DNS:
+/// `host=` accepts IP literals only, so arbitrary input never leaves the
+/// process. Returns the users and the problems (as [`PasswdFile::check`]
+/// reports them); the fuzz oracles and tests use it.
 pub fn parse_without_dns(
     text: &[u8],
     default_scheme: Option<Scheme>,
