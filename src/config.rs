@@ -18,9 +18,10 @@ use crate::listen::{ListenSpec, SocketOptions};
 use crate::master_user::{MasterUser, DEFAULT_SEPARATOR};
 use crate::mech::external::{Rule, Rules};
 use crate::mech::Mechanism;
+use crate::net::Cidr;
 use crate::scheme::{Scheme, DEFAULT_ARGON2_MAX_MEMORY_KIB};
 use crate::service::RequiredHeader;
-use crate::throttle::{Cidr, ThrottlePolicy};
+use crate::throttle::ThrottlePolicy;
 use crate::upstream::Upstreams;
 use crate::verifier::VerifierPolicy;
 

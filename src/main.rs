@@ -486,7 +486,7 @@ impl ServeArgs {
             (Some(p), Some(url)) => match Throttle::with_redis(p.clone(), Clock::system(), url) {
                 Ok(t) => Some(Arc::new(t)),
                 Err(e) => {
-                    problems.push(e);
+                    problems.push(e.to_string());
                     None
                 }
             },
