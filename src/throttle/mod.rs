@@ -63,6 +63,13 @@
 //! instance whose `SET NX` created the block, "unblocked" by the first
 //! instance that sees the block expired (blocks are only looked at when a
 //! request from that network arrives).
+//!
+//! # Layout
+//! This module holds [`Throttle`] and the request-path decisions (`check`,
+//! `record_failure`, `record_success`); `policy` the settings, answers and
+//! clock; `keys` the names counters and blocks are stored under; `admin`
+//! `inspect` and `unblock`; `memory` and `redis` the two stores, the latter
+//! on top of [`crate::shared_state`].
 
 mod admin;
 mod keys;
