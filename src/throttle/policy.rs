@@ -158,7 +158,7 @@ impl Scope {
     }
 }
 
-/// The answer of [`Throttle::check`].
+/// The answer of [`Throttle::check`](super::Throttle::check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
     /// A trusted client: not counted.
