@@ -16,7 +16,7 @@
 use std::net::IpAddr;
 
 use crate::auth_http::MailAuthRequest;
-use crate::throttle::Cidr;
+use crate::net::Cidr;
 
 /// Networks whose PROXY protocol header is believed (`--trusted-proxy`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

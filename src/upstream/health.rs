@@ -15,22 +15,29 @@
 //! up again removes its own entry, so recovery is not delayed by a TTL;
 //! entries of instances that died expire. Instances thereby agree, and a
 //! user with sessions through two instances lands on one server.
-//! Redis is only spoken to from the check tasks, and when it fails the
-//! local findings are used alone (logged once when it fails and once when
-//! it is back): Redis trouble never fails a login.
+//! Redis is only spoken to from the check tasks, through
+//! [`crate::shared_state`], and when it fails the local findings are used
+//! alone (logged once when it fails and once when it is back): Redis
+//! trouble never fails a login.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use crate::shared_state::{self, Fallback, SharedState, SharedStateError};
+
 /// Longest a check's TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Longest one Redis exchange may take before local state is used alone.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
-/// Redis key prefix (the throttle uses the same one).
-const REDIS_PREFIX: &str = "nginx-auth-fcgi:upstream-down:";
+/// What the checks do when Redis fails: go on with this instance's own
+/// findings, and try Redis again at the next check.
+const FALLBACK: Fallback = Fallback {
+    lost: "upstream health: Redis failed",
+    instead: "using local checks only",
+    back: "upstream health: Redis is back; sharing findings again",
+    back_level: log::Level::Info,
+    retry_after: Duration::ZERO,
+};
 
 /// What is known about one backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -187,33 +194,30 @@ async fn probe(addr: SocketAddr, timeout: Duration) -> (bool, String) {
 
 /// Health findings exchanged through Redis.
 struct SharedHealth {
-    conn: redis::aio::ConnectionManager,
+    state: SharedState,
     /// Who we are in the sorted sets.
     instance: String,
-    /// Redis worked last time (for logging transitions once).
-    ok: AtomicBool,
 }
 
 impl SharedHealth {
-    fn open(url: &str) -> Result<Self, String> {
-        let (conn, _shown) = crate::throttle::open_redis(url)?;
+    fn open(url: &str) -> Result<Self, SharedStateError> {
+        let state = SharedState::open(url, FALLBACK)?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         Ok(SharedHealth {
-            conn,
+            state,
             instance: format!(
                 "{}:{}:{:016x}",
                 host.trim(),
                 std::process::id(),
                 rand::random::<u64>()
             ),
-            ok: AtomicBool::new(true),
         })
     }
 
     /// Publishes this instance's finding for `addr` and returns whether any
     /// instance currently holds it down (`None`: Redis unavailable).
     async fn exchange(&self, addr: SocketAddr, up: bool, interval: Duration) -> Option<bool> {
-        let key = format!("{REDIS_PREFIX}{addr}");
+        let key = shared_state::key(&format!("upstream-down:{addr}"));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -231,27 +235,11 @@ impl SharedHealth {
                 .ignore();
         }
         pipe.zrembyscore(&key, "-inf", now).ignore().zcard(&key);
-        let mut conn = self.conn.clone();
-        let result: Result<(u64,), String> =
-            match tokio::time::timeout(REDIS_TIMEOUT * 2, pipe.query_async(&mut conn)).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("timed out".into()),
-            };
-        match result {
-            Ok((down_count,)) => {
-                if !self.ok.swap(true, Ordering::Relaxed) {
-                    log::info!("upstream health: Redis is back; sharing findings again");
-                }
-                Some(down_count > 0)
-            }
-            Err(e) => {
-                if self.ok.swap(false, Ordering::Relaxed) {
-                    log::error!("upstream health: Redis failed ({e}); using local checks only");
-                }
-                None
-            }
-        }
+        let down: (u64,) = self
+            .state
+            .attempt(|| now, self.state.pipeline(&pipe))
+            .await?;
+        Some(down.0 > 0)
     }
 }
 

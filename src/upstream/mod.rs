@@ -56,11 +56,73 @@ impl Default for Upstreams {
 }
 
 /// A bad `--upstream` / `--upstream-domain` value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[error("upstream `{value}`: {reason}")]
 pub struct UpstreamError {
     value: String,
-    reason: String,
+    #[source]
+    reason: Reason,
+}
+
+/// What is wrong with an upstream value.
+#[derive(Debug, thiserror::Error)]
+enum Reason {
+    #[error("expected PROTOCOL=HOST:PORT[,HOST:PORT…]")]
+    NoProtocol,
+    #[error("expected DOMAIN:PROTOCOL=HOST:PORT[,HOST:PORT…]")]
+    NoDomain,
+    #[error("`{0}` is not a domain such as example.org")]
+    Domain(String),
+    /// The protocol parser's own words.
+    #[error("{0}")]
+    Protocol(String),
+    #[error("empty list of servers")]
+    Empty,
+    #[error("empty entry in the list of servers")]
+    EmptyEntry,
+    #[error("`{entry}`: {source}")]
+    Addr {
+        entry: String,
+        #[source]
+        source: AddrError,
+    },
+    #[error("{0} is listed twice")]
+    Twice(SocketAddr),
+}
+
+/// Why a `HOST:PORT` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AddrError {
+    /// No `:PORT`.
+    #[error("expected HOST:PORT")]
+    NoPort,
+    /// An IPv6 address without brackets is ambiguous with the port.
+    #[error("write an IPv6 address in brackets: [2001:db8::1]:143")]
+    Unbracketed,
+    /// The port is not a number in 0..=65535.
+    #[error("bad port `{port}`")]
+    BadPort {
+        /// The port as given.
+        port: String,
+        /// What the number parser said.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// The name did not resolve.
+    #[error("cannot resolve `{host}`: {source}")]
+    Resolve {
+        /// The name as given.
+        host: String,
+        /// What the resolver said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The name resolved to nothing.
+    #[error("`{0}` has no address")]
+    NoAddress(String),
+    /// Port 0.
+    #[error("port must be 1..65535")]
+    PortZero,
 }
 
 /// Why no upstream could be chosen. Both are temporary failures for the
@@ -98,9 +160,9 @@ impl Upstreams {
     pub fn add_domain(&mut self, spec: &str) -> Result<(), UpstreamError> {
         let (domain, rest) = spec
             .split_once(':')
-            .ok_or_else(|| err(spec, "expected DOMAIN:PROTOCOL=HOST:PORT[,HOST:PORT…]"))?;
-        let domain = normalize_domain(domain).map_err(|e| err(spec, &e))?;
-        let (proto, addrs) = parse_pool_spec(rest).map_err(|e| err(spec, &e.reason))?;
+            .ok_or_else(|| err(spec, Reason::NoDomain))?;
+        let domain = normalize_domain(domain).map_err(|e| err(spec, e))?;
+        let (proto, addrs) = parse_pool_spec(rest).map_err(|e| err(spec, e.reason))?;
         let pools = self.by_domain.entry(domain).or_default();
         extend(pools.entry(proto), addrs, spec)
     }
@@ -114,13 +176,13 @@ impl Upstreams {
         addrs: &[String],
     ) -> Result<(), UpstreamError> {
         let shown = format!("{domain}:{}={}", protocol.as_str(), addrs.join(","));
-        let d = normalize_domain(domain).map_err(|e| err(&shown, &e))?;
+        let d = normalize_domain(domain).map_err(|e| err(&shown, e))?;
         if addrs.is_empty() {
-            return Err(err(&shown, "empty list of servers"));
+            return Err(err(&shown, Reason::Empty));
         }
         let mut parsed = Vec::new();
         for a in addrs {
-            parsed.push(parse_addr(a.trim()).map_err(|e| err(&shown, &format!("`{a}`: {e}")))?);
+            parsed.push(parse_entry(a, a.trim()).map_err(|e| err(&shown, e))?);
         }
         let pools = self.by_domain.entry(d).or_default();
         extend(pools.entry(protocol), parsed, &shown)
@@ -294,38 +356,49 @@ fn normalize_user(principal: &Principal, login: &[u8]) -> String {
     name.trim().to_ascii_lowercase()
 }
 
-fn normalize_domain(d: &str) -> Result<String, String> {
+fn normalize_domain(d: &str) -> Result<String, Reason> {
     let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
     if d.is_empty() || d.contains(['@', ':', '=', ',']) || d.contains(char::is_whitespace) {
-        Err(format!("`{d}` is not a domain such as example.org"))
+        Err(Reason::Domain(d))
     } else {
         Ok(d)
     }
 }
 
-fn err(value: &str, reason: &str) -> UpstreamError {
+fn err(value: &str, reason: Reason) -> UpstreamError {
     UpstreamError {
         value: value.to_owned(),
-        reason: reason.to_owned(),
+        reason,
     }
+}
+
+/// One server of a list: `addr` parsed, named in errors as `entry`.
+fn parse_entry(entry: &str, addr: &str) -> Result<SocketAddr, Reason> {
+    parse_addr(addr).map_err(|source| Reason::Addr {
+        entry: entry.to_owned(),
+        source,
+    })
 }
 
 /// `PROTOCOL=HOST:PORT[,HOST:PORT…]`.
 fn parse_pool_spec(spec: &str) -> Result<(MailProtocol, Vec<SocketAddr>), UpstreamError> {
     let (proto, addrs) = spec
         .split_once('=')
-        .ok_or_else(|| err(spec, "expected PROTOCOL=HOST:PORT[,HOST:PORT…]"))?;
-    let proto: MailProtocol = proto.trim().parse().map_err(|e: String| err(spec, &e))?;
+        .ok_or_else(|| err(spec, Reason::NoProtocol))?;
+    let proto = proto
+        .trim()
+        .parse::<MailProtocol>()
+        .map_err(|e| err(spec, Reason::Protocol(e.to_string())))?;
     if addrs.trim().is_empty() {
-        return Err(err(spec, "empty list of servers"));
+        return Err(err(spec, Reason::Empty));
     }
     let mut out = Vec::new();
     for a in addrs.split(',') {
         let a = a.trim();
         if a.is_empty() {
-            return Err(err(spec, "empty entry in the list of servers"));
+            return Err(err(spec, Reason::EmptyEntry));
         }
-        out.push(parse_addr(a).map_err(|e| err(spec, &format!("`{a}`: {e}")))?);
+        out.push(parse_entry(a, a).map_err(|e| err(spec, e))?);
     }
     Ok((proto, out))
 }
@@ -338,7 +411,7 @@ fn extend(
     let pool = entry.or_insert_with(|| Pool::new(Vec::new()));
     for a in addrs {
         if pool.members().contains(&a) {
-            return Err(err(spec, &format!("{a} is listed twice")));
+            return Err(err(spec, Reason::Twice(a)));
         }
         pool.push(a);
     }
@@ -356,26 +429,32 @@ fn iana_port(p: MailProtocol) -> u16 {
 }
 
 /// `HOST:PORT` → socket address; names are resolved now (start-up).
-pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+pub fn parse_addr(s: &str) -> Result<SocketAddr, AddrError> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return check_port(a);
     }
-    let (host, port) = s.rsplit_once(':').ok_or("expected HOST:PORT")?;
+    let (host, port) = s.rsplit_once(':').ok_or(AddrError::NoPort)?;
     if host.contains(':') && !host.starts_with('[') {
-        return Err("write an IPv6 address in brackets: [2001:db8::1]:143".into());
+        return Err(AddrError::Unbracketed);
     }
-    let port: u16 = port.parse().map_err(|_| format!("bad port `{port}`"))?;
+    let port: u16 = port.parse().map_err(|source| AddrError::BadPort {
+        port: port.to_owned(),
+        source,
+    })?;
     let addr = (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .map_err(|source| AddrError::Resolve {
+            host: host.to_owned(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("`{host}` has no address"))?;
+        .ok_or_else(|| AddrError::NoAddress(host.to_owned()))?;
     check_port(addr)
 }
 
-fn check_port(a: SocketAddr) -> Result<SocketAddr, String> {
+fn check_port(a: SocketAddr) -> Result<SocketAddr, AddrError> {
     if a.port() == 0 {
-        Err("port must be 1..65535".into())
+        Err(AddrError::PortZero)
     } else {
         Ok(a)
     }

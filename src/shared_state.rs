@@ -1,0 +1,258 @@
+//! State shared by several instances through Redis/Valkey (`state =
+//! "redis://…"`): the one place that opens the connection, bounds every
+//! exchange in time, and tracks whether Redis is usable.
+//!
+//! Its users are the [throttle](crate::throttle) (counters, blocks, marks)
+//! and the [upstream health checks](crate::upstream::health) (who found a
+//! backend down). Each opens its own [`SharedState`] with a [`Fallback`]
+//! saying what it logs and does when Redis fails: it keeps going on what
+//! this instance knows — never failing open, never failing a login — and
+//! the loss and the return are each logged once. HTTP Digest nonce counts
+//! (issue 15) are meant to be the next user, and TLS (`rediss://`) or
+//! Sentinel would go into [`SharedState::open`] for all of them.
+//!
+//! Every key starts with [`PREFIX`] ([`key`]); the names after it belong to
+//! the users: the throttle's hashed counter and block keys and
+//! `dedup-key`, the health checks' `upstream-down:ADDR`.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::FromRedisValue;
+
+/// Prefix of every key this program keeps in Redis.
+pub const PREFIX: &str = "nginx-auth-fcgi:";
+/// Connecting, and one response, may take this long; a whole exchange twice
+/// that before the local state is used.
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The Redis key of `name` (`nginx-auth-fcgi:NAME`).
+pub fn key(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+/// Why Redis could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedStateError {
+    /// The URL was refused by the client library.
+    #[error("state `{shown}`: {source}")]
+    Open {
+        /// The URL without its password.
+        shown: String,
+        /// What the client said.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A command failed (connection lost, refused, wrong type, …).
+    #[error("{0}")]
+    Redis(#[source] redis::RedisError),
+    /// No answer within the time limit.
+    #[error("timed out")]
+    TimedOut,
+    /// A value another instance stored is not what it should be.
+    #[error("the shared {0} in Redis is malformed")]
+    Malformed(&'static str),
+}
+
+/// What one user of the shared state logs when Redis is lost and back, and
+/// how long it leaves a failed Redis alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Fallback {
+    /// Logged as an error once when Redis fails, before the reason.
+    pub lost: &'static str,
+    /// After the reason: what is used instead.
+    pub instead: &'static str,
+    /// Logged once when Redis answers again.
+    pub back: &'static str,
+    /// The level of `back`.
+    pub back_level: log::Level,
+    /// After a failure Redis is not tried for this long (zero: every time).
+    pub retry_after: Duration,
+}
+
+/// A lazily connecting Redis/Valkey connection with short timeouts, and
+/// whether it worked last time. Clones of the connection are cheap; every
+/// method takes `&self`.
+pub struct SharedState {
+    conn: ConnectionManager,
+    shown: String,
+    fallback: Fallback,
+    /// Redis failed and has not answered since (for logging once each way).
+    down: AtomicBool,
+    /// Clock time (ms) before which Redis is not tried again; 0: none.
+    retry_at: AtomicU64,
+}
+
+impl std::fmt::Debug for SharedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedState")
+            .field("url", &self.shown)
+            .field("down", &self.down.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedState {
+    /// Opens `url` (`redis://[:password@]host[:port][/db]`,
+    /// `redis+unix:///path`). The connection is made on first use, so this
+    /// works without Redis running; it must be called inside a tokio runtime.
+    pub fn open(url: &str, fallback: Fallback) -> Result<Self, SharedStateError> {
+        let shown = match url.split_once('@') {
+            Some((scheme_auth, host)) => {
+                let scheme = scheme_auth.split("://").next().unwrap_or("redis");
+                format!("{scheme}://…@{host}")
+            }
+            None => url.to_owned(),
+        };
+        let refused = |source| SharedStateError::Open {
+            shown: shown.clone(),
+            source,
+        };
+        let client = redis::Client::open(url).map_err(refused)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(refused)?;
+        Ok(SharedState {
+            conn,
+            shown,
+            fallback,
+            down: AtomicBool::new(false),
+            retry_at: AtomicU64::new(0),
+        })
+    }
+
+    /// The URL as it may be logged (password hidden).
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// False while Redis is left alone after a failure (`now_ms` is the
+    /// caller's clock, the one it passed to [`SharedState::failed`]).
+    pub fn usable(&self, now_ms: u64) -> bool {
+        self.fallback.retry_after.is_zero() || now_ms >= self.retry_at.load(Ordering::Relaxed)
+    }
+
+    /// Redis answered: logs its return once after a failure.
+    pub fn succeeded(&self) {
+        self.retry_at.store(0, Ordering::Relaxed);
+        if self.down.swap(false, Ordering::Relaxed) {
+            log::log!(self.fallback.back_level, "{}", self.fallback.back);
+        }
+    }
+
+    /// Redis failed: leaves it alone for a while and logs the loss once.
+    pub fn failed(&self, now_ms: u64, e: &SharedStateError) {
+        let retry = self.fallback.retry_after.as_millis() as u64;
+        self.retry_at.store(now_ms + retry, Ordering::Relaxed);
+        if !self.down.swap(true, Ordering::Relaxed) {
+            log::error!("{} ({e}); {}", self.fallback.lost, self.fallback.instead);
+        }
+    }
+
+    /// Runs `op` unless Redis is being left alone, and records how it went;
+    /// `None` means "use what this instance knows". `now_ms` is the caller's
+    /// clock, read before and (on failure) after the exchange.
+    pub async fn attempt<T>(
+        &self,
+        now_ms: impl Fn() -> u64,
+        op: impl Future<Output = Result<T, SharedStateError>>,
+    ) -> Option<T> {
+        if !self.usable(now_ms()) {
+            return None;
+        }
+        match op.await {
+            Ok(v) => {
+                self.succeeded();
+                Some(v)
+            }
+            Err(e) => {
+                self.failed(now_ms(), &e);
+                None
+            }
+        }
+    }
+
+    /// One command.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, SharedStateError> {
+        let mut conn = self.conn.clone();
+        timed(cmd.query_async(&mut conn)).await
+    }
+
+    /// A pipeline (atomic when built with `atomic()`).
+    pub async fn pipeline<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, SharedStateError> {
+        let mut conn = self.conn.clone();
+        timed(pipe.query_async(&mut conn)).await
+    }
+
+    /// A Lua script.
+    pub async fn invoke<T: FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, SharedStateError> {
+        let mut conn = self.conn.clone();
+        timed(script.invoke_async(&mut conn)).await
+    }
+}
+
+async fn timed<T>(f: impl Future<Output = redis::RedisResult<T>>) -> Result<T, SharedStateError> {
+    match tokio::time::timeout(TIMEOUT * 2, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(SharedStateError::Redis(e)),
+        Err(_) => Err(SharedStateError::TimedOut),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FALLBACK: Fallback = Fallback {
+        lost: "test: lost",
+        instead: "local",
+        back: "test: back",
+        back_level: log::Level::Info,
+        retry_after: Duration::from_secs(5),
+    };
+
+    #[tokio::test]
+    async fn a_failure_rests_redis_and_a_success_ends_the_rest() {
+        let s = SharedState::open("redis://127.0.0.1:1", FALLBACK).unwrap();
+        assert!(s.usable(1_000));
+        s.failed(1_000, &SharedStateError::TimedOut);
+        assert!(!s.usable(5_999));
+        assert!(s.usable(6_000));
+        let skipped = s
+            .attempt(|| 2_000, async { Ok::<_, SharedStateError>(1) })
+            .await;
+        assert_eq!(skipped, None, "not tried while resting");
+        assert_eq!(
+            s.attempt(|| 6_000, async { Ok::<_, SharedStateError>(1) })
+                .await,
+            Some(1)
+        );
+        assert!(s.usable(6_001));
+        assert!(!s.down.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn the_password_is_not_shown() {
+        let s = SharedState::open("redis://:hunter2@127.0.0.1:1/0", FALLBACK).unwrap();
+        assert_eq!(s.shown(), "redis://…@127.0.0.1:1/0");
+        let e = SharedState::open("nope://x", FALLBACK).unwrap_err();
+        assert!(e.to_string().starts_with("state `nope://x`: "), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn keys_share_one_prefix() {
+        assert_eq!(key("dedup-key"), "nginx-auth-fcgi:dedup-key");
+    }
+}
