@@ -468,7 +468,7 @@ impl ServeArgs {
                     Ok(p) => {
                         problems.extend(p.into_iter().map(|p| format!("passwd-file {path}: {p}")))
                     }
-                    Err(e) => problems.push(e),
+                    Err(e) => problems.push(e.to_string()),
                 }
             }
             let options = PassdbOptions {

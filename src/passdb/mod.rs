@@ -12,8 +12,12 @@ pub mod htdigest;
 pub mod ldap;
 pub mod passwd_file;
 pub mod saslauthd;
+pub mod socket;
 pub mod sql;
 pub mod sqlite;
+pub mod tls;
+mod uri;
+pub mod vars;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,6 +32,7 @@ pub use passwd_file::PasswdFile;
 pub use saslauthd::Saslauthd;
 pub use sql::{Mysql, Postgres};
 pub use sqlite::Sqlite;
+pub use uri::redact_uri;
 
 /// What a backend can do; checked against the enabled mechanisms at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,11 +203,71 @@ pub enum PassdbConfigError {
     /// The backend could not be opened.
     #[error("passdb `{uri}`: {reason}")]
     Open {
-        /// The URI.
+        /// The URI, passwords masked ([`redact_uri`]).
         uri: String,
         /// Why.
-        reason: String,
+        #[source]
+        reason: OpenError,
     },
+}
+
+/// Why a backend could not be opened, by backend.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// `passwd-file:`, `htpasswd:`, `htdigest:`.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// `sqlite:`.
+    #[error(transparent)]
+    Sqlite(#[from] sqlite::SqliteError),
+    /// `postgres://`, `mysql://`.
+    #[error(transparent)]
+    Sql(#[from] sql::SqlUriError),
+    /// `saslauthd:`, `dovecot:`.
+    #[error(transparent)]
+    Socket(#[from] socket::SocketUriError),
+    /// `ldap://`, `ldaps://`.
+    #[error(transparent)]
+    Ldap(#[from] ldap::LdapUriError),
+}
+
+/// A user file (passwd-file, htdigest) that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// At open, by the file watcher (its message names the file).
+    #[error("{0}")]
+    Watch(String),
+    /// By `check-config`.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An option value out of its range (`timeout=0`, `pool_size=x`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} `{value}`: expected {expected}")]
+pub struct BadOption {
+    /// The option.
+    pub key: String,
+    /// The value given.
+    pub value: String,
+    /// What it may be.
+    pub expected: String,
+}
+
+impl BadOption {
+    pub(crate) fn new(key: &str, value: &str, expected: impl Into<String>) -> BadOption {
+        BadOption {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            expected: expected.into(),
+        }
+    }
 }
 
 impl AnyPassdb {
@@ -225,61 +290,53 @@ impl AnyPassdb {
     /// on first use.
     pub fn open_with(uri: &str, options: &PassdbOptions) -> Result<Self, PassdbConfigError> {
         let default_scheme = options.default_scheme;
-        let sql_err = |reason: String| PassdbConfigError::Open {
-            uri: sql::redact_uri(uri),
-            reason,
-        };
-        if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
-            return Postgres::open(uri, options.password_query.as_deref(), default_scheme)
+        let query = options.password_query.as_deref();
+        let opened = if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
+            Postgres::open(uri, query, default_scheme)
                 .map(AnyPassdb::Postgres)
-                .map_err(sql_err);
-        }
-        if uri.starts_with("mysql://") || uri.starts_with("mariadb://") {
-            return Mysql::open(uri, options.password_query.as_deref(), default_scheme)
+                .map_err(OpenError::from)
+        } else if uri.starts_with("mysql://") || uri.starts_with("mariadb://") {
+            Mysql::open(uri, query, default_scheme)
                 .map(AnyPassdb::Mysql)
-                .map_err(sql_err);
-        }
-        let open_err = |reason: String| PassdbConfigError::Open {
-            uri: uri.to_owned(),
-            reason,
-        };
-        if let Some(path) = uri.strip_prefix("htdigest:") {
+                .map_err(OpenError::from)
+        } else if let Some(path) = uri.strip_prefix("htdigest:") {
             Htdigest::open(path.as_ref())
                 .map(AnyPassdb::Htdigest)
-                .map_err(open_err)
+                .map_err(OpenError::from)
         } else if let Some(path) = uri.strip_prefix("htpasswd:") {
             // Apache htpasswd lines (`user:hash`, hash bcrypt, $apr1$, {SHA},
             // $5$/$6$) are valid passwd-file lines; never guess a bare value.
             PasswdFile::open(path.as_ref(), None)
                 .map(AnyPassdb::PasswdFile)
-                .map_err(open_err)
+                .map_err(OpenError::from)
         } else if let Some(path) = uri.strip_prefix("passwd-file:") {
             PasswdFile::open(path.as_ref(), default_scheme)
                 .map(AnyPassdb::PasswdFile)
-                .map_err(open_err)
+                .map_err(OpenError::from)
         } else if let Some(path) = uri.strip_prefix("sqlite:") {
             Sqlite::open(path.as_ref(), default_scheme)
                 .map(AnyPassdb::Sqlite)
-                .map_err(|e| open_err(e.to_string()))
+                .map_err(OpenError::from)
         } else if let Some(spec) = uri.strip_prefix("saslauthd:") {
             Saslauthd::open(spec)
                 .map(AnyPassdb::Saslauthd)
-                .map_err(open_err)
+                .map_err(OpenError::from)
         } else if let Some(spec) = uri.strip_prefix("dovecot:") {
             DovecotAuth::open(spec)
                 .map(AnyPassdb::DovecotAuth)
-                .map_err(open_err)
+                .map_err(OpenError::from)
         } else if uri.starts_with("ldap:") || uri.starts_with("ldaps:") {
             // `ldap://…` / `ldaps://…`; see [`ldap`] for the options.
             Ldap::open(uri, default_scheme)
                 .map(AnyPassdb::Ldap)
-                .map_err(|reason| PassdbConfigError::Open {
-                    uri: ldap::redact_uri(uri),
-                    reason,
-                })
+                .map_err(OpenError::from)
         } else {
-            Err(PassdbConfigError::Unknown(uri.to_owned()))
-        }
+            return Err(PassdbConfigError::Unknown(redact_uri(uri)));
+        };
+        opened.map_err(|reason| PassdbConfigError::Open {
+            uri: redact_uri(uri),
+            reason,
+        })
     }
 }
 
@@ -432,13 +489,22 @@ pub fn entry_ha1(found: Option<Entry>) -> Option<String> {
 
 /// A timeout option of a passdb URI (`connect_timeout=3`, `timeout=0.5`):
 /// seconds, more than 0 and at most an hour.
-pub(crate) fn seconds(key: &str, value: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn seconds(key: &str, value: &str) -> Result<std::time::Duration, BadOption> {
     value
         .parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
         .map(std::time::Duration::from_secs_f64)
-        .ok_or_else(|| format!("{key} `{value}`: expected seconds, e.g. 3 or 0.5"))
+        .ok_or_else(|| BadOption::new(key, value, "seconds, e.g. 3 or 0.5"))
+}
+
+/// A pool size option (`pool_size=4`): 1 to `max` connections.
+pub(crate) fn pool_size(value: &str, max: usize) -> Result<usize, BadOption> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| BadOption::new("pool_size", value, format!("1..={max}")))
 }
 
 /// An IP literal (IPv6 with or without brackets), else a name resolved

@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{parse_stored, Capabilities, Entry, Lookup, Passdb, PassdbError, Principal, Verdict};
+use super::{parse_stored, Capabilities, Entry, FileError, Lookup, Passdb, PassdbError};
+use super::{Principal, Verdict};
 use crate::file_watch::{Loader, Watched, CHECK_INTERVAL};
 use crate::scheme::Scheme;
 use crate::secret::Secret;
@@ -40,7 +41,7 @@ struct Table {
 impl PasswdFile {
     /// Loads `path` and starts watching it. Fails when the file cannot be
     /// read; bad lines are logged and skipped (the users on them cannot log in).
-    pub fn open(path: &Path, default_scheme: Option<Scheme>) -> Result<Self, String> {
+    pub fn open(path: &Path, default_scheme: Option<Scheme>) -> Result<Self, FileError> {
         Self::open_checking_every(path, default_scheme, CHECK_INTERVAL)
     }
 
@@ -48,7 +49,7 @@ impl PasswdFile {
         path: &Path,
         default_scheme: Option<Scheme>,
         interval: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FileError> {
         let shown: PathBuf = path.to_owned();
         let loader = Loader {
             kind: "passwd-file",
@@ -62,13 +63,16 @@ impl PasswdFile {
             users: |t: &Table| t.users.len(),
         };
         Ok(PasswdFile {
-            table: Watched::open(path, loader, interval)?,
+            table: Watched::open(path, loader, interval).map_err(FileError::Watch)?,
         })
     }
 
     /// Problems found in the file (for `check-config`).
-    pub fn check(path: &Path, default_scheme: Option<Scheme>) -> Result<Vec<String>, String> {
-        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn check(path: &Path, default_scheme: Option<Scheme>) -> Result<Vec<String>, FileError> {
+        let text = std::fs::read(path).map_err(|source| FileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(parse(&text, default_scheme).1)
     }
 
@@ -173,19 +177,33 @@ fn parse_with(
     (table, problems)
 }
 
+/// Why a line was skipped (shown with its number; never the password).
+#[derive(Debug, thiserror::Error)]
+enum LineError {
+    #[error("empty user name")]
+    EmptyUser,
+    #[error("user {0}: no password field")]
+    NoPassword(String),
+    #[error("user {0}: bad port={1}")]
+    Port(String, String),
+    #[error("user {0}: user= holds a control character")]
+    ControlInUser(String),
+    #[error("user {0}: host={1} does not resolve")]
+    Unresolved(String, String),
+}
+
 fn parse_line(
     line: &str,
     default_scheme: Option<Scheme>,
     resolve: &dyn Fn(&str) -> Option<IpAddr>,
-) -> Result<(String, Entry), String> {
+) -> Result<(String, Entry), LineError> {
     let mut fields = line.splitn(8, ':');
     let user = fields.next().unwrap_or_default();
     if user.is_empty() {
-        return Err("empty user name".into());
+        return Err(LineError::EmptyUser);
     }
-    let password = fields
-        .next()
-        .ok_or_else(|| format!("user {user}: no password field"))?;
+    let who = || user.to_owned();
+    let password = fields.next().ok_or_else(|| LineError::NoPassword(who()))?;
     let extra = fields.nth(5).unwrap_or_default();
     let mut principal = Principal {
         user: user.to_owned(),
@@ -203,7 +221,7 @@ fn parse_line(
                         .parse()
                         .ok()
                         .filter(|p| *p != 0)
-                        .ok_or_else(|| format!("user {user}: bad port={value}"))?,
+                        .ok_or_else(|| LineError::Port(who(), value.to_owned()))?,
                 )
             }
             "user" if !value.is_empty() => {
@@ -211,7 +229,7 @@ fn parse_line(
                 // character cannot go: refuse the line now rather than fail
                 // every login of the user later (found by fuzz/passwd_file).
                 if value.bytes().any(|b| b.is_ascii_control()) {
-                    return Err(format!("user {user}: user= holds a control character"));
+                    return Err(LineError::ControlInUser(who()));
                 }
                 principal.backend_user = Some(value.to_owned())
             }
@@ -223,7 +241,7 @@ fn parse_line(
     }
     if let Some(h) = host {
         principal.upstream_host =
-            Some(resolve(h).ok_or_else(|| format!("user {user}: host={h} does not resolve"))?);
+            Some(resolve(h).ok_or_else(|| LineError::Unresolved(who(), h.to_owned()))?);
     }
     let password = parse_stored(password, default_scheme).map_err(Arc::new);
     Ok((
