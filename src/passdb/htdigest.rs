@@ -97,10 +97,7 @@ impl Passdb for Htdigest {
         "htdigest"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            verify_plain: true,
-            lookup_credentials: false,
-        }
+        Capabilities::PLAIN_ONLY
     }
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         let entries = self.entries(user);

@@ -43,6 +43,19 @@ pub struct Capabilities {
     pub lookup_credentials: bool,
 }
 
+impl Capabilities {
+    /// Checks plaintext and hands out stored credentials (the file and table backends).
+    pub const BOTH: Capabilities = Capabilities {
+        verify_plain: true,
+        lookup_credentials: true,
+    };
+    /// Checks plaintext only (htdigest, saslauthd, Dovecot auth, LDAP bind mode).
+    pub const PLAIN_ONLY: Capabilities = Capabilities {
+        verify_plain: true,
+        lookup_credentials: false,
+    };
+}
+
 /// An authenticated user and what the passdb says about routing them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Principal {
@@ -292,44 +305,35 @@ impl AnyPassdb {
         let default_scheme = options.default_scheme;
         let query = options.password_query.as_deref();
         let opened = if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
-            Postgres::open(uri, query, default_scheme)
-                .map(AnyPassdb::Postgres)
-                .map_err(OpenError::from)
+            wrap(
+                Postgres::open(uri, query, default_scheme),
+                AnyPassdb::Postgres,
+            )
         } else if uri.starts_with("mysql://") || uri.starts_with("mariadb://") {
-            Mysql::open(uri, query, default_scheme)
-                .map(AnyPassdb::Mysql)
-                .map_err(OpenError::from)
+            wrap(Mysql::open(uri, query, default_scheme), AnyPassdb::Mysql)
         } else if let Some(path) = uri.strip_prefix("htdigest:") {
-            Htdigest::open(path.as_ref())
-                .map(AnyPassdb::Htdigest)
-                .map_err(OpenError::from)
+            wrap(Htdigest::open(path.as_ref()), AnyPassdb::Htdigest)
         } else if let Some(path) = uri.strip_prefix("htpasswd:") {
             // Apache htpasswd lines (`user:hash`, hash bcrypt, $apr1$, {SHA},
             // $5$/$6$) are valid passwd-file lines; never guess a bare value.
-            PasswdFile::open(path.as_ref(), None)
-                .map(AnyPassdb::PasswdFile)
-                .map_err(OpenError::from)
+            wrap(PasswdFile::open(path.as_ref(), None), AnyPassdb::PasswdFile)
         } else if let Some(path) = uri.strip_prefix("passwd-file:") {
-            PasswdFile::open(path.as_ref(), default_scheme)
-                .map(AnyPassdb::PasswdFile)
-                .map_err(OpenError::from)
+            wrap(
+                PasswdFile::open(path.as_ref(), default_scheme),
+                AnyPassdb::PasswdFile,
+            )
         } else if let Some(path) = uri.strip_prefix("sqlite:") {
-            Sqlite::open(path.as_ref(), default_scheme)
-                .map(AnyPassdb::Sqlite)
-                .map_err(OpenError::from)
+            wrap(
+                Sqlite::open(path.as_ref(), default_scheme),
+                AnyPassdb::Sqlite,
+            )
         } else if let Some(spec) = uri.strip_prefix("saslauthd:") {
-            Saslauthd::open(spec)
-                .map(AnyPassdb::Saslauthd)
-                .map_err(OpenError::from)
+            wrap(Saslauthd::open(spec), AnyPassdb::Saslauthd)
         } else if let Some(spec) = uri.strip_prefix("dovecot:") {
-            DovecotAuth::open(spec)
-                .map(AnyPassdb::DovecotAuth)
-                .map_err(OpenError::from)
+            wrap(DovecotAuth::open(spec), AnyPassdb::DovecotAuth)
         } else if uri.starts_with("ldap:") || uri.starts_with("ldaps:") {
             // `ldap://…` / `ldaps://…`; see [`ldap`] for the options.
-            Ldap::open(uri, default_scheme)
-                .map(AnyPassdb::Ldap)
-                .map_err(OpenError::from)
+            wrap(Ldap::open(uri, default_scheme), AnyPassdb::Ldap)
         } else {
             return Err(PassdbConfigError::Unknown(redact_uri(uri)));
         };
@@ -340,72 +344,52 @@ impl AnyPassdb {
     }
 }
 
+/// `$call` on the backend of every variant (`p`).
+macro_rules! each {
+    ($self:ident, $p:ident => $call:expr) => {
+        match $self {
+            AnyPassdb::PasswdFile($p) => $call,
+            AnyPassdb::Sqlite($p) => $call,
+            AnyPassdb::Postgres($p) => $call,
+            AnyPassdb::Mysql($p) => $call,
+            AnyPassdb::Htdigest($p) => $call,
+            AnyPassdb::Saslauthd($p) => $call,
+            AnyPassdb::DovecotAuth($p) => $call,
+            AnyPassdb::Ldap($p) => $call,
+        }
+    };
+}
+
+/// A backend's `open` answer as an [`AnyPassdb`] (its `variant`) or an [`OpenError`].
+fn wrap<B, E>(opened: Result<B, E>, variant: fn(B) -> AnyPassdb) -> Result<AnyPassdb, OpenError>
+where
+    OpenError: From<E>,
+{
+    opened.map(variant).map_err(OpenError::from)
+}
+
 impl Passdb for AnyPassdb {
     fn name(&self) -> &'static str {
-        match self {
-            AnyPassdb::PasswdFile(p) => p.name(),
-            AnyPassdb::Sqlite(p) => p.name(),
-            AnyPassdb::Postgres(p) => p.name(),
-            AnyPassdb::Mysql(p) => p.name(),
-            AnyPassdb::Htdigest(p) => p.name(),
-            AnyPassdb::Saslauthd(p) => p.name(),
-            AnyPassdb::DovecotAuth(p) => p.name(),
-            AnyPassdb::Ldap(p) => p.name(),
-        }
+        each!(self, p => p.name())
     }
     fn capabilities(&self) -> Capabilities {
-        match self {
-            AnyPassdb::PasswdFile(p) => p.capabilities(),
-            AnyPassdb::Sqlite(p) => p.capabilities(),
-            AnyPassdb::Postgres(p) => p.capabilities(),
-            AnyPassdb::Mysql(p) => p.capabilities(),
-            AnyPassdb::Htdigest(p) => p.capabilities(),
-            AnyPassdb::Saslauthd(p) => p.capabilities(),
-            AnyPassdb::DovecotAuth(p) => p.capabilities(),
-            AnyPassdb::Ldap(p) => p.capabilities(),
-        }
+        each!(self, p => p.capabilities())
     }
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
-        match self {
-            AnyPassdb::PasswdFile(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::Sqlite(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::Postgres(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::Mysql(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::Htdigest(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::Saslauthd(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::DovecotAuth(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::Ldap(p) => p.verify_plain(user, passwords).await,
-        }
+        each!(self, p => p.verify_plain(user, passwords).await)
     }
     async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
-        match self {
-            AnyPassdb::PasswdFile(p) => p.lookup_credentials(user).await,
-            AnyPassdb::Sqlite(p) => p.lookup_credentials(user).await,
-            AnyPassdb::Postgres(p) => p.lookup_credentials(user).await,
-            AnyPassdb::Mysql(p) => p.lookup_credentials(user).await,
-            AnyPassdb::Htdigest(p) => p.lookup_credentials(user).await,
-            AnyPassdb::Saslauthd(p) => p.lookup_credentials(user).await,
-            AnyPassdb::DovecotAuth(p) => p.lookup_credentials(user).await,
-            AnyPassdb::Ldap(p) => p.lookup_credentials(user).await,
-        }
+        each!(self, p => p.lookup_credentials(user).await)
     }
     async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
-        match self {
-            AnyPassdb::Htdigest(p) => p.digest_ha1(user, realm).await,
-            AnyPassdb::Postgres(p) => p.digest_ha1(user, realm).await,
-            AnyPassdb::Mysql(p) => p.digest_ha1(user, realm).await,
-            _ => Ok(None),
-        }
+        // Backends without an HA1 answer `Ok(None)` (the trait's default).
+        each!(self, p => p.digest_ha1(user, realm).await)
     }
     async fn find_user(
         &self,
         matches: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Option<String>, PassdbError> {
-        match self {
-            AnyPassdb::Htdigest(p) => p.find_user(matches).await,
-            AnyPassdb::PasswdFile(p) => p.find_user(matches).await,
-            _ => Ok(None),
-        }
+        each!(self, p => p.find_user(matches).await)
     }
 }
 

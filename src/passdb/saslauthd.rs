@@ -151,10 +151,7 @@ impl Passdb for Saslauthd {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            verify_plain: true,
-            lookup_credentials: false,
-        }
+        Capabilities::PLAIN_ONLY
     }
 
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {

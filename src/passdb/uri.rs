@@ -89,13 +89,10 @@ fn password_values(query: &str) -> Vec<Range<usize>> {
 /// `?` counts, so a mistyped host does not leave the password in view.
 pub(crate) fn credentials_end(rest: &str) -> Option<usize> {
     let ats = || rest.match_indices('@').map(|(i, _)| i);
-    ats()
-        .filter(|&i| hosts_follow(&rest[i + 1..]))
-        .last()
-        .or_else(|| {
-            let query = rest.find('?').unwrap_or(rest.len());
-            ats().filter(|&i| i < query).last()
-        })
+    ats().rfind(|&i| hosts_follow(&rest[i + 1..])).or_else(|| {
+        let query = rest.find('?').unwrap_or(rest.len());
+        ats().rfind(|&i| i < query)
+    })
 }
 
 /// Whether `s` starts with `host[:port]` (comma-separated, libpq's

@@ -1,7 +1,6 @@
 //! The `ldap://` / `ldaps://` URI: [`LdapOptions`] and its errors. The
 //! option table is in the [module docs](super).
 
-use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -79,8 +78,8 @@ pub enum LdapUriError {
     Tls(#[from] TlsError),
 }
 
-/// Everything the URI configures.
-#[derive(Clone)]
+/// Everything the URI configures (`Debug` hides the bind password).
+#[derive(Clone, Debug)]
 pub struct LdapOptions {
     /// `ldap://host:port` or `ldaps://host:port`.
     pub url: String,
@@ -112,28 +111,6 @@ pub struct LdapOptions {
     pub connect_timeout: Duration,
     /// `timeout=`.
     pub timeout: Duration,
-}
-
-impl fmt::Debug for LdapOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LdapOptions")
-            .field("url", &self.url)
-            .field("base", &self.base)
-            .field("mode", &self.mode)
-            .field("filter", &self.filter)
-            .field("scope", &self.scope)
-            .field("bind_dn", &self.bind_dn)
-            .field("bind_pw", &"***")
-            .field("pass_attr", &self.pass_attr)
-            .field("host_attr", &self.host_attr)
-            .field("port_attr", &self.port_attr)
-            .field("starttls", &self.starttls)
-            .field("tls_ca", &self.tls_ca)
-            .field("pool_size", &self.pool_size)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
 }
 
 const KEYS: &[&str] = &[

@@ -30,10 +30,12 @@ use std::time::Duration;
 
 use super::tls::TlsError;
 use super::vars::{placeholder, VarError};
-use super::{parse_stored, pool_size, redact_uri, resolve_host, seconds, BadOption};
+use super::{parse_stored, pool_size, resolve_host, seconds, BadOption};
 use super::{Entry, PassdbError, Principal};
 use crate::scheme::{Scheme, SchemeError};
 
+/// Kept at its old path; see [`crate::passdb::redact_uri`].
+pub use super::redact_uri;
 pub use super::vars::Var;
 
 pub use self::mysql::{Mysql, MYSQL_SCHEMA};
@@ -372,13 +374,23 @@ impl Fields {
     }
 }
 
-/// The one row a lookup returns; `None` without one. More than one is a
-/// `password_query` that does not select by user: a temporary failure, as
-/// guessing a row would log someone in on another's password.
-fn single_row<'r, R>(rows: &'r [R], driver: &str) -> Result<Option<&'r R>, PassdbError> {
+/// The record of the one row a lookup returned, read by the driver's
+/// `fields`; `None` without a row. More than one row is a `password_query`
+/// that does not select by user: a temporary failure, as picking one would
+/// log someone in on another's password.
+async fn row_entry<R>(
+    rows: &[R],
+    driver: &str,
+    fields: fn(&R) -> Result<Fields, PassdbError>,
+    user: &str,
+    default_scheme: Option<Scheme>,
+) -> Result<Option<Entry>, PassdbError> {
     match rows {
         [] => Ok(None),
-        [row] => Ok(Some(row)),
+        [row] => fields(row)?
+            .into_entry(user, default_scheme)
+            .await
+            .map(Some),
         more => Err(PassdbError::Unavailable(format!(
             "{driver}: password_query returned {} rows for one user",
             more.len()
@@ -395,10 +407,7 @@ macro_rules! entry_passdb {
                 $name
             }
             fn capabilities(&self) -> crate::passdb::Capabilities {
-                crate::passdb::Capabilities {
-                    verify_plain: true,
-                    lookup_credentials: true,
-                }
+                crate::passdb::Capabilities::BOTH
             }
             async fn verify_plain(
                 &self,

@@ -20,7 +20,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row};
 
 use super::DEFAULT_PASSWORD_QUERY;
-use super::{single_row, Dialect, Fields, Redacted, SqlOptions, SqlUriError, Template, Value};
+use super::{row_entry, Dialect, Fields, Redacted, SqlOptions, SqlUriError, Template, Value};
 use crate::passdb::{Entry, PassdbError};
 use crate::scheme::Scheme;
 
@@ -153,13 +153,7 @@ impl Mysql {
                 }
             }
         };
-        let Some(row) = single_row(&rows, "mysql")? else {
-            return Ok(None);
-        };
-        fields(row)?
-            .into_entry(user, self.default_scheme)
-            .await
-            .map(Some)
+        row_entry(&rows, "mysql", fields, user, self.default_scheme).await
     }
 
     /// Stops a timed-out statement server-side (best effort), so it neither

@@ -28,7 +28,7 @@ use deadpool_postgres::{
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
-use super::{error_chain as chain, single_row, Dialect, Fields, Redacted, SqlOptions, SqlUriError};
+use super::{error_chain as chain, row_entry, Dialect, Fields, Redacted, SqlOptions, SqlUriError};
 use super::{Template, Value, DEFAULT_PASSWORD_QUERY};
 use crate::passdb::{tls, Entry, PassdbError};
 use crate::scheme::Scheme;
@@ -247,13 +247,7 @@ impl Postgres {
                 return Err(PassdbError::Timeout);
             }
         };
-        let Some(row) = single_row(&rows, "postgres")? else {
-            return Ok(None);
-        };
-        fields(row)?
-            .into_entry(user, self.default_scheme)
-            .await
-            .map(Some)
+        row_entry(&rows, "postgres", fields, user, self.default_scheme).await
     }
 }
 
