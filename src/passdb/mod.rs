@@ -8,6 +8,7 @@
 //! type and adding a backend touches only this module.
 
 pub mod dovecot_auth;
+mod errors;
 pub mod htdigest;
 pub mod ldap;
 pub mod passwd_file;
@@ -26,6 +27,7 @@ use crate::scheme::{Scheme, SchemeError, StoredPassword};
 use crate::secret::Secret;
 
 pub use dovecot_auth::DovecotAuth;
+pub use errors::{BadOption, FileError, OpenError, PassdbConfigError};
 pub use htdigest::Htdigest;
 pub use ldap::Ldap;
 pub use passwd_file::PasswdFile;
@@ -105,7 +107,7 @@ pub enum Verdict {
 pub enum Lookup {
     /// The user exists and may log in.
     Found {
-        /// Who.
+        /// The user, with what the passdb says about routing them.
         principal: Principal,
         /// Their stored password.
         secret: StoredPassword,
@@ -200,87 +202,6 @@ pub struct PassdbOptions {
     /// SQL server passdbs: the lookup as a Dovecot-style template (see
     /// [`sql::Template`]); `None` reads the built-in schema.
     pub password_query: Option<String>,
-}
-
-/// A `--passdb` URI that could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum PassdbConfigError {
-    /// Unknown URI form.
-    #[error(
-        "unknown passdb `{0}` (expected passwd-file:PATH, sqlite:PATH, postgres://…, mysql://…, ldap://…, saslauthd:SOCKET, dovecot:SOCKET)"
-    )]
-    Unknown(String),
-    /// A known backend that this build does not include yet.
-    #[error("passdb `{0}` is not available in this build")]
-    NotAvailable(String),
-    /// The backend could not be opened.
-    #[error("passdb `{uri}`: {reason}")]
-    Open {
-        /// The URI, passwords masked ([`redact_uri`]).
-        uri: String,
-        /// Why.
-        #[source]
-        reason: OpenError,
-    },
-}
-
-/// Why a backend could not be opened, by backend.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// `passwd-file:`, `htpasswd:`, `htdigest:`.
-    #[error(transparent)]
-    File(#[from] FileError),
-    /// `sqlite:`.
-    #[error(transparent)]
-    Sqlite(#[from] sqlite::SqliteError),
-    /// `postgres://`, `mysql://`.
-    #[error(transparent)]
-    Sql(#[from] sql::SqlUriError),
-    /// `saslauthd:`, `dovecot:`.
-    #[error(transparent)]
-    Socket(#[from] socket::SocketUriError),
-    /// `ldap://`, `ldaps://`.
-    #[error(transparent)]
-    Ldap(#[from] ldap::LdapUriError),
-}
-
-/// A user file (passwd-file, htdigest) that could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum FileError {
-    /// At open, by the file watcher (its message names the file).
-    #[error("{0}")]
-    Watch(String),
-    /// By `check-config`.
-    #[error("{}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// An option value out of its range (`timeout=0`, `pool_size=x`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key} `{value}`: expected {expected}")]
-pub struct BadOption {
-    /// The option.
-    pub key: String,
-    /// The value given.
-    pub value: String,
-    /// What it may be.
-    pub expected: String,
-}
-
-impl BadOption {
-    pub(crate) fn new(key: &str, value: &str, expected: impl Into<String>) -> BadOption {
-        BadOption {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            expected: expected.into(),
-        }
-    }
 }
 
 impl AnyPassdb {

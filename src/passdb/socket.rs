@@ -26,12 +26,12 @@ pub enum SocketUriError {
     /// A value that cannot go on the wire.
     #[error("{key} `{value}`: too long or has control characters")]
     Field {
-        /// The option.
+        /// The option's name.
         key: String,
-        /// Its value.
+        /// The value as given.
         value: String,
     },
-    /// A bad timeout.
+    /// A `timeout=` that is not seconds in range.
     #[error(transparent)]
     Value(#[from] BadOption),
     /// A service name the backend cannot send.

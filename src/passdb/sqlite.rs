@@ -175,11 +175,11 @@ impl Passdb for Sqlite {
 /// A row as `user list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRow {
-    /// Login.
+    /// The login name.
     pub username: String,
     /// Scheme name of the stored password (`{SHA512-CRYPT}` …) — never the hash.
     pub scheme: String,
-    /// Enabled flag.
+    /// Whether the user may log in.
     pub enabled: bool,
     /// Per-user upstream, `host:port`, if set.
     pub upstream: Option<String>,

@@ -21,7 +21,7 @@ pub enum TlsError {
         option: &'static str,
         /// The file as given.
         path: String,
-        /// What went wrong.
+        /// The PEM reader's or rustls's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
