@@ -46,8 +46,8 @@ use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::saslauthd::{field, seconds, split_options};
-use super::{Capabilities, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
+use super::socket::{field, split_options, SocketUriError};
+use super::{seconds, Capabilities, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
 use crate::secret::Secret;
 
 /// Where Debian's Dovecot puts its auth client socket.
@@ -78,7 +78,7 @@ enum Reply {
 impl DovecotAuth {
     /// Parses the part of a `dovecot:` URI after the colon. Does not
     /// connect: each check connects anew.
-    pub fn open(spec: &str) -> Result<DovecotAuth, String> {
+    pub fn open(spec: &str) -> Result<DovecotAuth, SocketUriError> {
         let (socket, options) = split_options(spec, DEFAULT_SOCKET)?;
         let mut passdb = DovecotAuth {
             socket,
@@ -89,11 +89,16 @@ impl DovecotAuth {
             match key {
                 "service" => passdb.service = field(key, value)?.to_owned(),
                 "timeout" => passdb.timeout = seconds(key, value)?,
-                _ => return Err(format!("unknown option `{key}` (known: service, timeout)")),
+                _ => {
+                    return Err(SocketUriError::UnknownOption {
+                        key: key.to_owned(),
+                        known: "service, timeout",
+                    })
+                }
             }
         }
         if passdb.service.is_empty() || passdb.service.contains(['\t', ' ']) {
-            return Err("service must be one word".into());
+            return Err(SocketUriError::Service("be one word"));
         }
         Ok(passdb)
     }
@@ -179,10 +184,7 @@ impl Passdb for DovecotAuth {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            verify_plain: true,
-            lookup_credentials: false,
-        }
+        Capabilities::PLAIN_ONLY
     }
 
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use md5::{Digest as _, Md5};
 
-use super::{Capabilities, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
+use super::{Capabilities, FileError, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
 use crate::file_watch::{Loader, Watched, CHECK_INTERVAL};
 use crate::secret::{ct_eq, Secret};
 
@@ -60,11 +60,11 @@ fn parse(text: &[u8], path: &Path) -> Table {
 
 impl Htdigest {
     /// Loads `path` and starts watching it.
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub fn open(path: &Path) -> Result<Self, FileError> {
         Self::open_checking_every(path, CHECK_INTERVAL)
     }
 
-    fn open_checking_every(path: &Path, interval: Duration) -> Result<Self, String> {
+    fn open_checking_every(path: &Path, interval: Duration) -> Result<Self, FileError> {
         let shown: PathBuf = path.to_owned();
         let loader = Loader {
             kind: "htdigest",
@@ -72,7 +72,7 @@ impl Htdigest {
             users: |t: &Table| t.len(),
         };
         Ok(Htdigest {
-            table: Watched::open(path, loader, interval)?,
+            table: Watched::open(path, loader, interval).map_err(FileError::Watch)?,
         })
     }
 
@@ -97,10 +97,7 @@ impl Passdb for Htdigest {
         "htdigest"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            verify_plain: true,
-            lookup_credentials: false,
-        }
+        Capabilities::PLAIN_ONLY
     }
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         let entries = self.entries(user);

@@ -8,12 +8,17 @@
 //! type and adding a backend touches only this module.
 
 pub mod dovecot_auth;
+mod errors;
 pub mod htdigest;
 pub mod ldap;
 pub mod passwd_file;
 pub mod saslauthd;
+pub mod socket;
 pub mod sql;
 pub mod sqlite;
+pub mod tls;
+mod uri;
+pub mod vars;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -22,12 +27,14 @@ use crate::scheme::{Scheme, SchemeError, StoredPassword};
 use crate::secret::Secret;
 
 pub use dovecot_auth::DovecotAuth;
+pub use errors::{BadOption, FileError, OpenError, PassdbConfigError};
 pub use htdigest::Htdigest;
 pub use ldap::Ldap;
 pub use passwd_file::PasswdFile;
 pub use saslauthd::Saslauthd;
 pub use sql::{Mysql, Postgres};
 pub use sqlite::Sqlite;
+pub use uri::redact_uri;
 
 /// What a backend can do; checked against the enabled mechanisms at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +43,19 @@ pub struct Capabilities {
     pub verify_plain: bool,
     /// Can hand back stored credentials (for CRAM-MD5, APOP, HTTP Digest).
     pub lookup_credentials: bool,
+}
+
+impl Capabilities {
+    /// Checks plaintext and hands out stored credentials (the file and table backends).
+    pub const BOTH: Capabilities = Capabilities {
+        verify_plain: true,
+        lookup_credentials: true,
+    };
+    /// Checks plaintext only (htdigest, saslauthd, Dovecot auth, LDAP bind mode).
+    pub const PLAIN_ONLY: Capabilities = Capabilities {
+        verify_plain: true,
+        lookup_credentials: false,
+    };
 }
 
 /// An authenticated user and what the passdb says about routing them.
@@ -87,7 +107,7 @@ pub enum Verdict {
 pub enum Lookup {
     /// The user exists and may log in.
     Found {
-        /// Who.
+        /// The user, with what the passdb says about routing them.
         principal: Principal,
         /// Their stored password.
         secret: StoredPassword,
@@ -184,27 +204,6 @@ pub struct PassdbOptions {
     pub password_query: Option<String>,
 }
 
-/// A `--passdb` URI that could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum PassdbConfigError {
-    /// Unknown URI form.
-    #[error(
-        "unknown passdb `{0}` (expected passwd-file:PATH, sqlite:PATH, postgres://…, mysql://…, ldap://…, saslauthd:SOCKET, dovecot:SOCKET)"
-    )]
-    Unknown(String),
-    /// A known backend that this build does not include yet.
-    #[error("passdb `{0}` is not available in this build")]
-    NotAvailable(String),
-    /// The backend could not be opened.
-    #[error("passdb `{uri}`: {reason}")]
-    Open {
-        /// The URI.
-        uri: String,
-        /// Why.
-        reason: String,
-    },
-}
-
 impl AnyPassdb {
     /// [`AnyPassdb::open_with`] with only a default scheme set.
     pub fn open(uri: &str, default_scheme: Option<Scheme>) -> Result<Self, PassdbConfigError> {
@@ -225,130 +224,93 @@ impl AnyPassdb {
     /// on first use.
     pub fn open_with(uri: &str, options: &PassdbOptions) -> Result<Self, PassdbConfigError> {
         let default_scheme = options.default_scheme;
-        let sql_err = |reason: String| PassdbConfigError::Open {
-            uri: sql::redact_uri(uri),
-            reason,
-        };
-        if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
-            return Postgres::open(uri, options.password_query.as_deref(), default_scheme)
-                .map(AnyPassdb::Postgres)
-                .map_err(sql_err);
-        }
-        if uri.starts_with("mysql://") || uri.starts_with("mariadb://") {
-            return Mysql::open(uri, options.password_query.as_deref(), default_scheme)
-                .map(AnyPassdb::Mysql)
-                .map_err(sql_err);
-        }
-        let open_err = |reason: String| PassdbConfigError::Open {
-            uri: uri.to_owned(),
-            reason,
-        };
-        if let Some(path) = uri.strip_prefix("htdigest:") {
-            Htdigest::open(path.as_ref())
-                .map(AnyPassdb::Htdigest)
-                .map_err(open_err)
+        let query = options.password_query.as_deref();
+        let opened = if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
+            wrap(
+                Postgres::open(uri, query, default_scheme),
+                AnyPassdb::Postgres,
+            )
+        } else if uri.starts_with("mysql://") || uri.starts_with("mariadb://") {
+            wrap(Mysql::open(uri, query, default_scheme), AnyPassdb::Mysql)
+        } else if let Some(path) = uri.strip_prefix("htdigest:") {
+            wrap(Htdigest::open(path.as_ref()), AnyPassdb::Htdigest)
         } else if let Some(path) = uri.strip_prefix("htpasswd:") {
             // Apache htpasswd lines (`user:hash`, hash bcrypt, $apr1$, {SHA},
             // $5$/$6$) are valid passwd-file lines; never guess a bare value.
-            PasswdFile::open(path.as_ref(), None)
-                .map(AnyPassdb::PasswdFile)
-                .map_err(open_err)
+            wrap(PasswdFile::open(path.as_ref(), None), AnyPassdb::PasswdFile)
         } else if let Some(path) = uri.strip_prefix("passwd-file:") {
-            PasswdFile::open(path.as_ref(), default_scheme)
-                .map(AnyPassdb::PasswdFile)
-                .map_err(open_err)
+            wrap(
+                PasswdFile::open(path.as_ref(), default_scheme),
+                AnyPassdb::PasswdFile,
+            )
         } else if let Some(path) = uri.strip_prefix("sqlite:") {
-            Sqlite::open(path.as_ref(), default_scheme)
-                .map(AnyPassdb::Sqlite)
-                .map_err(|e| open_err(e.to_string()))
+            wrap(
+                Sqlite::open(path.as_ref(), default_scheme),
+                AnyPassdb::Sqlite,
+            )
         } else if let Some(spec) = uri.strip_prefix("saslauthd:") {
-            Saslauthd::open(spec)
-                .map(AnyPassdb::Saslauthd)
-                .map_err(open_err)
+            wrap(Saslauthd::open(spec), AnyPassdb::Saslauthd)
         } else if let Some(spec) = uri.strip_prefix("dovecot:") {
-            DovecotAuth::open(spec)
-                .map(AnyPassdb::DovecotAuth)
-                .map_err(open_err)
+            wrap(DovecotAuth::open(spec), AnyPassdb::DovecotAuth)
         } else if uri.starts_with("ldap:") || uri.starts_with("ldaps:") {
             // `ldap://…` / `ldaps://…`; see [`ldap`] for the options.
-            Ldap::open(uri, default_scheme)
-                .map(AnyPassdb::Ldap)
-                .map_err(|reason| PassdbConfigError::Open {
-                    uri: ldap::redact_uri(uri),
-                    reason,
-                })
+            wrap(Ldap::open(uri, default_scheme), AnyPassdb::Ldap)
         } else {
-            Err(PassdbConfigError::Unknown(uri.to_owned()))
-        }
+            return Err(PassdbConfigError::Unknown(redact_uri(uri)));
+        };
+        opened.map_err(|reason| PassdbConfigError::Open {
+            uri: redact_uri(uri),
+            reason,
+        })
     }
+}
+
+/// `$call` on the backend of every variant (`p`).
+macro_rules! each {
+    ($self:ident, $p:ident => $call:expr) => {
+        match $self {
+            AnyPassdb::PasswdFile($p) => $call,
+            AnyPassdb::Sqlite($p) => $call,
+            AnyPassdb::Postgres($p) => $call,
+            AnyPassdb::Mysql($p) => $call,
+            AnyPassdb::Htdigest($p) => $call,
+            AnyPassdb::Saslauthd($p) => $call,
+            AnyPassdb::DovecotAuth($p) => $call,
+            AnyPassdb::Ldap($p) => $call,
+        }
+    };
+}
+
+/// A backend's `open` answer as an [`AnyPassdb`] (its `variant`) or an [`OpenError`].
+fn wrap<B, E>(opened: Result<B, E>, variant: fn(B) -> AnyPassdb) -> Result<AnyPassdb, OpenError>
+where
+    OpenError: From<E>,
+{
+    opened.map(variant).map_err(OpenError::from)
 }
 
 impl Passdb for AnyPassdb {
     fn name(&self) -> &'static str {
-        match self {
-            AnyPassdb::PasswdFile(p) => p.name(),
-            AnyPassdb::Sqlite(p) => p.name(),
-            AnyPassdb::Postgres(p) => p.name(),
-            AnyPassdb::Mysql(p) => p.name(),
-            AnyPassdb::Htdigest(p) => p.name(),
-            AnyPassdb::Saslauthd(p) => p.name(),
-            AnyPassdb::DovecotAuth(p) => p.name(),
-            AnyPassdb::Ldap(p) => p.name(),
-        }
+        each!(self, p => p.name())
     }
     fn capabilities(&self) -> Capabilities {
-        match self {
-            AnyPassdb::PasswdFile(p) => p.capabilities(),
-            AnyPassdb::Sqlite(p) => p.capabilities(),
-            AnyPassdb::Postgres(p) => p.capabilities(),
-            AnyPassdb::Mysql(p) => p.capabilities(),
-            AnyPassdb::Htdigest(p) => p.capabilities(),
-            AnyPassdb::Saslauthd(p) => p.capabilities(),
-            AnyPassdb::DovecotAuth(p) => p.capabilities(),
-            AnyPassdb::Ldap(p) => p.capabilities(),
-        }
+        each!(self, p => p.capabilities())
     }
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
-        match self {
-            AnyPassdb::PasswdFile(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::Sqlite(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::Postgres(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::Mysql(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::Htdigest(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::Saslauthd(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::DovecotAuth(p) => p.verify_plain(user, passwords).await,
-            AnyPassdb::Ldap(p) => p.verify_plain(user, passwords).await,
-        }
+        each!(self, p => p.verify_plain(user, passwords).await)
     }
     async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
-        match self {
-            AnyPassdb::PasswdFile(p) => p.lookup_credentials(user).await,
-            AnyPassdb::Sqlite(p) => p.lookup_credentials(user).await,
-            AnyPassdb::Postgres(p) => p.lookup_credentials(user).await,
-            AnyPassdb::Mysql(p) => p.lookup_credentials(user).await,
-            AnyPassdb::Htdigest(p) => p.lookup_credentials(user).await,
-            AnyPassdb::Saslauthd(p) => p.lookup_credentials(user).await,
-            AnyPassdb::DovecotAuth(p) => p.lookup_credentials(user).await,
-            AnyPassdb::Ldap(p) => p.lookup_credentials(user).await,
-        }
+        each!(self, p => p.lookup_credentials(user).await)
     }
     async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
-        match self {
-            AnyPassdb::Htdigest(p) => p.digest_ha1(user, realm).await,
-            AnyPassdb::Postgres(p) => p.digest_ha1(user, realm).await,
-            AnyPassdb::Mysql(p) => p.digest_ha1(user, realm).await,
-            _ => Ok(None),
-        }
+        // Backends without an HA1 answer `Ok(None)` (the trait's default).
+        each!(self, p => p.digest_ha1(user, realm).await)
     }
     async fn find_user(
         &self,
         matches: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Option<String>, PassdbError> {
-        match self {
-            AnyPassdb::Htdigest(p) => p.find_user(matches).await,
-            AnyPassdb::PasswdFile(p) => p.find_user(matches).await,
-            _ => Ok(None),
-        }
+        each!(self, p => p.find_user(matches).await)
     }
 }
 
@@ -432,13 +394,22 @@ pub fn entry_ha1(found: Option<Entry>) -> Option<String> {
 
 /// A timeout option of a passdb URI (`connect_timeout=3`, `timeout=0.5`):
 /// seconds, more than 0 and at most an hour.
-pub(crate) fn seconds(key: &str, value: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn seconds(key: &str, value: &str) -> Result<std::time::Duration, BadOption> {
     value
         .parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
         .map(std::time::Duration::from_secs_f64)
-        .ok_or_else(|| format!("{key} `{value}`: expected seconds, e.g. 3 or 0.5"))
+        .ok_or_else(|| BadOption::new(key, value, "seconds, e.g. 3 or 0.5"))
+}
+
+/// A pool size option (`pool_size=4`): 1 to `max` connections.
+pub(crate) fn pool_size(value: &str, max: usize) -> Result<usize, BadOption> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| BadOption::new("pool_size", value, format!("1..={max}")))
 }
 
 /// An IP literal (IPv6 with or without brackets), else a name resolved

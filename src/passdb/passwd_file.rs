@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{parse_stored, Capabilities, Entry, Lookup, Passdb, PassdbError, Principal, Verdict};
+use super::{parse_stored, Capabilities, Entry, FileError, Lookup, Passdb, PassdbError};
+use super::{Principal, Verdict};
 use crate::file_watch::{Loader, Watched, CHECK_INTERVAL};
 use crate::scheme::Scheme;
 use crate::secret::Secret;
@@ -40,7 +41,7 @@ struct Table {
 impl PasswdFile {
     /// Loads `path` and starts watching it. Fails when the file cannot be
     /// read; bad lines are logged and skipped (the users on them cannot log in).
-    pub fn open(path: &Path, default_scheme: Option<Scheme>) -> Result<Self, String> {
+    pub fn open(path: &Path, default_scheme: Option<Scheme>) -> Result<Self, FileError> {
         Self::open_checking_every(path, default_scheme, CHECK_INTERVAL)
     }
 
@@ -48,7 +49,7 @@ impl PasswdFile {
         path: &Path,
         default_scheme: Option<Scheme>,
         interval: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FileError> {
         let shown: PathBuf = path.to_owned();
         let loader = Loader {
             kind: "passwd-file",
@@ -62,13 +63,16 @@ impl PasswdFile {
             users: |t: &Table| t.users.len(),
         };
         Ok(PasswdFile {
-            table: Watched::open(path, loader, interval)?,
+            table: Watched::open(path, loader, interval).map_err(FileError::Watch)?,
         })
     }
 
     /// Problems found in the file (for `check-config`).
-    pub fn check(path: &Path, default_scheme: Option<Scheme>) -> Result<Vec<String>, String> {
-        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn check(path: &Path, default_scheme: Option<Scheme>) -> Result<Vec<String>, FileError> {
+        let text = std::fs::read(path).map_err(|source| FileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(parse(&text, default_scheme).1)
     }
 
@@ -92,10 +96,7 @@ impl Passdb for PasswdFile {
         "passwd-file"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            verify_plain: true,
-            lookup_credentials: true,
-        }
+        Capabilities::BOTH
     }
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         super::verify_entry(self.entry(user), passwords).await
@@ -173,19 +174,33 @@ fn parse_with(
     (table, problems)
 }
 
+/// Why a line was skipped (shown with its number; never the password).
+#[derive(Debug, thiserror::Error)]
+enum LineError {
+    #[error("empty user name")]
+    EmptyUser,
+    #[error("user {0}: no password field")]
+    NoPassword(String),
+    #[error("user {0}: bad port={1}")]
+    Port(String, String),
+    #[error("user {0}: user= holds a control character")]
+    ControlInUser(String),
+    #[error("user {0}: host={1} does not resolve")]
+    Unresolved(String, String),
+}
+
 fn parse_line(
     line: &str,
     default_scheme: Option<Scheme>,
     resolve: &dyn Fn(&str) -> Option<IpAddr>,
-) -> Result<(String, Entry), String> {
+) -> Result<(String, Entry), LineError> {
     let mut fields = line.splitn(8, ':');
     let user = fields.next().unwrap_or_default();
     if user.is_empty() {
-        return Err("empty user name".into());
+        return Err(LineError::EmptyUser);
     }
-    let password = fields
-        .next()
-        .ok_or_else(|| format!("user {user}: no password field"))?;
+    let who = || user.to_owned();
+    let password = fields.next().ok_or_else(|| LineError::NoPassword(who()))?;
     let extra = fields.nth(5).unwrap_or_default();
     let mut principal = Principal {
         user: user.to_owned(),
@@ -203,7 +218,7 @@ fn parse_line(
                         .parse()
                         .ok()
                         .filter(|p| *p != 0)
-                        .ok_or_else(|| format!("user {user}: bad port={value}"))?,
+                        .ok_or_else(|| LineError::Port(who(), value.to_owned()))?,
                 )
             }
             "user" if !value.is_empty() => {
@@ -211,7 +226,7 @@ fn parse_line(
                 // character cannot go: refuse the line now rather than fail
                 // every login of the user later (found by fuzz/passwd_file).
                 if value.bytes().any(|b| b.is_ascii_control()) {
-                    return Err(format!("user {user}: user= holds a control character"));
+                    return Err(LineError::ControlInUser(who()));
                 }
                 principal.backend_user = Some(value.to_owned())
             }
@@ -223,7 +238,7 @@ fn parse_line(
     }
     if let Some(h) = host {
         principal.upstream_host =
-            Some(resolve(h).ok_or_else(|| format!("user {user}: host={h} does not resolve"))?);
+            Some(resolve(h).ok_or_else(|| LineError::Unresolved(who(), h.to_owned()))?);
     }
     let password = parse_stored(password, default_scheme).map_err(Arc::new);
     Ok((
@@ -390,6 +405,14 @@ mod tests {
         )
     }
 
+    /// The rejection of a check that completed with one.
+    async fn rejected(db: &PasswdFile, user: &str, password: &str) -> Option<Rejection> {
+        match db.verify_plain(user, &pw(password)).await {
+            Ok(Verdict::Rejected(r)) => Some(r),
+            _ => None,
+        }
+    }
+
     #[tokio::test]
     async fn verifies_and_picks_up_changes_without_lookups() {
         capture_logs();
@@ -397,18 +420,15 @@ mod tests {
         let path = dir.path().join("users");
         std::fs::write(&path, "alice:{PLAIN}old::::::\n").unwrap();
         let db = PasswdFile::open_checking_every(&path, None, Duration::from_millis(10)).unwrap();
-        assert!(matches!(
-            db.verify_plain("alice", &pw("old")).await,
-            Ok(Verdict::Accepted(_))
-        ));
-        assert!(matches!(
-            db.verify_plain("alice", &pw("new")).await,
-            Ok(Verdict::Rejected(Rejection::PasswordMismatch))
-        ));
-        assert!(matches!(
-            db.verify_plain("nobody", &pw("old")).await,
-            Ok(Verdict::Rejected(Rejection::UnknownUser))
-        ));
+        assert!(accepts(&db, "alice", "old").await);
+        assert_eq!(
+            rejected(&db, "alice", "new").await,
+            Some(Rejection::PasswordMismatch)
+        );
+        assert_eq!(
+            rejected(&db, "nobody", "old").await,
+            Some(Rejection::UnknownUser)
+        );
         // Written in place (same inode), different size: no lookup happens
         // until the watcher has swapped the new table in. (The watcher may
         // also have caught the file truncated and empty, just before the
@@ -417,10 +437,7 @@ mod tests {
         std::fs::write(&path, "alice:{PLAIN}new::::::\nbob:{PLAIN}b::::::\n").unwrap();
         wait_until("the watcher reloads", || db.len() == 2);
         assert!(db.table.reloads() >= 1);
-        assert!(matches!(
-            db.verify_plain("alice", &pw("new")).await,
-            Ok(Verdict::Accepted(_))
-        ));
+        assert!(accepts(&db, "alice", "new").await);
         let reloaded = format!("passwd-file {}: reloaded, 2 users", path.display());
         assert_eq!(logged(&reloaded).len(), 1, "{:?}", logged(&reloaded));
         // Replaced by rename (new inode, never seen half-written).
@@ -429,14 +446,11 @@ mod tests {
         wait_until("the watcher reloads again", || {
             db.table.reloads() == reloads + 1
         });
-        assert!(matches!(
-            db.verify_plain("carol", &pw("c")).await,
-            Ok(Verdict::Accepted(_))
-        ));
-        assert!(matches!(
-            db.verify_plain("alice", &pw("new")).await,
-            Ok(Verdict::Rejected(Rejection::UnknownUser))
-        ));
+        assert!(accepts(&db, "carol", "c").await);
+        assert_eq!(
+            rejected(&db, "alice", "new").await,
+            Some(Rejection::UnknownUser)
+        );
         // Nothing changes: checks go on, no reload.
         wait_two_checks(&db);
         assert_eq!(db.table.reloads(), reloads + 1);
@@ -452,14 +466,11 @@ mod tests {
         let db = PasswdFile::open_checking_every(&path, None, Duration::from_secs(3600)).unwrap();
         replace(&path, "alice:{PLAIN}new::::::\nbob:{PLAIN}b::::::\n");
         for _ in 0..3 {
-            assert!(matches!(
-                db.verify_plain("alice", &pw("old")).await,
-                Ok(Verdict::Accepted(_))
-            ));
-            assert!(matches!(
-                db.verify_plain("bob", &pw("b")).await,
-                Ok(Verdict::Rejected(Rejection::UnknownUser))
-            ));
+            assert!(accepts(&db, "alice", "old").await);
+            assert_eq!(
+                rejected(&db, "bob", "b").await,
+                Some(Rejection::UnknownUser)
+            );
             assert!(matches!(
                 db.lookup_credentials("alice").await,
                 Ok(Lookup::Found { .. })

@@ -32,16 +32,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::{Capabilities, Passdb, PassdbError, Principal, Rejection, Verdict};
+use super::socket::{field, split_options, SocketUriError, MAX_FIELD};
+use super::{seconds, Capabilities, Passdb, PassdbError, Principal, Rejection, Verdict};
 use crate::secret::Secret;
 
 /// Where Debian's saslauthd listens.
 pub const DEFAULT_SOCKET: &str = "/run/saslauthd/mux";
 /// Default limit for one check.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-/// saslauthd drops requests with a longer field (`MAX_REQ_LEN` in
-/// saslauthd.h); such a login cannot succeed, so it is not sent.
-const MAX_FIELD: usize = 256;
 /// Longest answer we read; saslauthd's are a few dozen bytes.
 const MAX_ANSWER: usize = 1024;
 
@@ -66,7 +64,7 @@ pub struct Saslauthd {
 impl Saslauthd {
     /// Parses the part of a `saslauthd:` URI after the colon. Does not
     /// connect: saslauthd may start after us, and each check connects anew.
-    pub fn open(spec: &str) -> Result<Saslauthd, String> {
+    pub fn open(spec: &str) -> Result<Saslauthd, SocketUriError> {
         let (path, options) = split_options(spec, DEFAULT_SOCKET)?;
         let mut passdb = Saslauthd {
             socket: path,
@@ -81,14 +79,15 @@ impl Saslauthd {
                 "realm" => passdb.realm = Realm::Fixed(field(key, value)?.to_owned()),
                 "timeout" => passdb.timeout = seconds(key, value)?,
                 _ => {
-                    return Err(format!(
-                        "unknown option `{key}` (known: service, realm, timeout)"
-                    ))
+                    return Err(SocketUriError::UnknownOption {
+                        key: key.to_owned(),
+                        known: "service, realm, timeout",
+                    })
                 }
             }
         }
         if passdb.service.is_empty() {
-            return Err("service must not be empty".into());
+            return Err(SocketUriError::Service("not be empty"));
         }
         Ok(passdb)
     }
@@ -152,10 +151,7 @@ impl Passdb for Saslauthd {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            verify_plain: true,
-            lookup_credentials: false,
-        }
+        Capabilities::PLAIN_ONLY
     }
 
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
@@ -163,7 +159,9 @@ impl Passdb for Saslauthd {
             Realm::Fixed(r) => (user, r.as_str()),
             Realm::FromUser => user.rsplit_once('@').unwrap_or((user, "")),
         };
-        // saslauthd reads C strings: a NUL would cut the field short.
+        // saslauthd reads C strings: a NUL would cut the field short, and
+        // it drops a request with a field over MAX_FIELD: such a login
+        // cannot succeed, so it is not sent.
         if login.is_empty()
             || login.len() > MAX_FIELD
             || realm.len() > MAX_FIELD
@@ -194,45 +192,6 @@ impl Passdb for Saslauthd {
             "saslauthd cannot hand out stored credentials".into(),
         ))
     }
-}
-
-/// A socket path and its `key=value` options, in URI order.
-pub(crate) type SocketSpec<'a> = (PathBuf, Vec<(&'a str, &'a str)>);
-
-/// Splits `PATH?k=v&k=v` (the part of a socket passdb URI after its
-/// `scheme:`); an empty path means `default`.
-pub(crate) fn split_options<'a>(spec: &'a str, default: &str) -> Result<SocketSpec<'a>, String> {
-    let (path, query) = spec.split_once('?').unwrap_or((spec, ""));
-    let path = if path.is_empty() { default } else { path };
-    if !path.starts_with('/') {
-        return Err(format!("socket path `{path}` must be absolute"));
-    }
-    let options = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-        .collect();
-    Ok((PathBuf::from(path), options))
-}
-
-/// A text option that goes on the wire as is: no control characters.
-pub(crate) fn field<'a>(key: &str, value: &'a str) -> Result<&'a str, String> {
-    if value.len() > MAX_FIELD || value.chars().any(char::is_control) {
-        return Err(format!(
-            "{key} `{value}`: too long or has control characters"
-        ));
-    }
-    Ok(value)
-}
-
-/// A timeout option in seconds (fractions allowed).
-pub(crate) fn seconds(key: &str, value: &str) -> Result<Duration, String> {
-    value
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{key} `{value}`: expected seconds, e.g. 5 or 0.5"))
 }
 
 #[cfg(test)]

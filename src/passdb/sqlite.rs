@@ -162,10 +162,7 @@ impl Passdb for Sqlite {
         "sqlite"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            verify_plain: true,
-            lookup_credentials: true,
-        }
+        Capabilities::BOTH
     }
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         super::verify_entry(self.entry(user).await?, passwords).await
@@ -178,11 +175,11 @@ impl Passdb for Sqlite {
 /// A row as `user list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRow {
-    /// Login.
+    /// The login name.
     pub username: String,
     /// Scheme name of the stored password (`{SHA512-CRYPT}` …) — never the hash.
     pub scheme: String,
-    /// Enabled flag.
+    /// Whether the user may log in.
     pub enabled: bool,
     /// Per-user upstream, `host:port`, if set.
     pub upstream: Option<String>,
@@ -310,12 +307,19 @@ mod tests {
     use super::*;
     use crate::passdb::Rejection;
 
-    #[tokio::test]
-    async fn admin_edits_are_seen_by_a_running_passdb() {
+    /// A new database at `name` in a scratch directory: the directory (kept
+    /// while the test runs), the passdb reading it and its admin.
+    fn fresh(name: &str) -> (tempfile::TempDir, Sqlite, Admin) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/users.db");
+        let path = dir.path().join(name);
         let db = Sqlite::open(&path, None).unwrap();
         let admin = Admin::open(&path).unwrap();
+        (dir, db, admin)
+    }
+
+    #[tokio::test]
+    async fn admin_edits_are_seen_by_a_running_passdb() {
+        let (_dir, db, admin) = fresh("sub/users.db");
         let pw = |s: &str| vec![Secret::from(s)];
 
         assert!(matches!(
@@ -366,10 +370,7 @@ mod tests {
 
     #[tokio::test]
     async fn injection_shaped_names_are_just_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users.db");
-        let db = Sqlite::open(&path, None).unwrap();
-        let admin = Admin::open(&path).unwrap();
+        let (_dir, db, admin) = fresh("users.db");
         admin.add("bob", "{PLAIN}b").unwrap();
         for evil in ["' OR '1'='1", "bob' --", "bob\"; DROP TABLE users; --"] {
             assert!(matches!(

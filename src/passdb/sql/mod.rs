@@ -28,8 +28,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{parse_stored, seconds, Entry, PassdbError, Principal};
+use super::tls::TlsError;
+use super::vars::{placeholder, VarError};
+use super::{parse_stored, pool_size, resolve_host, seconds, BadOption};
+use super::{Entry, PassdbError, Principal};
 use crate::scheme::{Scheme, SchemeError};
+
+/// Kept at its old path; see [`crate::passdb::redact_uri`].
+pub use super::redact_uri;
+pub use super::vars::Var;
 
 pub use self::mysql::{Mysql, MYSQL_SCHEMA};
 pub use self::postgres::{Postgres, POSTGRES_SCHEMA};
@@ -70,7 +77,7 @@ impl Default for SqlOptions {
 impl SqlOptions {
     /// Takes our options out of `uri`'s query string; returns them and the
     /// URI with the driver's own options left.
-    pub fn split_uri(uri: &str) -> Result<(SqlOptions, String), String> {
+    pub fn split_uri(uri: &str) -> Result<(SqlOptions, String), BadOption> {
         let mut opts = SqlOptions::default();
         let Some((base, query)) = uri.split_once('?') else {
             return Ok((opts, uri.to_owned()));
@@ -79,13 +86,7 @@ impl SqlOptions {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
-                "pool_size" => {
-                    opts.pool_size = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=1024).contains(n))
-                        .ok_or_else(|| format!("pool_size `{value}`: expected 1..=1024"))?
-                }
+                "pool_size" => opts.pool_size = pool_size(value, 1024)?,
                 "connect_timeout" => opts.connect_timeout = seconds(key, value)?,
                 "query_timeout" => opts.query_timeout = seconds(key, value)?,
                 _ => rest.push(pair),
@@ -100,45 +101,77 @@ impl SqlOptions {
     }
 }
 
-/// `uri` with the password of its `user:password@` part replaced, for logs
-/// and error messages.
-pub fn redact_uri(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return uri.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => uri.to_owned(),
-        },
-        None => uri.to_owned(),
-    }
+/// A SQL passdb URI or `password_query` that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlUriError {
+    /// `pool_size=`, `connect_timeout=`, `query_timeout=`.
+    #[error(transparent)]
+    Value(#[from] BadOption),
+    /// The `password_query`.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// `sslrootcert=` of PostgreSQL.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// An `sslmode=` we do not support.
+    #[error("sslmode={0}: expected disable, prefer, require or verify-full")]
+    SslMode(String),
+    /// `sslmode=verify-full` alone.
+    #[error("sslmode=verify-full needs sslrootcert=/path/to/ca.pem")]
+    VerifyFullWithoutRoot,
+    /// `sslrootcert=` without the mode that uses it.
+    #[error("sslrootcert= goes with {0}")]
+    RootWithout(&'static str),
+    /// MySQL's `sslrootcert=` file.
+    #[error("sslrootcert {path}: {source}")]
+    RootCert {
+        /// The file as given.
+        path: String,
+        /// Why it cannot be used.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The URI as tokio-postgres reads it.
+    #[error("{}", error_chain(.0))]
+    Postgres(#[source] tokio_postgres::Error),
+    /// The PostgreSQL pool.
+    #[error("{0}")]
+    PostgresPool(#[source] deadpool_postgres::BuildError),
+    /// The URI as mysql_async reads it.
+    #[error("{0}")]
+    Mysql(#[source] mysql_async::UrlError),
+    /// A pool size mysql_async refuses.
+    #[error("bad pool_size")]
+    MysqlPool,
 }
 
-/// A value a query template can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Var {
-    /// `%u`, `%{user}`: the login as given.
-    User,
-    /// `%n`, `%{username}`: the part before the last `@` (all of it without `@`).
-    Local,
-    /// `%d`, `%{domain}`: the part after the last `@` (empty without `@`).
-    Domain,
+/// `e` and its sources, `: `-separated (drivers put the useful part last).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }
 
-impl Var {
-    /// This variable's value for `user`.
-    pub fn value(self, user: &str) -> &str {
-        match (self, user.rsplit_once('@')) {
-            (Var::User, _) => user,
-            (Var::Local, Some((local, _))) => local,
-            (Var::Local, None) => user,
-            (Var::Domain, Some((_, domain))) => domain,
-            (Var::Domain, None) => "",
-        }
-    }
+/// A `password_query` that cannot be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// A placeholder we do not know.
+    #[error(transparent)]
+    Var(#[from] VarError),
+    /// `'%n@example.org'`.
+    #[error(
+        "password_query: a variable inside a longer string literal cannot be bound as a \
+         parameter; write e.g. CONCAT(%n, '@…') instead of {0}%n@…{0}"
+    )]
+    InsideLiteral(char),
+    /// A quote without its end.
+    #[error("password_query: unterminated string literal")]
+    UnterminatedLiteral,
 }
 
 /// How placeholders are written in the statement sent to the server.
@@ -167,7 +200,7 @@ pub struct Template {
 
 impl Template {
     /// Compiles `text` for `dialect`.
-    pub fn compile(text: &str, dialect: Dialect) -> Result<Template, String> {
+    pub fn compile(text: &str, dialect: Dialect) -> Result<Template, TemplateError> {
         let chars: Vec<char> = text.chars().collect();
         let mut sql = String::with_capacity(text.len());
         let mut params: Vec<Var> = Vec::new();
@@ -186,40 +219,13 @@ impl Template {
                 i += 1;
                 continue;
             }
-            let (var, len) = match chars.get(i + 1) {
-                Some('%') => {
+            let (var, len) = match placeholder(&chars[i + 1..], "password_query")? {
+                (None, _) => {
                     sql.push('%');
                     i += 2;
                     continue;
                 }
-                Some('u') => (Var::User, 2),
-                Some('n') => (Var::Local, 2),
-                Some('d') => (Var::Domain, 2),
-                Some('{') => {
-                    let name: String = chars[i + 2..].iter().take_while(|c| **c != '}').collect();
-                    if i + 2 + name.len() >= chars.len() {
-                        return Err("unterminated `%{` in password_query".into());
-                    }
-                    let var = match name.as_str() {
-                        "user" => Var::User,
-                        "username" => Var::Local,
-                        "domain" => Var::Domain,
-                        _ => {
-                            return Err(format!(
-                                "unknown variable `%{{{name}}}` in password_query \
-                                 (known: %u %n %d, %{{user}} %{{username}} %{{domain}}; \
-                                 %% for a literal %)"
-                            ))
-                        }
-                    };
-                    (var, name.len() + 3)
-                }
-                other => {
-                    return Err(format!(
-                        "unknown variable `%{}` in password_query (known: %u %n %d; %% for a literal %)",
-                        other.map(|c| c.to_string()).unwrap_or_default()
-                    ))
-                }
+                (Some(var), len) => (var, len + 1),
             };
             if let Some(q) = quote {
                 // `'%u'`: the quotes belong to the placeholder.
@@ -228,10 +234,7 @@ impl Template {
                     quote = None;
                     i += 1;
                 } else {
-                    return Err(format!(
-                        "password_query: a variable inside a longer string literal cannot be \
-                         bound as a parameter; write e.g. CONCAT(%n, '@…') instead of {q}%n@…{q}"
-                    ));
+                    return Err(TemplateError::InsideLiteral(q));
                 }
             }
             match dialect {
@@ -253,7 +256,7 @@ impl Template {
             i += len;
         }
         if quote.is_some() {
-            return Err("password_query: unterminated string literal".into());
+            return Err(TemplateError::UnterminatedLiteral);
         }
         Ok(Template { sql, params })
     }
@@ -333,7 +336,7 @@ impl Fields {
             && !self.take(&["nologin"]).truthy().unwrap_or(false);
         let upstream_host = match self.take(&["upstream_host", "host"]).text() {
             None => None,
-            Some(h) => Some(resolve(&h).await.ok_or_else(|| {
+            Some(h) => Some(resolve_host(&h).await.ok_or_else(|| {
                 PassdbError::Unavailable(format!("upstream_host of {user} does not resolve"))
             })?),
         };
@@ -371,7 +374,66 @@ impl Fields {
     }
 }
 
-use crate::passdb::resolve_host as resolve;
+/// The record of the one row a lookup returned, read by the driver's
+/// `fields`; `None` without a row. More than one row is a `password_query`
+/// that does not select by user: a temporary failure, as picking one would
+/// log someone in on another's password.
+async fn row_entry<R>(
+    rows: &[R],
+    driver: &str,
+    fields: fn(&R) -> Result<Fields, PassdbError>,
+    user: &str,
+    default_scheme: Option<Scheme>,
+) -> Result<Option<Entry>, PassdbError> {
+    match rows {
+        [] => Ok(None),
+        [row] => fields(row)?
+            .into_entry(user, default_scheme)
+            .await
+            .map(Some),
+        more => Err(PassdbError::Unavailable(format!(
+            "{driver}: password_query returned {} rows for one user",
+            more.len()
+        ))),
+    }
+}
+
+/// The [`Passdb`](crate::passdb::Passdb) impl of a SQL server passdb: both
+/// drivers answer every call from one row, their `entry(user)`.
+macro_rules! entry_passdb {
+    ($backend:ty, $name:literal) => {
+        impl crate::passdb::Passdb for $backend {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn capabilities(&self) -> crate::passdb::Capabilities {
+                crate::passdb::Capabilities::BOTH
+            }
+            async fn verify_plain(
+                &self,
+                user: &str,
+                passwords: &[crate::secret::Secret],
+            ) -> Result<crate::passdb::Verdict, PassdbError> {
+                crate::passdb::verify_entry(self.entry(user).await?, passwords).await
+            }
+            async fn lookup_credentials(
+                &self,
+                user: &str,
+            ) -> Result<crate::passdb::Lookup, PassdbError> {
+                crate::passdb::lookup_entry(self.entry(user).await?)
+            }
+            async fn digest_ha1(
+                &self,
+                user: &str,
+                realm: &str,
+            ) -> Result<Option<String>, PassdbError> {
+                let _ = realm;
+                Ok(crate::passdb::entry_ha1(self.entry(user).await?))
+            }
+        }
+    };
+}
+use entry_passdb;
 
 /// A small `Debug` that never shows the connection password.
 struct Redacted<'a>(&'a str);

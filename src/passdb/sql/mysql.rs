@@ -19,10 +19,10 @@ use std::fmt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row};
 
-use super::{Dialect, Fields, Redacted, SqlOptions, Template, Value, DEFAULT_PASSWORD_QUERY};
-use crate::passdb::{Capabilities, Entry, Lookup, Passdb, PassdbError, Verdict};
+use super::DEFAULT_PASSWORD_QUERY;
+use super::{row_entry, Dialect, Fields, Redacted, SqlOptions, SqlUriError, Template, Value};
+use crate::passdb::{Entry, PassdbError};
 use crate::scheme::Scheme;
-use crate::secret::Secret;
 
 /// The built-in schema for MySQL/MariaDB. User names are `VARBINARY` so they
 /// compare byte-exactly, as in SQLite and PostgreSQL: a text collation would
@@ -69,17 +69,17 @@ impl Mysql {
         uri: &str,
         password_query: Option<&str>,
         default_scheme: Option<Scheme>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SqlUriError> {
         let (opts, driver_uri) = SqlOptions::split_uri(uri)?;
         let driver_uri = match driver_uri.strip_prefix("mariadb://") {
             Some(rest) => format!("mysql://{rest}"),
             None => driver_uri,
         };
         let (root_cert, driver_uri) = take_param(&driver_uri, "sslrootcert");
-        let driver_opts = Opts::from_url(&driver_uri).map_err(|e| e.to_string())?;
+        let driver_opts = Opts::from_url(&driver_uri).map_err(SqlUriError::Mysql)?;
         let ssl = match (driver_opts.ssl_opts(), root_cert) {
             (None, None) => None,
-            (None, Some(_)) => return Err("sslrootcert= goes with require_ssl=true".into()),
+            (None, Some(_)) => return Err(SqlUriError::RootWithout("require_ssl=true")),
             (Some(ssl), root) => {
                 // mysql_async builds its rustls config with the process-wide
                 // provider; make sure there is one (an error means one is set).
@@ -87,7 +87,9 @@ impl Mysql {
                 Some(match root {
                     None => ssl.clone(),
                     Some(path) => {
-                        std::fs::metadata(&path).map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                        if let Err(source) = std::fs::metadata(&path) {
+                            return Err(SqlUriError::RootCert { path, source });
+                        }
                         ssl.clone()
                             .with_root_certs(vec![std::path::PathBuf::from(path).into()])
                             .with_disable_built_in_roots(true)
@@ -95,8 +97,8 @@ impl Mysql {
                 })
             }
         };
-        let constraints = PoolConstraints::new(opts.pool_size, opts.pool_size)
-            .ok_or_else(|| "bad pool_size".to_owned())?;
+        let constraints =
+            PoolConstraints::new(opts.pool_size, opts.pool_size).ok_or(SqlUriError::MysqlPool)?;
         let builder = OptsBuilder::from_opts(driver_opts)
             .pool_opts(
                 PoolOpts::new()
@@ -151,20 +153,7 @@ impl Mysql {
                 }
             }
         };
-        let row = match rows.as_slice() {
-            [] => return Ok(None),
-            [row] => row,
-            more => {
-                return Err(PassdbError::Unavailable(format!(
-                    "mysql: password_query returned {} rows for one user",
-                    more.len()
-                )))
-            }
-        };
-        fields(row)?
-            .into_entry(user, self.default_scheme)
-            .await
-            .map(Some)
+        row_entry(&rows, "mysql", fields, user, self.default_scheme).await
     }
 
     /// Stops a timed-out statement server-side (best effort), so it neither
@@ -258,24 +247,4 @@ fn my_error(e: mysql_async::Error) -> PassdbError {
     })
 }
 
-impl Passdb for Mysql {
-    fn name(&self) -> &'static str {
-        "mysql"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            verify_plain: true,
-            lookup_credentials: true,
-        }
-    }
-    async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
-        super::super::verify_entry(self.entry(user).await?, passwords).await
-    }
-    async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
-        super::super::lookup_entry(self.entry(user).await?)
-    }
-    async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
-        let _ = realm;
-        Ok(super::super::entry_ha1(self.entry(user).await?))
-    }
-}
+super::entry_passdb!(Mysql, "mysql");

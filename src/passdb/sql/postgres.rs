@@ -18,9 +18,8 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use deadpool_postgres::{
@@ -29,10 +28,10 @@ use deadpool_postgres::{
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
-use super::{Dialect, Fields, Redacted, SqlOptions, Template, Value, DEFAULT_PASSWORD_QUERY};
-use crate::passdb::{Capabilities, Entry, Lookup, Passdb, PassdbError, Verdict};
+use super::{error_chain as chain, row_entry, Dialect, Fields, Redacted, SqlOptions, SqlUriError};
+use super::{Template, Value, DEFAULT_PASSWORD_QUERY};
+use crate::passdb::{tls, Entry, PassdbError};
 use crate::scheme::Scheme;
-use crate::secret::Secret;
 
 /// The built-in schema for PostgreSQL: the SQLite one with native types.
 pub const POSTGRES_SCHEMA: &str = "
@@ -82,7 +81,7 @@ enum Verify {
 
 /// Takes `sslrootcert=` and `sslmode=verify-*` (which tokio-postgres does not
 /// know) out of the URI; returns the TLS choice and the URI for the driver.
-fn split_tls(uri: &str) -> Result<(Option<Verify>, String), String> {
+fn split_tls(uri: &str) -> Result<(Option<Verify>, String), SqlUriError> {
     let (base, query) = uri.split_once('?').unwrap_or((uri, ""));
     let mut mode = None;
     let mut root = None;
@@ -97,33 +96,16 @@ fn split_tls(uri: &str) -> Result<(Option<Verify>, String), String> {
     let verify = match (mode.as_deref(), root) {
         (None | Some("disable" | "prefer"), None) => None,
         (Some("require"), None) => Some(Verify::Nothing),
-        (Some("verify-full"), Some(path)) => {
-            let mut roots = RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(&path)
-                .map_err(|e| format!("sslrootcert {path}: {e}"))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("sslrootcert {path}: {e}"))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("sslrootcert {path}: {e}"))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("sslrootcert {path}: no certificate in it"));
-            }
-            Some(Verify::Roots(roots))
-        }
-        (Some("verify-full"), None) => {
-            return Err("sslmode=verify-full needs sslrootcert=/path/to/ca.pem".into())
-        }
+        (Some("verify-full"), Some(path)) => Some(Verify::Roots(tls::load_roots(
+            "sslrootcert",
+            path.as_ref(),
+        )?)),
+        (Some("verify-full"), None) => return Err(SqlUriError::VerifyFullWithoutRoot),
         (Some(m), Some(_)) if m != "verify-full" => {
-            return Err("sslrootcert= goes with sslmode=verify-full".into())
+            return Err(SqlUriError::RootWithout("sslmode=verify-full"))
         }
-        (None, Some(_)) => return Err("sslrootcert= goes with sslmode=verify-full".into()),
-        (Some(m), _) => {
-            return Err(format!(
-                "sslmode={m}: expected disable, prefer, require or verify-full"
-            ))
-        }
+        (None, Some(_)) => return Err(SqlUriError::RootWithout("sslmode=verify-full")),
+        (Some(m), _) => return Err(SqlUriError::SslMode(m.to_owned())),
     };
     // The driver only needs to know whether TLS is on.
     if verify.is_some() {
@@ -134,11 +116,8 @@ fn split_tls(uri: &str) -> Result<(Option<Verify>, String), String> {
     Ok((verify, format!("{base}?{}", rest.join("&"))))
 }
 
-fn tls_connector(verify: Verify) -> Result<MakeRustlsConnect, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+fn tls_connector(verify: Verify) -> Result<MakeRustlsConnect, SqlUriError> {
+    let (builder, provider) = tls::builder()?;
     let config = match verify {
         Verify::Roots(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
         Verify::Nothing => builder
@@ -196,10 +175,11 @@ impl Postgres {
         uri: &str,
         password_query: Option<&str>,
         default_scheme: Option<Scheme>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SqlUriError> {
         let (opts, driver_uri) = SqlOptions::split_uri(uri)?;
         let (verify, driver_uri) = split_tls(&driver_uri)?;
-        let mut config: tokio_postgres::Config = driver_uri.parse().map_err(|e| chain(&e))?;
+        let mut config: tokio_postgres::Config =
+            driver_uri.parse().map_err(SqlUriError::Postgres)?;
         let tls = verify.map(tls_connector).transpose()?;
         config.connect_timeout(opts.connect_timeout);
         if config.get_application_name().is_none() {
@@ -225,7 +205,7 @@ impl Postgres {
             .create_timeout(Some(opts.connect_timeout))
             .recycle_timeout(Some(opts.connect_timeout))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(SqlUriError::PostgresPool)?;
         Ok(Postgres {
             uri: uri.to_owned(),
             pool,
@@ -267,20 +247,7 @@ impl Postgres {
                 return Err(PassdbError::Timeout);
             }
         };
-        let row = match rows.as_slice() {
-            [] => return Ok(None),
-            [row] => row,
-            more => {
-                return Err(PassdbError::Unavailable(format!(
-                    "postgres: password_query returned {} rows for one user",
-                    more.len()
-                )))
-            }
-        };
-        fields(row)?
-            .into_entry(user, self.default_scheme)
-            .await
-            .map(Some)
+        row_entry(&rows, "postgres", fields, user, self.default_scheme).await
     }
 }
 
@@ -337,17 +304,6 @@ impl<'a> FromSql<'a> for Flex {
     }
 }
 
-fn chain(e: &dyn StdError) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
-
 fn pg_error(e: tokio_postgres::Error) -> PassdbError {
     match e.as_db_error() {
         Some(db) => PassdbError::Unavailable(format!(
@@ -368,24 +324,4 @@ fn pool_error(e: PoolError) -> PassdbError {
     }
 }
 
-impl Passdb for Postgres {
-    fn name(&self) -> &'static str {
-        "postgres"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            verify_plain: true,
-            lookup_credentials: true,
-        }
-    }
-    async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
-        super::super::verify_entry(self.entry(user).await?, passwords).await
-    }
-    async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
-        super::super::lookup_entry(self.entry(user).await?)
-    }
-    async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
-        let _ = realm;
-        Ok(super::super::entry_ha1(self.entry(user).await?))
-    }
-}
+super::entry_passdb!(Postgres, "postgres");
