@@ -137,7 +137,7 @@ impl Cache {
 
     /// What is remembered about `key`, if it has not expired.
     pub fn get(&self, key: &CacheKey) -> Option<Cached> {
-        let mut m = self.entries.lock().expect("cache lock");
+        let mut m = crate::sync::lock(&self.entries);
         match m.get(key) {
             Some((until, c)) if *until > Instant::now() => Some(*c),
             Some(_) => {
@@ -158,7 +158,7 @@ impl Cache {
             return;
         }
         let now = Instant::now();
-        let mut m = self.entries.lock().expect("cache lock");
+        let mut m = crate::sync::lock(&self.entries);
         if m.len() >= self.policy.max_entries {
             m.retain(|_, (until, _)| *until > now);
             if m.len() >= self.policy.max_entries {
@@ -170,12 +170,12 @@ impl Cache {
 
     /// Forgets everything (on reload).
     pub fn clear(&self) {
-        self.entries.lock().expect("cache lock").clear();
+        crate::sync::lock(&self.entries).clear();
     }
 
     /// Entries held (expired ones included until swept).
     pub fn len(&self) -> usize {
-        self.entries.lock().expect("cache lock").len()
+        crate::sync::lock(&self.entries).len()
     }
 
     /// True when nothing is held.

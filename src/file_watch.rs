@@ -119,11 +119,7 @@ impl<T: Send + Sync + 'static> Watched<T> {
 
     /// The current contents.
     pub(crate) fn current(&self) -> Arc<T> {
-        self.shared
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        Arc::clone(&crate::sync::read(&self.shared.current))
     }
 
     /// Tables swapped in since the file was opened.
@@ -224,7 +220,7 @@ fn check<T>(
         path.display(),
         (loader.users)(&table)
     );
-    *shared.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    *crate::sync::write(&shared.current) = Arc::new(table);
     shared.reloads.fetch_add(1, Ordering::SeqCst);
     Ok(Some(now))
 }

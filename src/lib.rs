@@ -28,6 +28,7 @@
 pub mod audit;
 pub mod auth_http;
 pub mod authenticator;
+pub(crate) mod backoff;
 pub mod cache;
 pub mod client_ip;
 pub mod config;
@@ -48,6 +49,7 @@ pub mod scheme;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub(crate) mod sync;
 pub mod throttle;
 pub mod upstream;
 pub mod verifier;

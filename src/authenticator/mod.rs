@@ -79,10 +79,7 @@ impl WaitPolicy {
         if attempt >= self.max_attempts || self.base == 0 {
             return None;
         }
-        let doubled = self
-            .base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        Some(doubled.min(self.max.max(self.base)))
+        Some(crate::backoff::doubling(self.base, attempt, self.max))
     }
 
     fn after_temporary(&self, attempt: u32) -> Option<u32> {

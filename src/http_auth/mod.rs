@@ -290,14 +290,14 @@ impl Repeats {
 
     /// The decision already made for `key`, if it is recent.
     pub fn recall(&self, key: &RepeatKey) -> Option<HttpOutcome> {
-        let m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let m = crate::sync::lock(&self.memory);
         let (at, outcome) = m.current.get(&key.0).or_else(|| m.previous.get(&key.0))?;
         (at.elapsed() < REPEAT_TTL).then(|| outcome.clone())
     }
 
     /// Remembers the decision for `key`.
     pub fn remember(&self, key: RepeatKey, outcome: &HttpOutcome) {
-        let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = crate::sync::lock(&self.memory);
         if m.current.len() >= REPEAT_GENERATION {
             m.previous = std::mem::take(&mut m.current);
         }
