@@ -105,7 +105,7 @@ impl Plain {
             .validation()
             .ok_or_else(|| PlainError("no credentials validated".into()))?;
         let mut passwords = vec![prepared];
-        if passwords[0].expose() != password.expose() {
+        if !passwords[0].ct_eq(password.expose()) {
             passwords.push(password.clone());
         }
         Ok(PlainCredentials { user, passwords })
