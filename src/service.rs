@@ -4,8 +4,8 @@
 //! its own.
 
 use crate::audit::quoted;
-use crate::auth_http::{Failure, MailAuthRequest, MailAuthResponse};
-use crate::authenticator::{Authenticator, TEMPORARY};
+use crate::auth_http::{Failure, FailureKind, MailAuthRequest, MailAuthResponse};
+use crate::authenticator::Authenticator;
 use crate::fastcgi::{Handler, Params, Request, Response};
 use crate::http_auth::{self, HttpAuth, HttpAuthRequest};
 use crate::metrics::METRICS;
@@ -126,7 +126,7 @@ impl Service {
                 );
                 METRICS.protocol_error();
                 return if mail {
-                    render_fail(None)
+                    render_fail(false)
                 } else {
                     b"Status: 403 Forbidden\r\n\r\n".to_vec()
                 };
@@ -157,7 +157,7 @@ impl Service {
                 );
                 METRICS.protocol_error();
                 let smtp = params.get("HTTP_AUTH_PROTOCOL") == Some(b"smtp");
-                return render_fail(smtp.then_some("451 4.3.0"));
+                return render_fail(smtp);
             }
         };
         for d in &req.duplicates {
@@ -169,7 +169,7 @@ impl Service {
             Ok(bytes) => bytes,
             Err(e) => {
                 log::error!("cannot render reply: {e}");
-                render_fail(None)
+                render_fail(false)
             }
         }
     }
@@ -246,12 +246,13 @@ fn plain(status: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A temporary failure that closes the client connection (no `Auth-Wait`).
-fn render_fail(smtp_code: Option<&'static str>) -> Vec<u8> {
+/// A temporary failure that closes the client connection (no `Auth-Wait`);
+/// `smtp` adds the SMTP reply code.
+fn render_fail(smtp: bool) -> Vec<u8> {
     MailAuthResponse::Fail(Failure {
-        message: TEMPORARY,
+        kind: FailureKind::Temporary,
         wait: None,
-        smtp_code,
+        smtp,
     })
     .render()
     .expect("a constant failure renders")

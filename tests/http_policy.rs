@@ -277,13 +277,13 @@ async fn a_full_verifier_queue_is_a_temporary_failure_at_once_and_cheap_logins_g
     // Mail: the temporary text with an Auth-Wait; SMTP 451 4.3.0.
     match f.mail("imap", "bob", "bob-pw").await {
         MailAuthResponse::Fail(fail) => {
-            assert_eq!(fail.message, TEMPORARY);
+            assert_eq!(fail.message(), TEMPORARY);
             assert!(fail.wait.is_some(), "the session survives: Auth-Wait");
         }
         other => panic!("{other:?}"),
     }
     match f.mail("smtp", "bob", "bob-pw").await {
-        MailAuthResponse::Fail(fail) => assert_eq!(fail.smtp_code, Some("451 4.3.0")),
+        MailAuthResponse::Fail(fail) => assert_eq!(fail.smtp_code(), Some("451 4.3.0")),
         other => panic!("{other:?}"),
     }
     // Cheap checks and unknown users never wait behind expensive ones.

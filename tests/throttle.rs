@@ -154,7 +154,8 @@ fn assert_blocked(d: &Decision, scope: &str) {
         unreachable!()
     };
     assert_eq!(
-        f.message, "Invalid login or password",
+        f.message(),
+        "Invalid login or password",
         "same text as a wrong password"
     );
     assert_eq!(f.wait, None, "blocked: no Auth-Wait, nginx closes at once");

@@ -15,4 +15,4 @@ pub use request::{
     AuthMethod, ClientHost, MailAuthRequest, MailProtocol, ProtocolError, ProxyProtocol,
     SmtpEnvelope, SslInfo,
 };
-pub use response::{Failure, MailAuthResponse};
+pub use response::{Failure, FailureKind, MailAuthResponse};

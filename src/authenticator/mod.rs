@@ -39,13 +39,8 @@ use crate::throttle::{Check, Scope, Throttle};
 use crate::upstream::Upstreams;
 use crate::verifier::Verifier;
 
+pub use crate::auth_http::response::{INVALID_LOGIN, TEMPORARY};
 pub use http::HttpDecision;
-
-/// Text shown to the client for any credential failure. One message for
-/// unknown user and wrong password alike, so user names cannot be probed.
-pub const INVALID_LOGIN: &str = "Invalid login or password";
-/// Text for backend trouble.
-pub const TEMPORARY: &str = "Temporary server problem, try again later";
 
 /// `Auth-Wait` schedule. nginx has no attempt limit of its own: with a wait it
 /// lets the client try again on the same connection, without one it closes.
