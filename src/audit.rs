@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::auth_http::MailAuthRequest;
+use crate::cache::CacheUse;
 use crate::metrics::{Observation, METRICS};
 
 /// The result class of a decision.
@@ -35,6 +36,22 @@ impl Outcome {
             Outcome::TempFail => "tempfail",
             Outcome::Refused => "refused",
             Outcome::Challenge => "challenge",
+        }
+    }
+}
+
+/// What the throttle did to a request (the audit line's `throttle=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleAction {
+    /// Refused before any passdb was asked (`blocked`).
+    Blocked,
+}
+
+impl ThrottleAction {
+    /// The audit line's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThrottleAction::Blocked => "blocked",
         }
     }
 }
@@ -68,10 +85,10 @@ pub struct AuditRecord {
     pub wait: Option<u32>,
     /// Time spent deciding.
     pub latency: Duration,
-    /// Throttle action, when there was one (`blocked`).
-    pub throttle: Option<&'static str>,
-    /// Verification cache use (`hit`, `miss`, `negative-hit`).
-    pub cache: Option<&'static str>,
+    /// Throttle action, when there was one.
+    pub throttle: Option<ThrottleAction>,
+    /// How the verification cache took part, when it did.
+    pub cache: Option<CacheUse>,
 }
 
 impl AuditRecord {
@@ -127,10 +144,10 @@ impl AuditRecord {
             METRICS.observe(Observation {
                 protocol: self.protocol,
                 method: self.method,
-                result: self.outcome.as_str(),
+                outcome: self.outcome,
                 latency: self.latency,
-                blocked: self.throttle == Some("blocked"),
-                cache_hit: self.cache.map(|c| c.ends_with("hit")),
+                blocked: self.throttle == Some(ThrottleAction::Blocked),
+                cache: self.cache,
             });
         }
     }
@@ -171,10 +188,10 @@ impl fmt::Display for AuditRecord {
             f.write_str(" stale=true")?;
         }
         if let Some(t) = self.throttle {
-            write!(f, " throttle={t}")?;
+            write!(f, " throttle={}", t.as_str())?;
         }
         if let Some(c) = self.cache {
-            write!(f, " cache={c}")?;
+            write!(f, " cache={}", c.as_str())?;
         }
         write!(f, " latency_ms={:.3}", self.latency.as_secs_f64() * 1000.0)
     }

@@ -73,6 +73,39 @@ pub enum Cached {
     Mismatch,
 }
 
+impl From<Cached> for CacheUse {
+    fn from(c: Cached) -> Self {
+        match c {
+            Cached::Match => CacheUse::Hit,
+            Cached::Mismatch => CacheUse::NegativeHit,
+        }
+    }
+}
+
+/// How the cache took part in one password check (the audit line's
+/// `cache=`, and the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    /// A remembered match answered (`hit`).
+    Hit,
+    /// A remembered mismatch answered: the same wrong password again
+    /// (`negative-hit`).
+    NegativeHit,
+    /// Not known: verified for real, and the outcome stored (`miss`).
+    Miss,
+}
+
+impl CacheUse {
+    /// The audit line's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheUse::Hit => "hit",
+            CacheUse::NegativeHit => "negative-hit",
+            CacheUse::Miss => "miss",
+        }
+    }
+}
+
 /// The cache.
 pub struct Cache {
     policy: CachePolicy,

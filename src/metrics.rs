@@ -9,6 +9,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::audit::Outcome;
+use crate::cache::CacheUse;
+
 const PROTOCOLS: [&str; 4] = ["imap", "pop3", "smtp", "http"];
 const RESULTS: [&str; 4] = ["ok", "fail", "tempfail", "refused"];
 const BLOCK_SCOPES: [&str; 2] = ["ip", "ip-user"];
@@ -31,6 +34,7 @@ pub struct Metrics {
     passdb_errors: AtomicU64,
     throttle_blocked: AtomicU64,
     cache_hits: AtomicU64,
+    cache_negative_hits: AtomicU64,
     cache_misses: AtomicU64,
     verify_shed: AtomicU64,
     /// New blocks, by scope (`ip`, `ip-user`).
@@ -58,6 +62,7 @@ impl Metrics {
             passdb_errors: ZERO,
             throttle_blocked: ZERO,
             cache_hits: ZERO,
+            cache_negative_hits: ZERO,
             cache_misses: ZERO,
             verify_shed: ZERO,
             throttle_blocks: [ZERO; 2],
@@ -72,40 +77,55 @@ pub struct Observation<'a> {
     pub protocol: &'a str,
     /// Mechanism / HTTP scheme.
     pub method: &'a str,
-    /// `ok`, `fail`, `tempfail`, `refused`.
-    pub result: &'a str,
+    /// The result (a challenge is not counted as a decision).
+    pub outcome: Outcome,
     /// Time to decide.
     pub latency: Duration,
     /// The throttle refused it before the passdb.
     pub blocked: bool,
-    /// `Some(true)` cache hit, `Some(false)` miss.
-    pub cache_hit: Option<bool>,
+    /// How the verification cache took part, when it did.
+    pub cache: Option<CacheUse>,
 }
 
 fn index(list: &[&str], v: &str) -> Option<usize> {
     list.iter().position(|x| *x == v)
 }
 
+/// The row of `outcome` in [`RESULTS`].
+fn result_index(outcome: Outcome) -> Option<usize> {
+    match outcome {
+        Outcome::Ok => Some(0),
+        Outcome::Fail => Some(1),
+        Outcome::TempFail => Some(2),
+        Outcome::Refused => Some(3),
+        Outcome::Challenge => None,
+    }
+}
+
 impl Metrics {
     /// Counts one decision.
     pub fn observe(&self, o: Observation<'_>) {
-        if let (Some(p), Some(r)) = (index(&PROTOCOLS, o.protocol), index(&RESULTS, o.result)) {
+        if let (Some(p), Some(r)) = (index(&PROTOCOLS, o.protocol), result_index(o.outcome)) {
             self.requests[p][r].fetch_add(1, Relaxed);
         }
         if let Some(m) = index(&METHODS, o.method) {
             self.methods[m].fetch_add(1, Relaxed);
         }
-        if o.result == "tempfail" {
+        if o.outcome == Outcome::TempFail {
             self.passdb_errors.fetch_add(1, Relaxed);
         }
         if o.blocked {
             self.throttle_blocked.fetch_add(1, Relaxed);
         }
-        match o.cache_hit {
-            Some(true) => self.cache_hits.fetch_add(1, Relaxed),
-            Some(false) => self.cache_misses.fetch_add(1, Relaxed),
-            None => 0,
+        let cache = match o.cache {
+            Some(CacheUse::Hit) => Some(&self.cache_hits),
+            Some(CacheUse::NegativeHit) => Some(&self.cache_negative_hits),
+            Some(CacheUse::Miss) => Some(&self.cache_misses),
+            None => None,
         };
+        if let Some(c) = cache {
+            c.fetch_add(1, Relaxed);
+        }
         let secs = o.latency.as_secs_f64();
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
@@ -210,8 +230,13 @@ impl Metrics {
             ),
             (
                 "cache_hits_total",
-                "Verifications answered by the verification cache.",
+                "Verifications answered by the verification cache with a remembered match.",
                 &self.cache_hits,
+            ),
+            (
+                "cache_negative_hits_total",
+                "Verifications answered by the verification cache with a remembered mismatch (the same wrong password again).",
+                &self.cache_negative_hits,
             ),
             (
                 "cache_misses_total",
@@ -242,21 +267,21 @@ mod tests {
         let o = Observation {
             protocol: "imap",
             method: "plain",
-            result: "ok",
+            outcome: Outcome::Ok,
             latency: Duration::from_micros(700),
             blocked: false,
-            cache_hit: Some(true),
+            cache: Some(CacheUse::Hit),
         };
         m.observe(o);
         m.observe(Observation {
-            result: "fail",
+            outcome: Outcome::Fail,
             latency: Duration::from_millis(30),
             ..o
         });
         m.observe(Observation {
             protocol: "smtp",
-            result: "tempfail",
-            cache_hit: None,
+            outcome: Outcome::TempFail,
+            cache: None,
             ..o
         });
         m.throttle_block("ip-user");
@@ -280,6 +305,46 @@ mod tests {
             "nginx_auth_fcgi_decision_seconds_count 3",
             "nginx_auth_fcgi_passdb_errors_total 1",
             "nginx_auth_fcgi_cache_hits_total 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn cache_hits_are_counted_apart_from_negative_hits() {
+        let m = Metrics::new();
+        let o = Observation {
+            protocol: "http",
+            method: "basic",
+            outcome: Outcome::Fail,
+            latency: Duration::from_micros(50),
+            blocked: false,
+            cache: Some(CacheUse::NegativeHit),
+        };
+        for cache in [
+            Some(CacheUse::NegativeHit),
+            Some(CacheUse::NegativeHit),
+            Some(CacheUse::Hit),
+            Some(CacheUse::Miss),
+            None,
+        ] {
+            m.observe(Observation { cache, ..o });
+        }
+        // A challenge is no decision: not in the result rows.
+        m.observe(Observation {
+            outcome: Outcome::Challenge,
+            cache: None,
+            ..o
+        });
+        let text = m.render();
+        for line in [
+            "nginx_auth_fcgi_cache_hits_total 1",
+            "nginx_auth_fcgi_cache_negative_hits_total 2",
+            "nginx_auth_fcgi_cache_misses_total 1",
+            "nginx_auth_fcgi_requests_total{protocol=\"http\",result=\"fail\"} 5",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -4,10 +4,11 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::audit::{AuditRecord, Outcome};
+use crate::audit::{AuditRecord, Outcome, ThrottleAction};
 use crate::auth_http::{
     AuthMethod, ClientHost, Failure, FailureKind, MailAuthRequest, MailAuthResponse, MailProtocol,
 };
+use crate::cache::CacheUse;
 use crate::mech::external::NoMatch;
 use crate::mech::{apop, cram_md5, Mechanism};
 use crate::passdb::{Lookup, PassdbError, Principal, Rejection, Verdict};
@@ -128,7 +129,7 @@ impl Counted for Relay {
 struct Notes {
     /// The throttle's `Auth-Wait` for a counted failure.
     throttle_wait: Option<u32>,
-    cache: Option<&'static str>,
+    cache: Option<CacheUse>,
     /// The effective client address (see [`crate::client_ip::TrustedProxies`]).
     client_ip: Option<IpAddr>,
     /// EXTERNAL: the user the certificate mapped to (for the audit line).
@@ -448,7 +449,7 @@ impl Authenticator {
                 // client learns nothing it would not from a wrong password.
                 audit.outcome = Outcome::Fail;
                 audit.reason = format!("blocked-{}", scope.as_str());
-                audit.throttle = Some("blocked");
+                audit.throttle = Some(ThrottleAction::Blocked);
                 MailAuthResponse::Fail(Failure {
                     wait: None,
                     ..invalid
@@ -476,7 +477,7 @@ impl Authenticator {
                 // session of a blocked relay prober at once.
                 audit.outcome = Outcome::Refused;
                 audit.reason = format!("blocked-{}", scope.as_str());
-                audit.throttle = Some("blocked");
+                audit.throttle = Some(ThrottleAction::Blocked);
                 MailAuthResponse::Fail(Failure {
                     wait: None,
                     ..SmtpRefusal::RelayDenied.failure(&self.policy.wait, req.attempt)
