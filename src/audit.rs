@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::auth_http::MailAuthRequest;
+use crate::auth_http::{AuthMethod, MailAuthRequest, MailProtocol};
 use crate::cache::CacheUse;
 use crate::metrics::{Observation, METRICS};
 
@@ -40,6 +40,50 @@ impl Outcome {
     }
 }
 
+/// What kind of request was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// A mail login (`auth_http`).
+    Mail(MailProtocol),
+    /// An HTTP `auth_request`.
+    Http,
+}
+
+impl Protocol {
+    /// The audit line's name: `imap`, `pop3`, `smtp`, `http`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Mail(p) => p.as_str(),
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// How the client authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// nginx's `Auth-Method`.
+    Mail(AuthMethod),
+    /// HTTP Basic.
+    Basic,
+    /// HTTP Digest.
+    Digest,
+    /// HTTP without usable credentials of an offered scheme (`-`).
+    Unknown,
+}
+
+impl Method {
+    /// The audit line's name: the `Auth-Method`, `basic`, `digest` or `-`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Mail(m) => m.as_str(),
+            Method::Basic => "basic",
+            Method::Digest => "digest",
+            Method::Unknown => "-",
+        }
+    }
+}
+
 /// What the throttle did to a request (the audit line's `throttle=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThrottleAction {
@@ -59,10 +103,10 @@ impl ThrottleAction {
 /// One audit line.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
-    /// `imap`, `pop3`, `smtp`, `http`.
-    pub protocol: &'static str,
-    /// nginx `Auth-Method`, or the HTTP scheme (`basic`, `digest`, `-`).
-    pub method: &'static str,
+    /// What kind of request.
+    pub protocol: Protocol,
+    /// How the client authenticated.
+    pub method: Method,
     /// User name (escaped when printed).
     pub user: String,
     /// Client address (after the trusted-proxy rules).
@@ -97,8 +141,8 @@ impl AuditRecord {
         AuditRecord {
             attempt: Some(req.attempt),
             ..AuditRecord::new(
-                req.protocol.as_str(),
-                req.method.as_str(),
+                Protocol::Mail(req.protocol),
+                Method::Mail(req.method),
                 String::from_utf8_lossy(&req.user).into_owned(),
                 req.client_ip,
             )
@@ -107,8 +151,8 @@ impl AuditRecord {
 
     /// A record to be filled in by the decision.
     pub fn new(
-        protocol: &'static str,
-        method: &'static str,
+        protocol: Protocol,
+        method: Method,
         user: String,
         client_ip: Option<IpAddr>,
     ) -> Self {
@@ -159,8 +203,8 @@ impl fmt::Display for AuditRecord {
             f,
             "auth result={} protocol={} method={} user={} ip={}",
             self.outcome.as_str(),
-            self.protocol,
-            self.method,
+            self.protocol.as_str(),
+            self.method.as_str(),
             quoted(&self.user),
             self.client_ip
                 .map_or_else(|| "-".to_owned(), |ip| ip.to_string()),

@@ -9,7 +9,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::audit::Outcome;
+use crate::audit::{Method, Outcome, Protocol};
+use crate::auth_http::{AuthMethod, MailProtocol};
 use crate::cache::CacheUse;
 
 const PROTOCOLS: [&str; 4] = ["imap", "pop3", "smtp", "http"];
@@ -72,11 +73,11 @@ impl Metrics {
 
 /// One decided request.
 #[derive(Debug, Clone, Copy)]
-pub struct Observation<'a> {
-    /// `imap`, `pop3`, `smtp` or `http`.
-    pub protocol: &'a str,
+pub struct Observation {
+    /// What kind of request.
+    pub protocol: Protocol,
     /// Mechanism / HTTP scheme.
-    pub method: &'a str,
+    pub method: Method,
     /// The result (a challenge is not counted as a decision).
     pub outcome: Outcome,
     /// Time to decide.
@@ -89,6 +90,30 @@ pub struct Observation<'a> {
 
 fn index(list: &[&str], v: &str) -> Option<usize> {
     list.iter().position(|x| *x == v)
+}
+
+/// The row of `protocol` in [`PROTOCOLS`].
+fn protocol_index(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Mail(MailProtocol::Imap) => 0,
+        Protocol::Mail(MailProtocol::Pop3) => 1,
+        Protocol::Mail(MailProtocol::Smtp) => 2,
+        Protocol::Http => 3,
+    }
+}
+
+/// The row of `method` in [`METHODS`] (`-` is not counted).
+fn method_index(method: Method) -> Option<usize> {
+    Some(match method {
+        Method::Mail(AuthMethod::Plain) => 0,
+        Method::Mail(AuthMethod::Apop) => 1,
+        Method::Mail(AuthMethod::CramMd5) => 2,
+        Method::Mail(AuthMethod::External) => 3,
+        Method::Mail(AuthMethod::None) => 4,
+        Method::Basic => 5,
+        Method::Digest => 6,
+        Method::Unknown => return None,
+    })
 }
 
 /// The row of `outcome` in [`RESULTS`].
@@ -104,11 +129,11 @@ fn result_index(outcome: Outcome) -> Option<usize> {
 
 impl Metrics {
     /// Counts one decision.
-    pub fn observe(&self, o: Observation<'_>) {
-        if let (Some(p), Some(r)) = (index(&PROTOCOLS, o.protocol), result_index(o.outcome)) {
-            self.requests[p][r].fetch_add(1, Relaxed);
+    pub fn observe(&self, o: Observation) {
+        if let Some(r) = result_index(o.outcome) {
+            self.requests[protocol_index(o.protocol)][r].fetch_add(1, Relaxed);
         }
-        if let Some(m) = index(&METHODS, o.method) {
+        if let Some(m) = method_index(o.method) {
             self.methods[m].fetch_add(1, Relaxed);
         }
         if o.outcome == Outcome::TempFail {
@@ -265,8 +290,8 @@ mod tests {
     fn observes_and_renders() {
         let m = Metrics::new();
         let o = Observation {
-            protocol: "imap",
-            method: "plain",
+            protocol: Protocol::Mail(MailProtocol::Imap),
+            method: Method::Mail(AuthMethod::Plain),
             outcome: Outcome::Ok,
             latency: Duration::from_micros(700),
             blocked: false,
@@ -279,7 +304,7 @@ mod tests {
             ..o
         });
         m.observe(Observation {
-            protocol: "smtp",
+            protocol: Protocol::Mail(MailProtocol::Smtp),
             outcome: Outcome::TempFail,
             cache: None,
             ..o
@@ -317,8 +342,8 @@ mod tests {
     fn cache_hits_are_counted_apart_from_negative_hits() {
         let m = Metrics::new();
         let o = Observation {
-            protocol: "http",
-            method: "basic",
+            protocol: Protocol::Http,
+            method: Method::Basic,
             outcome: Outcome::Fail,
             latency: Duration::from_micros(50),
             blocked: false,

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::audit::{AuditRecord, Outcome, ThrottleAction};
+use crate::audit::{AuditRecord, Outcome, Protocol, ThrottleAction};
 use crate::cache::CacheUse;
 use crate::http_auth::digest::{Credentials, NonceState};
 use crate::http_auth::{HttpAuth, HttpAuthRequest, HttpCredentials, HttpOutcome};
@@ -114,7 +114,7 @@ impl Authenticator {
                 Judgement::Temporary,
             )
             .await;
-        let mut audit = AuditRecord::new("http", req.credentials.scheme(), user, ip);
+        let mut audit = AuditRecord::new(Protocol::Http, req.credentials.scheme(), user, ip);
         audit.uri = Some(req.uri.clone());
         audit.cache = cache;
         let outcome = conclude(judgement, &mut audit);
