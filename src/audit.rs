@@ -276,9 +276,20 @@ pub enum LogTarget {
     Syslog(String),
 }
 
+/// A `--log` value we do not understand.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogTargetError {
+    /// `syslog:FACILITY` with a facility syslog does not have.
+    #[error("unknown syslog facility `{0}`")]
+    Facility(String),
+    /// Neither `stderr` nor `syslog[:FACILITY]`.
+    #[error("unknown log target `{0}` (stderr, syslog, syslog:FACILITY)")]
+    Target(String),
+}
+
 impl std::str::FromStr for LogTarget {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = LogTargetError;
+    fn from_str(s: &str) -> Result<Self, LogTargetError> {
         match s {
             "stderr" => Ok(LogTarget::Stderr),
             "syslog" => Ok(LogTarget::Syslog("mail".into())),
@@ -286,10 +297,8 @@ impl std::str::FromStr for LogTarget {
                 Some(fac) => fac
                     .parse::<syslog::Facility>()
                     .map(|_| LogTarget::Syslog(fac.to_owned()))
-                    .map_err(|_| format!("unknown syslog facility `{fac}`")),
-                None => Err(format!(
-                    "unknown log target `{s}` (stderr, syslog, syslog:FACILITY)"
-                )),
+                    .map_err(|_| LogTargetError::Facility(fac.to_owned())),
+                None => Err(LogTargetError::Target(s.to_owned())),
             },
         }
     }

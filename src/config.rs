@@ -173,13 +173,13 @@ impl RawExternalRule {
                 user: Some(u),
                 subject_attribute: None,
                 issuer: None,
-            } => Rule::fingerprint(f, u),
+            } => Rule::fingerprint(f, u).map_err(|e| e.to_string()),
             RawExternalRule {
                 fingerprint: None,
                 user: None,
                 subject_attribute: Some(a),
                 issuer,
-            } => Rule::subject(a, issuer.as_deref()),
+            } => Rule::subject(a, issuer.as_deref()).map_err(|e| e.to_string()),
             _ => Err("external rule: give either fingerprint + user, or \
                       subject_attribute (+ issuer)"
                 .into()),
@@ -487,9 +487,13 @@ impl Config {
             mechanisms.extend(Mechanism::ALL);
         }
         for m in &raw.mechanisms {
-            check(m.parse::<Mechanism>().map(|m| {
-                mechanisms.insert(m);
-            }));
+            check(
+                m.parse::<Mechanism>()
+                    .map(|m| {
+                        mechanisms.insert(m);
+                    })
+                    .map_err(|e| e.to_string()),
+            );
         }
         let mut upstreams = Upstreams::default();
         for u in &raw.upstream {
@@ -546,7 +550,11 @@ impl Config {
         }
         let mut log = LogTarget::Syslog("mail".into());
         if let Some(l) = &raw.log {
-            check(l.parse().map(|t| log = t));
+            check(
+                l.parse::<LogTarget>()
+                    .map(|t| log = t)
+                    .map_err(|e| e.to_string()),
+            );
         }
         let mut log_level = log::LevelFilter::Info;
         if let Some(l) = &raw.log_level {
@@ -691,7 +699,7 @@ impl Config {
         let master_user = raw.master_user.as_ref().and_then(|m| {
             let secret = match (&m.password, &m.password_file) {
                 (Some(p), None) => Ok(crate::secret::Secret::from(p.as_str())),
-                (None, Some(f)) => MasterUser::read_password_file(f),
+                (None, Some(f)) => MasterUser::read_password_file(f).map_err(|e| e.to_string()),
                 _ => Err("master_user: give exactly one of password, password_file".into()),
             };
             let user = m
@@ -704,6 +712,7 @@ impl Config {
                     secret,
                     m.separator.as_deref().unwrap_or(DEFAULT_SEPARATOR),
                 )
+                .map_err(|e| e.to_string())
             });
             built.map_err(|e| check(Err(e))).ok()
         });

@@ -84,11 +84,44 @@ impl Stamp {
     }
 }
 
+/// Why a watched file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WatchError {
+    /// It could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Its watcher thread could not start.
+    #[error("{}: cannot start its watcher: {source}", path.display())]
+    Thread {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// For the passdbs whose `open` still reports a `String`.
+impl From<WatchError> for String {
+    fn from(e: WatchError) -> String {
+        e.to_string()
+    }
+}
+
 impl<T: Send + Sync + 'static> Watched<T> {
     /// Reads and parses `path` now (an error if it cannot be read), then
     /// starts its watcher thread, checking every `interval`.
-    pub(crate) fn open(path: &Path, loader: Loader<T>, interval: Duration) -> Result<Self, String> {
-        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    pub(crate) fn open(
+        path: &Path,
+        loader: Loader<T>,
+        interval: Duration,
+    ) -> Result<Self, WatchError> {
+        let err = |source| WatchError::Read {
+            path: path.to_owned(),
+            source,
+        };
         // Stamp first: a change between the stat and the read is seen at
         // the next check and loaded then.
         let stamp = Stamp::of(&std::fs::metadata(path).map_err(err)?);
@@ -109,7 +142,10 @@ impl<T: Send + Sync + 'static> Watched<T> {
                 let _alive = alive;
                 watch(weak, stopped, loader, stamp, interval);
             })
-            .map_err(|e| format!("{}: cannot start its watcher: {e}", path.display()))?;
+            .map_err(|source| WatchError::Thread {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(Watched {
             shared,
             _stop: stop,

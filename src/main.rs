@@ -510,7 +510,7 @@ impl ServeArgs {
             .with_master_user(config.master_user.clone())
             .with_reject_unknown_client(config.reject_unknown_client)
             .with_external(config.external.clone())
-            .map_err(|e| vec![e])?;
+            .map_err(|e| vec![e.to_string()])?;
         let service = Service::new(auth, config.required.clone());
         Ok((config, service))
     }
@@ -862,7 +862,9 @@ fn auth_test(
     client_ip: &str,
     args: ServeArgs,
 ) -> CmdResult {
-    let protocol: MailProtocol = protocol.parse().map_err(|e| vec![e])?;
+    let protocol = protocol
+        .parse::<MailProtocol>()
+        .map_err(|e| vec![e.to_string()])?;
     let method = match method.to_ascii_lowercase().as_str() {
         "plain" | "login" => AuthMethod::Plain,
         "cram-md5" => AuthMethod::CramMd5,

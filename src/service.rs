@@ -24,23 +24,33 @@ pub struct RequiredHeader {
     pub value: Secret,
 }
 
+/// A `--require-header` value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequiredHeaderError {
+    /// No `=`.
+    #[error("expected NAME=VALUE, e.g. X-Auth-Key=secret")]
+    NoValue,
+    /// A name nginx would never pass on.
+    #[error("header name `{0}` must be letters, digits and dashes (nginx drops others)")]
+    Name(String),
+    /// `NAME=` with nothing after it.
+    #[error("the shared secret must not be empty")]
+    EmptySecret,
+}
+
 impl std::str::FromStr for RequiredHeader {
-    type Err = String;
+    type Err = RequiredHeaderError;
     /// Parses `NAME=VALUE`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (name, value) = s
-            .split_once('=')
-            .ok_or("expected NAME=VALUE, e.g. X-Auth-Key=secret")?;
+    fn from_str(s: &str) -> Result<Self, RequiredHeaderError> {
+        let (name, value) = s.split_once('=').ok_or(RequiredHeaderError::NoValue)?;
         let name = name.trim();
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             // nginx http drops header names with `_` or other characters
             // (underscores_in_headers off), so such a header would never arrive.
-            return Err(format!(
-                "header name `{name}` must be letters, digits and dashes (nginx drops others)"
-            ));
+            return Err(RequiredHeaderError::Name(name.to_owned()));
         }
         if value.is_empty() {
-            return Err("the shared secret must not be empty".into());
+            return Err(RequiredHeaderError::EmptySecret);
         }
         Ok(RequiredHeader {
             header: name.to_owned(),

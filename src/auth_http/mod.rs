@@ -13,6 +13,6 @@ pub mod response;
 
 pub use request::{
     AuthMethod, ClientHost, MailAuthRequest, MailProtocol, ProtocolError, ProxyProtocol,
-    SmtpEnvelope, SslInfo,
+    SmtpEnvelope, SslInfo, UnknownProtocol,
 };
 pub use response::{Failure, FailureKind, MailAuthResponse};

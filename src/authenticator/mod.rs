@@ -82,6 +82,11 @@ impl WaitPolicy {
     }
 }
 
+/// EXTERNAL rules were given, but no passdb can look the mapped user up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("external rules need a passdb that can look users up (lookup_credentials)")]
+pub struct ExternalNeedsLookup;
+
 /// Everything the decision needs besides the request.
 #[derive(Debug)]
 pub struct Policy {
@@ -220,16 +225,14 @@ impl Authenticator {
 
     /// Offers EXTERNAL with these rules (empty: not offered). The mapped user
     /// must exist in a passdb, so one must be able to look users up.
-    pub fn with_external(mut self, rules: Rules) -> Result<Self, String> {
+    pub fn with_external(mut self, rules: Rules) -> Result<Self, ExternalNeedsLookup> {
         if !rules.is_empty()
             && !self
                 .passdbs
                 .iter()
                 .any(|p| p.capabilities().lookup_credentials)
         {
-            return Err(
-                "external rules need a passdb that can look users up (lookup_credentials)".into(),
-            );
+            return Err(ExternalNeedsLookup);
         }
         self.external = rules;
         Ok(self)

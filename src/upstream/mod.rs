@@ -315,7 +315,10 @@ fn parse_pool_spec(spec: &str) -> Result<(MailProtocol, Vec<SocketAddr>), Upstre
     let (proto, addrs) = spec
         .split_once('=')
         .ok_or_else(|| err(spec, "expected PROTOCOL=HOST:PORT[,HOST:PORT…]"))?;
-    let proto: MailProtocol = proto.trim().parse().map_err(|e: String| err(spec, &e))?;
+    let proto = proto
+        .trim()
+        .parse::<MailProtocol>()
+        .map_err(|e| err(spec, &e.to_string()))?;
     if addrs.trim().is_empty() {
         return Err(err(spec, "empty list of servers"));
     }
