@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::auth_http::{AuthMethod, MailAuthRequest, MailProtocol};
 use crate::cache::CacheUse;
+use crate::http_auth::HttpScheme;
 use crate::metrics::{Observation, METRICS};
 
 /// The result class of a decision.
@@ -64,10 +65,8 @@ impl Protocol {
 pub enum Method {
     /// nginx's `Auth-Method`.
     Mail(AuthMethod),
-    /// HTTP Basic.
-    Basic,
-    /// HTTP Digest.
-    Digest,
+    /// The HTTP scheme of the credentials sent.
+    Http(HttpScheme),
     /// HTTP without usable credentials of an offered scheme (`-`).
     Unknown,
 }
@@ -77,8 +76,7 @@ impl Method {
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Mail(m) => m.as_str(),
-            Method::Basic => "basic",
-            Method::Digest => "digest",
+            Method::Http(s) => s.as_str(),
             Method::Unknown => "-",
         }
     }
@@ -117,7 +115,7 @@ pub struct AuditRecord {
     pub uri: Option<String>,
     /// HTTP Digest: the challenge says `stale=true`.
     pub stale: bool,
-    /// Result.
+    /// What was decided.
     pub outcome: Outcome,
     /// Internal reason (never shown to the client).
     pub reason: String,

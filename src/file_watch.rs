@@ -212,6 +212,7 @@ fn watch<T>(
             }
             Err(e) => {
                 // Logged once per distinct problem, not every interval.
+                let e = e.to_string();
                 if last_failure.as_deref() != Some(e.as_str()) {
                     log::error!(
                         "{} {}: reload failed, keeping the previous users: {e}",
@@ -232,13 +233,13 @@ fn check<T>(
     shared: &Shared<T>,
     loader: &Loader<T>,
     loaded: Stamp,
-) -> Result<Option<Stamp>, String> {
+) -> std::io::Result<Option<Stamp>> {
     let path = &shared.path;
-    let now = Stamp::of(&std::fs::metadata(path).map_err(|e| e.to_string())?);
+    let now = Stamp::of(&std::fs::metadata(path)?);
     if now == loaded {
         return Ok(None);
     }
-    let text = std::fs::read(path).map_err(|e| e.to_string())?;
+    let text = std::fs::read(path)?;
     if std::fs::metadata(path).map(|m| Stamp::of(&m)).ok() != Some(now) {
         // Written to (or replaced) while we read: maybe half a file. The
         // next check reads it again.

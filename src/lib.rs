@@ -20,8 +20,11 @@
 //!    mechanism ([`mech`]) and the upstream choice ([`upstream`]: pools,
 //!    hashing, health checks; a Dovecot [`master_user`] login when no
 //!    plaintext is at hand); HTTP adds Digest nonces ([`http_auth::digest`]).
-//! 4. **Render** — [`auth_http::response`] and [`http_auth::HttpAuth::render`]
-//!    are the only code that knows the response header names.
+//! 4. **Render** — [`auth_http::response`] writes the mail reply headers and
+//!    the text and SMTP code of each [`auth_http::FailureKind`];
+//!    [`http_auth::HttpAuth::render`] writes the `auth_request` replies. The
+//!    [`service`] writes its own plain replies (metrics, throttle admin,
+//!    requests refused before any decision).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

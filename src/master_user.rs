@@ -60,7 +60,7 @@ pub enum MasterUserError {
     PasswordFile {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The read error.
         #[source]
         source: std::io::Error,
     },

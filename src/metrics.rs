@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::audit::{Method, Outcome, Protocol};
 use crate::auth_http::{AuthMethod, MailProtocol};
 use crate::cache::CacheUse;
+use crate::http_auth::HttpScheme;
 
 const PROTOCOLS: [&str; 4] = ["imap", "pop3", "smtp", "http"];
 const RESULTS: [&str; 4] = ["ok", "fail", "tempfail", "refused"];
@@ -110,8 +111,8 @@ fn method_index(method: Method) -> Option<usize> {
         Method::Mail(AuthMethod::CramMd5) => 2,
         Method::Mail(AuthMethod::External) => 3,
         Method::Mail(AuthMethod::None) => 4,
-        Method::Basic => 5,
-        Method::Digest => 6,
+        Method::Http(HttpScheme::Basic) => 5,
+        Method::Http(HttpScheme::Digest) => 6,
         Method::Unknown => return None,
     })
 }
@@ -343,7 +344,7 @@ mod tests {
         let m = Metrics::new();
         let o = Observation {
             protocol: Protocol::Http,
-            method: Method::Basic,
+            method: Method::Http(HttpScheme::Basic),
             outcome: Outcome::Fail,
             latency: Duration::from_micros(50),
             blocked: false,

@@ -1,7 +1,11 @@
 //! The FastCGI handler: ties the hops together for each request —
 //! params → shared-secret check → [`MailAuthRequest`] or [`HttpAuthRequest`]
-//! → [`Authenticator`] → audit record → rendered headers. Holds no policy of
-//! its own.
+//! → [`Authenticator`] → audit record → rendered headers.
+//!
+//! It decides only what comes before a login decision: a request without
+//! the shared secret, or one nginx sent malformed, is refused (403, or a
+//! mail temporary failure without `Auth-Wait`) and counted as a protocol
+//! error. It also serves the metrics and the throttle admin requests.
 
 use crate::audit::quoted;
 use crate::auth_http::{Failure, FailureKind, MailAuthRequest, MailAuthResponse};

@@ -1,5 +1,6 @@
-//! CGI params → [`MailAuthRequest`]. All string → enum conversion of the mail
-//! protocol happens here and only here.
+//! CGI params → [`MailAuthRequest`]: nginx's `Auth-*` header values become
+//! typed fields here (and [`MailProtocol`]'s `FromStr` serves the
+//! configuration's protocol names too).
 //!
 //! nginx escapes `Auth-User`, `Auth-Pass` and `Auth-SSL-Cert` with
 //! `ngx_escape_uri(…, NGX_ESCAPE_MAIL_AUTH)`: bytes 0x00–0x20 and `%` become

@@ -1,10 +1,10 @@
 //! The passdb chain, walked in one place, and password verification through
 //! the cache and the bounded verifier.
 //!
-//! [`Authenticator::walk`] is the only loop over the passdbs: an unknown user
-//! (or a passdb that cannot serve the question) moves on to the next one, an
-//! error is remembered and the walk goes on, and the first real answer
-//! decides. Mail PLAIN/LOGIN, CRAM-MD5/APOP, EXTERNAL, HTTP Basic, Digest and
+//! [`Authenticator::walk`] is the only loop that asks the passdbs about a
+//! user: an unknown user (or a passdb that cannot serve the question) moves
+//! on to the next one, an error is remembered and the walk goes on, and the
+//! first real answer decides. Mail PLAIN/LOGIN, CRAM-MD5/APOP, EXTERNAL, HTTP Basic, Digest and
 //! Digest `userhash` all ask their question through it.
 
 use std::future::Future;

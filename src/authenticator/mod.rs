@@ -1,5 +1,7 @@
-//! Hop 3, the one policy layer: every request, mail `auth_http` or HTTP
-//! `auth_request`, is decided here, by the same rules.
+//! Hop 3, the one policy layer: every login, mail `auth_http` or HTTP
+//! `auth_request`, is decided here, by the same rules (the
+//! [`crate::service`] only refuses requests without the shared secret or
+//! malformed ones before).
 //!
 //! - `chain`: the one walk over the passdb chain, and password checks
 //!   through the verification [`Cache`] and the bounded [`Verifier`].
@@ -14,8 +16,9 @@
 //!
 //! Three outcomes are kept apart (style.md, "Error model"): a *rejection*
 //! (wrong credentials: generic message, growing `Auth-Wait`), a *temporary
-//! failure* (backend trouble or overload: its own message and `451 4.3.0`,
-//! never OK), and a *refusal* (not allowed at all).
+//! failure* (backend trouble or overload: its own message and SMTP code,
+//! never OK), and a *refusal* (not allowed at all). What the client is told
+//! for each is a [`crate::auth_http::FailureKind`].
 
 pub(crate) mod chain;
 mod http;
@@ -96,7 +99,7 @@ pub struct Policy {
     pub local_domains: Vec<String>,
     /// Default upstreams.
     pub upstreams: Upstreams,
-    /// Back-off.
+    /// The `Auth-Wait` schedule over a connection's attempts.
     pub wait: WaitPolicy,
     /// Send `Auth-Pass` on SMTP success too (needed with nginx `proxy_smtp_auth on`).
     pub smtp_pass: bool,

@@ -29,7 +29,7 @@ pub enum HttpCredentials {
     Basic {
         /// User name.
         user: String,
-        /// Password.
+        /// The password, as sent.
         password: Secret,
     },
     /// `Digest` (RFC 7616).
@@ -47,8 +47,8 @@ impl HttpCredentials {
     /// The scheme, for the audit line and metrics.
     pub fn scheme(&self) -> Method {
         match self {
-            HttpCredentials::Basic { .. } => Method::Basic,
-            HttpCredentials::Digest(_) => Method::Digest,
+            HttpCredentials::Basic { .. } => Method::Http(HttpScheme::Basic),
+            HttpCredentials::Digest(_) => Method::Http(HttpScheme::Digest),
             HttpCredentials::None | HttpCredentials::NotOffered => Method::Unknown,
             HttpCredentials::Malformed { .. } => Method::Unknown,
         }
