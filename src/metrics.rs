@@ -366,16 +366,17 @@ mod tests {
             ..o
         });
         let text = m.render();
-        for line in [
-            "nginx_auth_fcgi_cache_hits_total 1",
-            "nginx_auth_fcgi_cache_negative_hits_total 2",
-            "nginx_auth_fcgi_cache_misses_total 1",
-            "nginx_auth_fcgi_requests_total{protocol=\"http\",result=\"fail\"} 5",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing `{line}` in:\n{text}"
-            );
-        }
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no `{name}` in:\n{text}"))
+        };
+        assert_eq!(value("nginx_auth_fcgi_cache_hits_total"), "1");
+        assert_eq!(value("nginx_auth_fcgi_cache_negative_hits_total"), "2");
+        assert_eq!(value("nginx_auth_fcgi_cache_misses_total"), "1");
+        assert_eq!(
+            value("nginx_auth_fcgi_requests_total{protocol=\"http\",result=\"fail\"}"),
+            "5"
+        );
     }
 }
