@@ -244,14 +244,13 @@ mod tests {
 
     #[test]
     fn every_failure_kind_renders_its_text_and_code() {
-        use FailureKind::*;
         let all = [
-            InvalidLogin,
-            Temporary,
-            MechanismNotSupported,
-            RelayDenied,
-            UnknownClient,
-            ClientTempfail,
+            FailureKind::InvalidLogin,
+            FailureKind::Temporary,
+            FailureKind::MechanismNotSupported,
+            FailureKind::RelayDenied,
+            FailureKind::UnknownClient,
+            FailureKind::ClientTempfail,
         ];
         for kind in all {
             let (status, code) = (kind.status(), kind.smtp_code());
