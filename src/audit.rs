@@ -7,7 +7,9 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::auth_http::MailAuthRequest;
+use crate::auth_http::{AuthMethod, MailAuthRequest, MailProtocol};
+use crate::cache::CacheUse;
+use crate::http_auth::HttpScheme;
 use crate::metrics::{Observation, METRICS};
 
 /// The result class of a decision.
@@ -39,13 +41,70 @@ impl Outcome {
     }
 }
 
+/// What kind of request was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// A mail login (`auth_http`).
+    Mail(MailProtocol),
+    /// An HTTP `auth_request`.
+    Http,
+}
+
+impl Protocol {
+    /// The audit line's name: `imap`, `pop3`, `smtp`, `http`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Mail(p) => p.as_str(),
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// How the client authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// nginx's `Auth-Method`.
+    Mail(AuthMethod),
+    /// The HTTP scheme of the credentials sent.
+    Http(HttpScheme),
+    /// HTTP without usable credentials of an offered scheme (`-`).
+    Unknown,
+}
+
+impl Method {
+    /// The audit line's name: the `Auth-Method`, `basic`, `digest` or `-`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Mail(m) => m.as_str(),
+            Method::Http(s) => s.as_str(),
+            Method::Unknown => "-",
+        }
+    }
+}
+
+/// What the throttle did to a request (the audit line's `throttle=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleAction {
+    /// Refused before any passdb was asked (`blocked`).
+    Blocked,
+}
+
+impl ThrottleAction {
+    /// The audit line's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThrottleAction::Blocked => "blocked",
+        }
+    }
+}
+
 /// One audit line.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
-    /// `imap`, `pop3`, `smtp`, `http`.
-    pub protocol: &'static str,
-    /// nginx `Auth-Method`, or the HTTP scheme (`basic`, `digest`, `-`).
-    pub method: &'static str,
+    /// What kind of request.
+    pub protocol: Protocol,
+    /// How the client authenticated.
+    pub method: Method,
     /// User name (escaped when printed).
     pub user: String,
     /// Client address (after the trusted-proxy rules).
@@ -56,7 +115,7 @@ pub struct AuditRecord {
     pub uri: Option<String>,
     /// HTTP Digest: the challenge says `stale=true`.
     pub stale: bool,
-    /// Result.
+    /// What was decided.
     pub outcome: Outcome,
     /// Internal reason (never shown to the client).
     pub reason: String,
@@ -68,10 +127,10 @@ pub struct AuditRecord {
     pub wait: Option<u32>,
     /// Time spent deciding.
     pub latency: Duration,
-    /// Throttle action, when there was one (`blocked`).
-    pub throttle: Option<&'static str>,
-    /// Verification cache use (`hit`, `miss`, `negative-hit`).
-    pub cache: Option<&'static str>,
+    /// Throttle action, when there was one.
+    pub throttle: Option<ThrottleAction>,
+    /// How the verification cache took part, when it did.
+    pub cache: Option<CacheUse>,
 }
 
 impl AuditRecord {
@@ -80,8 +139,8 @@ impl AuditRecord {
         AuditRecord {
             attempt: Some(req.attempt),
             ..AuditRecord::new(
-                req.protocol.as_str(),
-                req.method.as_str(),
+                Protocol::Mail(req.protocol),
+                Method::Mail(req.method),
                 String::from_utf8_lossy(&req.user).into_owned(),
                 req.client_ip,
             )
@@ -90,8 +149,8 @@ impl AuditRecord {
 
     /// A record to be filled in by the decision.
     pub fn new(
-        protocol: &'static str,
-        method: &'static str,
+        protocol: Protocol,
+        method: Method,
         user: String,
         client_ip: Option<IpAddr>,
     ) -> Self {
@@ -127,10 +186,10 @@ impl AuditRecord {
             METRICS.observe(Observation {
                 protocol: self.protocol,
                 method: self.method,
-                result: self.outcome.as_str(),
+                outcome: self.outcome,
                 latency: self.latency,
-                blocked: self.throttle == Some("blocked"),
-                cache_hit: self.cache.map(|c| c.ends_with("hit")),
+                blocked: self.throttle == Some(ThrottleAction::Blocked),
+                cache: self.cache,
             });
         }
     }
@@ -142,8 +201,8 @@ impl fmt::Display for AuditRecord {
             f,
             "auth result={} protocol={} method={} user={} ip={}",
             self.outcome.as_str(),
-            self.protocol,
-            self.method,
+            self.protocol.as_str(),
+            self.method.as_str(),
             quoted(&self.user),
             self.client_ip
                 .map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
@@ -171,10 +230,10 @@ impl fmt::Display for AuditRecord {
             f.write_str(" stale=true")?;
         }
         if let Some(t) = self.throttle {
-            write!(f, " throttle={t}")?;
+            write!(f, " throttle={}", t.as_str())?;
         }
         if let Some(c) = self.cache {
-            write!(f, " cache={c}")?;
+            write!(f, " cache={}", c.as_str())?;
         }
         write!(f, " latency_ms={:.3}", self.latency.as_secs_f64() * 1000.0)
     }
@@ -215,9 +274,20 @@ pub enum LogTarget {
     Syslog(String),
 }
 
+/// A `--log` value we do not understand.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogTargetError {
+    /// `syslog:FACILITY` with a facility syslog does not have.
+    #[error("unknown syslog facility `{0}`")]
+    Facility(String),
+    /// Neither `stderr` nor `syslog[:FACILITY]`.
+    #[error("unknown log target `{0}` (stderr, syslog, syslog:FACILITY)")]
+    Target(String),
+}
+
 impl std::str::FromStr for LogTarget {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = LogTargetError;
+    fn from_str(s: &str) -> Result<Self, LogTargetError> {
         match s {
             "stderr" => Ok(LogTarget::Stderr),
             "syslog" => Ok(LogTarget::Syslog("mail".into())),
@@ -225,10 +295,8 @@ impl std::str::FromStr for LogTarget {
                 Some(fac) => fac
                     .parse::<syslog::Facility>()
                     .map(|_| LogTarget::Syslog(fac.to_owned()))
-                    .map_err(|_| format!("unknown syslog facility `{fac}`")),
-                None => Err(format!(
-                    "unknown log target `{s}` (stderr, syslog, syslog:FACILITY)"
-                )),
+                    .map_err(|_| LogTargetError::Facility(fac.to_owned())),
+                None => Err(LogTargetError::Target(s.to_owned())),
             },
         }
     }

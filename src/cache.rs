@@ -73,6 +73,39 @@ pub enum Cached {
     Mismatch,
 }
 
+impl From<Cached> for CacheUse {
+    fn from(c: Cached) -> Self {
+        match c {
+            Cached::Match => CacheUse::Hit,
+            Cached::Mismatch => CacheUse::NegativeHit,
+        }
+    }
+}
+
+/// How the cache took part in one password check (the audit line's
+/// `cache=`, and the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    /// A remembered match answered (`hit`).
+    Hit,
+    /// A remembered mismatch answered: the same wrong password again
+    /// (`negative-hit`).
+    NegativeHit,
+    /// Not known: verified for real, and the outcome stored (`miss`).
+    Miss,
+}
+
+impl CacheUse {
+    /// The audit line's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheUse::Hit => "hit",
+            CacheUse::NegativeHit => "negative-hit",
+            CacheUse::Miss => "miss",
+        }
+    }
+}
+
 /// The cache.
 pub struct Cache {
     policy: CachePolicy,
@@ -137,7 +170,7 @@ impl Cache {
 
     /// What is remembered about `key`, if it has not expired.
     pub fn get(&self, key: &CacheKey) -> Option<Cached> {
-        let mut m = self.entries.lock().expect("cache lock");
+        let mut m = crate::sync::lock(&self.entries);
         match m.get(key) {
             Some((until, c)) if *until > Instant::now() => Some(*c),
             Some(_) => {
@@ -158,7 +191,7 @@ impl Cache {
             return;
         }
         let now = Instant::now();
-        let mut m = self.entries.lock().expect("cache lock");
+        let mut m = crate::sync::lock(&self.entries);
         if m.len() >= self.policy.max_entries {
             m.retain(|_, (until, _)| *until > now);
             if m.len() >= self.policy.max_entries {
@@ -170,12 +203,12 @@ impl Cache {
 
     /// Forgets everything (on reload).
     pub fn clear(&self) {
-        self.entries.lock().expect("cache lock").clear();
+        crate::sync::lock(&self.entries).clear();
     }
 
     /// Entries held (expired ones included until swept).
     pub fn len(&self) -> usize {
-        self.entries.lock().expect("cache lock").len()
+        crate::sync::lock(&self.entries).len()
     }
 
     /// True when nothing is held.

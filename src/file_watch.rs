@@ -84,11 +84,41 @@ impl Stamp {
     }
 }
 
+/// Why a watched file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// It could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The watched file.
+        path: PathBuf,
+        /// The error reading it.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Its watcher thread could not start.
+    #[error("{}: cannot start its watcher: {source}", path.display())]
+    Thread {
+        /// The watched file.
+        path: PathBuf,
+        /// The error spawning the thread.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl<T: Send + Sync + 'static> Watched<T> {
     /// Reads and parses `path` now (an error if it cannot be read), then
     /// starts its watcher thread, checking every `interval`.
-    pub(crate) fn open(path: &Path, loader: Loader<T>, interval: Duration) -> Result<Self, String> {
-        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    pub(crate) fn open(
+        path: &Path,
+        loader: Loader<T>,
+        interval: Duration,
+    ) -> Result<Self, WatchError> {
+        let err = |source| WatchError::Read {
+            path: path.to_owned(),
+            source,
+        };
         // Stamp first: a change between the stat and the read is seen at
         // the next check and loaded then.
         let stamp = Stamp::of(&std::fs::metadata(path).map_err(err)?);
@@ -109,7 +139,10 @@ impl<T: Send + Sync + 'static> Watched<T> {
                 let _alive = alive;
                 watch(weak, stopped, loader, stamp, interval);
             })
-            .map_err(|e| format!("{}: cannot start its watcher: {e}", path.display()))?;
+            .map_err(|source| WatchError::Thread {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(Watched {
             shared,
             _stop: stop,
@@ -119,11 +152,7 @@ impl<T: Send + Sync + 'static> Watched<T> {
 
     /// The current contents.
     pub(crate) fn current(&self) -> Arc<T> {
-        self.shared
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        Arc::clone(&crate::sync::read(&self.shared.current))
     }
 
     /// Tables swapped in since the file was opened.
@@ -180,6 +209,7 @@ fn watch<T>(
             }
             Err(e) => {
                 // Logged once per distinct problem, not every interval.
+                let e = e.to_string();
                 if last_failure.as_deref() != Some(e.as_str()) {
                     log::error!(
                         "{} {}: reload failed, keeping the previous users: {e}",
@@ -200,13 +230,13 @@ fn check<T>(
     shared: &Shared<T>,
     loader: &Loader<T>,
     loaded: Stamp,
-) -> Result<Option<Stamp>, String> {
+) -> std::io::Result<Option<Stamp>> {
     let path = &shared.path;
-    let now = Stamp::of(&std::fs::metadata(path).map_err(|e| e.to_string())?);
+    let now = Stamp::of(&std::fs::metadata(path)?);
     if now == loaded {
         return Ok(None);
     }
-    let text = std::fs::read(path).map_err(|e| e.to_string())?;
+    let text = std::fs::read(path)?;
     if std::fs::metadata(path).map(|m| Stamp::of(&m)).ok() != Some(now) {
         // Written to (or replaced) while we read: maybe half a file. The
         // next check reads it again.
@@ -224,7 +254,7 @@ fn check<T>(
         path.display(),
         (loader.users)(&table)
     );
-    *shared.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    *crate::sync::write(&shared.current) = Arc::new(table);
     shared.reloads.fetch_add(1, Ordering::SeqCst);
     Ok(Some(now))
 }

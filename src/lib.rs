@@ -20,8 +20,11 @@
 //!    mechanism ([`mech`]) and the upstream choice ([`upstream`]: pools,
 //!    hashing, health checks; a Dovecot [`master_user`] login when no
 //!    plaintext is at hand); HTTP adds Digest nonces ([`http_auth::digest`]).
-//! 4. **Render** — [`auth_http::response`] and [`http_auth::HttpAuth::render`]
-//!    are the only code that knows the response header names.
+//! 4. **Render** — [`auth_http::response`] writes the mail reply headers and
+//!    the text and SMTP code of each [`auth_http::FailureKind`];
+//!    [`http_auth::HttpAuth::render`] writes the `auth_request` replies. The
+//!    [`service`] writes its own plain replies (metrics, throttle admin,
+//!    requests refused before any decision).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -29,6 +32,7 @@ pub mod app;
 pub mod audit;
 pub mod auth_http;
 pub mod authenticator;
+pub(crate) mod backoff;
 pub mod cache;
 pub mod client_ip;
 pub mod config;
@@ -47,6 +51,7 @@ pub mod secret;
 pub mod server;
 pub mod service;
 pub mod shared_state;
+pub(crate) mod sync;
 pub mod throttle;
 pub mod upstream;
 pub mod verifier;

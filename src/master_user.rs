@@ -13,7 +13,7 @@
 //! could not travel in a header (CR, LF, NUL).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::secret::Secret;
 
@@ -37,26 +37,51 @@ pub struct MasterLogin {
     pub password: Secret,
 }
 
+/// Why a master login cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterUserError {
+    /// The user name is empty or has spaces or control bytes.
+    #[error("master_user.user must be non-empty without spaces or control bytes")]
+    BadUser,
+    /// The separator is empty or has spaces or control bytes.
+    #[error("master_user.separator must be non-empty without spaces or control bytes")]
+    BadSeparator,
+    /// The user name contains the separator.
+    #[error("master_user.user must not contain the separator")]
+    UserHasSeparator,
+    /// The secret is empty.
+    #[error("master_user password is empty")]
+    EmptyPassword,
+    /// The secret has CR, LF or NUL (never echoed).
+    #[error("master_user password contains CR, LF or NUL")]
+    UnsafePassword,
+    /// `password_file` could not be read.
+    #[error("master_user.password_file {}: {source}", path.display())]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// The read error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl MasterUser {
     /// Checks and builds. `password` is the secret itself (from the TOML
     /// file or read from `password_file` by [`MasterUser::read_password_file`]).
-    pub fn new(user: &str, password: Secret, separator: &str) -> Result<Self, String> {
+    pub fn new(user: &str, password: Secret, separator: &str) -> Result<Self, MasterUserError> {
         let bad = |s: &[u8]| s.iter().any(|b| b.is_ascii_control() || *b == b' ');
         if user.is_empty() || bad(user.as_bytes()) {
-            return Err(
-                "master_user.user must be non-empty without spaces or control bytes".into(),
-            );
+            return Err(MasterUserError::BadUser);
         }
         if separator.is_empty() || bad(separator.as_bytes()) {
-            return Err(
-                "master_user.separator must be non-empty without spaces or control bytes".into(),
-            );
+            return Err(MasterUserError::BadSeparator);
         }
         if user.contains(separator) {
-            return Err("master_user.user must not contain the separator".into());
+            return Err(MasterUserError::UserHasSeparator);
         }
         if password.is_empty() {
-            return Err("master_user password is empty".into());
+            return Err(MasterUserError::EmptyPassword);
         }
         if password
             .expose()
@@ -64,7 +89,7 @@ impl MasterUser {
             .any(|b| matches!(b, b'\r' | b'\n' | 0))
         {
             // Never echo it: the message only says what is wrong.
-            return Err("master_user password contains CR, LF or NUL".into());
+            return Err(MasterUserError::UnsafePassword);
         }
         Ok(MasterUser {
             user: user.to_owned(),
@@ -74,9 +99,11 @@ impl MasterUser {
     }
 
     /// Reads the secret from the first line of `path` (trailing CR/LF removed).
-    pub fn read_password_file(path: &Path) -> Result<Secret, String> {
-        let mut bytes = std::fs::read(path)
-            .map_err(|e| format!("master_user.password_file {}: {e}", path.display()))?;
+    pub fn read_password_file(path: &Path) -> Result<Secret, MasterUserError> {
+        let mut bytes = std::fs::read(path).map_err(|source| MasterUserError::PasswordFile {
+            path: path.to_owned(),
+            source,
+        })?;
         let end = bytes
             .iter()
             .position(|b| *b == b'\n')
@@ -169,7 +196,9 @@ mod tests {
             ("master", "top\0secret", "*"),
         ];
         for (u, p, s) in cases {
-            let e = MasterUser::new(u, Secret::from(p), s).unwrap_err();
+            let e = MasterUser::new(u, Secret::from(p), s)
+                .unwrap_err()
+                .to_string();
             assert!(!e.contains("secret") || e.contains("password"), "{e}");
             assert!(!e.contains("top"), "{e}");
         }

@@ -9,6 +9,11 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::audit::{Method, Outcome, Protocol};
+use crate::auth_http::{AuthMethod, MailProtocol};
+use crate::cache::CacheUse;
+use crate::http_auth::HttpScheme;
+
 const PROTOCOLS: [&str; 4] = ["imap", "pop3", "smtp", "http"];
 const RESULTS: [&str; 4] = ["ok", "fail", "tempfail", "refused"];
 const BLOCK_SCOPES: [&str; 2] = ["ip", "ip-user"];
@@ -31,6 +36,7 @@ pub struct Metrics {
     passdb_errors: AtomicU64,
     throttle_blocked: AtomicU64,
     cache_hits: AtomicU64,
+    cache_negative_hits: AtomicU64,
     cache_misses: AtomicU64,
     verify_shed: AtomicU64,
     /// New blocks, by scope (`ip`, `ip-user`).
@@ -58,6 +64,7 @@ impl Metrics {
             passdb_errors: ZERO,
             throttle_blocked: ZERO,
             cache_hits: ZERO,
+            cache_negative_hits: ZERO,
             cache_misses: ZERO,
             verify_shed: ZERO,
             throttle_blocks: [ZERO; 2],
@@ -67,45 +74,84 @@ impl Metrics {
 
 /// One decided request.
 #[derive(Debug, Clone, Copy)]
-pub struct Observation<'a> {
-    /// `imap`, `pop3`, `smtp` or `http`.
-    pub protocol: &'a str,
+pub struct Observation {
+    /// What kind of request.
+    pub protocol: Protocol,
     /// Mechanism / HTTP scheme.
-    pub method: &'a str,
-    /// `ok`, `fail`, `tempfail`, `refused`.
-    pub result: &'a str,
+    pub method: Method,
+    /// The result (a challenge is not counted as a decision).
+    pub outcome: Outcome,
     /// Time to decide.
     pub latency: Duration,
     /// The throttle refused it before the passdb.
     pub blocked: bool,
-    /// `Some(true)` cache hit, `Some(false)` miss.
-    pub cache_hit: Option<bool>,
+    /// How the verification cache took part, when it did.
+    pub cache: Option<CacheUse>,
 }
 
 fn index(list: &[&str], v: &str) -> Option<usize> {
     list.iter().position(|x| *x == v)
 }
 
+/// The row of `protocol` in [`PROTOCOLS`].
+fn protocol_index(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Mail(MailProtocol::Imap) => 0,
+        Protocol::Mail(MailProtocol::Pop3) => 1,
+        Protocol::Mail(MailProtocol::Smtp) => 2,
+        Protocol::Http => 3,
+    }
+}
+
+/// The row of `method` in [`METHODS`] (`-` is not counted).
+fn method_index(method: Method) -> Option<usize> {
+    Some(match method {
+        Method::Mail(AuthMethod::Plain) => 0,
+        Method::Mail(AuthMethod::Apop) => 1,
+        Method::Mail(AuthMethod::CramMd5) => 2,
+        Method::Mail(AuthMethod::External) => 3,
+        Method::Mail(AuthMethod::None) => 4,
+        Method::Http(HttpScheme::Basic) => 5,
+        Method::Http(HttpScheme::Digest) => 6,
+        Method::Unknown => return None,
+    })
+}
+
+/// The row of `outcome` in [`RESULTS`].
+fn result_index(outcome: Outcome) -> Option<usize> {
+    match outcome {
+        Outcome::Ok => Some(0),
+        Outcome::Fail => Some(1),
+        Outcome::TempFail => Some(2),
+        Outcome::Refused => Some(3),
+        Outcome::Challenge => None,
+    }
+}
+
 impl Metrics {
     /// Counts one decision.
-    pub fn observe(&self, o: Observation<'_>) {
-        if let (Some(p), Some(r)) = (index(&PROTOCOLS, o.protocol), index(&RESULTS, o.result)) {
-            self.requests[p][r].fetch_add(1, Relaxed);
+    pub fn observe(&self, o: Observation) {
+        if let Some(r) = result_index(o.outcome) {
+            self.requests[protocol_index(o.protocol)][r].fetch_add(1, Relaxed);
         }
-        if let Some(m) = index(&METHODS, o.method) {
+        if let Some(m) = method_index(o.method) {
             self.methods[m].fetch_add(1, Relaxed);
         }
-        if o.result == "tempfail" {
+        if o.outcome == Outcome::TempFail {
             self.passdb_errors.fetch_add(1, Relaxed);
         }
         if o.blocked {
             self.throttle_blocked.fetch_add(1, Relaxed);
         }
-        match o.cache_hit {
-            Some(true) => self.cache_hits.fetch_add(1, Relaxed),
-            Some(false) => self.cache_misses.fetch_add(1, Relaxed),
-            None => 0,
+        let cache = match o.cache {
+            Some(CacheUse::Hit) => Some(&self.cache_hits),
+            Some(CacheUse::NegativeHit) => Some(&self.cache_negative_hits),
+            Some(CacheUse::Miss) => Some(&self.cache_misses),
+            None => None,
         };
+        if let Some(c) = cache {
+            c.fetch_add(1, Relaxed);
+        }
         let secs = o.latency.as_secs_f64();
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
@@ -210,8 +256,13 @@ impl Metrics {
             ),
             (
                 "cache_hits_total",
-                "Verifications answered by the verification cache.",
+                "Verifications answered by the verification cache with a remembered match.",
                 &self.cache_hits,
+            ),
+            (
+                "cache_negative_hits_total",
+                "Verifications answered by the verification cache with a remembered mismatch (the same wrong password again).",
+                &self.cache_negative_hits,
             ),
             (
                 "cache_misses_total",
@@ -240,23 +291,23 @@ mod tests {
     fn observes_and_renders() {
         let m = Metrics::new();
         let o = Observation {
-            protocol: "imap",
-            method: "plain",
-            result: "ok",
+            protocol: Protocol::Mail(MailProtocol::Imap),
+            method: Method::Mail(AuthMethod::Plain),
+            outcome: Outcome::Ok,
             latency: Duration::from_micros(700),
             blocked: false,
-            cache_hit: Some(true),
+            cache: Some(CacheUse::Hit),
         };
         m.observe(o);
         m.observe(Observation {
-            result: "fail",
+            outcome: Outcome::Fail,
             latency: Duration::from_millis(30),
             ..o
         });
         m.observe(Observation {
-            protocol: "smtp",
-            result: "tempfail",
-            cache_hit: None,
+            protocol: Protocol::Mail(MailProtocol::Smtp),
+            outcome: Outcome::TempFail,
+            cache: None,
             ..o
         });
         m.throttle_block("ip-user");
@@ -286,5 +337,46 @@ mod tests {
                 "missing `{line}` in:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn cache_hits_are_counted_apart_from_negative_hits() {
+        let m = Metrics::new();
+        let o = Observation {
+            protocol: Protocol::Http,
+            method: Method::Http(HttpScheme::Basic),
+            outcome: Outcome::Fail,
+            latency: Duration::from_micros(50),
+            blocked: false,
+            cache: Some(CacheUse::NegativeHit),
+        };
+        for cache in [
+            Some(CacheUse::NegativeHit),
+            Some(CacheUse::NegativeHit),
+            Some(CacheUse::Hit),
+            Some(CacheUse::Miss),
+            None,
+        ] {
+            m.observe(Observation { cache, ..o });
+        }
+        // A challenge is no decision: not in the result rows.
+        m.observe(Observation {
+            outcome: Outcome::Challenge,
+            cache: None,
+            ..o
+        });
+        let text = m.render();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no `{name}` in:\n{text}"))
+        };
+        assert_eq!(value("nginx_auth_fcgi_cache_hits_total"), "1");
+        assert_eq!(value("nginx_auth_fcgi_cache_negative_hits_total"), "2");
+        assert_eq!(value("nginx_auth_fcgi_cache_misses_total"), "1");
+        assert_eq!(
+            value("nginx_auth_fcgi_requests_total{protocol=\"http\",result=\"fail\"}"),
+            "5"
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! ones start on the new one, and the old service is dropped with its last
 //! request.
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 
 use crate::fastcgi::{Handler, Request, Response};
 use crate::service::Service;
@@ -30,7 +30,7 @@ impl Reloadable {
     pub fn current(&self) -> Arc<Service> {
         // A panic while holding the lock can only happen inside Arc::clone or
         // the assignment in `replace`; the value is still a valid Arc.
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&crate::sync::read(&self.current))
     }
 
     /// Sends new requests to `service` (after it inherits the old one's
@@ -38,10 +38,7 @@ impl Reloadable {
     pub fn replace(&self, mut service: Service) {
         service.inherit_state(&self.current());
         let new = Arc::new(service);
-        let old = std::mem::replace(
-            &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
-            new,
-        );
+        let old = std::mem::replace(&mut *crate::sync::write(&self.current), new);
         // Dropped outside the lock (it may close passdb pools).
         drop(old);
     }

@@ -12,7 +12,9 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 /// A secret byte string (password, digest, shared key).
-#[derive(Clone, Default, PartialEq, Eq)]
+/// Deliberately not `PartialEq`: `==` on bytes returns early where they
+/// differ; compare with [`Secret::ct_eq`].
+#[derive(Clone, Default)]
 pub struct Secret(Vec<u8>);
 
 impl Secret {

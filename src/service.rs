@@ -1,11 +1,15 @@
 //! The FastCGI handler: ties the hops together for each request —
 //! params → shared-secret check → [`MailAuthRequest`] or [`HttpAuthRequest`]
-//! → [`Authenticator`] → audit record → rendered headers. Holds no policy of
-//! its own.
+//! → [`Authenticator`] → audit record → rendered headers.
+//!
+//! It decides only what comes before a login decision: a request without
+//! the shared secret, or one nginx sent malformed, is refused (403, or a
+//! mail temporary failure without `Auth-Wait`) and counted as a protocol
+//! error. It also serves the metrics and the throttle admin requests.
 
 use crate::audit::quoted;
-use crate::auth_http::{Failure, MailAuthRequest, MailAuthResponse};
-use crate::authenticator::{Authenticator, TEMPORARY};
+use crate::auth_http::{Failure, FailureKind, MailAuthRequest, MailAuthResponse};
+use crate::authenticator::Authenticator;
 use crate::fastcgi::{Handler, Params, Request, Response};
 use crate::http_auth::{self, HttpAuth, HttpAuthRequest};
 use crate::metrics::METRICS;
@@ -24,23 +28,33 @@ pub struct RequiredHeader {
     pub value: Secret,
 }
 
+/// A `--require-header` value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequiredHeaderError {
+    /// No `=`.
+    #[error("expected NAME=VALUE, e.g. X-Auth-Key=secret")]
+    NoValue,
+    /// A name nginx would never pass on.
+    #[error("header name `{0}` must be letters, digits and dashes (nginx drops others)")]
+    Name(String),
+    /// `NAME=` with nothing after it.
+    #[error("the shared secret must not be empty")]
+    EmptySecret,
+}
+
 impl std::str::FromStr for RequiredHeader {
-    type Err = String;
+    type Err = RequiredHeaderError;
     /// Parses `NAME=VALUE`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (name, value) = s
-            .split_once('=')
-            .ok_or("expected NAME=VALUE, e.g. X-Auth-Key=secret")?;
+    fn from_str(s: &str) -> Result<Self, RequiredHeaderError> {
+        let (name, value) = s.split_once('=').ok_or(RequiredHeaderError::NoValue)?;
         let name = name.trim();
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             // nginx http drops header names with `_` or other characters
             // (underscores_in_headers off), so such a header would never arrive.
-            return Err(format!(
-                "header name `{name}` must be letters, digits and dashes (nginx drops others)"
-            ));
+            return Err(RequiredHeaderError::Name(name.to_owned()));
         }
         if value.is_empty() {
-            return Err("the shared secret must not be empty".into());
+            return Err(RequiredHeaderError::EmptySecret);
         }
         Ok(RequiredHeader {
             header: name.to_owned(),
@@ -126,7 +140,7 @@ impl Service {
                 );
                 METRICS.protocol_error();
                 return if mail {
-                    render_fail(None)
+                    render_fail(false)
                 } else {
                     b"Status: 403 Forbidden\r\n\r\n".to_vec()
                 };
@@ -157,7 +171,7 @@ impl Service {
                 );
                 METRICS.protocol_error();
                 let smtp = params.get("HTTP_AUTH_PROTOCOL") == Some(b"smtp");
-                return render_fail(smtp.then_some("451 4.3.0"));
+                return render_fail(smtp);
             }
         };
         for d in &req.duplicates {
@@ -169,7 +183,7 @@ impl Service {
             Ok(bytes) => bytes,
             Err(e) => {
                 log::error!("cannot render reply: {e}");
-                render_fail(None)
+                render_fail(false)
             }
         }
     }
@@ -246,12 +260,13 @@ fn plain(status: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A temporary failure that closes the client connection (no `Auth-Wait`).
-fn render_fail(smtp_code: Option<&'static str>) -> Vec<u8> {
+/// A temporary failure that closes the client connection (no `Auth-Wait`);
+/// `smtp` adds the SMTP reply code.
+fn render_fail(smtp: bool) -> Vec<u8> {
     MailAuthResponse::Fail(Failure {
-        message: TEMPORARY,
+        kind: FailureKind::Temporary,
         wait: None,
-        smtp_code,
+        smtp,
     })
     .render()
     .expect("a constant failure renders")

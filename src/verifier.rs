@@ -236,7 +236,7 @@ impl Inner {
         let inner = self;
         METRICS.verify_shed();
         let n = inner.shed.fetch_add(1, Relaxed) + 1;
-        let mut last = inner.last_report.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = crate::sync::lock(&inner.last_report);
         let now = Instant::now();
         let report = match *last {
             None => true,
@@ -285,7 +285,7 @@ mod tests {
         let gate = Arc::clone(gate);
         let ran = Arc::clone(ran);
         move || {
-            gate.lock().unwrap().recv().unwrap();
+            crate::sync::lock(&gate).recv().unwrap();
             ran.fetch_add(1, Relaxed) + 1
         }
     }

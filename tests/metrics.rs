@@ -2,11 +2,15 @@
 //! own binary: the counters are process-wide).
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use nginx_auth_fcgi::authenticator::{Authenticator, Policy, WaitPolicy};
+use nginx_auth_fcgi::cache::{Cache, CachePolicy};
 use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::mech::Mechanism;
 use nginx_auth_fcgi::passdb::AnyPassdb;
+use nginx_auth_fcgi::scheme::{self, Scheme};
 use nginx_auth_fcgi::service::Service;
 use nginx_auth_fcgi::upstream::Upstreams;
 
@@ -31,11 +35,27 @@ fn mail(proto: &str, user: &str, pass: &str) -> Params {
     ])
 }
 
+#[track_caller]
+fn assert_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(
+            text.lines().any(|l| l == *line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn counters_match_the_requests_sent() {
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
-    std::fs::write(&users, "alice:{PLAIN}wonderland::::::\n").unwrap();
+    // carol's hash is expensive, so her checks go through the cache.
+    let carol = scheme::hash(Scheme::Sha512Crypt, b"carol-pw").unwrap();
+    std::fs::write(
+        &users,
+        format!("alice:{{PLAIN}}wonderland::::::\ncarol:{carol}::::::\n"),
+    )
+    .unwrap();
     let mut upstreams = Upstreams::default();
     upstreams.add("imap=127.0.0.1:143").unwrap();
     upstreams.add("smtp=127.0.0.1:25").unwrap();
@@ -47,7 +67,10 @@ async fn counters_match_the_requests_sent() {
         smtp_pass: false,
         timeout: std::time::Duration::from_secs(5),
         throttle: None,
-        cache: None,
+        cache: Some(Arc::new(Cache::new(CachePolicy {
+            negative_ttl: Duration::from_secs(60),
+            ..CachePolicy::default()
+        }))),
     };
     let passdb = AnyPassdb::open(&format!("passwd-file:{}", users.display()), None).unwrap();
     let s = Service::new(
@@ -87,28 +110,49 @@ async fn counters_match_the_requests_sent() {
     // The endpoint needs the shared secret as well.
     let denied = s.respond(&params(&[("AUTH_METRICS", "on")])).await;
     assert!(denied.starts_with(b"Status: 403"));
-    let reply = s
-        .respond(&params(&[("AUTH_METRICS", "on"), ("HTTP_X_AUTH_KEY", "k")]))
-        .await;
-    let text = String::from_utf8(reply).unwrap();
+    let scrape = || async {
+        let reply = s
+            .respond(&params(&[("AUTH_METRICS", "on"), ("HTTP_X_AUTH_KEY", "k")]))
+            .await;
+        String::from_utf8(reply).unwrap()
+    };
+    let text = scrape().await;
     assert!(text.starts_with("Status: 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"));
-    for line in [
-        "nginx_auth_fcgi_requests_total{protocol=\"imap\",result=\"ok\"} 3",
-        "nginx_auth_fcgi_requests_total{protocol=\"imap\",result=\"fail\"} 0",
-        "nginx_auth_fcgi_requests_total{protocol=\"smtp\",result=\"fail\"} 2",
-        "nginx_auth_fcgi_requests_total{protocol=\"http\",result=\"ok\"} 1",
-        "nginx_auth_fcgi_requests_total{protocol=\"http\",result=\"fail\"} 1",
-        "nginx_auth_fcgi_method_total{method=\"plain\"} 5",
-        "nginx_auth_fcgi_method_total{method=\"basic\"} 2",
-        "nginx_auth_fcgi_decision_seconds_count 7",
-        "nginx_auth_fcgi_decision_seconds_bucket{le=\"+Inf\"} 7",
-        // the request without the secret and the metrics request without it
-        "nginx_auth_fcgi_protocol_errors_total 2",
-        "nginx_auth_fcgi_passdb_errors_total 0",
-    ] {
-        assert!(
-            text.lines().any(|l| l == line),
-            "missing `{line}` in:\n{text}"
-        );
+    assert_lines(
+        &text,
+        &[
+            "nginx_auth_fcgi_requests_total{protocol=\"imap\",result=\"ok\"} 3",
+            "nginx_auth_fcgi_requests_total{protocol=\"imap\",result=\"fail\"} 0",
+            "nginx_auth_fcgi_requests_total{protocol=\"smtp\",result=\"fail\"} 2",
+            "nginx_auth_fcgi_requests_total{protocol=\"http\",result=\"ok\"} 1",
+            "nginx_auth_fcgi_requests_total{protocol=\"http\",result=\"fail\"} 1",
+            "nginx_auth_fcgi_method_total{method=\"plain\"} 5",
+            "nginx_auth_fcgi_method_total{method=\"basic\"} 2",
+            "nginx_auth_fcgi_decision_seconds_count 7",
+            "nginx_auth_fcgi_decision_seconds_bucket{le=\"+Inf\"} 7",
+            // the request without the secret and the metrics request without it
+            "nginx_auth_fcgi_protocol_errors_total 2",
+            "nginx_auth_fcgi_passdb_errors_total 0",
+            "nginx_auth_fcgi_cache_hits_total 0",
+            "nginx_auth_fcgi_cache_misses_total 0",
+        ],
+    );
+
+    // The cache: unused so far (PLAIN is cheap, it never goes through it);
+    // then carol's right password twice (miss, hit) and a wrong one twice
+    // (miss, negative hit), counted apart.
+    for pass in ["carol-pw", "carol-pw", "wrong", "wrong"] {
+        s.respond(&mail("imap", "carol", pass)).await;
     }
+    let text = scrape().await;
+    assert_lines(
+        &text,
+        &[
+            "nginx_auth_fcgi_cache_hits_total 1",
+            "nginx_auth_fcgi_cache_negative_hits_total 1",
+            "nginx_auth_fcgi_cache_misses_total 2",
+            "nginx_auth_fcgi_requests_total{protocol=\"imap\",result=\"ok\"} 5",
+            "nginx_auth_fcgi_requests_total{protocol=\"imap\",result=\"fail\"} 2",
+        ],
+    );
 }

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nginx_auth_fcgi::audit::Outcome;
+use nginx_auth_fcgi::audit::{Outcome, ThrottleAction};
 use nginx_auth_fcgi::auth_http::{Failure, MailAuthRequest, MailAuthResponse};
 use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy, WaitPolicy};
 use nginx_auth_fcgi::fastcgi::Params;
@@ -216,7 +216,7 @@ async fn relay_probing_is_counted_until_the_network_is_blocked_and_closed() {
         "{}",
         blocked.audit
     );
-    assert_eq!(blocked.audit.throttle, Some("blocked"));
+    assert_eq!(blocked.audit.throttle, Some(ThrottleAction::Blocked));
     // Even its local-domain RCPTs: the network is blocked.
     let d = f
         .auth

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use nginx_auth_fcgi::audit::Outcome;
+use nginx_auth_fcgi::audit::{Outcome, ThrottleAction};
 use nginx_auth_fcgi::auth_http::{MailAuthRequest, MailAuthResponse};
 use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy, WaitPolicy};
 use nginx_auth_fcgi::fastcgi::Params;
@@ -148,13 +148,19 @@ fn assert_ok(d: &Decision) {
 fn assert_blocked(d: &Decision, scope: &str) {
     assert_eq!(d.audit.outcome, Outcome::Fail, "{}", d.audit);
     assert_eq!(d.audit.reason, format!("blocked-{scope}"), "{}", d.audit);
-    assert_eq!(d.audit.throttle, Some("blocked"), "{}", d.audit);
+    assert_eq!(
+        d.audit.throttle,
+        Some(ThrottleAction::Blocked),
+        "{}",
+        d.audit
+    );
     assert_eq!(d.audit.passdb, "-", "the passdb must not be asked");
     let MailAuthResponse::Fail(f) = &d.response else {
         unreachable!()
     };
     assert_eq!(
-        f.message, "Invalid login or password",
+        f.message(),
+        "Invalid login or password",
         "same text as a wrong password"
     );
     assert_eq!(f.wait, None, "blocked: no Auth-Wait, nginx closes at once");

@@ -3,7 +3,8 @@
 //!
 //! This module is a translator with no policy: [`request`] turns params into a
 //! typed [`MailAuthRequest`] and [`response`] renders a [`MailAuthResponse`]
-//! into the CGI header block nginx's mail module parses.
+//! into the CGI header block nginx's mail module parses, giving each
+//! [`FailureKind`] the policy layer chose its text and SMTP code.
 //!
 //! Protocol: <https://nginx.org/en/docs/mail/ngx_mail_auth_http_module.html>
 //! and `shared/reference/nginx-auth-protocols.md` §2–§3.
@@ -13,6 +14,6 @@ pub mod response;
 
 pub use request::{
     AuthMethod, ClientHost, MailAuthRequest, MailProtocol, ProtocolError, ProxyProtocol,
-    SmtpEnvelope, SslInfo,
+    SmtpEnvelope, SslInfo, UnknownProtocol,
 };
-pub use response::{Failure, MailAuthResponse};
+pub use response::{Failure, FailureKind, MailAuthResponse};

@@ -1,5 +1,6 @@
-//! CGI params → [`MailAuthRequest`]. All string → enum conversion of the mail
-//! protocol happens here and only here.
+//! CGI params → [`MailAuthRequest`]: nginx's `Auth-*` header values become
+//! typed fields here (and [`MailProtocol`]'s `FromStr` serves the
+//! configuration's protocol names too).
 //!
 //! nginx escapes `Auth-User`, `Auth-Pass` and `Auth-SSL-Cert` with
 //! `ngx_escape_uri(…, NGX_ESCAPE_MAIL_AUTH)`: bytes 0x00–0x20 and `%` become
@@ -72,14 +73,19 @@ impl MailProtocol {
     }
 }
 
+/// A mail protocol name we do not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol `{0}` (imap, pop3, smtp)")]
+pub struct UnknownProtocol(pub String);
+
 impl std::str::FromStr for MailProtocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownProtocol;
+    fn from_str(s: &str) -> Result<Self, UnknownProtocol> {
         match s.to_ascii_lowercase().as_str() {
             "imap" => Ok(MailProtocol::Imap),
             "pop3" => Ok(MailProtocol::Pop3),
             "smtp" => Ok(MailProtocol::Smtp),
-            _ => Err(format!("unknown protocol `{s}` (imap, pop3, smtp)")),
+            _ => Err(UnknownProtocol(s.to_owned())),
         }
     }
 }

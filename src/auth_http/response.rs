@@ -1,5 +1,6 @@
-//! [`MailAuthResponse`] → the CGI header block nginx's mail module parses. This
-//! is the only code that knows the response header names.
+//! [`MailAuthResponse`] → the CGI header block nginx's mail module parses,
+//! and [`FailureKind`] → the `Auth-Status` text and SMTP reply code a client
+//! sees: no other code writes those texts or codes.
 //!
 //! Sharp edges handled here (reference §3): success is the exact bytes `OK`;
 //! `Auth-Server` is a bare IP literal (IPv6 without brackets); server and port
@@ -16,8 +17,11 @@ use crate::secret::Secret;
 /// its status line, `Server`, `Date` and `Connection` (about 100 bytes).
 pub const MAX_HEADER_BYTES: usize = 900;
 
-/// Longest `Auth-Status` error text we send.
-const MAX_STATUS_TEXT: usize = 200;
+/// Text shown to the client for any credential failure. One message for
+/// unknown user and wrong password alike, so user names cannot be probed.
+pub const INVALID_LOGIN: &str = "Invalid login or password";
+/// Text for backend trouble.
+pub const TEMPORARY: &str = "Temporary server problem, try again later";
 
 /// The answer to one mail auth request.
 #[derive(Debug, Clone)]
@@ -38,15 +42,79 @@ pub enum MailAuthResponse {
     Fail(Failure),
 }
 
+/// Why a mail login is refused, as the client is told. Each kind has one
+/// `Auth-Status` text and one SMTP reply code (`Auth-Error-Code`), the
+/// latter modelled on Postfix's answer to the same case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Wrong or unusable credentials, unknown user, throttle block:
+    /// [`INVALID_LOGIN`], `535 5.7.8`.
+    InvalidLogin,
+    /// Backend trouble or overload: [`TEMPORARY`], `451 4.3.0`.
+    Temporary,
+    /// The mechanism is off, or cannot serve this user (no plaintext for the
+    /// upstream login, a hash that cannot answer a challenge): `504 5.5.4`.
+    MechanismNotSupported,
+    /// `smtp_auth none` with a recipient outside the local domains:
+    /// `554 5.7.1`.
+    RelayDenied,
+    /// `reject_unknown_client`, `Client-Host: [UNAVAILABLE]`: `550 5.7.25`.
+    UnknownClient,
+    /// `reject_unknown_client`, `Client-Host: [TEMPUNAVAIL]` (the client's
+    /// DNS failed): `450 4.7.25`, with a marker in the text that tells the
+    /// two cases apart in logs and clients.
+    ClientTempfail,
+}
+
+impl FailureKind {
+    /// The `Auth-Status` text (never `OK`).
+    pub fn status(self) -> &'static str {
+        match self {
+            FailureKind::InvalidLogin => INVALID_LOGIN,
+            FailureKind::Temporary => TEMPORARY,
+            FailureKind::MechanismNotSupported => "Authentication mechanism not supported",
+            FailureKind::RelayDenied => "Relay access denied",
+            FailureKind::UnknownClient => "Client host rejected: cannot find your hostname",
+            FailureKind::ClientTempfail => {
+                "Client host rejected: cannot find your hostname [TEMPUNAVAIL]"
+            }
+        }
+    }
+
+    /// The SMTP reply code nginx sends the client (`Auth-Error-Code`).
+    pub fn smtp_code(self) -> &'static str {
+        match self {
+            FailureKind::InvalidLogin => "535 5.7.8",
+            FailureKind::Temporary => "451 4.3.0",
+            FailureKind::MechanismNotSupported => "504 5.5.4",
+            FailureKind::RelayDenied => "554 5.7.1",
+            FailureKind::UnknownClient => "550 5.7.25",
+            FailureKind::ClientTempfail => "450 4.7.25",
+        }
+    }
+}
+
 /// A refusal as nginx shows it to the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failure {
-    /// `Auth-Status` text shown to the client (never `OK`).
-    pub message: &'static str,
+    /// What the client is told.
+    pub kind: FailureKind,
     /// `Auth-Wait` seconds; `None` makes nginx close the client connection.
     pub wait: Option<u32>,
-    /// `Auth-Error-Code` for SMTP, e.g. `535 5.7.8`.
-    pub smtp_code: Option<&'static str>,
+    /// Send the SMTP reply code (`Auth-Error-Code`): SMTP sessions only.
+    pub smtp: bool,
+}
+
+impl Failure {
+    /// The `Auth-Status` text.
+    pub fn message(&self) -> &'static str {
+        self.kind.status()
+    }
+
+    /// The `Auth-Error-Code` sent, if any.
+    pub fn smtp_code(&self) -> Option<&'static str> {
+        self.smtp.then(|| self.kind.smtp_code())
+    }
 }
 
 /// A response that cannot be rendered safely.
@@ -89,13 +157,11 @@ impl MailAuthResponse {
                 }
             }
             MailAuthResponse::Fail(f) => {
-                debug_assert!(f.message != "OK" && !f.message.is_empty());
-                let text = &f.message.as_bytes()[..f.message.len().min(MAX_STATUS_TEXT)];
-                header(&mut out, "Auth-Status", text)?;
+                header(&mut out, "Auth-Status", f.message().as_bytes())?;
                 if let Some(wait) = f.wait.filter(|w| *w > 0) {
                     header(&mut out, "Auth-Wait", wait.to_string().as_bytes())?;
                 }
-                if let Some(code) = f.smtp_code {
+                if let Some(code) = f.smtp_code() {
                     header(&mut out, "Auth-Error-Code", code.as_bytes())?;
                 }
             }
@@ -158,21 +224,53 @@ mod tests {
     #[test]
     fn failure_has_no_server_or_port() {
         let r = MailAuthResponse::Fail(Failure {
-            message: "Invalid login or password",
+            kind: FailureKind::InvalidLogin,
             wait: Some(3),
-            smtp_code: Some("535 5.7.8"),
+            smtp: true,
         });
         assert_eq!(
             text(&r),
             "Status: 200 OK\r\nAuth-Status: Invalid login or password\r\nAuth-Wait: 3\r\nAuth-Error-Code: 535 5.7.8\r\n\r\n"
         );
         let closing = MailAuthResponse::Fail(Failure {
-            message: "Invalid login or password",
+            kind: FailureKind::InvalidLogin,
             wait: Some(0),
-            smtp_code: None,
+            smtp: false,
         });
         let t = text(&closing);
         assert!(!t.contains("Auth-Wait") && !t.contains("Auth-Server") && !t.contains("Auth-Port"));
+        assert!(!t.contains("Auth-Error-Code"));
+    }
+
+    #[test]
+    fn every_failure_kind_renders_its_text_and_code() {
+        let all = [
+            FailureKind::InvalidLogin,
+            FailureKind::Temporary,
+            FailureKind::MechanismNotSupported,
+            FailureKind::RelayDenied,
+            FailureKind::UnknownClient,
+            FailureKind::ClientTempfail,
+        ];
+        for kind in all {
+            let (status, code) = (kind.status(), kind.smtp_code());
+            assert!(status != "OK" && !status.is_empty() && status.len() <= 200);
+            assert!(
+                code.len() > 4 && code.as_bytes()[0].is_ascii_digit(),
+                "{code}"
+            );
+            let t = text(&MailAuthResponse::Fail(Failure {
+                kind,
+                wait: None,
+                smtp: true,
+            }));
+            assert_eq!(
+                t,
+                format!(
+                    "Status: 200 OK\r\nAuth-Status: {status}\r\nAuth-Error-Code: {code}\r\n\r\n"
+                )
+            );
+        }
     }
 
     #[test]

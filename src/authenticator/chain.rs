@@ -1,15 +1,15 @@
 //! The passdb chain, walked in one place, and password verification through
 //! the cache and the bounded verifier.
 //!
-//! [`Authenticator::walk`] is the only loop over the passdbs: an unknown user
-//! (or a passdb that cannot serve the question) moves on to the next one, an
-//! error is remembered and the walk goes on, and the first real answer
-//! decides. Mail PLAIN/LOGIN, CRAM-MD5/APOP, EXTERNAL, HTTP Basic, Digest and
+//! [`Authenticator::walk`] is the only loop that asks the passdbs about a
+//! user: an unknown user (or a passdb that cannot serve the question) moves
+//! on to the next one, an error is remembered and the walk goes on, and the
+//! first real answer decides. Mail PLAIN/LOGIN, CRAM-MD5/APOP, EXTERNAL, HTTP Basic, Digest and
 //! Digest `userhash` all ask their question through it.
 
 use std::future::Future;
 
-use crate::cache::Cached;
+use crate::cache::{CacheUse, Cached};
 use crate::passdb::{verify_any, AnyPassdb, Lookup, Passdb, PassdbError, Rejection, Verdict};
 use crate::scheme::StoredPassword;
 use crate::secret::Secret;
@@ -34,11 +34,11 @@ pub(crate) enum Walk<T> {
     Failed(PassdbError),
 }
 
-/// A plaintext check, with how the verification cache took part (`hit`,
-/// `negative-hit`, `miss`; `None`: not at all) for the audit line.
+/// A plaintext check, with how the verification cache took part (`None`:
+/// not at all) for the audit line.
 pub(crate) struct Checked {
     pub verdict: Verdict,
-    pub cache: Option<&'static str>,
+    pub cache: Option<CacheUse>,
 }
 
 impl Authenticator {
@@ -130,7 +130,7 @@ impl Authenticator {
         user: &str,
         stored: &StoredPassword,
         passwords: &[Secret],
-    ) -> Result<(bool, Option<&'static str>), PassdbError> {
+    ) -> Result<(bool, Option<CacheUse>), PassdbError> {
         if !stored.scheme().is_expensive() {
             return Ok((verify_any(stored, passwords)?, None));
         }
@@ -140,10 +140,8 @@ impl Authenticator {
             .as_ref()
             .map(|c| (c, c.key(db.name(), user, stored, passwords)));
         if let Some((cache, key)) = &key {
-            match cache.get(key) {
-                Some(Cached::Match) => return Ok((true, Some("hit"))),
-                Some(Cached::Mismatch) => return Ok((false, Some("negative-hit"))),
-                None => {}
+            if let Some(known) = cache.get(key) {
+                return Ok((known == Cached::Match, Some(known.into())));
             }
         }
         let (stored2, passwords2) = (stored.clone(), passwords.to_vec());
@@ -155,6 +153,6 @@ impl Authenticator {
             return Ok((ok, None));
         };
         cache.put(key, if ok { Cached::Match } else { Cached::Mismatch });
-        Ok((ok, Some("miss")))
+        Ok((ok, Some(CacheUse::Miss)))
     }
 }

@@ -6,7 +6,8 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::audit::{AuditRecord, Outcome};
+use crate::audit::{AuditRecord, Outcome, Protocol, ThrottleAction};
+use crate::cache::CacheUse;
 use crate::http_auth::digest::{Credentials, NonceState};
 use crate::http_auth::{HttpAuth, HttpAuthRequest, HttpCredentials, HttpOutcome};
 use crate::passdb::{Lookup, Passdb, Rejection, Verdict};
@@ -113,7 +114,7 @@ impl Authenticator {
                 Judgement::Temporary,
             )
             .await;
-        let mut audit = AuditRecord::new("http", req.credentials.scheme(), user, ip);
+        let mut audit = AuditRecord::new(Protocol::Http, req.credentials.scheme(), user, ip);
         audit.uri = Some(req.uri.clone());
         audit.cache = cache;
         let outcome = conclude(judgement, &mut audit);
@@ -133,7 +134,7 @@ impl Authenticator {
         state: &HttpAuth,
         ip: Option<IpAddr>,
         user: &mut String,
-        cache: &mut Option<&'static str>,
+        cache: &mut Option<CacheUse>,
     ) -> Judgement {
         let throttled = match &req.credentials {
             HttpCredentials::None => return Judgement::Challenge,
@@ -192,7 +193,7 @@ impl Authenticator {
         &self,
         user: &str,
         password: &Secret,
-        cache: &mut Option<&'static str>,
+        cache: &mut Option<CacheUse>,
     ) -> Judgement {
         let passwords = std::slice::from_ref(password);
         match self.walk(|db| self.verify_plain(db, user, passwords)).await {
@@ -348,7 +349,7 @@ fn conclude(j: Judgement, audit: &mut AuditRecord) -> HttpOutcome {
         }
         Judgement::Blocked(scope) => {
             audit.reason = format!("blocked-{}", scope.as_str());
-            audit.throttle = Some("blocked");
+            audit.throttle = Some(ThrottleAction::Blocked);
             HttpOutcome::Blocked
         }
     }

@@ -4,10 +4,11 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::audit::{AuditRecord, Outcome};
+use crate::audit::{AuditRecord, Outcome, ThrottleAction};
 use crate::auth_http::{
-    AuthMethod, ClientHost, Failure, MailAuthRequest, MailAuthResponse, MailProtocol,
+    AuthMethod, ClientHost, Failure, FailureKind, MailAuthRequest, MailAuthResponse, MailProtocol,
 };
+use crate::cache::CacheUse;
 use crate::mech::external::NoMatch;
 use crate::mech::{apop, cram_md5, Mechanism};
 use crate::passdb::{Lookup, PassdbError, Principal, Rejection, Verdict};
@@ -16,14 +17,7 @@ use crate::secret::Secret;
 use crate::throttle::Scope;
 
 use super::chain::{Checked, Walk};
-use super::{
-    Authenticator, Count, Counted, Decision, Throttled, WaitPolicy, INVALID_LOGIN, TEMPORARY,
-};
-
-const SMTP_INVALID: &str = "535 5.7.8";
-const SMTP_TEMPORARY: &str = "451 4.3.0";
-const NOT_SUPPORTED: &str = "Authentication mechanism not supported";
-const RELAY_DENIED: &str = "Relay access denied";
+use super::{Authenticator, Count, Counted, Decision, Throttled, WaitPolicy};
 
 /// SMTP rules beyond the passdb, Postfix style (`smtpd_*_restrictions`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,30 +50,21 @@ impl SmtpRefusal {
         }
     }
 
-    /// The reply, with the wait for attempt `attempt` of the session.
+    /// The reply, with the wait for attempt `attempt` of the session: a
+    /// permanent refusal waits as after a failure, a DNS tempfail as after
+    /// a temporary failure.
     fn failure(self, wait: &WaitPolicy, attempt: u32) -> Failure {
-        match self {
-            // Postfix: `554 5.7.1 <rcpt>: Relay access denied` to that RCPT.
-            SmtpRefusal::RelayDenied => Failure {
-                message: RELAY_DENIED,
-                wait: wait.after_failure(attempt),
-                smtp_code: Some("554 5.7.1"),
-            },
-            // Postfix: `550 5.7.25 Client host rejected: cannot find your
-            // hostname` (unknown_hostname_reject_code 550).
-            SmtpRefusal::UnknownClient => Failure {
-                message: "Client host rejected: cannot find your hostname",
-                wait: wait.after_failure(attempt),
-                smtp_code: Some("550 5.7.25"),
-            },
-            // Postfix answers a DNS lookup failure with 450 4.7.25: try
-            // again later. The marker tells the two cases apart in logs
-            // and clients; nginx shows the text as it is.
-            SmtpRefusal::ClientTempfail => Failure {
-                message: "Client host rejected: cannot find your hostname [TEMPUNAVAIL]",
-                wait: wait.after_temporary(attempt),
-                smtp_code: Some("450 4.7.25"),
-            },
+        let (kind, wait) = match self {
+            SmtpRefusal::RelayDenied => (FailureKind::RelayDenied, wait.after_failure(attempt)),
+            SmtpRefusal::UnknownClient => (FailureKind::UnknownClient, wait.after_failure(attempt)),
+            SmtpRefusal::ClientTempfail => {
+                (FailureKind::ClientTempfail, wait.after_temporary(attempt))
+            }
+        };
+        Failure {
+            kind,
+            wait,
+            smtp: true,
         }
     }
 }
@@ -105,7 +90,8 @@ enum Judgement {
     Unmapped(NoMatch),
     Malformed(String),
     Temporary(String),
-    Refuse(&'static str, Failure),
+    /// Refused as not supported (the reason is for the audit line).
+    NotSupported(&'static str),
     /// Refused by the throttle before the passdb was asked.
     Blocked(Scope),
     /// Refused by an SMTP rule.
@@ -143,19 +129,11 @@ impl Counted for Relay {
 struct Notes {
     /// The throttle's `Auth-Wait` for a counted failure.
     throttle_wait: Option<u32>,
-    cache: Option<&'static str>,
+    cache: Option<CacheUse>,
     /// The effective client address (see [`crate::client_ip::TrustedProxies`]).
     client_ip: Option<IpAddr>,
     /// EXTERNAL: the user the certificate mapped to (for the audit line).
     mapped_user: Option<String>,
-}
-
-fn not_supported() -> Failure {
-    Failure {
-        message: NOT_SUPPORTED,
-        wait: None,
-        smtp_code: Some("504 5.5.4"),
-    }
 }
 
 /// The judgement for a walk that found nobody (or only failures).
@@ -254,10 +232,10 @@ impl Authenticator {
             return self.judge_external(req, notes).await;
         }
         let Some(mech) = Mechanism::from_method(req.method) else {
-            return Judgement::Refuse("mechanism-not-supported", not_supported());
+            return Judgement::NotSupported("mechanism-not-supported");
         };
         if !self.policy.mechanisms.contains(&mech) {
-            return Judgement::Refuse("mechanism-disabled", not_supported());
+            return Judgement::NotSupported("mechanism-disabled");
         }
         match mech {
             Mechanism::Plain => self.judge_plain(req, notes).await,
@@ -345,7 +323,7 @@ impl Authenticator {
                     "passdb {passdb}: user {user}: {scheme} cannot serve {}",
                     mech.as_str()
                 );
-                Judgement::Refuse("scheme-cannot-serve-mechanism", not_supported())
+                Judgement::NotSupported("scheme-cannot-serve-mechanism")
             }
             Err(e) => {
                 log::error!("passdb {passdb}: user {user}: {e}");
@@ -398,22 +376,27 @@ impl Authenticator {
             audit.user = user;
         }
         let smtp = req.protocol == MailProtocol::Smtp;
-        let code = |c: &'static str| smtp.then_some(c);
         // The per-connection schedule decides whether nginx may retry at
         // all; the throttle may only lengthen the wait.
         let invalid = Failure {
-            message: INVALID_LOGIN,
+            kind: FailureKind::InvalidLogin,
             wait: self
                 .policy
                 .wait
                 .after_failure(req.attempt)
                 .map(|w| w.max(notes.throttle_wait.unwrap_or(0))),
-            smtp_code: code(SMTP_INVALID),
+            smtp,
         };
         let temporary = Failure {
-            message: TEMPORARY,
+            kind: FailureKind::Temporary,
             wait: self.policy.wait.after_temporary(req.attempt),
-            smtp_code: code(SMTP_TEMPORARY),
+            smtp,
+        };
+        // Not supported: no Auth-Wait, so nginx closes the connection.
+        let not_supported = Failure {
+            kind: FailureKind::MechanismNotSupported,
+            wait: None,
+            smtp,
         };
         let response = match j {
             Judgement::Accept {
@@ -446,10 +429,7 @@ impl Authenticator {
                         // the password (PLAIN/LOGIN).
                         audit.outcome = Outcome::Refused;
                         audit.reason = reason.to_owned();
-                        MailAuthResponse::Fail(Failure {
-                            smtp_code: code("504 5.5.4"),
-                            ..not_supported()
-                        })
+                        MailAuthResponse::Fail(not_supported)
                     }
                 }
             }
@@ -469,7 +449,7 @@ impl Authenticator {
                 // client learns nothing it would not from a wrong password.
                 audit.outcome = Outcome::Fail;
                 audit.reason = format!("blocked-{}", scope.as_str());
-                audit.throttle = Some("blocked");
+                audit.throttle = Some(ThrottleAction::Blocked);
                 MailAuthResponse::Fail(Failure {
                     wait: None,
                     ..invalid
@@ -497,19 +477,16 @@ impl Authenticator {
                 // session of a blocked relay prober at once.
                 audit.outcome = Outcome::Refused;
                 audit.reason = format!("blocked-{}", scope.as_str());
-                audit.throttle = Some("blocked");
+                audit.throttle = Some(ThrottleAction::Blocked);
                 MailAuthResponse::Fail(Failure {
                     wait: None,
                     ..SmtpRefusal::RelayDenied.failure(&self.policy.wait, req.attempt)
                 })
             }
-            Judgement::Refuse(why, failure) => {
+            Judgement::NotSupported(why) => {
                 audit.outcome = Outcome::Refused;
                 audit.reason = why.to_owned();
-                MailAuthResponse::Fail(Failure {
-                    smtp_code: failure.smtp_code.filter(|_| smtp),
-                    ..failure
-                })
+                MailAuthResponse::Fail(not_supported)
             }
         };
         audit.wait = match &response {

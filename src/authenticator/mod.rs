@@ -1,5 +1,7 @@
-//! Hop 3, the one policy layer: every request, mail `auth_http` or HTTP
-//! `auth_request`, is decided here, by the same rules.
+//! Hop 3, the one policy layer: every login, mail `auth_http` or HTTP
+//! `auth_request`, is decided here, by the same rules (the
+//! [`crate::service`] only refuses requests without the shared secret or
+//! malformed ones before).
 //!
 //! - `chain`: the one walk over the passdb chain, and password checks
 //!   through the verification [`Cache`] and the bounded [`Verifier`].
@@ -14,8 +16,9 @@
 //!
 //! Three outcomes are kept apart (style.md, "Error model"): a *rejection*
 //! (wrong credentials: generic message, growing `Auth-Wait`), a *temporary
-//! failure* (backend trouble or overload: its own message and `451 4.3.0`,
-//! never OK), and a *refusal* (not allowed at all).
+//! failure* (backend trouble or overload: its own message and SMTP code,
+//! never OK), and a *refusal* (not allowed at all). What the client is told
+//! for each is a [`crate::auth_http::FailureKind`].
 
 pub(crate) mod chain;
 mod http;
@@ -39,13 +42,8 @@ use crate::throttle::{Check, Scope, Throttle};
 use crate::upstream::Upstreams;
 use crate::verifier::Verifier;
 
+pub use crate::auth_http::response::{INVALID_LOGIN, TEMPORARY};
 pub use http::HttpDecision;
-
-/// Text shown to the client for any credential failure. One message for
-/// unknown user and wrong password alike, so user names cannot be probed.
-pub const INVALID_LOGIN: &str = "Invalid login or password";
-/// Text for backend trouble.
-pub const TEMPORARY: &str = "Temporary server problem, try again later";
 
 /// `Auth-Wait` schedule. nginx has no attempt limit of its own: with a wait it
 /// lets the client try again on the same connection, without one it closes.
@@ -79,16 +77,18 @@ impl WaitPolicy {
         if attempt >= self.max_attempts || self.base == 0 {
             return None;
         }
-        let doubled = self
-            .base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        Some(doubled.min(self.max.max(self.base)))
+        Some(crate::backoff::doubling(self.base, attempt, self.max))
     }
 
     fn after_temporary(&self, attempt: u32) -> Option<u32> {
         (attempt < self.max_attempts && self.temporary > 0).then_some(self.temporary)
     }
 }
+
+/// EXTERNAL rules were given, but no passdb can look the mapped user up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("external rules need a passdb that can look users up (lookup_credentials)")]
+pub struct ExternalNeedsLookup;
 
 /// Everything the decision needs besides the request.
 #[derive(Debug)]
@@ -99,7 +99,7 @@ pub struct Policy {
     pub local_domains: Vec<String>,
     /// Default upstreams.
     pub upstreams: Upstreams,
-    /// Back-off.
+    /// The `Auth-Wait` schedule over a connection's attempts.
     pub wait: WaitPolicy,
     /// Send `Auth-Pass` on SMTP success too (needed with nginx `proxy_smtp_auth on`).
     pub smtp_pass: bool,
@@ -228,16 +228,14 @@ impl Authenticator {
 
     /// Offers EXTERNAL with these rules (empty: not offered). The mapped user
     /// must exist in a passdb, so one must be able to look users up.
-    pub fn with_external(mut self, rules: Rules) -> Result<Self, String> {
+    pub fn with_external(mut self, rules: Rules) -> Result<Self, ExternalNeedsLookup> {
         if !rules.is_empty()
             && !self
                 .passdbs
                 .iter()
                 .any(|p| p.capabilities().lookup_credentials)
         {
-            return Err(
-                "external rules need a passdb that can look users up (lookup_credentials)".into(),
-            );
+            return Err(ExternalNeedsLookup);
         }
         self.external = rules;
         Ok(self)

@@ -252,7 +252,7 @@ pub fn auth_test(
     client_ip: &str,
     args: ServeArgs,
 ) -> CmdResult {
-    let protocol: MailProtocol = protocol.parse().map_err(|e| vec![e])?;
+    let protocol: MailProtocol = protocol.parse().map_err(|e| vec![format!("{e}")])?;
     let method = match method.to_ascii_lowercase().as_str() {
         "plain" | "login" => AuthMethod::Plain,
         "cram-md5" => AuthMethod::CramMd5,

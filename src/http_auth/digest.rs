@@ -406,7 +406,7 @@ impl Nonces {
     /// one seen (a replay).
     pub fn accept_nc(&self, nonce: &str, cnonce: &str, nc: u32) -> bool {
         let key = format!("{nonce}\u{0}{cnonce}");
-        let mut r = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = crate::sync::lock(&self.seen);
         let last = r
             .current
             .get(&key)

@@ -6,7 +6,6 @@
 //! [`HttpSettings::from_params`]). nginx copies a 401's `WWW-Authenticate` to
 //! the client (only the first one on nginx 1.22), lets a 2xx through, turns a
 //! 403 into 403 and anything else into 500 (reference §6).
-
 //!
 //! This module holds only what is HTTP: the typed request ([`request`]),
 //! Basic/Digest parsing, the Digest maths and nonces ([`digest`]), the
@@ -37,10 +36,20 @@ pub const REALM_PARAM: &str = "AUTH_REALM";
 /// An authentication scheme offered to browsers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpScheme {
-    /// Basic.
+    /// Basic (RFC 7617): the password in clear.
     Basic,
-    /// Digest.
+    /// Digest (RFC 7616): a challenge–response over the password.
     Digest,
+}
+
+impl HttpScheme {
+    /// The name in `AUTH_SCHEMES` and on the audit line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpScheme::Basic => "basic",
+            HttpScheme::Digest => "digest",
+        }
+    }
 }
 
 /// Per-location settings, from `fastcgi_param` lines.
@@ -130,7 +139,7 @@ impl HttpSettings {
 pub enum HttpOutcome {
     /// 200: let the request through; the user goes back in `X-Auth-User`.
     Allow {
-        /// Who.
+        /// The user as the passdb names them (sent as `X-Auth-User`).
         user: String,
     },
     /// 401 with challenges; `stale` marks a Digest nonce that only expired
@@ -290,14 +299,14 @@ impl Repeats {
 
     /// The decision already made for `key`, if it is recent.
     pub fn recall(&self, key: &RepeatKey) -> Option<HttpOutcome> {
-        let m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let m = crate::sync::lock(&self.memory);
         let (at, outcome) = m.current.get(&key.0).or_else(|| m.previous.get(&key.0))?;
         (at.elapsed() < REPEAT_TTL).then(|| outcome.clone())
     }
 
     /// Remembers the decision for `key`.
     pub fn remember(&self, key: RepeatKey, outcome: &HttpOutcome) {
-        let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = crate::sync::lock(&self.memory);
         if m.current.len() >= REPEAT_GENERATION {
             m.previous = std::mem::take(&mut m.current);
         }

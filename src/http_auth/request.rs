@@ -10,6 +10,7 @@ use base64::Engine as _;
 
 use super::digest::Credentials;
 use super::{HttpScheme, HttpSettings, SettingsError};
+use crate::audit::Method;
 use crate::fastcgi::Params;
 use crate::secret::Secret;
 
@@ -28,7 +29,7 @@ pub enum HttpCredentials {
     Basic {
         /// User name.
         user: String,
-        /// Password.
+        /// The password, as sent.
         password: Secret,
     },
     /// `Digest` (RFC 7616).
@@ -43,13 +44,13 @@ pub enum HttpCredentials {
 }
 
 impl HttpCredentials {
-    /// The scheme's name for the audit line and metrics.
-    pub fn scheme(&self) -> &'static str {
+    /// The scheme, for the audit line and metrics.
+    pub fn scheme(&self) -> Method {
         match self {
-            HttpCredentials::Basic { .. } => "basic",
-            HttpCredentials::Digest(_) => "digest",
-            HttpCredentials::None | HttpCredentials::NotOffered => "-",
-            HttpCredentials::Malformed { .. } => "-",
+            HttpCredentials::Basic { .. } => Method::Http(HttpScheme::Basic),
+            HttpCredentials::Digest(_) => Method::Http(HttpScheme::Digest),
+            HttpCredentials::None | HttpCredentials::NotOffered => Method::Unknown,
+            HttpCredentials::Malformed { .. } => Method::Unknown,
         }
     }
 }

@@ -200,17 +200,48 @@ impl fmt::Debug for Rule {
     }
 }
 
+/// Why an EXTERNAL rule cannot be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RuleError {
+    /// Not a SHA-1 fingerprint.
+    #[error("external rule fingerprint `{value}`: expected 40 hex digits (SHA-1)")]
+    Fingerprint {
+        /// As configured.
+        value: String,
+        /// Why it does not decode.
+        #[source]
+        source: hex::FromHexError,
+    },
+    /// The mapped user name cannot be used.
+    #[error("external rule user `{0}`: not a usable user name")]
+    User(String),
+    /// Not an attribute name.
+    #[error("external rule subject_attribute `{0}`: expected a name such as CN or emailAddress")]
+    SubjectAttribute(String),
+    /// The pinned issuer is not a DN.
+    #[error("external rule issuer `{value}`: {source}")]
+    Issuer {
+        /// As configured.
+        value: String,
+        /// Why it does not parse.
+        #[source]
+        source: DnError,
+    },
+}
+
 impl Rule {
     /// A fingerprint rule from hex (either case, `:` separators allowed, as
     /// `openssl x509 -fingerprint -sha1` prints it).
-    pub fn fingerprint(hex_sha1: &str, user: &str) -> Result<Rule, String> {
+    pub fn fingerprint(hex_sha1: &str, user: &str) -> Result<Rule, RuleError> {
         let clean: String = hex_sha1.chars().filter(|c| *c != ':').collect();
         let mut sha1 = [0u8; 20];
-        hex::decode_to_slice(clean.as_bytes(), &mut sha1).map_err(|_| {
-            format!("external rule fingerprint `{hex_sha1}`: expected 40 hex digits (SHA-1)")
+        hex::decode_to_slice(clean.as_bytes(), &mut sha1).map_err(|source| {
+            RuleError::Fingerprint {
+                value: hex_sha1.to_owned(),
+                source,
+            }
         })?;
-        valid_user(user.as_bytes())
-            .ok_or_else(|| format!("external rule user `{user}`: not a usable user name"))?;
+        valid_user(user.as_bytes()).ok_or_else(|| RuleError::User(user.to_owned()))?;
         Ok(Rule::Fingerprint {
             sha1,
             user: user.to_owned(),
@@ -218,18 +249,21 @@ impl Rule {
     }
 
     /// A subject-attribute rule.
-    pub fn subject(attribute: &str, issuer: Option<&str>) -> Result<Rule, String> {
+    pub fn subject(attribute: &str, issuer: Option<&str>) -> Result<Rule, RuleError> {
         if attribute.is_empty()
             || !attribute
                 .bytes()
                 .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
         {
-            return Err(format!(
-                "external rule subject_attribute `{attribute}`: expected a name such as CN or emailAddress"
-            ));
+            return Err(RuleError::SubjectAttribute(attribute.to_owned()));
         }
         let issuer = issuer
-            .map(|i| Dn::parse(i).map_err(|e| format!("external rule issuer `{i}`: {e}")))
+            .map(|i| {
+                Dn::parse(i).map_err(|source| RuleError::Issuer {
+                    value: i.to_owned(),
+                    source,
+                })
+            })
             .transpose()?;
         Ok(Rule::Subject {
             attribute: attribute.to_owned(),

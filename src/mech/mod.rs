@@ -69,16 +69,19 @@ impl Mechanism {
     }
 }
 
+/// A mechanism name we do not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown mechanism `{0}` (plain, login, cram-md5, apop)")]
+pub struct UnknownMechanism(pub String);
+
 impl std::str::FromStr for Mechanism {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownMechanism;
+    fn from_str(s: &str) -> Result<Self, UnknownMechanism> {
         match s.to_ascii_lowercase().as_str() {
             "plain" | "login" => Ok(Mechanism::Plain),
             "cram-md5" => Ok(Mechanism::CramMd5),
             "apop" => Ok(Mechanism::Apop),
-            _ => Err(format!(
-                "unknown mechanism `{s}` (plain, login, cram-md5, apop)"
-            )),
+            _ => Err(UnknownMechanism(s.to_owned())),
         }
     }
 }

@@ -29,9 +29,18 @@ pub struct PlainCredentials {
 
 /// Why rsasl refused the exchange. The client gets the generic "invalid login"
 /// answer; the reason goes to the audit log only.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("PLAIN exchange refused: {0}")]
-pub struct PlainError(String);
+#[derive(Debug, thiserror::Error)]
+pub enum PlainError {
+    /// rsasl could not start a PLAIN session.
+    #[error("PLAIN exchange refused: {0}")]
+    Start(#[source] rsasl::prelude::SASLError),
+    /// rsasl refused the message (shape or SASLprep).
+    #[error("PLAIN exchange refused: {0}")]
+    Step(#[source] rsasl::prelude::SessionError),
+    /// The exchange ended without validated credentials.
+    #[error("PLAIN exchange refused: no credentials validated")]
+    NotValidated,
+}
 
 /// Reusable PLAIN verifier (holds the rsasl configuration).
 #[derive(Clone)]
@@ -96,16 +105,14 @@ impl Plain {
         let mechname = Mechname::parse(b"PLAIN").expect("valid mechanism name");
         let mut session = server
             .start_suggested(mechname)
-            .map_err(|e| PlainError(e.to_string()))?;
+            .map_err(PlainError::Start)?;
         let mut out = Vec::new();
         session
             .step(Some(message.expose()), &mut out)
-            .map_err(|e| PlainError(e.to_string()))?;
-        let (user, prepared) = session
-            .validation()
-            .ok_or_else(|| PlainError("no credentials validated".into()))?;
+            .map_err(PlainError::Step)?;
+        let (user, prepared) = session.validation().ok_or(PlainError::NotValidated)?;
         let mut passwords = vec![prepared];
-        if passwords[0].expose() != password.expose() {
+        if !passwords[0].ct_eq(password.expose()) {
             passwords.push(password.clone());
         }
         Ok(PlainCredentials { user, passwords })

@@ -50,8 +50,8 @@ pub enum OpenError {
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// At open, by the file watcher (its message names the file).
-    #[error("{0}")]
-    Watch(String),
+    #[error(transparent)]
+    Watch(#[from] crate::file_watch::WatchError),
     /// By `check-config`.
     #[error("{}: {source}", path.display())]
     Read {
