@@ -23,18 +23,32 @@ use common::e2e::{daemon_bin, free_ports, render_config, repo_root, require, req
 const EXAMPLE_LANGS: [&str; 4] = ["toml", "nginx", "sh", "conf"];
 const MARKER: &str = "<!-- example: ";
 
+/// One page of the documentation.
+struct Page {
+    /// Relative to the repository root, for messages.
+    name: String,
+    path: PathBuf,
+    text: String,
+}
+
 /// README.md and every page under docs/.
-fn pages() -> Vec<PathBuf> {
+fn pages() -> Vec<Page> {
     let root = repo_root();
-    let mut pages = vec![root.join("README.md")];
-    let mut docs: Vec<PathBuf> = fs::read_dir(root.join("docs"))
+    let mut paths: Vec<PathBuf> = fs::read_dir(root.join("docs"))
         .expect("read docs/")
         .map(|e| e.expect("docs/ entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "md"))
         .collect();
-    docs.sort();
-    pages.extend(docs);
-    pages
+    paths.sort();
+    paths.insert(0, root.join("README.md"));
+    paths
+        .into_iter()
+        .map(|path| Page {
+            name: path.strip_prefix(&root).unwrap().display().to_string(),
+            text: fs::read_to_string(&path).expect("read page"),
+            path,
+        })
+        .collect()
 }
 
 /// Every file under docs/examples/, relative to the repository root.
@@ -116,13 +130,8 @@ fn marked_blocks_equal_their_files() {
     let mut shown = BTreeSet::new();
     let mut all_text = String::new();
     for page in pages() {
-        let text = fs::read_to_string(&page).expect("read page");
-        let name = page
-            .strip_prefix(repo_root())
-            .unwrap()
-            .display()
-            .to_string();
-        for b in blocks(&text) {
+        let (name, text) = (&page.name, &page.text);
+        for b in blocks(text) {
             let Some(path) = &b.marker else {
                 assert!(
                     !EXAMPLE_LANGS.contains(&b.lang.as_str()),
@@ -147,7 +156,7 @@ fn marked_blocks_equal_their_files() {
             );
             shown.insert(path.clone());
         }
-        all_text.push_str(&text);
+        all_text.push_str(text);
     }
     for f in example_files() {
         all_text.push_str(&fs::read_to_string(repo_root().join(&f)).expect("read example"));
@@ -195,6 +204,22 @@ fn example_root() -> tempfile::TempDir {
     dir
 }
 
+/// Runs `cmd`, which must succeed; `what` and its output name a failure.
+fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: {} failed ({}):\n{stdout}{}",
+        cmd.get_program().to_string_lossy(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Runs `check-config` with `args`; a run without a passdb gets a temp
 /// SQLite one, so the system's default database is never touched.
 fn check_config(args: &[String], root: &Path, what: &str) -> String {
@@ -215,13 +240,10 @@ fn check_config(args: &[String], root: &Path, what: &str) -> String {
             root.display()
         ));
     }
-    let out = cmd.output().expect("run check-config");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stdout = run_ok(&mut cmd, what);
     assert!(
-        out.status.success() && stdout.starts_with("configuration OK"),
-        "{what}: check-config failed ({}):\n{stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        stdout.starts_with("configuration OK"),
+        "{what}: check-config said:\n{stdout}"
     );
     stdout
 }
@@ -287,17 +309,8 @@ fn shell_serve_invocations_pass_check_config() {
     let mut checked = 0;
     for script in examples_in("shell", ".sh") {
         let text = fs::read_to_string(&script).expect("read example");
-        let syntax = Command::new("bash")
-            .arg("-n")
-            .arg(&script)
-            .output()
-            .expect("run bash -n");
-        assert!(
-            syntax.status.success(),
-            "{}: {}",
-            script.display(),
-            String::from_utf8_lossy(&syntax.stderr)
-        );
+        let what = script.display().to_string();
+        run_ok(Command::new("bash").arg("-n").arg(&script), &what);
         for words in shell_commands(&text) {
             if let Some(args) = serve_args(&words) {
                 let args: Vec<String> = args.iter().map(|a| reroot(a, root.path())).collect();
@@ -367,16 +380,16 @@ fn nginx_examples_pass_nginx_t() {
     let params = require_file("/etc/nginx/fastcgi_params", "nginx-common");
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path().display().to_string();
-    let out = Command::new(&openssl)
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(dir.path().join("key.pem"))
-        .arg("-out")
-        .arg(dir.path().join("cert.pem"))
-        .output()
-        .expect("run openssl");
-    assert!(out.status.success(), "openssl req failed");
+    run_ok(
+        Command::new(&openssl)
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("cert.pem")),
+        "a throw-away certificate",
+    );
     // `include fastcgi_params;` is relative to the config file's directory.
     fs::copy(params, dir.path().join("fastcgi_params")).expect("copy fastcgi_params");
     let confs = examples_in("nginx", ".conf");
@@ -423,24 +436,23 @@ fn nginx_examples_pass_nginx_t() {
             .map(|t| format!("{t}_temp_path {d}/{t};\n"))
             .collect();
         let rendered = rendered.replacen("http {\n", &format!("http {{\n{temp_paths}"), 1);
-        let file = dir.path().join("nginx.conf");
-        fs::write(&file, &rendered).expect("write nginx.conf");
-        let out = Command::new(&nginx)
-            .arg("-t")
-            .arg("-p")
-            .arg(format!("{d}/"))
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .args(["-g", &format!("pid {d}/nginx.pid;")])
-            .arg("-c")
-            .arg(&file)
-            .output()
-            .expect("run nginx -t");
-        assert!(
-            out.status.success(),
-            "{}: nginx -t failed:\n{}\n--- as tested:\n{rendered}",
-            conf.display(),
-            String::from_utf8_lossy(&out.stderr)
+        fs::write(dir.path().join("nginx.conf"), &rendered).expect("write nginx.conf");
+        run_ok(
+            Command::new(&nginx)
+                .args([
+                    "-t",
+                    "-p",
+                    &format!("{d}/"),
+                    "-e",
+                    &format!("{d}/error.log"),
+                ])
+                .args([
+                    "-g",
+                    &format!("pid {d}/nginx.pid;"),
+                    "-c",
+                    &format!("{d}/nginx.conf"),
+                ]),
+            &format!("{} as tested:\n{rendered}\n", conf.display()),
         );
     }
 }
@@ -475,12 +487,7 @@ fn anchors(page: &str) -> BTreeSet<String> {
 fn relative_links_resolve() {
     let mut checked = 0;
     for page in pages() {
-        let text = fs::read_to_string(&page).expect("read page");
-        let name = page
-            .strip_prefix(repo_root())
-            .unwrap()
-            .display()
-            .to_string();
+        let (name, text) = (&page.name, &page.text);
         for (at, _) in text.match_indices("](") {
             let rest = &text[at + 2..];
             let target = &rest[..rest.find(')').expect("closing )")];
@@ -489,9 +496,9 @@ fn relative_links_resolve() {
             }
             let (file, frag) = target.split_once('#').unwrap_or((target, ""));
             let linked = if file.is_empty() {
-                page.clone()
+                page.path.clone()
             } else {
-                page.parent().unwrap().join(file)
+                page.path.parent().unwrap().join(file)
             };
             assert!(linked.exists(), "{name}: link `{target}`: no such file");
             if !frag.is_empty() {
