@@ -7,7 +7,8 @@
 //! `nginx-auth-fcgi serve` invocation of a shell example through
 //! `check-config` (which connects to no SQL, LDAP or Redis server), with the
 //! system paths they name moved into a temp dir; each nginx example through
-//! `nginx -t`, fragments (first line `# context: …`) inside a small harness.
+//! `nginx -t`, fragments (first line `# context: …`) inside a small harness;
+//! each Dovecot example through `doveconf -n`.
 //! Relative links between the pages must resolve to a file and heading.
 
 mod common;
@@ -453,6 +454,25 @@ fn nginx_examples_pass_nginx_t() {
                     &format!("{d}/nginx.conf"),
                 ]),
             &format!("{} as tested:\n{rendered}\n", conf.display()),
+        );
+    }
+}
+
+#[test]
+fn dovecot_examples_pass_doveconf() {
+    let doveconf = require("doveconf", "dovecot-core");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let confs = examples_in("dovecot", ".conf");
+    assert!(!confs.is_empty(), "no Dovecot examples found");
+    for conf in confs {
+        // doveconf knows every setting name and section; the paths the
+        // example names are only read by the running server.
+        let harness = dir.path().join("dovecot.conf");
+        let text = format!("protocols = imap\nssl = no\n!include {}\n", conf.display());
+        fs::write(&harness, text).expect("write dovecot.conf");
+        run_ok(
+            Command::new(&doveconf).arg("-n").arg("-c").arg(&harness),
+            &conf.display().to_string(),
         );
     }
 }
