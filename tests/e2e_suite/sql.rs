@@ -8,16 +8,14 @@
 //! daemon and starts one of its own on the same socket with the same flags,
 //! the passdb swapped.
 
-mod common;
-#[path = "sql/servers.rs"]
-mod servers;
+use crate::common::sql as servers;
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::e2e::*;
+use crate::common::e2e::*;
 use servers::{Kind, Server};
 
 /// Our daemon, stopped on drop.

@@ -7,17 +7,15 @@
 //! baseline. Memory growth is judged by the long run (`tests/soak/run`),
 //! not here: 20 s of a debug build says nothing about a plateau.
 
-mod common;
-
 use std::process::Command;
 
 #[test]
 fn short_soak_has_no_wrong_verdict_and_no_fd_leak() {
-    let python = common::e2e::require("python3", "python3");
-    let driver = common::e2e::repo_root().join("tests/soak/driver.py");
+    let python = crate::common::e2e::require("python3", "python3");
+    let driver = crate::common::e2e::repo_root().join("tests/soak/driver.py");
     let out = Command::new(python)
         .arg(&driver)
-        .args(["--bin", common::e2e::daemon_bin()])
+        .args(["--bin", crate::common::e2e::daemon_bin()])
         .args(["--seconds", "20", "--sample", "5", "--workers", "4"])
         .output()
         .expect("run tests/soak/driver.py");

@@ -12,16 +12,14 @@
 //! clients are cut off quickly; no assertion is about time, only about what
 //! the peer sees.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::fcgi::{self, Rec};
 use base64::Engine;
-use common::fcgi::{self, Rec};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 

@@ -1,13 +1,11 @@
 //! `serve --user/--group`: the daemon binds its socket as root, then runs as
 //! an unprivileged user for good, and still answers.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fcgi;
+use crate::common::fcgi;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 

@@ -5,15 +5,13 @@
 //! and a broken config must be rejected (logged) with the old one still
 //! serving.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::fcgi;
+use crate::common::fcgi;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 

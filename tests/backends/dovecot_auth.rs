@@ -1,8 +1,7 @@
 //! The `dovecot:` passdb (issue 4) against a real Dovecot auth service
-//! started per test in a temp dir (see `tests/sasl/servers.rs`).
+//! started per test in a temp dir (see `tests/common/sasl.rs`).
 
-#[path = "sasl/servers.rs"]
-mod servers;
+use crate::common::sasl as servers;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! A real OpenLDAP `slapd` (Debian package `slapd`; `slapadd` loads
 //! `tests/ldap/users.ldif`), started in a temp dir on a free loopback port
-//! and stopped on drop. Shared by `tests/backend_ldap.rs` and
-//! `tests/e2e_directory.rs` (pulled in with `#[path]`).
+//! and stopped on drop. Shared by `tests/backends/ldap.rs` and
+//! `tests/e2e_suite/directory.rs`.
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 

@@ -4,7 +4,7 @@
 //!
 //! The harness starts its daemon with a passwd-file; each test stops that
 //! daemon and starts one of its own on the same socket with the same flags,
-//! the passdb swapped (as `tests/e2e_sql.rs` does), plus `--mechanism plain`
+//! the passdb swapped (as `tests/e2e_suite/sql.rs` does), plus `--mechanism plain`
 //! where the passdb cannot serve challenge mechanisms.
 //!
 //! The harness's Dovecot backend checks the password nginx forwards against
@@ -12,15 +12,12 @@
 //! the same passwords there ([`backend_passwords`]): a login works only if
 //! the daemon asked the directory and handed nginx the right plaintext.
 //!
-//! Servers: a real slapd (`tests/ldap/server.rs`, `tests/ldap/users.ldif`),
+//! Servers: a real slapd (`tests/common/ldap.rs`, `tests/ldap/users.ldif`),
 //! Cyrus saslauthd `-a rimap` in front of its own Dovecot IMAP listener and a
-//! Dovecot auth service (`tests/sasl/servers.rs`).
+//! Dovecot auth service (`tests/common/sasl.rs`).
 
-mod common;
-#[path = "ldap/server.rs"]
-mod ldap;
-#[path = "sasl/servers.rs"]
-mod sasl;
+use crate::common::ldap;
+use crate::common::sasl;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -29,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::e2e::*;
+use crate::common::e2e::*;
 use nginx_auth_fcgi::authenticator::TEMPORARY;
 
 /// Our daemon, stopped on drop.
@@ -113,7 +110,7 @@ fn backend_passwords(stack: &Stack, users: &[(&str, &str)]) {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    text.push_str("# tests/e2e_directory.rs: the directory's passwords\n");
+    text.push_str("# tests/e2e_suite/directory.rs: the directory's passwords\n");
     for (name, password) in users {
         assert!(!password.contains(':'), "{{PLAIN}} cannot hold a ':'");
         text.push_str(&format!("{name}:{{PLAIN}}{password}::::::\n"));

@@ -2,15 +2,14 @@
 //! (issue 3 asks for figures). Not part of the test run; measure with
 //!
 //! ```text
-//! cargo test --release --test bench_sql -- --ignored --nocapture
+//! cargo test --release --test backends bench_sql -- --ignored --nocapture
 //! ```
 //!
 //! Each run: one passdb (pool of 8), N concurrent callers, a bounded number of
 //! `verify_plain` calls of a `{PLAIN}` user (so the figure is the database
 //! round trip, not hashing), then the same for an unknown user.
 
-#[path = "sql/servers.rs"]
-mod servers;
+use crate::common::sql as servers;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -8,7 +8,9 @@
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
+
+use crate::{capture_logs, guess, log_lines, LOG};
 use std::time::{Duration, Instant};
 
 use nginx_auth_fcgi::audit::Outcome;
@@ -19,35 +21,6 @@ use nginx_auth_fcgi::mech::Mechanism;
 use nginx_auth_fcgi::passdb::AnyPassdb;
 use nginx_auth_fcgi::throttle::{Clock, Throttle, ThrottlePolicy};
 use nginx_auth_fcgi::upstream::Upstreams;
-
-static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        LOG.lock().unwrap().push(r.args().to_string());
-    }
-    fn flush(&self) {}
-}
-
-fn capture_logs() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        log::set_boxed_logger(Box::new(Capture)).unwrap();
-        log::set_max_level(log::LevelFilter::Debug);
-    });
-}
-
-fn log_lines(containing: &str) -> usize {
-    LOG.lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains(containing))
-        .count()
-}
 
 /// A throwaway `redis-server`.
 struct Redis {
@@ -190,16 +163,6 @@ fn instance_with(redis: &Redis, clock: &Clock, throttle: ThrottlePolicy) -> Inst
         _dir: dir,
         auth: Authenticator::new(policy, vec![db]).unwrap(),
     }
-}
-
-/// A fresh wrong password: a guesser tries a new one each time (the same
-/// wrong password again counts once).
-fn guess() -> String {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    format!(
-        "guess-{}",
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
 }
 
 fn login(user: &str, pass: &str, ip: &str) -> MailAuthRequest {

@@ -2,7 +2,7 @@
 //! a `{CRAM-MD5}` context made by Dovecot's own `doveadm pw`, answered with a
 //! Dovecot master login, and EXTERNAL client certificates mapped by rules.
 //! CGI params as nginx sends them → `Service::respond`; real passwd-file.
-//! (`tests/e2e_master.rs` runs the same through real nginx and Dovecot.)
+//! (`tests/e2e_suite/master.rs` runs the same through real nginx and Dovecot.)
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};

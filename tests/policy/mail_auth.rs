@@ -342,7 +342,7 @@ async fn challenge_against_a_hash_cannot_log_in_upstream() {
     let r = ask(&f, Req::new("smtp", "cram-md5", "carol", d.as_bytes())).await;
     assert!(r.ok(), "{}", r.raw);
     // …but IMAP has no plaintext to hand nginx for the upstream login, and
-    // no master user is configured here (tests/master_external.rs has one).
+    // no master user is configured here (tests/policy/master_external.rs has one).
     let r = ask(&f, Req::new("imap", "cram-md5", "carol", d.as_bytes())).await;
     assert_eq!(
         r.get("Auth-Status"),

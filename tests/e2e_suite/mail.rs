@@ -8,13 +8,11 @@
 //! `tests/common/e2e.rs` for the wiring and `tests/run` for installing the
 //! programs.
 
-mod common;
-
 use std::fs;
 use std::process::Command;
 use std::thread;
 
-use common::e2e::*;
+use crate::common::e2e::*;
 
 fn assert_ok(result: &ClientResult, what: &str) {
     assert!(

@@ -1,5 +1,5 @@
 //! Real Dovecot and Cyrus saslauthd for the plaintext-only socket passdbs
-//! (`tests/backend_dovecot_auth.rs`, `tests/backend_saslauthd.rs`).
+//! (`tests/backends/dovecot_auth.rs`, `tests/backends/saslauthd.rs`).
 //!
 //! [`Dovecot`] runs in its own temp dir: its `auth-client` socket for the
 //! `dovecot:` passdb and an IMAP listener on a free loopback port, both over

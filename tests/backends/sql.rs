@@ -1,12 +1,11 @@
 //! SQL server passdbs (issue 3) against real PostgreSQL and MariaDB servers,
-//! each test with its own server on loopback (see `tests/sql/servers.rs`).
+//! each test with its own server on loopback (see `tests/common/sql.rs`).
 //!
 //! Every scenario runs for both servers: the built-in schema, a custom
 //! `password_query` template, injection-shaped user names, a slow query, and
 //! a server killed and restarted under a live passdb.
 
-#[path = "sql/servers.rs"]
-mod servers;
+use crate::common::sql as servers;
 
 use std::time::{Duration, Instant};
 

@@ -7,8 +7,6 @@
 //! 100 ms here) notice. Waiting is by polling the daemon's answers until they
 //! change (bounded by a generous deadline), never by asserting on timing.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::e2e::{daemon_bin, require};
-use common::fcgi;
+use crate::common::e2e::{daemon_bin, require};
+use crate::common::fcgi;
 use tokio::io::AsyncWriteExt;
 
 /// Longest we wait for the daemon to notice a change (checks run every 100 ms).
@@ -976,7 +974,7 @@ async fn nginx_logs_in_at_the_member_we_chose() {
         NO_THROTTLE,
         "",
     );
-    let [imap, imap_pp, http] = common::e2e::free_ports::<3>();
+    let [imap, imap_pp, http] = crate::common::e2e::free_ports::<3>();
     let nginx = Nginx::start(d.dir.path(), &d.sock, imap, imap_pp, http);
 
     let (user, pass) = ("user5", "pw5");

@@ -7,8 +7,6 @@
 //! internal redirect to `/private/index.html`, which runs the `auth_request`
 //! subrequest a second time with the same `Authorization` header.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::e2e::{daemon_bin, free_ports, repo_root, require};
+use crate::common::e2e::{daemon_bin, free_ports, repo_root, require};
 use serde::Deserialize;
 
 const KEY: &str = "http-e2e-key-0815";
@@ -231,7 +229,7 @@ impl Site {
 
     /// Debian's python3-requests lives in the system interpreter.
     fn requests_client(&self, url: &str, user: &str, password: &str) -> Vec<String> {
-        common::e2e::require_file(
+        crate::common::e2e::require_file(
             "/usr/lib/python3/dist-packages/requests",
             "python3-requests",
         );
@@ -656,7 +654,7 @@ fn curl_digest_directory_url_after_one_challenge() {
 /// 401 in total (requests reuses the nonce with a growing nonce count).
 #[test]
 fn python_requests_session_directory_url() {
-    common::e2e::require_file(
+    crate::common::e2e::require_file(
         "/usr/lib/python3/dist-packages/requests",
         "python3-requests",
     );

@@ -7,8 +7,7 @@
 //! killed and restarted under a live passdb, and the configuration check
 //! that refuses CRAM-MD5 when the only passdb binds.
 
-#[path = "ldap/server.rs"]
-mod server;
+use crate::common::ldap as server;
 
 use std::net::{IpAddr, TcpListener};
 use std::process::{Command, Output, Stdio};

@@ -3,7 +3,9 @@
 //! the reply and the audit record. No sleeps: `tokio::time::advance` moves
 //! the throttle's clock.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
+
+use crate::{capture_logs, guess, log_lines};
 use std::time::Duration;
 
 use nginx_auth_fcgi::audit::Outcome;
@@ -14,37 +16,6 @@ use nginx_auth_fcgi::mech::Mechanism;
 use nginx_auth_fcgi::passdb::AnyPassdb;
 use nginx_auth_fcgi::throttle::{Clock, Throttle, ThrottlePolicy};
 use nginx_auth_fcgi::upstream::Upstreams;
-
-/// Log lines of the whole test binary (tests run in parallel: each test
-/// uses its own client addresses and looks only for lines naming them).
-static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        LOG.lock().unwrap().push(r.args().to_string());
-    }
-    fn flush(&self) {}
-}
-
-fn capture_logs() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        log::set_boxed_logger(Box::new(Capture)).unwrap();
-        log::set_max_level(log::LevelFilter::Debug);
-    });
-}
-
-fn log_lines(containing: &str) -> usize {
-    LOG.lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains(containing))
-        .count()
-}
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -100,16 +71,6 @@ fn authenticator(passdbs: Vec<AnyPassdb>, throttle: Option<Arc<Throttle>>) -> Au
 
 fn throttle(p: ThrottlePolicy) -> Arc<Throttle> {
     Arc::new(Throttle::in_memory(p, Clock::system()))
-}
-
-/// A fresh wrong password: a guesser tries a new one each time (the same
-/// wrong password again counts once).
-fn guess() -> String {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    format!(
-        "guess-{}",
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
 }
 
 /// One login as nginx asks for it: a fresh connection (attempt 1) unless said.

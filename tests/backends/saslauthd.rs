@@ -1,11 +1,10 @@
 //! The `saslauthd:` passdb (issue 4) against a real Cyrus saslauthd
 //! (`-a rimap` in front of a real Dovecot IMAP listener, see
-//! `tests/sasl/servers.rs` for why), plus the start-up checks every
+//! `tests/common/sasl.rs` for why), plus the start-up checks every
 //! plaintext-only passdb gets: challenge mechanisms are refused, in-process
 //! and by `nginx-auth-fcgi check-config`.
 
-#[path = "sasl/servers.rs"]
-mod servers;
+use crate::common::sasl as servers;
 
 use std::collections::HashSet;
 use std::process::Command;

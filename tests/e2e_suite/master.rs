@@ -11,14 +11,12 @@
 //! The session really is the user: Dovecot's userdb gives each user the home
 //! `mail/<user>`, which exists only after that user's session opened INBOX.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::e2e::*;
+use crate::common::e2e::*;
 
 const MASTER: &str = "master";
 const MASTER_SECRET: &str = "e2e-master-s3cret-0f9a";

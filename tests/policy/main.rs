@@ -1,0 +1,14 @@
+//! The decision in-process: mail auth_http, HTTP Basic/Digest, the policy
+//! layer, SMTP relay policy, the verification cache, master users and
+//! EXTERNAL, and the metrics.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod http_auth;
+mod http_policy;
+mod mail_auth;
+mod master_external;
+mod metrics;
+mod smtp_policy;
+mod verification_cache;
