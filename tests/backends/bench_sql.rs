@@ -9,14 +9,12 @@
 //! `verify_plain` calls of a `{PLAIN}` user (so the figure is the database
 //! round trip, not hashing), then the same for an unknown user.
 
-use crate::common::sql as servers;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::sql::{Kind, Server};
 use nginx_auth_fcgi::passdb::{AnyPassdb, Passdb, Rejection, Verdict};
 use nginx_auth_fcgi::secret::Secret;
-use servers::{Kind, Server};
 
 const CALLS: usize = 20_000;
 const CONCURRENCY: [usize; 3] = [1, 8, 32];

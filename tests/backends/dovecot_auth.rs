@@ -1,13 +1,11 @@
 //! The `dovecot:` passdb (issue 4) against a real Dovecot auth service
 //! started per test in a temp dir (see `tests/common/sasl.rs`).
 
-use crate::common::sasl as servers;
-
 use std::time::{Duration, Instant};
 
+use crate::common::sasl::{Dovecot, Silent, ALICE, LOCKED, ROUTED, SPECIAL};
 use nginx_auth_fcgi::passdb::{AnyPassdb, Passdb, PassdbError, Rejection, Verdict};
 use nginx_auth_fcgi::secret::Secret;
-use servers::{Dovecot, Silent, ALICE, LOCKED, ROUTED, SPECIAL};
 
 fn passdb(socket: &std::path::Path, options: &str) -> AnyPassdb {
     AnyPassdb::open(&format!("dovecot:{}{options}", socket.display()), None).expect("open")

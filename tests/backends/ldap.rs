@@ -7,12 +7,11 @@
 //! killed and restarted under a live passdb, and the configuration check
 //! that refuses CRAM-MD5 when the only passdb binds.
 
-use crate::common::ldap as server;
-
 use std::net::{IpAddr, TcpListener};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::ldap::{Slapd, PEOPLE, READER};
 use nginx_auth_fcgi::audit::Outcome;
 use nginx_auth_fcgi::auth_http::MailAuthRequest;
 use nginx_auth_fcgi::authenticator::{Authenticator, Policy, WaitPolicy};
@@ -22,7 +21,6 @@ use nginx_auth_fcgi::passdb::{AnyPassdb, Lookup, Passdb, PassdbError, Rejection,
 use nginx_auth_fcgi::scheme::Scheme;
 use nginx_auth_fcgi::secret::Secret;
 use nginx_auth_fcgi::upstream::Upstreams;
-use server::{Slapd, PEOPLE, READER};
 
 fn open(uri: &str) -> AnyPassdb {
     AnyPassdb::open(uri, None).unwrap_or_else(|e| panic!("{e}"))

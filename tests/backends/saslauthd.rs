@@ -4,12 +4,11 @@
 //! plaintext-only passdb gets: challenge mechanisms are refused, in-process
 //! and by `nginx-auth-fcgi check-config`.
 
-use crate::common::sasl as servers;
-
 use std::collections::HashSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::sasl::{Dovecot, Saslauthd, Silent, ALICE, SPECIAL};
 use nginx_auth_fcgi::authenticator::{Authenticator, Policy, WaitPolicy};
 use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::mech::Mechanism;
@@ -17,7 +16,6 @@ use nginx_auth_fcgi::passdb::{AnyPassdb, Passdb, PassdbError, Rejection, Verdict
 use nginx_auth_fcgi::secret::Secret;
 use nginx_auth_fcgi::service::Service;
 use nginx_auth_fcgi::upstream::Upstreams;
-use servers::{Dovecot, Saslauthd, Silent, ALICE, SPECIAL};
 
 fn passdb(socket: &std::path::Path, options: &str) -> AnyPassdb {
     AnyPassdb::open(&format!("saslauthd:{}{options}", socket.display()), None).expect("open")

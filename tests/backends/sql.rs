@@ -5,16 +5,14 @@
 //! `password_query` template, injection-shaped user names, a slow query, and
 //! a server killed and restarted under a live passdb.
 
-use crate::common::sql as servers;
-
 use std::time::{Duration, Instant};
 
+use crate::common::sql::{Kind, Server};
 use nginx_auth_fcgi::passdb::{
     AnyPassdb, Lookup, Passdb, PassdbError, PassdbOptions, Rejection, Verdict,
 };
 use nginx_auth_fcgi::scheme::{self, Scheme};
 use nginx_auth_fcgi::secret::Secret;
-use servers::{Kind, Server};
 
 const BUILT_IN_DB: &str = "auth";
 
@@ -778,7 +776,7 @@ async fn postgres_tls() {
 
     // Another CA: the handshake fails, which is a temporary failure.
     let other = tempfile::tempdir().unwrap();
-    let (_, other_cert) = servers::make_ca(other.path(), "other-ca");
+    let (_, other_cert) = crate::common::sql::make_ca(other.path(), "other-ca");
     let db = open(&format!(
         "sslmode=verify-full&sslrootcert={}",
         other_cert.display()

@@ -8,5 +8,6 @@
 pub mod e2e;
 pub mod fcgi;
 pub mod ldap;
+pub mod proc;
 pub mod sasl;
 pub mod sql;

@@ -2,10 +2,9 @@
 //! (shipped config) → our daemon with `--passdb ldap://…`, `saslauthd:…` or
 //! `dovecot:…` → the harness's Dovecot (IMAP/POP3) or SMTP sink.
 //!
-//! The harness starts its daemon with a passwd-file; each test stops that
-//! daemon and starts one of its own on the same socket with the same flags,
-//! the passdb swapped (as `tests/e2e_suite/sql.rs` does), plus `--mechanism plain`
-//! where the passdb cannot serve challenge mechanisms.
+//! Each test starts the harness with its passdb swapped in
+//! ([`Extras::passdb`], as `tests/e2e_suite/sql.rs` does), plus
+//! `--mechanism plain` where the passdb cannot serve challenge mechanisms.
 //!
 //! The harness's Dovecot backend checks the password nginx forwards against
 //! the harness passwd-file, so each test first gives the directory's users
@@ -21,76 +20,13 @@ use crate::common::sasl;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::common::e2e::*;
 use nginx_auth_fcgi::authenticator::TEMPORARY;
 
-/// Our daemon, stopped on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(socket: &Path, args: &[String], dir: &Path) -> Daemon {
-        let log = dir.join("directory-daemon.log");
-        let out = fs::File::create(&log).unwrap();
-        let config = dir.join("directory-daemon.toml");
-        // A temporary failure answers after 1 s instead of the default 3.
-        fs::write(&config, "[auth_wait]\ntemporary = 1\n").unwrap();
-        let child = Command::new(daemon_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
-            .args(["--socket-mode", "0666"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start daemon");
-        let mut daemon = Daemon { child, log };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(socket).is_err() {
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                panic!("daemon exited ({status}):\n{}", daemon.log_text());
-            }
-            assert!(Instant::now() < deadline, "daemon not listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        daemon
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("daemon log:\n{}", self.log_text());
-        }
-    }
-}
-
-/// Stops the harness daemon and starts ours on its socket with its flags,
-/// `--passdb` swapped for `passdb` and `extra` appended.
-fn swap_daemon(stack: &mut Stack, passdb: String, extra: &[&str]) -> Daemon {
-    stack.stop_daemon();
-    let mut args = stack.daemon_args();
-    let i = args.iter().position(|a| a == "--passdb").expect("--passdb") + 1;
-    args[i] = passdb;
-    args.extend(extra.iter().map(|a| a.to_string()));
-    Daemon::start(&stack.socket, &args, &stack.path(""))
+/// A stack whose daemon asks `passdb`, with `extra` flags.
+fn stack_with(passdb: String, extra: &[&str]) -> Stack {
+    Stack::start_with_extras(Launch::Direct, Extras::passdb(passdb, extra))
 }
 
 /// Gives `users` these `{PLAIN}` passwords in the harness passwd-file (which
@@ -148,8 +84,8 @@ fn assert_temporary(r: &ClientResult, what: &str) {
 
 /// No password the test used shows up in the daemon's log.
 #[track_caller]
-fn assert_no_passwords_logged(daemon: &Daemon, passwords: &[&str]) {
-    let log = daemon.log_text();
+fn assert_no_passwords_logged(stack: &Stack, passwords: &[&str]) {
+    let log = stack.daemon_log();
     for password in passwords {
         assert!(
             !log.contains(password),
@@ -171,10 +107,9 @@ const LDAP_USERS: [(&str, &str); 3] = [
 #[test]
 fn ldap_search_mode_through_nginx() {
     let mut slapd = ldap::Slapd::start();
-    let mut stack = Stack::start();
-    backend_passwords(&stack, &LDAP_USERS);
     let uri = slapd.uri(&format!("{}&connect_timeout=1&timeout=2", ldap::READER));
-    let daemon = swap_daemon(&mut stack, uri, &[]);
+    let stack = stack_with(uri, &[]);
+    backend_passwords(&stack, &LDAP_USERS);
 
     // IMAP LOGIN, then SELECT on the backend: {SSHA} and {CRYPT}$6$.
     for (user, password) in [LDAP_USERS[0], LDAP_USERS[1]] {
@@ -210,7 +145,7 @@ fn ldap_search_mode_through_nginx() {
     let r = stack.client("imap", "login", "alice", &["alice-pw"], &[]);
     assert_temporary(&r, "IMAP LOGIN while slapd is down");
 
-    assert_no_passwords_logged(&daemon, &["alice-pw", "bob-pw", "carol-pw", "reader-pw"]);
+    assert_no_passwords_logged(&stack, &["alice-pw", "bob-pw", "carol-pw", "reader-pw"]);
 }
 
 /// Bind mode: slapd checks the password, so the daemon runs with
@@ -218,10 +153,9 @@ fn ldap_search_mode_through_nginx() {
 #[test]
 fn ldap_bind_mode_through_nginx() {
     let slapd = ldap::Slapd::start();
-    let mut stack = Stack::start();
-    backend_passwords(&stack, &LDAP_USERS);
     let uri = slapd.uri("mode=bind&connect_timeout=1&timeout=2");
-    let daemon = swap_daemon(&mut stack, uri, &["--mechanism", "plain"]);
+    let stack = stack_with(uri, &["--mechanism", "plain"]);
+    backend_passwords(&stack, &LDAP_USERS);
 
     for (user, password) in [LDAP_USERS[0], LDAP_USERS[1]] {
         let r = stack.client("imap", "login", user, &[password], &[]);
@@ -239,7 +173,7 @@ fn ldap_bind_mode_through_nginx() {
         "IMAP CRAM-MD5 (bind, --mechanism plain): {r:#?}"
     );
 
-    assert_no_passwords_logged(&daemon, &["alice-pw", "bob-pw"]);
+    assert_no_passwords_logged(&stack, &["alice-pw", "bob-pw"]);
 }
 
 /// The sasl servers' users as the backend sees them (their passwd-file is
@@ -254,10 +188,9 @@ fn sasl_users() -> [(&'static str, &'static str); 2] {
 /// The plaintext-only socket passdbs: logins, a wrong password, and a
 /// temporary failure once the server is stopped (`stop`).
 fn socket_passdb_through_nginx(what: &str, passdb: String, stop: impl FnOnce()) {
-    let mut stack = Stack::start();
+    let stack = stack_with(passdb, &["--mechanism", "plain"]);
     let users = sasl_users();
     backend_passwords(&stack, &users);
-    let daemon = swap_daemon(&mut stack, passdb, &["--mechanism", "plain"]);
 
     for (user, password) in users {
         let r = stack.client("imap", "login", user, &[password], &[]);
@@ -270,7 +203,7 @@ fn socket_passdb_through_nginx(what: &str, passdb: String, stop: impl FnOnce()) 
     let r = stack.client("imap", "login", users[0].0, &[users[0].1], &[]);
     assert_temporary(&r, &format!("{what}: IMAP LOGIN while the server is down"));
 
-    assert_no_passwords_logged(&daemon, &users.map(|(_, p)| p));
+    assert_no_passwords_logged(&stack, &users.map(|(_, p)| p));
 }
 
 #[test]

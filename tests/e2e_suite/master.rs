@@ -74,7 +74,7 @@ passdb {{
 "#,
             files.join("master-users").display()
         ),
-        nginx_mail: String::new(),
+        ..Extras::default()
     }
 }
 

@@ -4,72 +4,13 @@
 //! harness. The SQL table holds the same users with Dovecot's own hashes, so
 //! a login works only if the daemon read and verified the SQL row.
 //!
-//! The harness starts its daemon with a passwd-file; this test stops that
-//! daemon and starts one of its own on the same socket with the same flags,
-//! the passdb swapped.
+//! The harness's daemon gets the SQL passdb instead of its passwd-file
+//! ([`Extras::passdb`]), with the same flags otherwise.
 
-use crate::common::sql as servers;
-
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use crate::common::e2e::*;
-use servers::{Kind, Server};
-
-/// Our daemon, stopped on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(socket: &Path, args: &[String], dir: &Path) -> Daemon {
-        let log = dir.join("sql-daemon.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let config = dir.join("sql-daemon.toml");
-        // A temporary failure answers after 1 s instead of the default 3.
-        std::fs::write(&config, "[auth_wait]\ntemporary = 1\n").unwrap();
-        let child = Command::new(daemon_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
-            .args(["--socket-mode", "0666"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start daemon");
-        let mut daemon = Daemon { child, log };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(socket).is_err() {
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                panic!("daemon exited ({status}):\n{}", daemon.log_text());
-            }
-            assert!(Instant::now() < deadline, "daemon not listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        daemon
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("daemon log:\n{}", self.log_text());
-        }
-    }
-}
+use crate::common::sql::{Kind, Server};
 
 /// The database the passdb reads: PostgreSQL's admin database, a database
 /// of its own on MariaDB (the admin URI points at `mysql`).
@@ -150,12 +91,8 @@ fn load_users(server: &Server) {
 fn mail_logins_through_nginx(kind: Kind) {
     let mut db = Server::start(kind);
     load_users(&db);
-    let mut stack = Stack::start();
-    stack.stop_daemon();
-    let mut args = stack.daemon_args();
-    let i = args.iter().position(|a| a == "--passdb").expect("--passdb") + 1;
-    args[i] = db.uri(database(kind), "connect_timeout=1&query_timeout=2");
-    let daemon = Daemon::start(&stack.socket, &args, db.dir());
+    let passdb = db.uri(database(kind), "connect_timeout=1&query_timeout=2");
+    let stack = Stack::start_with_extras(Launch::Direct, Extras::passdb(passdb, &[]));
 
     for user in [ALICE, SHA512_USER, BLF_USER] {
         let r = stack.client("imap", "login", user.name, &[user.password], &[]);
@@ -197,7 +134,7 @@ fn mail_logins_through_nginx(kind: Kind) {
     let r = stack.client("imap", "login", ALICE.name, &[ALICE.password], &[]);
     assert!(r.ok, "{kind:?}: after the restart: {r:#?}");
 
-    let log = daemon.log_text();
+    let log = stack.daemon_log();
     for user in USERS {
         assert!(
             !log.contains(user.password),
@@ -340,8 +277,6 @@ fn password_query_from_the_command_line_and_the_config_file() {
 /// passdb, and an admin edit made while the daemon runs is seen at once.
 #[test]
 fn mail_logins_through_nginx_with_the_sqlite_default() {
-    let mut stack = Stack::start();
-    stack.stop_daemon();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("users.db");
     let admin = nginx_auth_fcgi::passdb::sqlite::Admin::open(&db).unwrap();
@@ -351,10 +286,8 @@ fn mail_logins_through_nginx_with_the_sqlite_default() {
             .add(fields.next().unwrap(), fields.next().unwrap())
             .unwrap();
     }
-    let mut args = stack.daemon_args();
-    let i = args.iter().position(|a| a == "--passdb").expect("--passdb") + 1;
-    args[i] = format!("sqlite:{}", db.display());
-    let daemon = Daemon::start(&stack.socket, &args, dir.path());
+    let passdb = format!("sqlite:{}", db.display());
+    let stack = Stack::start_with_extras(Launch::Direct, Extras::passdb(passdb, &[]));
 
     for user in [ALICE, SHA512_USER, BLF_USER] {
         let r = stack.client("imap", "login", user.name, &[user.password], &[]);
@@ -389,7 +322,7 @@ fn mail_logins_through_nginx_with_the_sqlite_default() {
     admin.set_enabled(BLF_USER.name, true).unwrap();
     let r = stack.client("imap", "login", BLF_USER.name, &[BLF_USER.password], &[]);
     assert!(r.ok, "re-enabled: {r:#?}");
-    let log = daemon.log_text();
+    let log = stack.daemon_log();
     for user in USERS {
         assert!(!log.contains(user.password), "password in the log:\n{log}");
     }
