@@ -2,14 +2,12 @@
 //! `tests/ldap/users.ldif`), started in a temp dir on a free loopback port
 //! and stopped on drop. Shared by `tests/backends/ldap.rs` and
 //! `tests/e2e_suite/directory.rs`.
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::proc::{free_port, port_open, require, run, Proc};
 
 pub const PEOPLE: &str = "ou=people,dc=example,dc=org";
 pub const READER: &str = "binddn=cn=reader,ou=services,dc=example,dc=org&bindpw=reader-pw";
@@ -20,34 +18,7 @@ pub struct Slapd {
     pub port: u16,
     /// `ldaps://` port and the certificate (PEM) its clients trust.
     pub tls: Option<(u16, PathBuf)>,
-    child: Option<Child>,
-}
-
-fn program(name: &str) -> PathBuf {
-    let path = Path::new("/usr/sbin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: apt-get install slapd (bash tests/run installs it)",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn check(out: Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    proc: Option<Proc>,
 }
 
 impl Slapd {
@@ -87,14 +58,12 @@ impl Slapd {
         );
         std::fs::write(dir.path().join("slapd.conf"), conf).unwrap();
         let ldif = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ldap/users.ldif");
-        check(
-            Command::new(program("slapadd"))
+        run(
+            Command::new(require("slapadd", "slapd"))
                 .arg("-f")
                 .arg(dir.path().join("slapd.conf"))
                 .arg("-l")
-                .arg(&ldif)
-                .output()
-                .unwrap(),
+                .arg(&ldif),
             "slapadd",
         );
         let tls = tls.then(|| (free_port(), dir.path().join("cert.pem")));
@@ -102,7 +71,7 @@ impl Slapd {
             dir,
             port: free_port(),
             tls,
-            child: None,
+            proc: None,
         };
         s.restart();
         s
@@ -110,8 +79,8 @@ impl Slapd {
 
     /// Starts slapd (again) on the same port and waits until it answers.
     pub fn restart(&mut self) {
-        let child = Command::new(program("slapd"))
-            .arg("-h")
+        let mut cmd = Command::new(require("slapd", "slapd"));
+        cmd.arg("-h")
             .arg(match &self.tls {
                 None => format!("ldap://127.0.0.1:{}/", self.port),
                 Some((tls, _)) => {
@@ -123,24 +92,17 @@ impl Slapd {
             .args(["-d", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start slapd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("slapd exited: {status}");
-            }
-            assert!(Instant::now() < deadline, "slapd did not start");
-            sleep(Duration::from_millis(20));
-        }
+            .stderr(Stdio::null());
+        let port = self.port;
+        self.proc
+            .insert(Proc::spawn_with("slapd", &mut cmd))
+            .wait_for("its port", Duration::from_secs(10), || port_open(port));
     }
 
+    /// SIGKILL, no shutdown.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill();
         }
     }
 
@@ -152,20 +114,20 @@ impl Slapd {
 /// A self-signed certificate for 127.0.0.1 (`cert.pem`, `key.pem` in `dir`)
 /// and the slapd.conf lines that serve it.
 fn tls_files(dir: &Path) -> String {
-    let openssl = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "30"])
-        .args(["-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .expect("openssl is missing: apt-get install openssl");
-    check(openssl, "openssl req");
+    run(
+        Command::new(require("openssl", "openssl"))
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "30"])
+            .args(["-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .args(["-addext", "extendedKeyUsage=serverAuth"])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem")),
+        "openssl req",
+    );
     format!(
         "TLSCertificateFile {d}/cert.pem\nTLSCertificateKeyFile {d}/key.pem\n",
         d = dir.display()

@@ -12,14 +12,13 @@
 //! Every process runs in its own process group and is stopped on drop, also
 //! when a test panics. A missing program panics naming the Debian package
 //! (`bash tests/run` installs them); nothing is skipped.
-#![allow(dead_code)]
-
 use std::fs;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use super::proc::{free_port, port_open, require, require_file, Proc};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -56,84 +55,17 @@ pub const LOCKED: User = User {
 };
 pub const USERS: [User; 4] = [ALICE, SPECIAL, ROUTED, LOCKED];
 
-fn require(program: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
-        let p = Path::new(dir).join(program);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "program `{program}` not found; install the Debian package `{package}` \
-         (`bash tests/run` installs everything the tests need)"
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-fn kill_group(child: &mut Child) {
-    let pgid = child.id() as libc::pid_t;
-    // SAFETY: kill(2) on our own child's process group; no memory involved.
-    unsafe {
-        libc::kill(-pgid, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        sleep(Duration::from_millis(10));
-    }
-    // SAFETY: as above; reaps workers that outlived their master.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
-    let _ = child.wait();
-}
-
-fn spawn(cmd: &mut Command, log: &Path) -> Child {
-    let out = fs::File::create(log).expect("create log");
-    let err = out.try_clone().expect("dup log");
-    cmd.stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
-}
-
-fn wait_for(what: &str, log: &Path, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while !ready() {
-        if Instant::now() > deadline {
-            panic!(
-                "timed out waiting for {what}; log:\n{}",
-                fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        sleep(Duration::from_millis(20));
-    }
-}
-
 /// A running Dovecot (auth service + IMAP) in a temp dir.
 pub struct Dovecot {
     dir: tempfile::TempDir,
     pub imap_port: u16,
-    child: Option<Child>,
+    proc: Option<Proc>,
 }
 
 impl Dovecot {
     pub fn start() -> Dovecot {
         require("dovecot", "dovecot-core");
-        assert!(
-            Path::new("/usr/lib/dovecot/imap").exists(),
-            "/usr/lib/dovecot/imap not found; install the Debian package `dovecot-imapd`"
-        );
+        require_file("/usr/lib/dovecot/imap", "dovecot-imapd");
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let imap_port = free_port();
@@ -196,7 +128,7 @@ service imap-login {{
         let mut d = Dovecot {
             dir,
             imap_port,
-            child: None,
+            proc: None,
         };
         d.spawn();
         d
@@ -207,13 +139,14 @@ service imap-login {{
         cmd.arg("-F")
             .arg("-c")
             .arg(self.dir.path().join("dovecot.conf"));
-        self.child = Some(spawn(&mut cmd, &self.dir.path().join("dovecot.out")));
+        let log = self.dir.path().join("dovecot.out");
         let socket = self.auth_socket();
         let port = self.imap_port;
-        wait_for("dovecot", &self.dir.path().join("dovecot.out"), || {
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        self.proc
+            .insert(Proc::spawn("dovecot", &mut cmd, &log))
+            .wait_for("its auth socket and IMAP port", READY_TIMEOUT, || {
+                UnixStream::connect(&socket).is_ok() && port_open(port)
+            });
     }
 
     /// The `auth-client` socket (the `dovecot:` passdb's path).
@@ -223,8 +156,8 @@ service imap-login {{
 
     /// Stops Dovecot; its socket files stay behind, as after a crash.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill_group(&mut c);
+        if let Some(mut proc) = self.proc.take() {
+            proc.stop();
         }
     }
 
@@ -242,7 +175,7 @@ impl Drop for Dovecot {
 /// `saslauthd -a rimap` against a [`Dovecot`]'s IMAP listener.
 pub struct Saslauthd {
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    proc: Option<Proc>,
 }
 
 impl Saslauthd {
@@ -259,16 +192,15 @@ impl Saslauthd {
             .arg(&run)
             .args(["-n", "1", "-d"]);
         let log = dir.path().join("saslauthd.log");
-        let child = spawn(&mut cmd, &log);
-        let s = Saslauthd {
-            dir,
-            child: Some(child),
-        };
-        let mux = s.socket();
-        wait_for("saslauthd", &log, || {
-            std::os::unix::net::UnixStream::connect(&mux).is_ok()
+        let mut proc = Proc::spawn("saslauthd", &mut cmd, &log);
+        let mux = run.join("mux");
+        proc.wait_for("its mux socket", READY_TIMEOUT, || {
+            UnixStream::connect(&mux).is_ok()
         });
-        s
+        Saslauthd {
+            dir,
+            proc: Some(proc),
+        }
     }
 
     /// The `mux` socket (the `saslauthd:` passdb's path).
@@ -277,8 +209,8 @@ impl Saslauthd {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill_group(&mut c);
+        if let Some(mut proc) = self.proc.take() {
+            proc.stop();
         }
     }
 

@@ -8,15 +8,14 @@
 //!
 //! A missing server program panics with the Debian package to install
 //! (`tests/run` installs them); nothing is skipped.
-#![allow(dead_code)]
-
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::proc::{self, require, require_file, retry_on_clash, run, Proc};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -32,19 +31,10 @@ pub struct Server {
     pub kind: Kind,
     dir: tempfile::TempDir,
     pub port: u16,
-    child: Option<Child>,
+    proc: Option<Proc>,
     starts: u32,
     /// Extra server options (TLS set-up).
     extra: Vec<String>,
-}
-
-fn require(path: PathBuf, package: &str) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{} is missing: apt-get install {package} (bash tests/run installs it)",
-        path.display()
-    );
-    path
 }
 
 /// The newest installed `/usr/lib/postgresql/N/bin`.
@@ -60,8 +50,8 @@ fn pg_bin() -> PathBuf {
         panic!("PostgreSQL is missing: apt-get install postgresql (bash tests/run installs it)")
     };
     let bin = PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
-    require(bin.join("postgres"), "postgresql");
-    require(bin.join("initdb"), "postgresql");
+    require_file(bin.join("postgres"), "postgresql");
+    require_file(bin.join("initdb"), "postgresql");
     bin
 }
 
@@ -75,23 +65,6 @@ fn user_ids(name: &str, package: &str) -> (u32, u32) {
             (f.first() == Some(&name)).then(|| (f[2].parse().unwrap(), f[3].parse().unwrap()))
         })
         .unwrap_or_else(|| panic!("user `{name}` is missing: apt-get install {package}"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Every process below `pid`, from /proc.
@@ -130,13 +103,6 @@ fn descendants(pid: u32) -> Vec<u32> {
     found
 }
 
-fn signal_group(pgid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) on a process group we started; touches no memory.
-    unsafe {
-        libc::kill(-(pgid as libc::pid_t), signal);
-    }
-}
-
 /// Fills a fresh data directory.
 type InitDir = Box<dyn Fn(&Path)>;
 
@@ -150,10 +116,10 @@ fn template(kind: Kind) -> PathBuf {
     let (name, init): (String, InitDir) = match kind {
         Kind::Postgres => {
             let bin = pg_bin();
-            let version = Command::new(bin.join("postgres"))
-                .arg("--version")
-                .output()
-                .expect("postgres --version");
+            let version = run(
+                Command::new(bin.join("postgres")).arg("--version"),
+                "postgres --version",
+            );
             let version = String::from_utf8_lossy(&version.stdout)
                 .trim()
                 .replace(' ', "_");
@@ -178,12 +144,9 @@ fn template(kind: Kind) -> PathBuf {
             )
         }
         Kind::Mariadb => {
-            let install = require("/usr/bin/mariadb-install-db".into(), "mariadb-server");
-            let server = require("/usr/sbin/mariadbd".into(), "mariadb-server");
-            let version = Command::new(&server)
-                .arg("--version")
-                .output()
-                .expect("mariadbd --version");
+            let install = require("mariadb-install-db", "mariadb-server");
+            let server = require("mariadbd", "mariadb-server");
+            let version = run(Command::new(&server).arg("--version"), "mariadbd --version");
             let version = String::from_utf8_lossy(&version.stdout);
             let version = version
                 .split_whitespace()
@@ -267,8 +230,8 @@ impl Server {
         let mut server = Server {
             kind,
             dir,
-            port: free_port(),
-            child: None,
+            port: 0,
+            proc: None,
             starts: 0,
             extra: Vec::new(),
         };
@@ -295,7 +258,10 @@ impl Server {
                 ],
             };
         }
-        server.spawn();
+        retry_on_clash(&format!("{kind:?}"), |[port]| {
+            server.port = port;
+            server.spawn()
+        });
         server
     }
 
@@ -303,14 +269,14 @@ impl Server {
         self.dir.path()
     }
 
-    fn spawn(&mut self) {
+    /// Starts the server on [`Server::port`] and waits until it is ready.
+    fn spawn(&mut self) -> Result<(), String> {
         self.starts += 1;
         let log = self.dir().join(format!("server.{}.log", self.starts));
-        let out = fs::File::create(&log).expect("log file");
-        let err = out.try_clone().unwrap();
         let mut cmd = match self.kind {
             Kind::Postgres => {
                 let (uid, gid) = user_ids("postgres", "postgresql");
+                fs::File::create(&log).expect("create log");
                 std::os::unix::fs::chown(&log, Some(uid), Some(gid)).unwrap();
                 let mut cmd = Command::new(pg_bin().join("postgres"));
                 cmd.arg("-D")
@@ -326,7 +292,7 @@ impl Server {
                 cmd
             }
             Kind::Mariadb => {
-                let mut cmd = Command::new("/usr/sbin/mariadbd");
+                let mut cmd = Command::new(require("mariadbd", "mariadb-server"));
                 cmd.arg("--no-defaults")
                     .arg(format!("--datadir={}", self.dir().join("data").display()))
                     .arg(format!("--socket={}", self.dir().join("sock").display()))
@@ -339,35 +305,22 @@ impl Server {
                 cmd
             }
         };
-        let child = cmd
-            .current_dir(self.dir())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {:?}: {e}", self.kind));
-        self.child = Some(child);
+        cmd.current_dir(self.dir());
+        let proc = Proc::spawn(&format!("{:?}", self.kind), &mut cmd, &log);
+        // PostgreSQL's SIGTERM waits for clients to leave; SIGINT does not.
+        let proc = match self.kind {
+            Kind::Postgres => proc.stop_signal(libc::SIGINT),
+            Kind::Mariadb => proc,
+        };
         let ready = match self.kind {
             Kind::Postgres => "database system is ready to accept connections",
             Kind::Mariadb => "ready for connections",
         };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            if text.contains(ready) {
-                break;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{:?} exited ({status}) at start:\n{text}", self.kind);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{:?} not ready after {READY_TIMEOUT:?}:\n{text}",
-                self.kind
-            );
-            sleep(Duration::from_millis(20));
-        }
+        self.proc
+            .insert(proc)
+            .try_wait_for("ready for connections", READY_TIMEOUT, || {
+                fs::read_to_string(&log).unwrap_or_default().contains(ready)
+            })
     }
 
     /// SIGKILL, no shutdown: the server "goes away" under its clients.
@@ -375,23 +328,21 @@ impl Server {
     /// they are found by parent pid and killed too; otherwise one could
     /// still answer a query before it notices the postmaster is gone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let children = descendants(child.id());
-            signal_group(child.id(), libc::SIGKILL);
+        if let Some(mut proc) = self.proc.take() {
+            let children = descendants(proc.id());
+            proc.kill();
             for pid in children {
-                // SAFETY: kill(2) on a process of the server we started.
-                unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
-                }
+                proc::signal(pid as i32, libc::SIGKILL);
             }
-            let _ = child.wait();
         }
     }
 
     /// Starts again on the same port and data.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        if let Err(e) = self.spawn() {
+            panic!("{:?} restart: {e}", self.kind);
+        }
     }
 
     /// Superuser URI (no password: trust / empty root password).
@@ -436,11 +387,7 @@ impl Server {
 }
 
 fn openssl() -> Command {
-    assert!(
-        Command::new("openssl").arg("version").output().is_ok(),
-        "openssl is missing: apt-get install openssl"
-    );
-    Command::new("openssl")
+    Command::new(require("openssl", "openssl"))
 }
 
 /// A test CA in `dir`: returns (key, certificate).
@@ -510,25 +457,8 @@ pub fn make_leaf(dir: &Path, ca: &(PathBuf, PathBuf)) -> (PathBuf, PathBuf) {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pgid = child.id();
-            // PostgreSQL's SIGTERM waits for clients to leave; SIGINT does not.
-            signal_group(
-                pgid,
-                match self.kind {
-                    Kind::Postgres => libc::SIGINT,
-                    Kind::Mariadb => libc::SIGTERM,
-                },
-            );
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                sleep(Duration::from_millis(10));
-            }
-            signal_group(pgid, libc::SIGKILL);
-            let _ = child.wait();
+        if let Some(mut proc) = self.proc.take() {
+            proc.stop();
         }
         if std::thread::panicking() {
             eprintln!("{:?} server log:\n{}", self.kind, self.logs());
