@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 pub use super::proc::{free_ports, require, require_file};
-use super::proc::{port_open, read_lossy, try_wait_until, wait_until, Proc, STOP_TIMEOUT};
+use super::proc::{port_open, read_lossy, try_wait_until, wait_until, Proc};
 
 /// The shared secret nginx sends as `X-Auth-Key` and the daemon requires.
 pub const AUTH_KEY: &str = "e2e-shared-key-4711";
@@ -856,11 +856,7 @@ service pop3-login {{
 
     /// SIGTERM to the daemon alone; its exit status.
     pub fn stop_daemon(&mut self) -> ExitStatus {
-        let mut daemon = self.daemon.take().expect("daemon running");
-        daemon.signal(libc::SIGTERM);
-        let status = daemon.wait_timeout(STOP_TIMEOUT);
-        daemon.stop();
-        status.unwrap_or_else(|| panic!("daemon did not exit within {STOP_TIMEOUT:?} of SIGTERM"))
+        self.daemon.take().expect("daemon running").terminate()
     }
 
     /// Panics if the daemon has exited (e.g. crashed during the test).

@@ -203,12 +203,11 @@ where
 
 // -------------------------------------------------------------- processes
 
-/// Sends `signal` to process `pid` (a negative `pid`: to that group).
-pub fn signal(pid: i32, signal: libc::c_int) {
+/// Sends `signal` to process `pid` (a negative `pid`: to that group);
+/// whether kill(2) succeeded.
+pub fn signal(pid: i32, signal: libc::c_int) -> bool {
     // SAFETY: kill(2) touches no memory of ours.
-    unsafe {
-        libc::kill(pid as libc::pid_t, signal);
-    }
+    unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
 }
 
 /// Reads a log file for a message; a note instead when it cannot be read.
@@ -335,9 +334,9 @@ impl Proc {
         }
     }
 
-    /// Sends `sig` to the process alone.
-    pub fn signal(&self, sig: libc::c_int) {
-        signal(self.child.id() as i32, sig);
+    /// Sends `sig` to the process alone; whether that worked.
+    pub fn signal(&self, sig: libc::c_int) -> bool {
+        signal(self.child.id() as i32, sig)
     }
 
     /// Sends `sig` to the whole group.
@@ -364,6 +363,22 @@ impl Proc {
             }
         }
         self.kill();
+    }
+
+    /// SIGTERM to the process alone (a daemon's own shutdown); its exit
+    /// status, or a panic if it is still running after [`STOP_TIMEOUT`].
+    /// What is left of its group is killed.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_timeout(STOP_TIMEOUT);
+        self.kill();
+        status.unwrap_or_else(|| {
+            panic!(
+                "{} did not exit within {STOP_TIMEOUT:?} of SIGTERM:\n{}",
+                self.name,
+                self.log()
+            )
+        })
     }
 
     /// SIGKILL to the whole group at once, no shutdown.

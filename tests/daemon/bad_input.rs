@@ -13,11 +13,11 @@
 //! the peer sees.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::daemon::Daemon;
 use crate::common::fcgi::{self, Rec};
 use base64::Engine;
 use tokio::io::AsyncWriteExt;
@@ -34,94 +34,33 @@ const READ_TIMEOUT_MS: u64 = 2000;
 /// of a claimed 2 GiB length would blow it.
 const MAX_HWM_KIB: u64 = 64 * 1024;
 
-/// The spawned daemon; SIGTERM and reaped on drop.
-struct Daemon {
-    child: Child,
-    sock: PathBuf,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+/// The daemon with the matrix's limits and the throttle off.
+fn start_daemon() -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice:{PLAIN}wonderland::::::\n").unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "passdb = [\"passwd-file:{}\"]\n\
+             upstream = [\"imap=127.0.0.1:1143\"]\n\
+             log = \"stderr\"\n\
+             log_level = \"info\"\n\
+             [limits]\n\
+             read_timeout_ms = {READ_TIMEOUT_MS}\n\
+             [throttle]\n\
+             enabled = false\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    Daemon::start(dir, ["--config", &config])
 }
 
-impl Daemon {
-    fn start() -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let users = dir.path().join("users");
-        std::fs::write(&users, "alice:{PLAIN}wonderland::::::\n").unwrap();
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "passdb = [\"passwd-file:{}\"]\n\
-                 upstream = [\"imap=127.0.0.1:1143\"]\n\
-                 log = \"stderr\"\n\
-                 log_level = \"info\"\n\
-                 [limits]\n\
-                 read_timeout_ms = {READ_TIMEOUT_MS}\n\
-                 [throttle]\n\
-                 enabled = false\n",
-                users.display()
-            ),
-        )
-        .unwrap();
-        let sock = dir.path().join("auth.sock");
-        let log = dir.path().join("daemon.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .expect("spawn nginx-auth-fcgi");
-        let mut d = Daemon {
-            child,
-            sock,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&d.sock).is_err() {
-            assert!(
-                d.child.try_wait().unwrap().is_none(),
-                "daemon exited:\n{}",
-                d.log()
-            );
-            assert!(Instant::now() < deadline, "daemon did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_alive(&mut self) {
-        assert!(
-            self.child.try_wait().unwrap().is_none(),
-            "daemon died:\n{}",
-            self.log()
-        );
-    }
-
-    async fn connect(&self) -> UnixStream {
-        UnixStream::connect(&self.sock).await.unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
+async fn connect(d: &Daemon) -> UnixStream {
+    UnixStream::connect(d.sock()).await.unwrap()
 }
 
 /// A `kB` field of `/proc/PID/status` (VmRSS, VmHWM).
@@ -337,7 +276,7 @@ async fn run_case(sock: PathBuf, c: Case) -> Option<String> {
 
 /// A good login on a fresh connection; panics unless `Auth-Status: OK`.
 async fn assert_good_login(d: &Daemon, after: &str) {
-    let mut s = d.connect().await;
+    let mut s = connect(d).await;
     s.write_all(&good(1, 0)).await.unwrap();
     let r = fcgi::read_reply(&mut s, 1).await;
     assert_eq!(
@@ -807,7 +746,7 @@ fn matrix() -> Vec<Case> {
 /// read timeout long before it is complete, without an answer.
 async fn slow_client(d: &Daemon) -> Result<usize, String> {
     let wire = good(1, 0);
-    let s = d.connect().await;
+    let s = connect(d).await;
     let (mut rd, mut wr) = s.into_split();
     let sent = Arc::new(AtomicUsize::new(0));
     let counter = sent.clone();
@@ -836,7 +775,7 @@ async fn slow_client(d: &Daemon) -> Result<usize, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_matrix_against_the_daemon() {
-    let mut d = Daemon::start();
+    let mut d = start_daemon();
     let pid = d.pid();
     assert_good_login(&d, "start").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -849,7 +788,7 @@ async fn bad_input_matrix_against_the_daemon() {
     let mut n = 0;
     for c in truncations() {
         let name = c.name.clone();
-        problems.extend(run_case(d.sock.clone(), c).await);
+        problems.extend(run_case(d.sock().to_owned(), c).await);
         assert_good_login(&d, &name).await;
         n += 1;
     }
@@ -859,7 +798,7 @@ async fn bad_input_matrix_against_the_daemon() {
     let mut n = 0;
     for c in matrix() {
         let name = c.name.clone();
-        problems.extend(run_case(d.sock.clone(), c).await);
+        problems.extend(run_case(d.sock().to_owned(), c).await);
         assert_good_login(&d, &name).await;
         d.assert_alive();
         n += 1;
@@ -878,7 +817,7 @@ async fn bad_input_matrix_against_the_daemon() {
     let stalled = async {
         let tasks: Vec<_> = stalled_cases
             .into_iter()
-            .map(|c| tokio::spawn(run_case(d_ref.sock.clone(), c)))
+            .map(|c| tokio::spawn(run_case(d_ref.sock().to_owned(), c)))
             .collect();
         let mut v = Vec::new();
         for t in tasks {
@@ -912,7 +851,7 @@ async fn bad_input_matrix_against_the_daemon() {
         ("pipelined logins, never read", good(1, fcgi::KEEP_CONN)),
         ("UNKNOWN_TYPE answers, never read", unknown),
     ] {
-        match never_reads(d.sock.clone(), name, unit).await {
+        match never_reads(d.sock().to_owned(), name, unit).await {
             Ok(sent) => eprintln!("{name}: closed after {sent} bytes sent"),
             Err(e) => problems.push(e),
         }
@@ -990,7 +929,7 @@ async fn never_reads(sock: PathBuf, name: &str, unit: Vec<u8>) -> Result<usize, 
 async fn connection_flood(d: &Daemon, n: usize, cap: usize) -> Result<(usize, usize), String> {
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
-        let s = UnixStream::connect(&d.sock)
+        let s = UnixStream::connect(d.sock())
             .await
             .map_err(|e| format!("connect: {e}"))?;
         conns.push(Some(s));

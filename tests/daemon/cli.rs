@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
+use crate::common::daemon::Daemon;
 use nginx_auth_fcgi::scheme::{Scheme, StoredPassword};
 
 fn run(args: &[&str], stdin: &str) -> Output {
@@ -368,30 +369,21 @@ fn status_reads_metrics_from_the_running_service() {
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
     std::fs::write(&users, "alice:{PLAIN}a::::::\n").unwrap();
-    let sock = dir.path().join("auth.sock");
-    let listen = format!("unix:{}", sock.display());
     let passdb = format!("passwd-file:{}", users.display());
-    let _daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
-            .args([
-                "serve", "--listen", &listen, "--passdb", &passdb, "--log", "stderr",
-            ])
-            .args(["--require-header", "X-Auth-Key=k"])
-            .args(["--upstream", "imap=127.0.0.1:1143"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let daemon = Daemon::start(
+        dir,
+        [
+            "--passdb",
+            &passdb,
+            "--log",
+            "stderr",
+            "--require-header",
+            "X-Auth-Key=k",
+            "--upstream",
+            "imap=127.0.0.1:1143",
+        ],
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "daemon did not listen"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let listen = format!("unix:{}", daemon.sock().display());
     let out = run(
         &[
             "status",
@@ -428,11 +420,11 @@ fn status_reads_metrics_from_the_running_service() {
     // The throttle's admin view over the same socket. A guesser from
     // 203.0.113.9: ten different wrong passwords block the pair.
     for i in 0..10 {
-        let status = mail_login(&sock, "alice", &format!("guess{i}"), "203.0.113.9");
+        let status = mail_login(daemon.sock(), "alice", &format!("guess{i}"), "203.0.113.9");
         assert_eq!(status, "Invalid login or password");
     }
     assert_eq!(
-        mail_login(&sock, "alice", "a", "203.0.113.9"),
+        mail_login(daemon.sock(), "alice", "a", "203.0.113.9"),
         "Invalid login or password"
     );
     let conn = ["--listen", &listen, "--require-header", "X-Auth-Key=k"];
@@ -471,7 +463,7 @@ fn status_reads_metrics_from_the_running_service() {
         text(&lifted.stdout),
         "unblocked ip 203.0.113.9 user alice\n"
     );
-    assert_eq!(mail_login(&sock, "alice", "a", "203.0.113.9"), "OK");
+    assert_eq!(mail_login(daemon.sock(), "alice", "a", "203.0.113.9"), "OK");
     let shown = show(&["--ip", "127.0.0.1"]);
     assert!(
         shown.contains("never counted, delayed or blocked"),
@@ -500,16 +492,6 @@ fn status_reads_metrics_from_the_running_service() {
         "{}",
         text(&bad.stderr)
     );
-}
-
-/// A spawned daemon, killed when the test ends (also when it panics).
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// One mail login over FastCGI, as nginx sends it; the Auth-Status.

@@ -2,9 +2,8 @@
 //! an unprivileged user for good, and still answers.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
+use crate::common::daemon::Daemon;
 use crate::common::fcgi;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -29,17 +28,14 @@ async fn serves_as_nobody_after_binding_as_root() {
         euid, 0,
         "this test drops privileges and must run as root (as tests/run does)"
     );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = Daemon::open_dir();
     let users = dir.path().join("users");
     std::fs::write(&users, "alice:{PLAIN}wonderland::::::\n").unwrap();
     std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let sock = dir.path().join("auth.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
-        .arg("serve")
-        .arg("--listen")
-        .arg(format!("unix:{}", sock.display()))
-        .args([
+    let passdb = format!("passwd-file:{}", users.display());
+    let mut daemon = Daemon::start(
+        dir,
+        [
             "--socket-mode",
             "0666",
             "--user",
@@ -48,24 +44,14 @@ async fn serves_as_nobody_after_binding_as_root() {
             "nogroup",
             "--log",
             "stderr",
-        ])
-        .arg("--passdb")
-        .arg(format!("passwd-file:{}", users.display()))
-        .args(["--upstream", "imap=127.0.0.1:143"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start daemon");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        if let Ok(s) = UnixStream::connect(&sock).await {
-            break s;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "daemon exited early");
-        assert!(Instant::now() < deadline, "daemon did not listen");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let pid = child.id();
+            "--passdb",
+            &passdb,
+            "--upstream",
+            "imap=127.0.0.1:143",
+        ],
+    );
+    let mut stream = UnixStream::connect(daemon.sock()).await.unwrap();
+    let pid = daemon.pid();
     assert_eq!(
         status_ids(pid, "Uid:"),
         vec![65534; 4],
@@ -97,13 +83,8 @@ async fn serves_as_nobody_after_binding_as_root() {
     assert_eq!(reply.header("Auth-Status").as_deref(), Some("OK"));
     assert_eq!(reply.header("Auth-Port").as_deref(), Some("143"));
 
-    // SAFETY: kill(2) touches no memory of ours.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("running as uid 65534"));
+    let status = daemon.terminate();
+    let log = daemon.log();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("running as uid 65534"));
 }

@@ -6,12 +6,13 @@
 //! serving.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::common::daemon::Daemon;
 use crate::common::fcgi;
+use crate::common::proc::wait_until_async;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
@@ -19,6 +20,8 @@ const WORKERS: usize = 4;
 /// A worker opens a new connection after this many requests, so both kept
 /// and fresh connections cross the reloads.
 const PER_CONNECTION: usize = 25;
+/// Good replies the clients get on one config before the next change.
+const TRAFFIC: u64 = 50;
 
 fn write_config(path: &Path, users: &Path, port: u16, extra: &str) {
     let text = format!(
@@ -47,22 +50,8 @@ fn watcher_threads(pid: u32) -> usize {
         .count()
 }
 
-fn sighup(child: &Child) {
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
-    assert_eq!(rc, 0, "kill -HUP");
-}
-
-/// The daemon, killed if the test panics before stopping it (an orphan would
-/// keep the test's output pipe open and the test run would never end).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+fn sighup(daemon: &Daemon) {
+    assert!(daemon.signal(libc::SIGHUP), "kill -HUP");
 }
 
 struct Stats {
@@ -72,7 +61,13 @@ struct Stats {
 
 /// One client: requests in a loop until `stop`; records the last port seen
 /// in `seen` and checks that a client never goes back to an older config.
-async fn worker(sock: std::path::PathBuf, stop: Arc<AtomicBool>, seen: Arc<AtomicU16>) -> Stats {
+/// `served` counts the good replies of all clients.
+async fn worker(
+    sock: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+    seen: Arc<AtomicU16>,
+    served: Arc<AtomicU64>,
+) -> Stats {
     let mut stats = Stats {
         ok: 0,
         failures: Vec::new(),
@@ -117,6 +112,7 @@ async fn worker(sock: std::path::PathBuf, stop: Arc<AtomicBool>, seen: Arc<Atomi
                     }
                     last_port = port;
                     seen.store(port, Ordering::Relaxed);
+                    served.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => stats.failures.push(format!(
                     "bad reply: {:?}",
@@ -138,67 +134,76 @@ async fn sighup_reloads_the_config_without_failing_a_request() {
     std::fs::write(&users, "alice:{PLAIN}wonderland::::::\n").unwrap();
     let config = dir.path().join("config.toml");
     write_config(&config, &users, 1143, "");
-    let sock = dir.path().join("auth.sock");
-    let log_path = dir.path().join("daemon.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut daemon = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .stdin(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let config_arg = config.display().to_string();
+    let mut daemon = Daemon::start(dir, ["--config", &config_arg]);
+    let sock = daemon.sock().to_owned();
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(AtomicU16::new(0));
+    let served = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..WORKERS)
-        .map(|_| tokio::spawn(worker(sock.clone(), stop.clone(), seen.clone())))
+        .map(|_| {
+            tokio::spawn(worker(
+                sock.clone(),
+                stop.clone(),
+                seen.clone(),
+                served.clone(),
+            ))
+        })
         .collect();
+    // Lets traffic run on the config in force: `n` more good replies.
+    let traffic = |n: u64| {
+        let served = served.clone();
+        async move {
+            let target = served.load(Ordering::Relaxed) + n;
+            wait_until_async(
+                &format!("{n} more replies"),
+                Duration::from_secs(10),
+                || {
+                    let served = served.clone();
+                    async move { served.load(Ordering::Relaxed) >= target }
+                },
+            )
+            .await;
+        }
+    };
     let wait_for = |port: u16| {
         let seen = seen.clone();
         async move {
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while seen.load(Ordering::Relaxed) != port {
-                assert!(Instant::now() < deadline, "port {port} never served");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            wait_until_async(
+                &format!("port {port} to be served"),
+                Duration::from_secs(3),
+                || {
+                    let seen = seen.clone();
+                    async move { seen.load(Ordering::Relaxed) == port }
+                },
+            )
+            .await;
         }
     };
     wait_for(1143).await;
     let mut problems = Vec::new();
     for port in [1144, 1145, 1146] {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        traffic(TRAFFIC).await;
         write_config(&config, &users, port, "");
-        sighup(&daemon.0);
+        sighup(&daemon);
         wait_for(port).await;
     }
     // Two quick SIGHUPs without a change in between are harmless too.
-    sighup(&daemon.0);
-    sighup(&daemon.0);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    sighup(&daemon);
+    sighup(&daemon);
+    traffic(TRAFFIC).await;
 
     // A broken config: rejected, the old one keeps serving.
     write_config(&config, &users, 1999, "no_such_key = 1");
-    sighup(&daemon.0);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !std::fs::read_to_string(&log_path)
-        .unwrap()
-        .contains("reload rejected")
-    {
-        assert!(Instant::now() < deadline, "no `reload rejected` log line");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    sighup(&daemon);
+    wait_until_async(
+        "a `reload rejected` log line",
+        Duration::from_secs(3),
+        || async { daemon.log().contains("reload rejected") },
+    )
+    .await;
+    traffic(TRAFFIC).await;
     let after_rejected = seen.load(Ordering::Relaxed);
     if after_rejected != 1146 {
         problems.push(format!("after a rejected reload: port {after_rejected}"));
@@ -206,18 +211,13 @@ async fn sighup_reloads_the_config_without_failing_a_request() {
 
     // Every reload opened the passwd-file again, with a watcher thread of its
     // own; a replaced passdb ends its thread when its service is dropped.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = watcher_threads(daemon.0.id());
-        if n == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} passwd-file watcher threads after the reloads"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let pid = daemon.pid();
+    wait_until_async(
+        "one passwd-file watcher thread after the reloads",
+        Duration::from_secs(10),
+        || async { watcher_threads(pid) == 1 },
+    )
+    .await;
 
     stop.store(true, Ordering::Relaxed);
     let mut ok = 0;
@@ -226,9 +226,8 @@ async fn sighup_reloads_the_config_without_failing_a_request() {
         ok += stats.ok;
         problems.extend(stats.failures);
     }
-    unsafe { libc::kill(daemon.0.id() as libc::pid_t, libc::SIGTERM) };
-    let status = daemon.0.wait().unwrap();
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let status = daemon.terminate();
+    let log = daemon.log();
     assert!(problems.is_empty(), "{problems:#?}\n{log}");
     assert!(ok > 100, "only {ok} requests served");
     assert!(status.success(), "exit {status:?}\n{log}");

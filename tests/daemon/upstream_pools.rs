@@ -11,14 +11,17 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::common::daemon;
 use crate::common::e2e::{daemon_bin, require};
 use crate::common::fcgi;
+use crate::common::proc::{port_open, require_file, Proc};
+use crate::common::redis::Redis;
 use tokio::io::AsyncWriteExt;
 
 /// Longest we wait for the daemon to notice a change (checks run every 100 ms).
@@ -178,10 +181,14 @@ fn serve_imap_login(s: TcpStream, logins: &Mutex<Vec<String>>) {
 
 // --------------------------------------------------------------- daemon
 
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    sock: PathBuf,
+/// The daemon with the test's users; its FastCGI questions below.
+struct Daemon(daemon::Daemon);
+
+impl std::ops::Deref for Daemon {
+    type Target = daemon::Daemon;
+    fn deref(&self) -> &daemon::Daemon {
+        &self.0
+    }
 }
 
 const USERS: usize = 30;
@@ -204,40 +211,18 @@ impl Daemon {
     /// waits for its socket.
     fn start(args: &[String], config: &str, passwd_extra: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("auth.sock");
         let users = passwd(dir.path(), passwd_extra);
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(daemon_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .arg("--passdb")
-            .arg(format!("passwd-file:{}", users.display()))
-            .args(["--log", "stderr", "--log-level", "debug"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start the daemon");
-        let d = Daemon { child, dir, sock };
-        let deadline = Instant::now() + NOTICE;
-        while !d.sock.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+        let mut all = vec![
+            "--config".to_owned(),
+            config_path.display().to_string(),
+            "--passdb".to_owned(),
+            format!("passwd-file:{}", users.display()),
+        ];
+        all.extend(["--log", "stderr", "--log-level", "debug"].map(String::from));
+        all.extend_from_slice(args);
+        Daemon(daemon::Daemon::start(dir, all))
     }
 
     fn log_count(&self, needle: &str) -> usize {
@@ -246,7 +231,7 @@ impl Daemon {
 
     /// One FastCGI request; the reply's CGI headers.
     async fn ask(&self, pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        let mut conn = tokio::net::UnixStream::connect(&self.sock).await.unwrap();
+        let mut conn = tokio::net::UnixStream::connect(self.sock()).await.unwrap();
         let pairs: Vec<(&[u8], &[u8])> = pairs
             .iter()
             .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
@@ -320,16 +305,6 @@ impl Daemon {
 
     async fn metrics(&self) -> String {
         self.ask(&[("AUTH_METRICS", "on")]).await["_body"].clone()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- daemon log ---\n{}", self.log());
-        }
     }
 }
 
@@ -479,12 +454,9 @@ async fn domain_pools_per_user_host_and_ipv6() {
     // check-config shows the pools.
     let out = Command::new(daemon_bin())
         .args(["check-config", "--passdb"])
-        .arg(format!(
-            "passwd-file:{}",
-            d.dir.path().join("users").display()
-        ))
+        .arg(format!("passwd-file:{}", d.path("users").display()))
         .arg("--config")
-        .arg(d.dir.path().join("config.toml"))
+        .arg(d.path("config.toml"))
         .args([
             "--upstream-domain",
             &format!("example.org:imap={}", dom[0].spec()),
@@ -502,10 +474,7 @@ async fn domain_pools_per_user_host_and_ipv6() {
     // A bad value is named by check-config.
     let out = Command::new(daemon_bin())
         .args(["check-config", "--passdb"])
-        .arg(format!(
-            "passwd-file:{}",
-            d.dir.path().join("users").display()
-        ))
+        .arg(format!("passwd-file:{}", d.path("users").display()))
         .args(["--upstream", "imap=127.0.0.1:143,[::1]:0"])
         .args(["--upstream-domain", "example.org:gopher=127.0.0.1:70"])
         .output()
@@ -583,82 +552,6 @@ async fn all_members_down_is_a_temporary_failure() {
 
 // ---------------------------------------------------------------- Redis
 
-/// A throwaway `redis-server` on a free loopback port.
-struct Redis {
-    child: Child,
-    _dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let program = require("redis-server", "redis-server");
-        let dir = tempfile::tempdir().unwrap();
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut child = Command::new(&program)
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + NOTICE;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Redis {
-                        child,
-                        _dir: dir,
-                        port,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// One command in RESP; the reply's first line.
-    fn cmd(&self, args: &[&str]) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 512];
-        let n = s.read(&mut buf).unwrap();
-        String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_shared_through_redis() {
     let mut redis = Redis::start();
@@ -730,8 +623,7 @@ async fn health_is_shared_through_redis() {
     }
 
     // Redis gone: logins go on, on local findings alone.
-    let _ = redis.child.kill();
-    let _ = redis.child.wait();
+    redis.stop();
     until("Redis failure noticed", || async {
         one.log_count("upstream health: Redis failed") == 1
     })
@@ -828,7 +720,7 @@ async fn proxy_protocol_address_only_from_trusted_proxies() {
 
 /// nginx (mail module) in front of the daemon, in `dir`; stopped on drop.
 struct Nginx {
-    child: Child,
+    proc: Proc,
     dir: PathBuf,
 }
 
@@ -837,10 +729,7 @@ impl Nginx {
     fn start(dir: &Path, sock: &Path, imap: u16, imap_pp: u16, http: u16) -> Nginx {
         let nginx = require("nginx", "nginx-full");
         let module = "/usr/lib/nginx/modules/ngx_mail_module.so";
-        assert!(
-            Path::new(module).exists(),
-            "{module} missing: install the Debian package libnginx-mod-mail"
-        );
+        require_file(module, "libnginx-mod-mail");
         let d = dir.display();
         let conf = format!(
             r#"daemon off;
@@ -877,32 +766,21 @@ http {{
         );
         let path = dir.join("nginx.conf");
         std::fs::write(&path, conf).unwrap();
-        let log = std::fs::File::create(dir.join("nginx.out")).unwrap();
-        let child = Command::new(nginx)
-            .arg("-p")
+        let mut cmd = Command::new(nginx);
+        cmd.arg("-p")
             .arg(format!("{d}/"))
             .arg("-c")
             .arg(&path)
             .arg("-e")
-            .arg(dir.join("nginx-startup.log"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start nginx");
-        let n = Nginx {
-            child,
+            .arg(dir.join("nginx-startup.log"));
+        let mut n = Nginx {
+            proc: Proc::spawn("nginx", &mut cmd, &dir.join("nginx.out")),
             dir: dir.to_owned(),
         };
-        let deadline = Instant::now() + NOTICE;
+        // On failure the panic prints the logs (drop).
         for port in [imap, imap_pp, http] {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "nginx did not listen on {port}:\n{}",
-                    n.log()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            n.proc
+                .wait_for(&format!("port {port}"), NOTICE, || port_open(port));
         }
         n
     }
@@ -917,8 +795,7 @@ http {{
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.stop();
         if std::thread::panicking() {
             eprintln!("--- nginx log ---\n{}", self.log());
         }
@@ -975,7 +852,7 @@ async fn nginx_logs_in_at_the_member_we_chose() {
         "",
     );
     let [imap, imap_pp, http] = crate::common::e2e::free_ports::<3>();
-    let nginx = Nginx::start(d.dir.path(), &d.sock, imap, imap_pp, http);
+    let nginx = Nginx::start(d.dir(), d.sock(), imap, imap_pp, http);
 
     let (user, pass) = ("user5", "pw5");
     let chosen = d.login("imap", user, pass).await.1.unwrap();
@@ -1035,9 +912,8 @@ async fn reload_replaces_the_pools_and_their_checks() {
     assert_eq!(status, "OK");
     assert!(old.iter().any(|b| Some(b.addr) == server));
 
-    std::fs::write(d.dir.path().join("config.toml"), config(&new)).unwrap();
-    let rc = unsafe { libc::kill(d.child.id() as libc::pid_t, libc::SIGHUP) };
-    assert_eq!(rc, 0, "kill -HUP");
+    std::fs::write(d.path("config.toml"), config(&new)).unwrap();
+    assert!(d.signal(libc::SIGHUP), "kill -HUP");
     until("the new pool serves", || async {
         let server = d.login("imap", "user1", "pw1").await.1;
         new.iter().any(|b| Some(b.addr) == server)

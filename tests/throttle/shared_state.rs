@@ -5,11 +5,9 @@
 //! passdb) enforce one limit. Time moves by a shared manual clock, never by
 //! sleeping: real Redis I/O rules out pausing tokio's clock.
 
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
+use crate::common::redis::Redis;
 use crate::{capture_logs, guess, log_lines, LOG};
 use std::time::{Duration, Instant};
 
@@ -21,93 +19,6 @@ use nginx_auth_fcgi::mech::Mechanism;
 use nginx_auth_fcgi::passdb::AnyPassdb;
 use nginx_auth_fcgi::throttle::{Clock, Throttle, ThrottlePolicy};
 use nginx_auth_fcgi::upstream::Upstreams;
-
-/// A throwaway `redis-server`.
-struct Redis {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-fn redis_server_program() -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("redis-server"))
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
-        panic!(
-            "redis-server not found: install the Debian package redis-server \
-             (bash tests/run installs it)"
-        )
-    })
-}
-
-impl Redis {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = Redis {
-            child: None,
-            dir,
-            port: 0,
-        };
-        r.spawn(None);
-        r
-    }
-
-    /// Starts the server, on `port` or a free one.
-    fn spawn(&mut self, port: Option<u16>) {
-        let program = redis_server_program();
-        for _ in 0..5 {
-            let port = port.unwrap_or_else(|| {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                l.local_addr().unwrap().port()
-            });
-            let mut child = Command::new(&program)
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .arg("--dir")
-                .arg(self.dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken: try another
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    self.child = Some(child);
-                    self.port = port;
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn policy() -> ThrottlePolicy {
     ThrottlePolicy {
@@ -316,7 +227,7 @@ async fn redis_down_falls_back_to_local_state_and_never_fails_open() {
     );
 
     // Redis comes back: used again, and that is logged once.
-    redis.spawn(Some(port));
+    redis.spawn(port);
     let deadline = Instant::now() + Duration::from_secs(10);
     while log_lines("shared state reachable again") == 0 {
         assert!(Instant::now() < deadline, "Redis not used again");
