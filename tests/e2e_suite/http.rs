@@ -10,11 +10,12 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use crate::common::e2e::{daemon_bin, free_ports, repo_root, require};
+use crate::common::daemon::Daemon;
+use crate::common::e2e::{free_ports, repo_root, require};
+use crate::common::proc::{port_open, require_file, try_wait_until, Proc};
 use serde::Deserialize;
 
 const KEY: &str = "http-e2e-key-0815";
@@ -23,10 +24,10 @@ const ALICE_PW: &str = "Circle of Life";
 const INDEX_TEXT: &str = "the private index";
 
 struct Site {
-    dir: tempfile::TempDir,
     port: u16,
-    daemon: Child,
-    nginx: Child,
+    nginx: Proc,
+    /// Serves from the site's dir, which it owns.
+    daemon: Daemon,
 }
 
 fn chmod(path: &Path, mode: u32) {
@@ -97,14 +98,6 @@ fn render(dir: &Path, port: u16, sock: &Path) -> String {
     out
 }
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what} did not come up");
-        sleep(Duration::from_millis(20));
-    }
-}
-
 impl Site {
     fn start() -> Site {
         Site::start_with("")
@@ -152,49 +145,36 @@ impl Site {
         let [port] = free_ports::<1>();
         fs::write(p("nginx.conf"), render(dir.path(), port, &sock)).unwrap();
 
-        let mut daemon = Command::new(daemon_bin());
-        daemon.arg("serve");
+        let mut args = vec![
+            "--socket-mode".to_owned(),
+            "0666".into(),
+            "--log".into(),
+            "stderr".into(),
+            "--require-header".into(),
+            format!("X-Auth-Key={KEY}"),
+            "--passdb".into(),
+            format!("passwd-file:{}", p("users").display()),
+        ];
         if !daemon_toml.is_empty() {
             fs::write(p("daemon.toml"), daemon_toml).unwrap();
-            daemon.arg("--config").arg(p("daemon.toml"));
+            args.extend(["--config".into(), p("daemon.toml").display().to_string()]);
         }
-        let daemon = daemon
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .args([
-                "--socket-mode",
-                "0666",
-                "--log",
-                "stderr",
-                "--require-header",
-            ])
-            .arg(format!("X-Auth-Key={KEY}"))
-            .arg("--passdb")
-            .arg(format!("passwd-file:{}", p("users").display()))
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(p("daemon.log")).unwrap())
-            .spawn()
-            .expect("start daemon");
-        wait_for("daemon socket", || sock.exists());
-        let nginx = Command::new(nginx_bin)
+        let mut nginx = Command::new(nginx_bin);
+        nginx
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
             .arg(p("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(p("nginx.out")).unwrap())
-            .process_group(0)
-            .spawn()
-            .expect("start nginx");
-        wait_for("nginx", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+            .args(["-g", "daemon off;"]);
+        let nginx_out = p("nginx.out");
+        let daemon = Daemon::start(dir, args);
+        assert_eq!(daemon.sock(), sock, "nginx.conf names the daemon's socket");
+        let mut nginx = Proc::spawn("nginx", &mut nginx, &nginx_out);
+        nginx.wait_for("its port", Duration::from_secs(10), || port_open(port));
         Site {
-            dir,
             port,
-            daemon,
             nginx,
+            daemon,
         }
     }
 
@@ -211,7 +191,7 @@ impl Site {
     }
 
     fn digest_client(&self, args: &[&str]) -> Vec<String> {
-        let out = Command::new("python3")
+        let out = Command::new(require("python3", "python3"))
             .arg(repo_root().join("tests/e2e/http_digest.py"))
             .args(args)
             .output()
@@ -229,11 +209,11 @@ impl Site {
 
     /// Debian's python3-requests lives in the system interpreter.
     fn requests_client(&self, url: &str, user: &str, password: &str) -> Vec<String> {
-        crate::common::e2e::require_file(
+        require_file(
             "/usr/lib/python3/dist-packages/requests",
             "python3-requests",
         );
-        let out = Command::new("/usr/bin/python3")
+        let out = Command::new(require_file("/usr/bin/python3", "python3"))
             .arg(repo_root().join("tests/e2e/http_digest.py"))
             .args(["requests", url, user, password])
             .output()
@@ -250,7 +230,7 @@ impl Site {
     }
 
     fn log(&self, name: &str) -> String {
-        fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+        fs::read_to_string(self.daemon.path(name)).unwrap_or_default()
     }
 
     /// Lines of the daemon's log containing `what`.
@@ -285,24 +265,25 @@ impl Site {
     /// line as it finishes the request, which may be just after the client
     /// read the response.
     fn access_until(&self, agent: &str, what: &str, done: impl Fn(&[Hit]) -> bool) -> Vec<Hit> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let hits = self.access(agent);
-            if done(&hits) {
-                return hits;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx's access log for {agent:?} never showed {what}: {hits:?}"
-            );
-            sleep(Duration::from_millis(20));
+        let mut hits = Vec::new();
+        let waited = try_wait_until(
+            &format!("nginx's access log for {agent:?} to show {what}"),
+            Duration::from_secs(10),
+            || {
+                hits = self.access(agent);
+                Ok(done(&hits))
+            },
+        );
+        if let Err(e) = waited {
+            panic!("{e}: {hits:?}");
         }
+        hits
     }
 
     /// `tests/e2e/http_clients.py MODE ARGS…` (system interpreter: Debian's
     /// python3-requests lives there), its TOML output parsed.
     fn http_clients(&self, mode: &str, args: &[&str]) -> ClientsOut {
-        let out = Command::new("/usr/bin/python3")
+        let out = Command::new(require_file("/usr/bin/python3", "python3"))
             .arg(repo_root().join("tests/e2e/http_clients.py"))
             .arg(mode)
             .args(args)
@@ -364,29 +345,13 @@ struct Fetched {
 
 impl Drop for Site {
     fn drop(&mut self) {
-        // nginx runs in its own process group: stop master and workers.
-        unsafe_kill(-(self.nginx.id() as i32), libc::SIGTERM);
-        unsafe_kill(self.daemon.id() as i32, libc::SIGTERM);
-        let _ = self.nginx.wait();
-        let _ = self.daemon.wait();
+        // nginx first, then the daemon (which prints its log on a panic).
+        self.nginx.stop();
         if std::thread::panicking() {
-            eprintln!(
-                "--- daemon.log\n{}\n--- error.log\n{}",
-                self.log("daemon.log"),
-                self.log("error.log")
-            );
+            eprintln!("--- error.log\n{}", self.log("error.log"));
         }
     }
 }
-
-fn unsafe_kill(pid: i32, sig: i32) {
-    // SAFETY: kill(2) touches no memory of ours.
-    unsafe {
-        libc::kill(pid, sig);
-    }
-}
-
-use std::os::unix::process::CommandExt;
 
 /// The last response curl printed (`--digest` makes two requests, `-i` shows both).
 fn last_response(o: &Output) -> String {
@@ -654,7 +619,7 @@ fn curl_digest_directory_url_after_one_challenge() {
 /// 401 in total (requests reuses the nonce with a growing nonce count).
 #[test]
 fn python_requests_session_directory_url() {
-    crate::common::e2e::require_file(
+    require_file(
         "/usr/lib/python3/dist-packages/requests",
         "python3-requests",
     );

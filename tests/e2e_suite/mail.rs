@@ -13,6 +13,7 @@ use std::process::Command;
 use std::thread;
 
 use crate::common::e2e::*;
+use crate::common::proc::Proc;
 
 fn assert_ok(result: &ClientResult, what: &str) {
     assert!(
@@ -429,43 +430,31 @@ fn smtp_auth_none_closes_the_session_past_max_attempts() {
     assert!(stack.sink_messages().is_empty());
 }
 
-/// `tests/e2e/dns_stub.py`, stopped (by its pid) on drop.
-struct DnsStub(std::process::Child);
-
-impl DnsStub {
-    fn start(port: u16, mode: &str) -> DnsStub {
-        use std::io::BufRead;
-        let mut child = Command::new(require("python3", "python3"))
-            .arg(repo_root().join("tests/e2e/dns_stub.py"))
-            .args(["--port", &port.to_string(), "--mode", mode])
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start dns_stub.py");
-        // It prints one line once its socket is bound.
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("dns_stub.py output");
-        assert!(line.starts_with("dns_stub:"), "dns_stub.py: {line:?}");
-        DnsStub(child)
-    }
-}
-
-impl Drop for DnsStub {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `tests/e2e/dns_stub.py`, stopped with its process group on drop.
+fn dns_stub(port: u16, mode: &str) -> Proc {
+    use std::io::BufRead;
+    let mut cmd = Command::new(require("python3", "python3"));
+    cmd.arg(repo_root().join("tests/e2e/dns_stub.py"))
+        .args(["--port", &port.to_string(), "--mode", mode])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdout(std::process::Stdio::piped());
+    let mut proc = Proc::spawn_with("dns_stub.py", &mut cmd);
+    // It prints one line once its socket is bound.
+    let mut line = String::new();
+    std::io::BufReader::new(proc.child_mut().stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("dns_stub.py output");
+    assert!(line.starts_with("dns_stub:"), "dns_stub.py: {line:?}");
+    proc
 }
 
 #[test]
 fn reject_unknown_client_through_nginx_with_each_resolver_answer() {
     let [nx_dns, fail_dns, name_dns, mx_nx, mx_fail, mx_name] = free_ports::<6>();
     let _stubs = [
-        DnsStub::start(nx_dns, "nxdomain"),
-        DnsStub::start(fail_dns, "servfail"),
-        DnsStub::start(name_dns, "name"),
+        dns_stub(nx_dns, "nxdomain"),
+        dns_stub(fail_dns, "servfail"),
+        dns_stub(name_dns, "name"),
     ];
     // One `smtp_auth none` server per resolver answer.
     let server = |port: u16, dns: u16| {

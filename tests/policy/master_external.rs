@@ -23,7 +23,7 @@ const FP_ALICE: &str = "0123456789abcdef0123456789abcdef01234567";
 const CA: &str = "CN=Test CA,O=Example";
 
 fn doveadm_cram(password: &str) -> String {
-    let out = Command::new("doveadm")
+    let out = Command::new(crate::common::proc::require("doveadm", "dovecot-core"))
         .args(["pw", "-s", "CRAM-MD5", "-p", password])
         .output()
         .expect("doveadm (Debian package dovecot-core) must be installed for this test");

@@ -279,7 +279,7 @@ async fn a_repeated_wrong_password_counts_once_across_instances() {
             .await,
     );
     // Both instances tag with the key stored in Redis (one key, 32 bytes).
-    let key = std::process::Command::new("redis-cli")
+    let key = std::process::Command::new(crate::common::proc::require("redis-cli", "redis-tools"))
         .args([
             "-p",
             &redis.port.to_string(),
