@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::common::proc::wait_until_async;
 use crate::common::sql::{Kind, Server};
 use nginx_auth_fcgi::passdb::{
     AnyPassdb, Lookup, Passdb, PassdbError, PassdbOptions, Rejection, Verdict,
@@ -544,18 +545,12 @@ async fn slow_query_times_out(kind: Kind) {
              WHERE info LIKE '%SLEEP(10)%' AND id <> CONNECTION_ID()"
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let n = count(&server, BUILT_IN_DB, activity).await;
-        if n == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{kind:?}: the slow query still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_async(
+        &format!("{kind:?}: the slow query to end"),
+        Duration::from_secs(3),
+        || async { count(&server, BUILT_IN_DB, activity).await == 0 },
+    )
+    .await;
     println!("{kind:?}: query timeout answered after {took:?}");
 }
 
@@ -595,10 +590,23 @@ async fn server_killed_and_restarted(kind: Kind) {
         Kind::Postgres => "SELECT '{PLAIN}x' AS password FROM pg_sleep(5) WHERE %u <> ''",
         Kind::Mariadb => "SELECT '{PLAIN}x' AS password, SLEEP(5) AS s FROM DUAL WHERE %u <> ''",
     };
+    let running = match kind {
+        Kind::Postgres => {
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(5)%' \
+             AND state = 'active' AND pid <> pg_backend_pid()"
+        }
+        Kind::Mariadb => {
+            "SELECT count(*) FROM information_schema.processlist \
+             WHERE info LIKE '%SLEEP(5)%' AND id <> CONNECTION_ID()"
+        }
+    };
     let slow_db = open(&server, "connect_timeout=1&query_timeout=4", Some(slow));
     let started = Instant::now();
     let (r, ()) = tokio::join!(verify(&slow_db, "alice@example.org", "x"), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_until_async("the slow query to run", Duration::from_secs(3), || async {
+            count(&server, BUILT_IN_DB, running).await > 0
+        })
+        .await;
         server.kill();
     });
     let took = started.elapsed();

@@ -63,6 +63,25 @@ async fn connect(d: &Daemon) -> UnixStream {
     UnixStream::connect(d.sock()).await.unwrap()
 }
 
+/// The fd count of `pid` once it holds still for 50 ms (the daemon closes
+/// a finished connection a moment after its client saw the reply).
+async fn settled_fd_count(pid: u32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = fd_count(pid);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = fd_count(pid);
+        if now == last {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon's fd count never settled"
+        );
+        last = now;
+    }
+}
+
 /// A `kB` field of `/proc/PID/status` (VmRSS, VmHWM).
 fn status_kib(pid: u32, field: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -778,8 +797,7 @@ async fn bad_input_matrix_against_the_daemon() {
     let mut d = start_daemon();
     let pid = d.pid();
     assert_good_login(&d, "start").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let fd_base = fd_count(pid);
+    let fd_base = settled_fd_count(pid).await;
     let rss_base = status_kib(pid, "VmRSS");
     eprintln!("baseline: fds {fd_base}, VmRSS {rss_base} kB");
     let mut problems = Vec::new();

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::common::daemon;
 use crate::common::e2e::{daemon_bin, require};
 use crate::common::fcgi;
-use crate::common::proc::{port_open, require_file, Proc};
+use crate::common::proc::{port_open, require_file, wait_until_async, Proc};
 use crate::common::redis::Redis;
 use tokio::io::AsyncWriteExt;
 
@@ -315,16 +315,12 @@ fn users(domain: &str) -> Vec<(String, String)> {
 }
 
 /// Polls `f` until it returns true, or panics after [`NOTICE`] with `what`.
-async fn until<F, Fut>(what: &str, mut f: F)
+async fn until<F, Fut>(what: &str, f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + NOTICE;
-    while !f().await {
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_async(what, NOTICE, f).await;
 }
 
 const NO_THROTTLE: &str = "[throttle]\nenabled = false\n";
