@@ -8,34 +8,14 @@
 use std::sync::Arc;
 
 use crate::common::redis::Redis;
-use crate::{capture_logs, guess, log_lines, LOG};
+use crate::{authenticator, capture_logs, guess, log_lines, login, policy, LOG};
 use std::time::{Duration, Instant};
 
 use nginx_auth_fcgi::audit::Outcome;
-use nginx_auth_fcgi::auth_http::{MailAuthRequest, MailAuthResponse};
-use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy, WaitPolicy};
-use nginx_auth_fcgi::fastcgi::Params;
-use nginx_auth_fcgi::mech::Mechanism;
+use nginx_auth_fcgi::auth_http::MailAuthResponse;
+use nginx_auth_fcgi::authenticator::{Authenticator, Decision};
 use nginx_auth_fcgi::passdb::AnyPassdb;
 use nginx_auth_fcgi::throttle::{Clock, Throttle, ThrottlePolicy};
-use nginx_auth_fcgi::upstream::Upstreams;
-
-fn policy() -> ThrottlePolicy {
-    ThrottlePolicy {
-        window: Duration::from_secs(600),
-        block_ip: 20,
-        block_ip_user: 5,
-        block_time: Duration::from_secs(900),
-        delay_base: 1,
-        delay_max: 30,
-        ipv6_prefix: 64,
-        trusted: Vec::new(),
-        // The adaptive parts are off here; tests/throttle_model.rs covers them.
-        success_bonus: 0,
-        block_ip_max: 0,
-        known_for: Duration::ZERO,
-    }
-}
 
 /// One responder instance: its own passdb, throttle and Redis connection.
 struct Instance {
@@ -58,37 +38,10 @@ fn instance_with(redis: &Redis, clock: &Clock, throttle: ThrottlePolicy) -> Inst
     .unwrap();
     let db = AnyPassdb::open(&format!("passwd-file:{}", passwd.display()), None).unwrap();
     let throttle = Throttle::with_redis(throttle, clock.clone(), &redis.url()).unwrap();
-    let mut upstreams = Upstreams::default();
-    upstreams.add("imap=127.0.0.1:1143").unwrap();
-    let policy = Policy {
-        mechanisms: [Mechanism::Plain].into_iter().collect(),
-        local_domains: Vec::new(),
-        upstreams,
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
-        timeout: Duration::from_secs(10),
-        throttle: Some(Arc::new(throttle)),
-        cache: None,
-    };
     Instance {
         _dir: dir,
-        auth: Authenticator::new(policy, vec![db]).unwrap(),
+        auth: authenticator(vec![db], Some(Arc::new(throttle))),
     }
-}
-
-fn login(user: &str, pass: &str, ip: &str) -> MailAuthRequest {
-    let pairs = [
-        ("HTTP_AUTH_METHOD", "plain"),
-        ("HTTP_AUTH_USER", user),
-        ("HTTP_AUTH_PASS", pass),
-        ("HTTP_AUTH_PROTOCOL", "imap"),
-        ("HTTP_AUTH_LOGIN_ATTEMPT", "1"),
-        ("HTTP_CLIENT_IP", ip),
-    ]
-    .iter()
-    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-    .collect();
-    MailAuthRequest::from_params(&Params::from_pairs(pairs)).unwrap()
 }
 
 #[track_caller]

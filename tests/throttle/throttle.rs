@@ -5,17 +5,14 @@
 
 use std::sync::Arc;
 
-use crate::{capture_logs, guess, log_lines};
+use crate::{authenticator, capture_logs, guess, log_lines, login, login_attempt};
 use std::time::Duration;
 
 use nginx_auth_fcgi::audit::Outcome;
-use nginx_auth_fcgi::auth_http::{MailAuthRequest, MailAuthResponse};
-use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy, WaitPolicy};
-use nginx_auth_fcgi::fastcgi::Params;
-use nginx_auth_fcgi::mech::Mechanism;
+use nginx_auth_fcgi::auth_http::MailAuthResponse;
+use nginx_auth_fcgi::authenticator::{Authenticator, Decision};
 use nginx_auth_fcgi::passdb::AnyPassdb;
 use nginx_auth_fcgi::throttle::{Clock, Throttle, ThrottlePolicy};
-use nginx_auth_fcgi::upstream::Upstreams;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -24,18 +21,8 @@ struct Fixture {
 
 fn policy() -> ThrottlePolicy {
     ThrottlePolicy {
-        window: Duration::from_secs(600),
-        block_ip: 20,
-        block_ip_user: 5,
-        block_time: Duration::from_secs(900),
-        delay_base: 1,
-        delay_max: 30,
-        ipv6_prefix: 64,
         trusted: vec!["192.0.2.0/24".parse().unwrap()],
-        // The adaptive parts are off here; tests/throttle_model.rs covers them.
-        success_bonus: 0,
-        block_ip_max: 0,
-        known_for: Duration::ZERO,
+        ..crate::policy()
     }
 }
 
@@ -53,44 +40,8 @@ fn fixture(throttle: Arc<Throttle>) -> Fixture {
     Fixture { _dir: dir, auth }
 }
 
-fn authenticator(passdbs: Vec<AnyPassdb>, throttle: Option<Arc<Throttle>>) -> Authenticator {
-    let mut upstreams = Upstreams::default();
-    upstreams.add("imap=127.0.0.1:1143").unwrap();
-    let policy = Policy {
-        mechanisms: [Mechanism::Plain].into_iter().collect(),
-        local_domains: Vec::new(),
-        upstreams,
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
-        timeout: Duration::from_secs(10),
-        throttle,
-        cache: None,
-    };
-    Authenticator::new(policy, passdbs).unwrap()
-}
-
 fn throttle(p: ThrottlePolicy) -> Arc<Throttle> {
     Arc::new(Throttle::in_memory(p, Clock::system()))
-}
-
-/// One login as nginx asks for it: a fresh connection (attempt 1) unless said.
-fn login(user: &str, pass: &str, ip: &str) -> MailAuthRequest {
-    login_attempt(user, pass, ip, 1)
-}
-
-fn login_attempt(user: &str, pass: &str, ip: &str, attempt: u32) -> MailAuthRequest {
-    let pairs = [
-        ("HTTP_AUTH_METHOD", "plain"),
-        ("HTTP_AUTH_USER", user),
-        ("HTTP_AUTH_PASS", pass),
-        ("HTTP_AUTH_PROTOCOL", "imap"),
-        ("HTTP_AUTH_LOGIN_ATTEMPT", &attempt.to_string()),
-        ("HTTP_CLIENT_IP", ip),
-    ]
-    .iter()
-    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-    .collect();
-    MailAuthRequest::from_params(&Params::from_pairs(pairs)).unwrap()
 }
 
 fn wait_of(d: &Decision) -> Option<u32> {
