@@ -128,20 +128,30 @@ fn test_limits() -> Limits {
     }
 }
 
+/// `server::run` with `echo` on `listeners` until the sender fires.
+fn serve_echo(
+    listeners: Vec<Listener>,
+    echo: Echo,
+    limits: Limits,
+) -> (oneshot::Sender<()>, JoinHandle<io::Result<()>>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listeners, Arc::new(echo), limits, async {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
 async fn start(limits: Limits) -> TestServer {
     init_logging();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run").join("fcgi.sock");
     let listeners =
         listen::open(&[ListenSpec::Unix(path.clone())], &SocketOptions::default()).unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
     let sleeping = Arc::new(AtomicUsize::new(0));
     let echo = Echo {
         sleeping: sleeping.clone(),
     };
-    let task = tokio::spawn(server::run(listeners, Arc::new(echo), limits, async {
-        let _ = stopped.await;
-    }));
+    let (stop, task) = serve_echo(listeners, echo, limits);
     TestServer {
         path,
         sleeping,
@@ -772,15 +782,7 @@ async fn tcp_listener_serves_requests() {
         Listener::Tcp(l) => l.local_addr().unwrap(),
         other => panic!("expected tcp, got {other}"),
     };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(
-        listeners,
-        Arc::new(Echo::default()),
-        test_limits(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, task) = serve_echo(listeners, Echo::default(), test_limits());
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(&fcgi::request(1, 0, &pairs(&[(b"ECHO", b"tcp")]), b""))
         .await
@@ -803,15 +805,7 @@ async fn listen_fd_adopts_an_inherited_unix_listener() {
     assert!(matches!(listeners[0], Listener::Unix(_)));
     assert!(listeners[0].to_string().ends_with("inherited.sock"));
 
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(
-        listeners,
-        Arc::new(Echo::default()),
-        test_limits(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, task) = serve_echo(listeners, Echo::default(), test_limits());
     let mut s = UnixStream::connect(&path).await.unwrap();
     assert_eq!(
         roundtrip(&mut s, 1, 0, "fd")
@@ -868,15 +862,7 @@ async fn listen_unix_removes_stale_socket_and_applies_mode() {
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(
-        listeners,
-        Arc::new(Echo::default()),
-        test_limits(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, task) = serve_echo(listeners, Echo::default(), test_limits());
     let mut s = UnixStream::connect(&path).await.unwrap();
     assert_eq!(
         roundtrip(&mut s, 1, 0, "fresh")

@@ -245,4 +245,19 @@ impl Silent {
             _listener: listener,
         }
     }
+
+    /// A `scheme:` passdb (`dovecot`, `saslauthd`) on a silent socket fails
+    /// with a timeout, quickly.
+    pub async fn assert_times_out(scheme: &str) {
+        use nginx_auth_fcgi::passdb::{AnyPassdb, Passdb, PassdbError};
+        let silent = Silent::new();
+        let uri = format!("{scheme}:{}?timeout=0.3", silent.path.display());
+        let db = AnyPassdb::open(&uri, None).expect("open");
+        let start = std::time::Instant::now();
+        let r = db
+            .verify_plain("alice", &[nginx_auth_fcgi::secret::Secret::from("pw")])
+            .await;
+        assert!(matches!(r, Err(PassdbError::Timeout)), "{r:?}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
 }

@@ -756,38 +756,34 @@ fn sigterm_stops_the_daemon_with_exit_code_0() {
     assert!(r.attempts[0].elapsed_s < 5.0, "{r:#?}");
 }
 
-#[test]
-fn spawn_fcgi_started_daemon_serves_imap() {
-    let mut stack = Stack::start_with(Launch::SpawnFcgi);
-    let r = stack.client(
-        "imap",
-        "login",
-        SHA512_USER.name,
-        &[SHA512_USER.password],
-        &[],
-    );
-    assert_ok(&r, "IMAP LOGIN via spawn-fcgi daemon");
-    let r = stack.client("pop3", "apop", ALICE.name, &[ALICE.password], &[]);
-    assert_ok(&r, "POP3 APOP via spawn-fcgi daemon");
+/// A daemon started as `launch` says serves `logins` (protocol, mechanism,
+/// user) through nginx and exits with 0 on SIGTERM.
+fn launched_daemon_serves(launch: Launch, how: &str, logins: [(&str, &str, User); 2]) {
+    let mut stack = Stack::start_with(launch);
+    for (protocol, mech, user) in logins {
+        let r = stack.client(protocol, mech, user.name, &[user.password], &[]);
+        assert_ok(&r, &format!("{protocol} {mech} {} via {how}", user.name));
+    }
     let status = stack.stop_daemon();
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
 #[test]
-fn socket_activated_daemon_serves_imap() {
-    let mut stack = Stack::start_with(Launch::SocketActivate);
-    let r = stack.client(
-        "imap",
-        "login",
-        ARGON2_USER.name,
-        &[ARGON2_USER.password],
-        &[],
+fn spawn_fcgi_started_daemon_serves_imap() {
+    launched_daemon_serves(
+        Launch::SpawnFcgi,
+        "spawn-fcgi daemon",
+        [("imap", "login", SHA512_USER), ("pop3", "apop", ALICE)],
     );
-    assert_ok(&r, "IMAP LOGIN via socket-activated daemon");
-    let r = stack.client("smtp", "plain", ALICE.name, &[ALICE.password], &[]);
-    assert_ok(&r, "SMTP AUTH via socket-activated daemon");
-    let status = stack.stop_daemon();
-    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[test]
+fn socket_activated_daemon_serves_imap() {
+    launched_daemon_serves(
+        Launch::SocketActivate,
+        "socket-activated daemon",
+        [("imap", "login", ARGON2_USER), ("smtp", "plain", ALICE)],
+    );
 }
 
 #[test]

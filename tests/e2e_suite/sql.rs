@@ -85,6 +85,36 @@ fn load_users(server: &Server) {
     });
 }
 
+/// Logins of several schemes, CRAM-MD5 from the stored credential
+/// (lookup_credentials), POP3, and rejections that all read alike, through
+/// `stack`'s nginx with the passdb `what`.
+fn logins_and_rejections(stack: &Stack, what: &str) {
+    for user in [ALICE, SHA512_USER, BLF_USER] {
+        let r = stack.client("imap", "login", user.name, &[user.password], &[]);
+        assert!(r.ok, "{what}: IMAP LOGIN {}: {r:#?}", user.name);
+    }
+    // CRAM-MD5 reads the stored credential (lookup_credentials).
+    let r = stack.client("imap", "cram-md5", ALICE.name, &[ALICE.password], &[]);
+    assert!(r.ok, "{what}: IMAP CRAM-MD5: {r:#?}");
+    let r = stack.client(
+        "pop3",
+        "user",
+        SHA512_USER.name,
+        &[SHA512_USER.password],
+        &[],
+    );
+    assert!(r.ok, "{what}: POP3 USER/PASS: {r:#?}");
+    for (user, password) in [(ALICE.name, "wrong"), ("nobody", "x"), ("' OR '1'='1", "x")] {
+        let r = stack.client("imap", "login", user, &[password], &[]);
+        assert!(!r.ok, "{what}: {user}: {r:#?}");
+        assert_eq!(
+            r.attempts[0].response,
+            format!("NO {INVALID_LOGIN}"),
+            "{what}: {user}: {r:#?}"
+        );
+    }
+}
+
 /// The mail cases through nginx with a `kind` passdb: logins of several
 /// schemes, CRAM-MD5 from the stored plaintext, POP3, rejections that all
 /// read alike, the server killed (temporary failure) and restarted.
@@ -94,30 +124,7 @@ fn mail_logins_through_nginx(kind: Kind) {
     let passdb = db.uri(database(kind), "connect_timeout=1&query_timeout=2");
     let stack = Stack::start_with_extras(Launch::Direct, Extras::passdb(passdb, &[]));
 
-    for user in [ALICE, SHA512_USER, BLF_USER] {
-        let r = stack.client("imap", "login", user.name, &[user.password], &[]);
-        assert!(r.ok, "{kind:?}: IMAP LOGIN {}: {r:#?}", user.name);
-    }
-    // CRAM-MD5 reads the stored credential (lookup_credentials).
-    let r = stack.client("imap", "cram-md5", ALICE.name, &[ALICE.password], &[]);
-    assert!(r.ok, "{kind:?}: IMAP CRAM-MD5: {r:#?}");
-    let r = stack.client(
-        "pop3",
-        "user",
-        SHA512_USER.name,
-        &[SHA512_USER.password],
-        &[],
-    );
-    assert!(r.ok, "{kind:?}: POP3 USER/PASS: {r:#?}");
-    for (user, password) in [(ALICE.name, "wrong"), ("nobody", "x"), ("' OR '1'='1", "x")] {
-        let r = stack.client("imap", "login", user, &[password], &[]);
-        assert!(!r.ok, "{kind:?}: {user}: {r:#?}");
-        assert_eq!(
-            r.attempts[0].response,
-            format!("NO {INVALID_LOGIN}"),
-            "{kind:?}: {user}: {r:#?}"
-        );
-    }
+    logins_and_rejections(&stack, &format!("{kind:?}"));
 
     // The database goes away: a temporary failure, not a rejection.
     db.kill();
@@ -289,28 +296,7 @@ fn mail_logins_through_nginx_with_the_sqlite_default() {
     let passdb = format!("sqlite:{}", db.display());
     let stack = Stack::start_with_extras(Launch::Direct, Extras::passdb(passdb, &[]));
 
-    for user in [ALICE, SHA512_USER, BLF_USER] {
-        let r = stack.client("imap", "login", user.name, &[user.password], &[]);
-        assert!(r.ok, "sqlite: IMAP LOGIN {}: {r:#?}", user.name);
-    }
-    let r = stack.client("imap", "cram-md5", ALICE.name, &[ALICE.password], &[]);
-    assert!(r.ok, "sqlite: IMAP CRAM-MD5: {r:#?}");
-    let r = stack.client(
-        "pop3",
-        "user",
-        SHA512_USER.name,
-        &[SHA512_USER.password],
-        &[],
-    );
-    assert!(r.ok, "sqlite: POP3 USER/PASS: {r:#?}");
-    for (user, password) in [(ALICE.name, "wrong"), ("nobody", "x"), ("' OR '1'='1", "x")] {
-        let r = stack.client("imap", "login", user, &[password], &[]);
-        assert_eq!(
-            r.attempts[0].response,
-            format!("NO {INVALID_LOGIN}"),
-            "sqlite: {user}: {r:#?}"
-        );
-    }
+    logins_and_rejections(&stack, "sqlite");
     // `user disable` while the service runs: refused on the next login.
     admin.set_enabled(BLF_USER.name, false).unwrap();
     let r = stack.client("imap", "login", BLF_USER.name, &[BLF_USER.password], &[]);
