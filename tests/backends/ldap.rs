@@ -12,9 +12,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::ldap::{Slapd, PEOPLE, READER};
+use crate::common::policy::base_policy;
 use nginx_auth_fcgi::audit::Outcome;
 use nginx_auth_fcgi::auth_http::MailAuthRequest;
-use nginx_auth_fcgi::authenticator::{Authenticator, Policy, WaitPolicy};
+use nginx_auth_fcgi::authenticator::{Authenticator, Policy};
 use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::mech::Mechanism;
 use nginx_auth_fcgi::passdb::{AnyPassdb, Lookup, Passdb, PassdbError, Rejection, Verdict};
@@ -246,16 +247,7 @@ async fn tls_and_starttls_check_the_certificate() {
 fn policy(mechanisms: &[Mechanism]) -> Policy {
     let mut upstreams = Upstreams::default();
     upstreams.add("imap=127.0.0.1:1143").unwrap();
-    Policy {
-        mechanisms: mechanisms.iter().copied().collect(),
-        local_domains: Vec::new(),
-        upstreams,
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
-        timeout: Duration::from_secs(10),
-        throttle: None,
-        cache: None,
-    }
+    base_policy(mechanisms.iter().copied(), upstreams)
 }
 
 fn request(method: &str, user: &str, pass: &str, salt: Option<&str>) -> MailAuthRequest {

@@ -4,12 +4,12 @@
 //! plaintext-only passdb gets: challenge mechanisms are refused, in-process
 //! and by `nginx-auth-fcgi check-config`.
 
-use std::collections::HashSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::policy::base_policy;
 use crate::common::sasl::{Dovecot, Saslauthd, Silent, ALICE, SPECIAL};
-use nginx_auth_fcgi::authenticator::{Authenticator, Policy, WaitPolicy};
+use nginx_auth_fcgi::authenticator::{Authenticator, Policy};
 use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::mech::Mechanism;
 use nginx_auth_fcgi::passdb::{AnyPassdb, Passdb, PassdbError, Rejection, Verdict};
@@ -28,16 +28,7 @@ async fn verify(db: &AnyPassdb, user: &str, password: &str) -> Result<Verdict, P
 fn policy(mechanisms: &[Mechanism]) -> Policy {
     let mut upstreams = Upstreams::default();
     upstreams.add("imap=127.0.0.1:1143").unwrap();
-    Policy {
-        mechanisms: mechanisms.iter().copied().collect::<HashSet<_>>(),
-        local_domains: vec![],
-        upstreams,
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
-        timeout: Duration::from_secs(10),
-        throttle: None,
-        cache: None,
-    }
+    base_policy(mechanisms.iter().copied(), upstreams)
 }
 
 /// An nginx mail `auth_http` request for PLAIN, through the whole service.

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod e2e;
 pub mod fcgi;
 pub mod ldap;
+pub mod policy;
 pub mod proc;
 pub mod redis;
 pub mod sasl;

@@ -1,9 +1,8 @@
 //! nginx `auth_request` decisions in-process: params as nginx sends them for
 //! an auth location → `Service::respond` → status and challenge.
 
-use std::collections::HashSet;
-
-use nginx_auth_fcgi::authenticator::{Authenticator, Policy, WaitPolicy};
+use crate::common::policy::base_policy;
+use nginx_auth_fcgi::authenticator::{Authenticator, Policy};
 use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::http_auth::digest::Algorithm;
 use nginx_auth_fcgi::mech::Mechanism;
@@ -19,14 +18,8 @@ fn service(dir: &tempfile::TempDir, passdb: &str) -> Service {
         other => other.to_owned(),
     };
     let policy = Policy {
-        mechanisms: Mechanism::ALL.into_iter().collect::<HashSet<_>>(),
-        local_domains: vec![],
-        upstreams: Upstreams::default(),
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
         timeout: std::time::Duration::from_secs(5),
-        throttle: None,
-        cache: None,
+        ..base_policy(Mechanism::ALL, Upstreams::default())
     };
     let auth = Authenticator::new(policy, vec![AnyPassdb::open(&uri, None).unwrap()]).unwrap();
     Service::new(auth, vec!["X-Auth-Key=k".parse().unwrap()])
@@ -155,14 +148,8 @@ async fn bad_settings_missing_key_and_backend_down() {
 
 fn service_with(passdbs: Vec<AnyPassdb>) -> Service {
     let policy = Policy {
-        mechanisms: [Mechanism::Plain].into_iter().collect::<HashSet<_>>(),
-        local_domains: vec![],
-        upstreams: Upstreams::default(),
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
         timeout: std::time::Duration::from_secs(5),
-        throttle: None,
-        cache: None,
+        ..base_policy([Mechanism::Plain], Upstreams::default())
     };
     Service::new(
         Authenticator::new(policy, passdbs).unwrap(),
@@ -253,14 +240,9 @@ async fn basic_guessing_is_throttled_per_client() {
         Clock::system(),
     );
     let policy = Policy {
-        mechanisms: [Mechanism::Plain].into_iter().collect::<HashSet<_>>(),
-        local_domains: vec![],
-        upstreams: Upstreams::default(),
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
         timeout: std::time::Duration::from_secs(5),
         throttle: Some(std::sync::Arc::new(throttle)),
-        cache: None,
+        ..base_policy([Mechanism::Plain], Upstreams::default())
     };
     let passdb = AnyPassdb::open(&format!("passwd-file:{}", users.display()), None).unwrap();
     let s = Service::new(

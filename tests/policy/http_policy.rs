@@ -5,14 +5,14 @@
 //! passwd-file, through `Authenticator::authenticate_http` so the audit
 //! record of each decision can be read.
 
-use std::collections::HashSet;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::policy::base_policy;
 use base64::Engine as _;
 use nginx_auth_fcgi::audit::{AuditRecord, Outcome};
 use nginx_auth_fcgi::auth_http::{MailAuthRequest, MailAuthResponse};
-use nginx_auth_fcgi::authenticator::{Authenticator, Policy, WaitPolicy, TEMPORARY};
+use nginx_auth_fcgi::authenticator::{Authenticator, Policy, TEMPORARY};
 use nginx_auth_fcgi::cache::{Cache, CachePolicy};
 use nginx_auth_fcgi::client_ip::TrustedProxies;
 use nginx_auth_fcgi::fastcgi::Params;
@@ -87,16 +87,12 @@ fn fixture(o: Options) -> Fixture {
     upstreams.add("imap=127.0.0.1:1143").unwrap();
     upstreams.add("smtp=127.0.0.1:1025").unwrap();
     let policy = Policy {
-        mechanisms: [Mechanism::Plain].into_iter().collect::<HashSet<_>>(),
-        local_domains: vec![],
-        upstreams,
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
         timeout: o.timeout,
         throttle,
         cache: o
             .cache
             .then(|| Arc::new(Cache::new(CachePolicy::default()))),
+        ..base_policy([Mechanism::Plain], upstreams)
     };
     let passdb = AnyPassdb::open(&format!("passwd-file:{}", users.display()), None).unwrap();
     let trusted = o

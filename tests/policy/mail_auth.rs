@@ -2,9 +2,8 @@
 //! nginx sends them → `Service::respond` → the header block nginx would parse.
 //! Real passwd-file and SQLite passdbs in a temp dir; no mocks.
 
-use std::collections::HashSet;
-
-use nginx_auth_fcgi::authenticator::{Authenticator, Policy, WaitPolicy};
+use crate::common::policy::base_policy;
+use nginx_auth_fcgi::authenticator::{Authenticator, Policy};
 use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::mech::{apop, cram_md5, Mechanism};
 use nginx_auth_fcgi::passdb::AnyPassdb;
@@ -79,14 +78,8 @@ fn fixture_with(passdbs: &[&str], mechanisms: &[Mechanism]) -> Fixture {
         })
         .collect();
     let policy = Policy {
-        mechanisms: mechanisms.iter().copied().collect::<HashSet<_>>(),
         local_domains: vec!["example.org".into()],
-        upstreams,
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
-        timeout: std::time::Duration::from_secs(10),
-        throttle: None,
-        cache: None,
+        ..base_policy(mechanisms.iter().copied(), upstreams)
     };
     let auth = Authenticator::new(policy, dbs).unwrap();
     let service = Service::new(auth, vec![format!("X-Auth-Key={KEY}").parse().unwrap()]);

@@ -4,10 +4,10 @@
 //! CGI params as nginx sends them → `Service::respond`; real passwd-file.
 //! (`tests/e2e_suite/master.rs` runs the same through real nginx and Dovecot.)
 
-use std::collections::HashSet;
 use std::process::{Command, Stdio};
 
-use nginx_auth_fcgi::authenticator::{Authenticator, Policy, WaitPolicy};
+use crate::common::policy::base_policy;
+use nginx_auth_fcgi::authenticator::Authenticator;
 use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::master_user::MasterUser;
 use nginx_auth_fcgi::mech::external::{Rule, Rules};
@@ -63,16 +63,7 @@ fn fixture(master: Option<MasterUser>, rules: Rules) -> Fixture {
         upstreams.add(u).unwrap();
     }
     let db = AnyPassdb::open(&format!("passwd-file:{}", passwd.display()), None).unwrap();
-    let policy = Policy {
-        mechanisms: Mechanism::ALL.into_iter().collect::<HashSet<_>>(),
-        local_domains: vec![],
-        upstreams,
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
-        timeout: std::time::Duration::from_secs(10),
-        throttle: None,
-        cache: None,
-    };
+    let policy = base_policy(Mechanism::ALL, upstreams);
     let auth = Authenticator::new(policy, vec![db])
         .unwrap()
         .with_master_user(master)

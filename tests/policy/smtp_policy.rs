@@ -14,9 +14,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::policy::base_policy;
 use nginx_auth_fcgi::audit::Outcome;
 use nginx_auth_fcgi::auth_http::{Failure, MailAuthRequest, MailAuthResponse};
-use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy, WaitPolicy};
+use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy};
 use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::mech::Mechanism;
 use nginx_auth_fcgi::passdb::AnyPassdb;
@@ -40,14 +41,9 @@ fn fixture(throttle: Option<Arc<Throttle>>, reject_unknown_client: bool) -> Fixt
     upstreams.add("imap=127.0.0.1:1143").unwrap();
     upstreams.add("smtp=127.0.0.1:1025").unwrap();
     let policy = Policy {
-        mechanisms: [Mechanism::Plain].into_iter().collect(),
         local_domains: vec![LOCAL.into()],
-        upstreams,
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
-        timeout: Duration::from_secs(10),
         throttle,
-        cache: None,
+        ..base_policy([Mechanism::Plain], upstreams)
     };
     let auth = Authenticator::new(policy, vec![db])
         .unwrap()

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::policy::base_policy;
 use nginx_auth_fcgi::audit::Outcome;
 use nginx_auth_fcgi::auth_http::MailAuthRequest;
-use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy, WaitPolicy};
+use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy};
 use nginx_auth_fcgi::cache::{Cache, CachePolicy};
 use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::mech::Mechanism;
@@ -83,14 +84,8 @@ fn fixture(cache: CachePolicy) -> Fixture {
     let mut upstreams = Upstreams::default();
     upstreams.add("imap=127.0.0.1:1143").unwrap();
     let policy = Policy {
-        mechanisms: [Mechanism::Plain].into_iter().collect(),
-        local_domains: Vec::new(),
-        upstreams,
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
-        timeout: Duration::from_secs(10),
-        throttle: None,
         cache: Some(Arc::new(Cache::new(cache))),
+        ..base_policy([Mechanism::Plain], upstreams)
     };
     Fixture {
         dir,

@@ -11,8 +11,9 @@ mod throttle;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::common::policy::base_policy;
 use nginx_auth_fcgi::auth_http::MailAuthRequest;
-use nginx_auth_fcgi::authenticator::{Authenticator, Policy, WaitPolicy};
+use nginx_auth_fcgi::authenticator::{Authenticator, Policy};
 use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::mech::Mechanism;
 use nginx_auth_fcgi::passdb::AnyPassdb;
@@ -87,14 +88,8 @@ fn authenticator(passdbs: Vec<AnyPassdb>, throttle: Option<Arc<Throttle>>) -> Au
     let mut upstreams = Upstreams::default();
     upstreams.add("imap=127.0.0.1:1143").unwrap();
     let policy = Policy {
-        mechanisms: [Mechanism::Plain].into_iter().collect(),
-        local_domains: Vec::new(),
-        upstreams,
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
-        timeout: Duration::from_secs(10),
         throttle,
-        cache: None,
+        ..base_policy([Mechanism::Plain], upstreams)
     };
     Authenticator::new(policy, passdbs).unwrap()
 }
