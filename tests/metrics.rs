@@ -1,7 +1,9 @@
 //! The Prometheus endpoint counts exactly the requests sent (one test in its
 //! own binary: the counters are process-wide).
 
-use crate::common::policy::base_policy;
+mod common;
+
+use common::policy::base_policy;
 use nginx_auth_fcgi::authenticator::{Authenticator, Policy};
 use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::mech::Mechanism;
