@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 pub use super::proc::{free_ports, require, require_file};
-use super::proc::{port_open, read_lossy, try_wait_until, wait_until, Proc};
+use super::proc::{is_clash, port_open, read_lossy, try_wait_until, wait_until, Proc};
 
 /// The shared secret nginx sends as `X-Auth-Key` and the daemon requires.
 pub const AUTH_KEY: &str = "e2e-shared-key-4711";
@@ -258,11 +258,7 @@ impl Stack {
             "daemon.log",
         ]
         .iter()
-        .any(|log| {
-            read_lossy(&self.path(log))
-                .to_ascii_lowercase()
-                .contains("address already in use")
-        })
+        .any(|log| is_clash(&read_lossy(&self.path(log))))
     }
 
     fn try_start(launch: Launch, extras: Extras) -> (Stack, Result<(), String>) {

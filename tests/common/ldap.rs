@@ -4,10 +4,10 @@
 //! `tests/e2e_suite/directory.rs`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use super::proc::{free_port, port_open, require, run, Proc};
+use super::proc::{port_open, require, retry_on_clash, run, Proc};
 
 pub const PEOPLE: &str = "ou=people,dc=example,dc=org";
 pub const READER: &str = "binddn=cn=reader,ou=services,dc=example,dc=org&bindpw=reader-pw";
@@ -66,19 +66,29 @@ impl Slapd {
                 .arg(&ldif),
             "slapadd",
         );
-        let tls = tls.then(|| (free_port(), dir.path().join("cert.pem")));
         let mut s = Slapd {
             dir,
-            port: free_port(),
-            tls,
+            port: 0,
+            tls: None,
             proc: None,
         };
-        s.restart();
+        let cert = s.dir.path().join("cert.pem");
+        retry_on_clash("slapd", |[port, tls_port]| {
+            s.port = port;
+            s.tls = tls.then(|| (tls_port, cert.clone()));
+            s.spawn()
+        });
         s
     }
 
-    /// Starts slapd (again) on the same port and waits until it answers.
+    /// Starts slapd again on the same port(s) and waits until it answers.
     pub fn restart(&mut self) {
+        if let Err(e) = self.spawn() {
+            panic!("slapd restart: {e}");
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(require("slapd", "slapd"));
         cmd.arg("-h")
             .arg(match &self.tls {
@@ -89,14 +99,12 @@ impl Slapd {
             })
             .arg("-f")
             .arg(self.dir.path().join("slapd.conf"))
-            .args(["-d", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .args(["-d", "0"]);
         let port = self.port;
+        let log = self.dir.path().join("slapd.log");
         self.proc
-            .insert(Proc::spawn_with("slapd", &mut cmd))
-            .wait_for("its port", Duration::from_secs(10), || port_open(port));
+            .insert(Proc::spawn("slapd", &mut cmd, &log))
+            .try_wait_for("its port", Duration::from_secs(10), || port_open(port))
     }
 
     /// SIGKILL, no shutdown.

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use super::proc::{free_port, port_open, require, require_file, Proc};
+use super::proc::{port_open, require, require_file, retry_on_clash, Proc};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -67,8 +67,7 @@ impl Dovecot {
         require("dovecot", "dovecot-core");
         require_file("/usr/lib/dovecot/imap", "dovecot-imapd");
         let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        let imap_port = free_port();
+        let d = dir.path().to_owned();
         let passwd: String = USERS
             .iter()
             .map(|u| format!("{}:{{PLAIN}}{}::::::{}\n", u.name, u.password, u.extra))
@@ -82,8 +81,9 @@ impl Dovecot {
             let me = std::env::var("USER").expect("USER");
             (me.clone(), me)
         };
-        let conf = format!(
-            r#"base_dir = {d}/run
+        let conf = |imap_port: u16| {
+            format!(
+                r#"base_dir = {d}/run
 state_dir = {d}/state
 log_path = {d}/dovecot.log
 protocols = imap
@@ -122,19 +122,26 @@ service imap-login {{
   }}
 }}
 "#,
-            d = d.display()
-        );
-        fs::write(d.join("dovecot.conf"), conf).expect("write dovecot.conf");
-        let mut d = Dovecot {
+                d = d.display()
+            )
+        };
+        let conf_path = d.join("dovecot.conf");
+        let mut dovecot = Dovecot {
             dir,
-            imap_port,
+            imap_port: 0,
             proc: None,
         };
-        d.spawn();
-        d
+        retry_on_clash("dovecot", |[port]| {
+            fs::write(&conf_path, conf(port)).expect("write dovecot.conf");
+            dovecot.imap_port = port;
+            dovecot
+                .spawn()
+                .map_err(|e| format!("{e}\ndovecot.log:\n{}", dovecot.log()))
+        });
+        dovecot
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(require("dovecot", "dovecot-core"));
         cmd.arg("-F")
             .arg("-c")
@@ -144,9 +151,9 @@ service imap-login {{
         let port = self.imap_port;
         self.proc
             .insert(Proc::spawn("dovecot", &mut cmd, &log))
-            .wait_for("its auth socket and IMAP port", READY_TIMEOUT, || {
+            .try_wait_for("its auth socket and IMAP port", READY_TIMEOUT, || {
                 UnixStream::connect(&socket).is_ok() && port_open(port)
-            });
+            })
     }
 
     /// The `auth-client` socket (the `dovecot:` passdb's path).
