@@ -26,21 +26,16 @@ fn service(dir: &tempfile::TempDir, passdb: &str) -> Service {
 }
 
 fn params(extra: &[(&str, &str)]) -> Params {
-    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = [
-        ("REQUEST_METHOD", "GET"),
-        ("REQUEST_URI", "/private/x"),
-        ("REMOTE_ADDR", "198.51.100.2"),
-        ("AUTH_REALM", "R"),
-        ("HTTP_X_AUTH_KEY", "k"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-    .collect();
-    for (k, v) in extra {
-        pairs.retain(|(n, _)| n != k.as_bytes());
-        pairs.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
-    }
-    Params::from_pairs(pairs)
+    crate::params_with(
+        &[
+            ("REQUEST_METHOD", "GET"),
+            ("REQUEST_URI", "/private/x"),
+            ("REMOTE_ADDR", "198.51.100.2"),
+            ("AUTH_REALM", "R"),
+            ("HTTP_X_AUTH_KEY", "k"),
+        ],
+        extra,
+    )
 }
 
 async fn ask(s: &Service, extra: &[(&str, &str)]) -> String {

@@ -111,22 +111,17 @@ fn fixture(o: Options) -> Fixture {
 }
 
 fn params(extra: &[(&str, &str)]) -> Params {
-    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = [
-        ("REQUEST_METHOD", "GET"),
-        ("REQUEST_URI", "/private/"),
-        ("REMOTE_ADDR", "198.51.100.2"),
-        ("AUTH_REALM", REALM),
-        ("AUTH_SCHEMES", "digest basic"),
-        ("AUTH_DIGEST_ALGORITHMS", "MD5"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-    .collect();
-    for (k, v) in extra {
-        pairs.retain(|(n, _)| n != k.as_bytes());
-        pairs.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
-    }
-    Params::from_pairs(pairs)
+    crate::params_with(
+        &[
+            ("REQUEST_METHOD", "GET"),
+            ("REQUEST_URI", "/private/"),
+            ("REMOTE_ADDR", "198.51.100.2"),
+            ("AUTH_REALM", REALM),
+            ("AUTH_SCHEMES", "digest basic"),
+            ("AUTH_DIGEST_ALGORITHMS", "MD5"),
+        ],
+        extra,
+    )
 }
 
 fn basic(user: &str, password: &str) -> String {
