@@ -7,9 +7,10 @@
 //! [`Stack`]: super::e2e::Stack
 
 use std::ffi::OsStr;
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use super::e2e::daemon_bin;
@@ -17,6 +18,22 @@ use super::proc::Proc;
 
 /// How long the daemon may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the binary with `args` (an admin command), `stdin` as its input; its
+/// output, whatever the exit status.
+pub fn run_cli<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>, stdin: &str) -> Output {
+    let mut child = Command::new(daemon_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nginx-auth-fcgi");
+    // A command that fails before reading its stdin (bad flag) closes the
+    // pipe first: a broken pipe here is expected, not a test failure.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().expect("wait for nginx-auth-fcgi")
+}
 
 /// A running `nginx-auth-fcgi serve`.
 pub struct Daemon {

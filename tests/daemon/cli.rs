@@ -3,23 +3,13 @@
 //! `throttle` against a running service.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use crate::common::daemon::Daemon;
+use crate::common::daemon::{run_cli, Daemon};
 use nginx_auth_fcgi::scheme::{Scheme, StoredPassword};
 
 fn run(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start nginx-auth-fcgi");
-    // A command that fails before reading its stdin (bad flag) closes the
-    // pipe first: a broken pipe here is expected, not a test failure.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
+    run_cli(args, stdin)
 }
 
 fn text(b: &[u8]) -> String {

@@ -7,8 +7,6 @@
 //! The harness's daemon gets the SQL passdb instead of its passwd-file
 //! ([`Extras::passdb`]), with the same flags otherwise.
 
-use std::process::{Command, Stdio};
-
 use crate::common::e2e::*;
 use crate::common::sql::{Kind, Server};
 
@@ -162,21 +160,7 @@ fn mail_logins_through_nginx_with_a_mariadb_passdb() {
 
 /// Runs the daemon binary with `args`, `stdin` as its input.
 fn run_cli(args: &[String], stdin: &str) -> (bool, String) {
-    use std::io::Write;
-    let mut child = Command::new(daemon_bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run daemon binary");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = crate::common::daemon::run_cli(args, stdin);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

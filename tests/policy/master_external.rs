@@ -4,7 +4,7 @@
 //! CGI params as nginx sends them → `Service::respond`; real passwd-file.
 //! (`tests/e2e_suite/master.rs` runs the same through real nginx and Dovecot.)
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::common::policy::base_policy;
 use nginx_auth_fcgi::authenticator::Authenticator;
@@ -329,15 +329,7 @@ async fn external_maps_only_verified_certificates() {
 #[test]
 fn hash_cram_md5_equals_doveadm() {
     for pw in ["tanstaaftanstaaf", "p w%+:é", &"x".repeat(70)] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
-            .args(["hash", "-s", "CRAM-MD5"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        writeln!(child.stdin.take().unwrap(), "{pw}").unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = crate::common::daemon::run_cli(["hash", "-s", "CRAM-MD5"], &format!("{pw}\n"));
         assert!(out.status.success());
         assert_eq!(
             String::from_utf8(out.stdout).unwrap().trim(),
