@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::fcgi::{self, Rec};
+use common::proc::wait_until_async;
 use nginx_auth_fcgi::fastcgi::{Handler, Limits, Request, Response};
 use nginx_auth_fcgi::listen::{self, ListenError, ListenSpec, Listener, SocketOptions};
 use nginx_auth_fcgi::server;
@@ -77,14 +78,20 @@ fn init_logging() {
     }
 }
 
-/// Test handler: echoes `ECHO`, reports what it received, optionally sleeps.
-struct Echo;
+/// Test handler: echoes `ECHO`, reports what it received, optionally sleeps
+/// (`SLEEP_MS`, counted in `sleeping` meanwhile).
+#[derive(Default)]
+struct Echo {
+    sleeping: Arc<AtomicUsize>,
+}
 
 impl Handler for Echo {
     async fn handle(&self, req: Request) -> Response {
         if let Some(ms) = req.params.get("SLEEP_MS") {
             let ms: u64 = std::str::from_utf8(ms).unwrap().parse().unwrap();
+            self.sleeping.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(ms)).await;
+            self.sleeping.fetch_sub(1, Ordering::SeqCst);
         }
         let mut out = b"Status: 200 OK\r\nX-Echo: ".to_vec();
         out.extend_from_slice(req.params.get("ECHO").unwrap_or(b"-"));
@@ -107,6 +114,8 @@ impl Handler for Echo {
 
 struct TestServer {
     path: PathBuf,
+    /// Requests in the handler's `SLEEP_MS` sleep.
+    sleeping: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<io::Result<()>>,
@@ -119,18 +128,33 @@ fn test_limits() -> Limits {
     }
 }
 
+/// `server::run` with `echo` on `listeners` until the sender fires.
+fn serve_echo(
+    listeners: Vec<Listener>,
+    echo: Echo,
+    limits: Limits,
+) -> (oneshot::Sender<()>, JoinHandle<io::Result<()>>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listeners, Arc::new(echo), limits, async {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
 async fn start(limits: Limits) -> TestServer {
     init_logging();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run").join("fcgi.sock");
     let listeners =
         listen::open(&[ListenSpec::Unix(path.clone())], &SocketOptions::default()).unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listeners, Arc::new(Echo), limits, async {
-        let _ = stopped.await;
-    }));
+    let sleeping = Arc::new(AtomicUsize::new(0));
+    let echo = Echo {
+        sleeping: sleeping.clone(),
+    };
+    let (stop, task) = serve_echo(listeners, echo, limits);
     TestServer {
         path,
+        sleeping,
         _dir: dir,
         stop: Some(stop),
         task,
@@ -716,7 +740,12 @@ async fn shutdown_lets_in_flight_request_finish_and_closes_idle_ones() {
     let mut busy = srv.connect().await;
     let p = pairs(&[(b"ECHO", b"slow"), (b"SLEEP_MS", b"1500")]);
     send(&mut busy, &fcgi::request(1, fcgi::KEEP_CONN, &p, b"")).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let sleeping = srv.sleeping.clone();
+    wait_until_async("the slow request in its handler", CLOSE_WAIT, || {
+        let sleeping = sleeping.clone();
+        async move { sleeping.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
 
     let t0 = Instant::now();
     let stopping = tokio::spawn(srv.stop_keeping_dir());
@@ -753,15 +782,7 @@ async fn tcp_listener_serves_requests() {
         Listener::Tcp(l) => l.local_addr().unwrap(),
         other => panic!("expected tcp, got {other}"),
     };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(
-        listeners,
-        Arc::new(Echo),
-        test_limits(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, task) = serve_echo(listeners, Echo::default(), test_limits());
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(&fcgi::request(1, 0, &pairs(&[(b"ECHO", b"tcp")]), b""))
         .await
@@ -784,15 +805,7 @@ async fn listen_fd_adopts_an_inherited_unix_listener() {
     assert!(matches!(listeners[0], Listener::Unix(_)));
     assert!(listeners[0].to_string().ends_with("inherited.sock"));
 
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(
-        listeners,
-        Arc::new(Echo),
-        test_limits(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, task) = serve_echo(listeners, Echo::default(), test_limits());
     let mut s = UnixStream::connect(&path).await.unwrap();
     assert_eq!(
         roundtrip(&mut s, 1, 0, "fd")
@@ -849,15 +862,7 @@ async fn listen_unix_removes_stale_socket_and_applies_mode() {
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(
-        listeners,
-        Arc::new(Echo),
-        test_limits(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, task) = serve_echo(listeners, Echo::default(), test_limits());
     let mut s = UnixStream::connect(&path).await.unwrap();
     assert_eq!(
         roundtrip(&mut s, 1, 0, "fresh")

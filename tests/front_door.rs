@@ -47,65 +47,67 @@ fn user_db_flag_goes_before_or_after_the_subcommand() {
     run(&["user", "add", "alice@example.org", "--db", db], "pw-a\n");
     run(&["user", "--db", db, "add", "bob@example.org"], "pw-b\n");
     let list = run(&["user", "list", "--db", db], "");
-    assert!(list.contains("alice@example.org") && list.contains("bob@example.org"), "{list}");
+    assert!(
+        list.contains("alice@example.org") && list.contains("bob@example.org"),
+        "{list}"
+    );
 }
 
 /// The quick start's script (the README shows this file; the docs test
 /// checks they are equal), with the substitutions a test must make, each
 /// required to apply exactly once so that a changed README fails here.
-fn quick_start_script(bin: &str) -> String {
+fn quick_start_script(bin: &'static str) -> String {
     let script = std::fs::read_to_string(repo_root().join("docs/examples/shell/quickstart.sh"))
         .expect("docs/examples/shell/quickstart.sh");
-    let mut out = Vec::new();
+    type Rule = (fn(&str) -> bool, Box<dyn Fn(&str) -> String>);
+    let rules: [Rule; 6] = [
+        // tests/run installed the packages; the test requires their programs.
+        (
+            |l| l.starts_with("apt-get install "),
+            Box::new(|_| ": packages".into()),
+        ),
+        // The binary `cargo run --release` would build and run.
+        (
+            |l| l.contains("cargo run --release -- "),
+            Box::new(move |l| l.replace("cargo run --release -- ", &format!("{bin} "))),
+        ),
+        // The password the admin types at the prompts.
+        (
+            |l| l.contains(" user add alice@example.org"),
+            Box::new(|l| format!("echo alice-secret | {l}")),
+        ),
+        (
+            |l| l.starts_with("python3 ") && l.contains("imaplib"),
+            Box::new(|l| format!("echo alice-secret | {l}")),
+        ),
+        // No systemd in the namespace: start the servers themselves.
+        (
+            |l| l.contains("systemctl restart dovecot"),
+            Box::new(|l| l.replace("systemctl restart dovecot", "dovecot")),
+        ),
+        (
+            |l| l.contains("systemctl reload nginx"),
+            Box::new(|l| l.replace("systemctl reload nginx", "nginx")),
+        ),
+    ];
     let mut applied = [0usize; 6];
+    let mut out = Vec::new();
     for line in script.lines() {
         let mut line = line.to_owned();
-        let mut apply = |i: usize, hit: bool, new: String| {
-            if hit {
+        for (i, (hit, change)) in rules.iter().enumerate() {
+            if hit(&line) {
                 applied[i] += 1;
-                line = new;
+                line = change(&line);
             }
-        };
-        let l = line.clone();
-        // tests/run installed the packages; the test requires their programs.
-        apply(0, l.starts_with("apt-get install "), ": packages".into());
-        // The binary `cargo run --release` would build and run.
-        let l = line.clone();
-        apply(
-            1,
-            l.contains("cargo run --release -- "),
-            l.replace("cargo run --release -- ", &format!("{bin} ")),
-        );
-        // The password the admin types at the prompts.
-        let l = line.clone();
-        apply(
-            2,
-            l.contains(" user add alice@example.org"),
-            format!("echo alice-secret | {l}"),
-        );
-        let l = line.clone();
-        apply(
-            3,
-            l.starts_with("python3 ") && l.contains("imaplib"),
-            format!("echo alice-secret | {l}"),
-        );
-        // No systemd in the namespace: start the servers themselves.
-        let l = line.clone();
-        apply(
-            4,
-            l.contains("systemctl restart dovecot"),
-            l.replace("systemctl restart dovecot", "dovecot"),
-        );
-        let l = line.clone();
-        apply(
-            5,
-            l.contains("systemctl reload nginx"),
-            l.replace("systemctl reload nginx", "nginx"),
-        );
+        }
         out.push(line);
     }
     // serve and user add both go through cargo run.
-    assert_eq!(applied, [1, 2, 1, 1, 1, 1], "the quick start changed:\n{script}");
+    assert_eq!(
+        applied,
+        [1, 2, 1, 1, 1, 1],
+        "the quick start changed:\n{script}"
+    );
     out.join("\n") + "\n"
 }
 
@@ -121,7 +123,10 @@ fn readme_quick_start_logs_in() {
     let unshare = require("unshare", "util-linux");
     require("nginx", "nginx-full");
     require("dovecot", "dovecot-imapd");
-    require_file("/usr/lib/dovecot/modules/auth/libdriver_sqlite.so", "dovecot-sqlite");
+    require_file(
+        "/usr/lib/dovecot/modules/auth/libdriver_sqlite.so",
+        "dovecot-sqlite",
+    );
     require("useradd", "passwd");
     require("python3", "python3");
     require("ip", "iproute2");

@@ -1,11 +1,13 @@
 //! The Prometheus endpoint counts exactly the requests sent (one test in its
 //! own binary: the counters are process-wide).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nginx_auth_fcgi::authenticator::{Authenticator, Policy, WaitPolicy};
+mod common;
+
+use common::policy::base_policy;
+use nginx_auth_fcgi::authenticator::{Authenticator, Policy};
 use nginx_auth_fcgi::cache::{Cache, CachePolicy};
 use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::mech::Mechanism;
@@ -60,17 +62,12 @@ async fn counters_match_the_requests_sent() {
     upstreams.add("imap=127.0.0.1:143").unwrap();
     upstreams.add("smtp=127.0.0.1:25").unwrap();
     let policy = Policy {
-        mechanisms: Mechanism::ALL.into_iter().collect::<HashSet<_>>(),
-        local_domains: vec![],
-        upstreams,
-        wait: WaitPolicy::default(),
-        smtp_pass: false,
         timeout: std::time::Duration::from_secs(5),
-        throttle: None,
         cache: Some(Arc::new(Cache::new(CachePolicy {
             negative_ttl: Duration::from_secs(60),
             ..CachePolicy::default()
         }))),
+        ..base_policy(Mechanism::ALL, upstreams)
     };
     let passdb = AnyPassdb::open(&format!("passwd-file:{}", users.display()), None).unwrap();
     let s = Service::new(

@@ -18,22 +18,19 @@
 //! Debian package to install (`tests/run` installs them all); nothing is
 //! skipped. Every process runs in its own process group and is stopped on
 //! drop, also when a test panics; then the logs are printed to help.
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
-
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs;
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
-use std::thread::sleep;
+use std::process::{Command, ExitStatus, Output};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+
+pub use super::proc::{free_ports, require, require_file};
+use super::proc::{is_clash, port_open, read_lossy, try_wait_until, wait_until, Proc};
 
 /// The shared secret nginx sends as `X-Auth-Key` and the daemon requires.
 pub const AUTH_KEY: &str = "e2e-shared-key-4711";
@@ -45,7 +42,6 @@ pub const INVALID_LOGIN: &str = "Invalid login or password";
 
 const NGINX_MAIL_MODULE: &str = "/usr/lib/nginx/modules/ngx_mail_module.so";
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Set this variable to keep each stack's temp dir (configs, logs) after
 /// the test, for debugging.
 pub const KEEP_ENV: &str = "NGINX_AUTH_FCGI_E2E_KEEP";
@@ -146,148 +142,6 @@ pub fn passwd_file_text() -> &'static str {
     })
 }
 
-// --------------------------------------------------------------- programs
-
-/// Full path of `program`, or a panic naming the Debian package to install.
-pub fn require(program: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    // /usr/sbin is not on every user's PATH, but nginx and dovecot live there.
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].map(PathBuf::from));
-    for dir in dirs {
-        let candidate = dir.join(program);
-        if let Ok(meta) = fs::metadata(&candidate) {
-            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-                return candidate;
-            }
-        }
-    }
-    panic!(
-        "e2e: program `{program}` not found; install the Debian package `{package}` \
-         (`bash tests/run` installs everything the tests need)"
-    );
-}
-
-/// Like [`require`] for a file that is not a program.
-pub fn require_file(path: &str, package: &str) -> PathBuf {
-    let path = PathBuf::from(path);
-    assert!(
-        path.exists(),
-        "e2e: {} not found; install the Debian package `{package}` \
-         (`bash tests/run` installs everything the tests need)",
-        path.display()
-    );
-    path
-}
-
-// ------------------------------------------------------------------ ports
-
-/// `N` distinct free loopback ports, never handed out twice in this process.
-///
-/// All listeners are held until every port is chosen, so one call cannot
-/// return the same port twice; the port is free again when the server under
-/// test binds it (a small race with other processes remains).
-pub fn free_ports<const N: usize>() -> [u16; N] {
-    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    let handed_out = handed_out.get_or_insert_with(HashSet::new);
-    let mut listeners = Vec::new();
-    let mut ports = [0u16; N];
-    let mut i = 0;
-    while i < N {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local_addr").port();
-        listeners.push(listener);
-        if handed_out.insert(port) {
-            ports[i] = port;
-            i += 1;
-        }
-    }
-    ports
-}
-
-// -------------------------------------------------------------- processes
-
-fn signal_group(pgid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) with a negative pid signals that process group; it
-    // touches no memory of ours.
-    unsafe {
-        libc::kill(-(pgid as libc::pid_t), signal);
-    }
-}
-
-fn signal_pid(pid: u32, signal: libc::c_int) {
-    // SAFETY: see signal_group.
-    unsafe {
-        libc::kill(pid as libc::pid_t, signal);
-    }
-}
-
-/// A child in its own process group, its stdout+stderr in `log`.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-    /// stop() ran: the group is gone and its id may be reused.
-    stopped: bool,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Proc {
-        let out = fs::File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("dup log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("e2e: cannot start {name} ({cmd:?}): {e}"));
-        Proc {
-            name,
-            child,
-            log,
-            stopped: false,
-        }
-    }
-
-    /// `Some(status)` once the process has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGTERM the whole group, SIGKILL what is left after a grace period.
-    fn stop(&mut self) {
-        if self.stopped {
-            return;
-        }
-        self.stopped = true;
-        let pgid = self.child.id();
-        if self.exited().is_none() {
-            signal_group(pgid, libc::SIGTERM);
-            if self.wait_timeout(STOP_TIMEOUT).is_none() {
-                eprintln!("e2e: {} ignored SIGTERM; killing it", self.name);
-            }
-        }
-        // Also reaps grandchildren that outlived their parent (nginx workers,
-        // Dovecot services).
-        signal_group(pgid, libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
 // ------------------------------------------------------------------ stack
 
 /// How the daemon gets its listening socket.
@@ -313,6 +167,25 @@ pub struct Extras {
     /// Inserted at the top of the `mail {}` block of the rendered nginx.conf
     /// (e.g. more `server {}` blocks on ports the test picked).
     pub nginx_mail: String,
+    /// The daemon's `--passdb` instead of the stack's passwd-file (which
+    /// Dovecot goes on checking the forwarded password against).
+    pub passdb: Option<String>,
+    /// A configuration file for the daemon (`--config`), as TOML text.
+    pub daemon_config: Option<String>,
+}
+
+impl Extras {
+    /// The daemon asks `passdb` instead of the passwd-file, and a temporary
+    /// failure answers after 1 s instead of the default 3 (the tests stop
+    /// the passdb's server to see one).
+    pub fn passdb(passdb: impl Into<String>, daemon_args: &[&str]) -> Extras {
+        Extras {
+            passdb: Some(passdb.into()),
+            daemon_config: Some("[auth_wait]\ntemporary = 1\n".into()),
+            daemon_args: daemon_args.iter().map(|a| a.to_string()).collect(),
+            ..Extras::default()
+        }
+    }
 }
 
 /// One complete mail stack in a temp dir. Dropping it stops every process.
@@ -385,11 +258,7 @@ impl Stack {
             "daemon.log",
         ]
         .iter()
-        .any(|log| {
-            read_lossy(&self.path(log))
-                .to_ascii_lowercase()
-                .contains("address already in use")
-        })
+        .any(|log| is_clash(&read_lossy(&self.path(log))))
     }
 
     fn try_start(launch: Launch, extras: Extras) -> (Stack, Result<(), String>) {
@@ -500,9 +369,7 @@ impl Stack {
                 mx,
                 auth_http,
             ] {
-                stack.wait_for(&format!("127.0.0.1:{port}"), || {
-                    TcpStream::connect(("127.0.0.1", port)).is_ok()
-                })?;
+                stack.wait_for(&format!("127.0.0.1:{port}"), || port_open(port))?;
             }
             stack.wait_daemon_ready()
         };
@@ -527,15 +394,27 @@ impl Stack {
     }
 
     fn spawn_other(&mut self, name: &'static str, cmd: &mut Command, log: &str) {
-        let proc = Proc::spawn(name, cmd, self.path(log));
+        let proc = Proc::spawn(name, cmd, &self.path(log));
         self.others.push(proc);
     }
 
-    /// The daemon's command line after `serve --listen ...`.
+    /// The daemon's command line after `serve --listen ...`, before
+    /// [`Extras::daemon_args`].
     pub fn daemon_args(&self) -> Vec<String> {
-        vec![
+        let passdb = match &self.extras.passdb {
+            Some(passdb) => passdb.clone(),
+            None => format!("passwd-file:{}", self.passwd_path().display()),
+        };
+        let mut args = match &self.extras.daemon_config {
+            Some(_) => vec![
+                "--config".into(),
+                self.path("daemon.toml").display().to_string(),
+            ],
+            None => vec![],
+        };
+        args.extend([
             "--passdb".into(),
-            format!("passwd-file:{}", self.passwd_path().display()),
+            passdb,
             "--upstream".into(),
             format!("imap=127.0.0.1:{}", self.dovecot_imap),
             "--upstream".into(),
@@ -554,7 +433,8 @@ impl Stack {
             // (1 s, then 2 s) is still visible to the tests.
             "--auth-wait-max".into(),
             "2".into(),
-        ]
+        ]);
+        args
     }
 
     fn spawn_daemon(&mut self) {
@@ -563,6 +443,9 @@ impl Stack {
             Path::new(bin).exists(),
             "daemon binary {bin} missing (cargo test builds it)"
         );
+        if let Some(config) = &self.extras.daemon_config {
+            fs::write(self.path("daemon.toml"), config).expect("write daemon.toml");
+        }
         let sock = self.socket.display().to_string();
         let mut cmd = match self.launch {
             Launch::Direct => {
@@ -596,7 +479,7 @@ impl Stack {
         self.daemon = Some(Proc::spawn(
             "nginx-auth-fcgi",
             &mut cmd,
-            self.path("daemon.log"),
+            &self.path("daemon.log"),
         ));
     }
 
@@ -618,26 +501,22 @@ impl Stack {
     /// Polls `ready` until it holds; fails on timeout or when a process died
     /// meanwhile (with that process's output).
     fn wait_for(&mut self, what: &str, mut ready: impl FnMut() -> bool) -> Result<(), String> {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
+        try_wait_until(what, STARTUP_TIMEOUT, || {
             if ready() {
-                return Ok(());
+                return Ok(true);
             }
-            let procs = self.others.iter_mut().chain(self.daemon.as_mut());
-            for proc in procs {
+            for proc in self.others.iter_mut().chain(self.daemon.as_mut()) {
                 if let Some(status) = proc.exited() {
                     return Err(format!(
-                        "e2e: {} exited ({status}) while waiting for {what}; its output:\n{}",
-                        proc.name,
-                        read_lossy(&proc.log)
+                        "{} exited ({status}) while waiting for {what}; its output:\n{}",
+                        proc.name(),
+                        proc.log()
                     ));
                 }
             }
-            if Instant::now() >= deadline {
-                return Err(format!("e2e: timed out waiting for {what}"));
-            }
-            sleep(Duration::from_millis(10));
-        }
+            Ok(false)
+        })
+        .map_err(|e| format!("e2e: {e}"))
     }
 
     fn dovecot_conf(&self) -> String {
@@ -825,10 +704,8 @@ service pop3-login {{
     pub fn start_extra_sink(&mut self, name: &str) -> (u16, PathBuf) {
         let [port] = free_ports::<1>();
         let log = self.spawn_sink(port, name);
-        self.wait_for(&format!("{name} on 127.0.0.1:{port}"), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        self.wait_for(&format!("{name} on 127.0.0.1:{port}"), || port_open(port))
+            .unwrap_or_else(|e| panic!("{e}"));
         (port, log)
     }
 
@@ -860,15 +737,11 @@ service pop3-login {{
         fs::write(&tmp, text).expect("write passwd-file");
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).expect("chmod");
         fs::rename(&tmp, self.passwd_path()).expect("replace passwd-file");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while reloads() <= before {
-            assert!(
-                Instant::now() < deadline,
-                "e2e: the daemon never logged `{reloaded}`:\n{}",
-                self.daemon_log()
-            );
-            sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            &format!("the daemon to log `{reloaded}`"),
+            Duration::from_secs(10),
+            || reloads() > before,
+        );
     }
 
     // ------------------------------------------------------------ clients
@@ -974,23 +847,19 @@ service pop3-login {{
     /// Pid of the daemon process (for spawn-fcgi/socket activation: the
     /// launcher, which exec'd the daemon in place).
     pub fn daemon_pid(&self) -> u32 {
-        self.daemon.as_ref().expect("daemon running").child.id()
+        self.daemon.as_ref().expect("daemon running").id()
     }
 
     /// SIGTERM to the daemon alone; its exit status.
     pub fn stop_daemon(&mut self) -> ExitStatus {
-        let mut daemon = self.daemon.take().expect("daemon running");
-        signal_pid(daemon.child.id(), libc::SIGTERM);
-        let status = daemon.wait_timeout(STOP_TIMEOUT);
-        daemon.stop();
-        status.unwrap_or_else(|| panic!("daemon did not exit within {STOP_TIMEOUT:?} of SIGTERM"))
+        self.daemon.take().expect("daemon running").terminate()
     }
 
     /// Panics if the daemon has exited (e.g. crashed during the test).
     pub fn assert_daemon_running(&mut self) {
         let daemon = self.daemon.as_mut().expect("daemon running");
         if let Some(status) = daemon.exited() {
-            panic!("daemon exited ({status}):\n{}", read_lossy(&daemon.log));
+            panic!("daemon exited ({status}):\n{}", daemon.log());
         }
     }
 }
@@ -1005,12 +874,12 @@ impl Drop for Stack {
             .rev()
             .chain(self.daemon.as_mut())
             .collect();
-        for proc in procs.iter_mut().filter(|p| p.name == "nginx") {
+        for proc in procs.iter_mut().filter(|p| p.name() == "nginx") {
             proc.stop();
         }
         for proc in procs.iter_mut() {
-            if !proc.stopped && proc.exited().is_none() {
-                signal_group(proc.child.id(), libc::SIGTERM);
+            if proc.exited().is_none() {
+                proc.signal_group(libc::SIGTERM);
             }
         }
         for proc in procs {
@@ -1090,13 +959,6 @@ pub fn render_config(shipped: &str, subs: &[(String, String)], temp_dir: &str) -
         );
     }
     out
-}
-
-fn read_lossy(path: &Path) -> String {
-    match fs::read(path) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(e) => format!("<cannot read {}: {e}>", path.display()),
-    }
 }
 
 /// Messages an SMTP sink accepted so far (its `--out` file).

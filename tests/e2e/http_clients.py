@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Real HTTP clients for tests/e2e_http.rs. Each prints its results as TOML
+"""Real HTTP clients for tests/e2e_suite/http.rs. Each prints its results as TOML
 (toml_out.py: the Rust side has no JSON parser): one [[results]] table per
 page fetched.
 

@@ -1,0 +1,189 @@
+//! The verification cache inside the process, on paused tokio time: a real
+//! passwd-file with SHA512-CRYPT and bcrypt users, and the audit record's
+//! `cache=` field telling hits from misses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::policy::base_policy;
+use nginx_auth_fcgi::audit::Outcome;
+use nginx_auth_fcgi::auth_http::MailAuthRequest;
+use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy};
+use nginx_auth_fcgi::cache::{Cache, CachePolicy, CacheUse};
+use nginx_auth_fcgi::fastcgi::Params;
+use nginx_auth_fcgi::mech::Mechanism;
+use nginx_auth_fcgi::passdb::AnyPassdb;
+use nginx_auth_fcgi::scheme::{self, Scheme};
+use nginx_auth_fcgi::upstream::Upstreams;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    auth: Authenticator,
+}
+
+impl Fixture {
+    /// Replaces the passwd-file the way an admin tool does (new inode).
+    fn write_users(&self, text: &str) {
+        let tmp = self.dir.path().join("users.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("users")).unwrap();
+    }
+
+    /// Logs in until the answer is no longer `before` (the passdb's watcher
+    /// reloads a changed file within about a second; until then the old file
+    /// answers), and returns the first other answer. Real time: the watcher
+    /// is a thread, paused tokio time does not move it.
+    async fn login_once_changed(
+        &self,
+        user: &str,
+        pass: &str,
+        before: (Outcome, Option<&str>),
+    ) -> Decision {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let d = self.login(user, pass).await;
+            if (d.audit.outcome, d.audit.cache.map(CacheUse::as_str)) != before {
+                return d;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the changed passwd-file was never loaded"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    async fn login(&self, user: &str, pass: &str) -> Decision {
+        let pairs = [
+            ("HTTP_AUTH_METHOD", "plain"),
+            ("HTTP_AUTH_USER", user),
+            ("HTTP_AUTH_PASS", pass),
+            ("HTTP_AUTH_PROTOCOL", "imap"),
+            ("HTTP_AUTH_LOGIN_ATTEMPT", "1"),
+            ("HTTP_CLIENT_IP", "198.51.100.1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+        let req = MailAuthRequest::from_params(&Params::from_pairs(pairs)).unwrap();
+        self.auth.authenticate(&req).await
+    }
+}
+
+fn users(crypt_pw: &str, extra: &str) -> String {
+    let crypt = scheme::hash(Scheme::Sha512Crypt, crypt_pw.as_bytes()).unwrap();
+    let bcrypt = scheme::hash(Scheme::BlfCrypt, b"bcrypt-pw").unwrap();
+    format!("plain:{{PLAIN}}plain-pw::::::\ncrypt:{crypt}::::::{extra}\nbcrypt:{bcrypt}::::::\n")
+}
+
+fn fixture(cache: CachePolicy) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("users");
+    std::fs::write(&passwd, users("crypt-pw", "")).unwrap();
+    let db = AnyPassdb::open(&format!("passwd-file:{}", passwd.display()), None).unwrap();
+    let mut upstreams = Upstreams::default();
+    upstreams.add("imap=127.0.0.1:1143").unwrap();
+    let policy = Policy {
+        cache: Some(Arc::new(Cache::new(cache))),
+        ..base_policy([Mechanism::Plain], upstreams)
+    };
+    Fixture {
+        dir,
+        auth: Authenticator::new(policy, vec![db]).unwrap(),
+    }
+}
+
+#[track_caller]
+fn assert_outcome(d: &Decision, outcome: Outcome, cache: Option<&str>) {
+    assert_eq!(
+        (d.audit.outcome, d.audit.cache.map(CacheUse::as_str)),
+        (outcome, cache),
+        "{}",
+        d.audit
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn expensive_schemes_are_verified_once_per_ttl() {
+    let f = fixture(CachePolicy::default());
+    for user in ["crypt", "bcrypt"] {
+        let pw = format!("{user}-pw");
+        assert_outcome(&f.login(user, &pw).await, Outcome::Ok, Some("miss"));
+        assert_outcome(&f.login(user, &pw).await, Outcome::Ok, Some("hit"));
+        assert_outcome(&f.login(user, &pw).await, Outcome::Ok, Some("hit"));
+        // A wrong password is never answered from a positive entry.
+        assert_outcome(&f.login(user, "wrong").await, Outcome::Fail, Some("miss"));
+    }
+    // Cheap schemes do not use the cache at all.
+    assert_outcome(&f.login("plain", "plain-pw").await, Outcome::Ok, None);
+    tokio::time::advance(Duration::from_secs(301)).await;
+    assert_outcome(
+        &f.login("crypt", "crypt-pw").await,
+        Outcome::Ok,
+        Some("miss"),
+    );
+    assert_outcome(
+        &f.login("crypt", "crypt-pw").await,
+        Outcome::Ok,
+        Some("hit"),
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_password_or_disabled_account_takes_effect_at_once() {
+    let f = fixture(CachePolicy::default());
+    f.login("crypt", "crypt-pw").await;
+    assert_outcome(
+        &f.login("crypt", "crypt-pw").await,
+        Outcome::Ok,
+        Some("hit"),
+    );
+    f.write_users(&users("new-pw", ""));
+    // Until the new file is loaded the old hash answers, from the cache.
+    let d = f
+        .login_once_changed("crypt", "crypt-pw", (Outcome::Ok, Some("hit")))
+        .await;
+    assert_outcome(&d, Outcome::Fail, Some("miss"));
+    assert_eq!(d.audit.reason, "password-mismatch");
+    assert_outcome(&f.login("crypt", "new-pw").await, Outcome::Ok, Some("miss"));
+    assert_outcome(&f.login("crypt", "new-pw").await, Outcome::Ok, Some("hit"));
+    // Disabled (nologin): refused before the cache is consulted.
+    f.write_users(&users("new-pw", "nologin"));
+    let d = f
+        .login_once_changed("crypt", "new-pw", (Outcome::Ok, Some("hit")))
+        .await;
+    assert_outcome(&d, Outcome::Fail, None);
+    assert_eq!(d.audit.reason, "disabled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn negative_entries_only_when_configured() {
+    let f = fixture(CachePolicy::default());
+    assert_outcome(
+        &f.login("bcrypt", "stale").await,
+        Outcome::Fail,
+        Some("miss"),
+    );
+    assert_outcome(
+        &f.login("bcrypt", "stale").await,
+        Outcome::Fail,
+        Some("miss"),
+    );
+    let f = fixture(CachePolicy {
+        negative_ttl: Duration::from_secs(60),
+        ..CachePolicy::default()
+    });
+    assert_outcome(
+        &f.login("bcrypt", "stale").await,
+        Outcome::Fail,
+        Some("miss"),
+    );
+    let d = f.login("bcrypt", "stale").await;
+    assert_outcome(&d, Outcome::Fail, Some("negative-hit"));
+    assert_eq!(d.audit.reason, "password-mismatch");
+    assert_outcome(
+        &f.login("bcrypt", "bcrypt-pw").await,
+        Outcome::Ok,
+        Some("miss"),
+    );
+}
