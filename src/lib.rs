@@ -25,6 +25,14 @@
 //!    [`http_auth::HttpAuth::render`] writes the `auth_request` replies. The
 //!    [`service`] writes its own plain replies (metrics, throttle admin,
 //!    requests refused before any decision).
+//!
+//! Around them: [`config`] (the TOML file and its flags, validated section by
+//! section), [`app`] (the composition root: a `Config` in, a ready
+//! [`service::Service`] out — the binary, the tests and the examples build the
+//! service there), [`shared_state`] (the one Redis connection the throttle and
+//! the upstream health checks share), [`net`] (CIDR networks) and [`reload`]
+//! (SIGHUP swaps a freshly built service in). The binary's `src/cli/` holds
+//! only the subcommands.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

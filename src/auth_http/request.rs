@@ -39,7 +39,8 @@ impl AuthMethod {
         }
     }
 
-    fn parse(v: &[u8]) -> Option<Self> {
+    /// From its wire name (`Auth-Method`), `login` being `plain`.
+    pub fn parse(v: &[u8]) -> Option<Self> {
         Some(match v {
             b"plain" | b"login" => AuthMethod::Plain,
             b"apop" => AuthMethod::Apop,
