@@ -9,8 +9,8 @@ use std::sync::Arc;
 use clap::Args;
 
 use nginx_auth_fcgi::config::{
-    self, Config, RawCache, RawConfig, RawExternal, RawExternalRule, RawMasterUser, RawThrottle,
-    RawVerifier, RawWait,
+    self, Config, ConfigError, RawCache, RawConfig, RawExternal, RawExternalRule, RawMasterUser,
+    RawThrottle, RawVerifier, RawWait,
 };
 use nginx_auth_fcgi::listen::{self, ListenSpec};
 use nginx_auth_fcgi::passdb::ldap::redact_uri;
@@ -166,21 +166,21 @@ pub struct ServeArgs {
 
 /// `--trusted-network`: none given keeps the file's (or the loopback
 /// default); `none` alone clears the list.
-fn trusted_networks(flags: &[String]) -> Result<Option<Vec<String>>, String> {
+fn trusted_networks(flags: &[String]) -> Result<Option<Vec<String>>, ConfigError> {
     match flags {
         [] => Ok(None),
         [only] if only == "none" => Ok(Some(Vec::new())),
-        list if list.iter().any(|n| n == "none") => {
-            Err("--trusted-network none cannot be combined with networks".into())
-        }
+        list if list.iter().any(|n| n == "none") => Err(ConfigError::Invalid(
+            "--trusted-network none cannot be combined with networks".into(),
+        )),
         list => Ok(Some(list.to_vec())),
     }
 }
 
 impl ServeArgs {
-    fn raw(&self) -> Result<RawConfig, String> {
+    fn raw(&self) -> Result<RawConfig, ConfigError> {
         let file = match &self.config {
-            Some(p) => RawConfig::load(p).map_err(|e| e.to_string())?,
+            Some(p) => RawConfig::load(p)?,
             None => RawConfig::default(),
         };
         let cli = RawConfig {
@@ -245,12 +245,12 @@ impl ServeArgs {
         Ok(file.overlay(cli))
     }
 
-    fn external_rules(&self) -> Result<Vec<RawExternalRule>, String> {
+    fn external_rules(&self) -> Result<Vec<RawExternalRule>, ConfigError> {
         let mut rules = Vec::new();
         for f in &self.external_fingerprint {
-            let (fp, user) = f
-                .split_once('=')
-                .ok_or_else(|| format!("--external-fingerprint `{f}`: expected HEX=USER"))?;
+            let (fp, user) = f.split_once('=').ok_or_else(|| {
+                ConfigError::Invalid(format!("--external-fingerprint `{f}`: expected HEX=USER"))
+            })?;
             rules.push(RawExternalRule {
                 fingerprint: Some(fp.to_owned()),
                 user: Some(user.to_owned()),
@@ -265,14 +265,16 @@ impl ServeArgs {
             });
         }
         if self.external_issuer.is_some() && self.external_subject.is_empty() {
-            return Err("--external-issuer needs --external-subject".into());
+            return Err(ConfigError::Invalid(
+                "--external-issuer needs --external-subject".into(),
+            ));
         }
         Ok(rules)
     }
 
     /// The validated configuration these flags (over their file) make.
     pub fn config(&self) -> Result<Config, Vec<String>> {
-        let raw = self.raw().map_err(|e| vec![e])?;
+        let raw = self.raw().map_err(|e| vec![e.to_string()])?;
         Config::validate(raw).map_err(|p| p.iter().map(ToString::to_string).collect())
     }
 

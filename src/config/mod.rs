@@ -71,6 +71,9 @@ pub enum ConfigError {
     /// value, never a secret.
     #[error("{0}")]
     Invalid(String),
+    /// An `[[external.rule]]` that does not validate.
+    #[error(transparent)]
+    ExternalRule(#[from] crate::mech::external::RuleError),
 }
 
 /// A validated configuration.

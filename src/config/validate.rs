@@ -197,23 +197,23 @@ fn master_user(m: &RawMasterUser, p: &mut Problems) -> Option<MasterUser> {
     p.check(MasterUser::new(user, secret, separator))
 }
 
-fn external_rule(r: &RawExternalRule) -> Result<Rule, String> {
+fn external_rule(r: &RawExternalRule) -> Result<Rule, ConfigError> {
     match r {
         RawExternalRule {
             fingerprint: Some(f),
             user: Some(u),
             subject_attribute: None,
             issuer: None,
-        } => Rule::fingerprint(f, u).map_err(|e| e.to_string()),
+        } => Ok(Rule::fingerprint(f, u)?),
         RawExternalRule {
             fingerprint: None,
             user: None,
             subject_attribute: Some(a),
             issuer,
-        } => Rule::subject(a, issuer.as_deref()).map_err(|e| e.to_string()),
-        _ => Err("external rule: give either fingerprint + user, or \
-                  subject_attribute (+ issuer)"
-            .into()),
+        } => Ok(Rule::subject(a, issuer.as_deref())?),
+        _ => Err(ConfigError::Invalid(
+            "external rule: give either fingerprint + user, or subject_attribute (+ issuer)".into(),
+        )),
     }
 }
 
@@ -308,12 +308,12 @@ fn argon2_max_memory(size: Option<&str>, p: &mut Problems) -> u32 {
     }
 }
 
-fn local_domain(d: &str) -> Result<String, String> {
+fn local_domain(d: &str) -> Result<String, ConfigError> {
     let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
     if d.is_empty() || d.contains('@') || d.contains(char::is_whitespace) {
-        Err(format!(
+        Err(ConfigError::Invalid(format!(
             "local_domain `{d}`: expected a domain such as example.org"
-        ))
+        )))
     } else {
         Ok(d)
     }
