@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{parse_stored, Capabilities, Entry, FileError, Lookup, Passdb, PassdbError};
+use super::{parse_stored, Entry, FileError, Lookup, Passdb, PassdbError};
 use super::{Principal, Verdict};
 use crate::file_watch::{Loader, Watched, CHECK_INTERVAL};
 use crate::scheme::Scheme;
@@ -92,12 +92,7 @@ impl PasswdFile {
 }
 
 impl Passdb for PasswdFile {
-    fn name(&self) -> &'static str {
-        "passwd-file"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::BOTH
-    }
+    super::common::fixed_identity!("passwd-file", BOTH);
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         super::verify_entry(self.entry(user), passwords).await
     }

@@ -14,8 +14,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
-    parse_stored, passwd_file::resolve, Capabilities, Entry, Lookup, Passdb, PassdbError,
-    Principal, Verdict,
+    parse_stored, passwd_file::resolve, Entry, Lookup, Passdb, PassdbError, Principal, Verdict,
 };
 use crate::scheme::Scheme;
 use crate::secret::Secret;
@@ -158,12 +157,7 @@ fn unavailable(e: rusqlite::Error) -> PassdbError {
 }
 
 impl Passdb for Sqlite {
-    fn name(&self) -> &'static str {
-        "sqlite"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::BOTH
-    }
+    super::common::fixed_identity!("sqlite", BOTH);
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         super::verify_entry(self.entry(user).await?, passwords).await
     }
