@@ -13,10 +13,11 @@ use crate::audit::{Method, Outcome, Protocol};
 use crate::auth_http::{AuthMethod, MailProtocol};
 use crate::cache::CacheUse;
 use crate::http_auth::HttpScheme;
+use crate::throttle::Scope;
 
 const PROTOCOLS: [&str; 4] = ["imap", "pop3", "smtp", "http"];
 const RESULTS: [&str; 4] = ["ok", "fail", "tempfail", "refused"];
-const BLOCK_SCOPES: [&str; 2] = ["ip", "ip-user"];
+const BLOCK_SCOPES: [Scope; 2] = [Scope::Ip, Scope::IpUser];
 const METHODS: [&str; 7] = [
     "plain", "apop", "cram-md5", "external", "none", "basic", "digest",
 ];
@@ -89,10 +90,6 @@ pub struct Observation {
     pub cache: Option<CacheUse>,
 }
 
-fn index(list: &[&str], v: &str) -> Option<usize> {
-    list.iter().position(|x| *x == v)
-}
-
 /// The row of `protocol` in [`PROTOCOLS`].
 fn protocol_index(protocol: Protocol) -> usize {
     match protocol {
@@ -125,6 +122,14 @@ fn result_index(outcome: Outcome) -> Option<usize> {
         Outcome::TempFail => Some(2),
         Outcome::Refused => Some(3),
         Outcome::Challenge => None,
+    }
+}
+
+/// The row of `scope` in [`BLOCK_SCOPES`].
+fn scope_index(scope: Scope) -> usize {
+    match scope {
+        Scope::Ip => 0,
+        Scope::IpUser => 1,
     }
 }
 
@@ -163,11 +168,9 @@ impl Metrics {
             .fetch_add(o.latency.as_micros().min(u64::MAX as u128) as u64, Relaxed);
     }
 
-    /// Counts a block the throttle set (`ip` or `ip-user`).
-    pub fn throttle_block(&self, scope: &str) {
-        if let Some(i) = index(&BLOCK_SCOPES, scope) {
-            self.throttle_blocks[i].fetch_add(1, Relaxed);
-        }
+    /// Counts a block the throttle set.
+    pub fn throttle_block(&self, scope: Scope) {
+        self.throttle_blocks[scope_index(scope)].fetch_add(1, Relaxed);
     }
 
     /// Counts a verification refused because the verifier's queue was full.
@@ -214,7 +217,8 @@ impl Metrics {
         for (i, scope) in BLOCK_SCOPES.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "nginx_auth_fcgi_throttle_blocks_total{{scope=\"{scope}\"}} {}",
+                "nginx_auth_fcgi_throttle_blocks_total{{scope=\"{}\"}} {}",
+                scope.as_str(),
                 self.throttle_blocks[i].load(Relaxed)
             );
         }
@@ -310,10 +314,9 @@ mod tests {
             cache: None,
             ..o
         });
-        m.throttle_block("ip-user");
-        m.throttle_block("ip-user");
-        m.throttle_block("ip");
-        m.throttle_block("no-such-scope");
+        m.throttle_block(Scope::IpUser);
+        m.throttle_block(Scope::IpUser);
+        m.throttle_block(Scope::Ip);
         m.verify_shed();
         let text = m.render();
         for line in [

@@ -344,10 +344,7 @@ mod tests {
             }
             fn log(&self, r: &log::Record) {
                 let line = format!("{} {}", r.level(), r.args());
-                LOG_LINES
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(line);
+                crate::sync::lock(&LOG_LINES).push(line);
             }
             fn flush(&self) {}
         }
@@ -360,7 +357,7 @@ mod tests {
 
     /// The captured lines that contain `text`.
     fn logged(text: &str) -> Vec<String> {
-        let lines = LOG_LINES.lock().unwrap_or_else(|e| e.into_inner());
+        let lines = crate::sync::lock(&LOG_LINES);
         lines.iter().filter(|l| l.contains(text)).cloned().collect()
     }
 

@@ -283,7 +283,7 @@ impl Throttle {
                 continue;
             };
             if self.set_block(&k, scope, until, at.now).await {
-                METRICS.throttle_block(scope.as_str());
+                METRICS.throttle_block(scope);
                 log::warn!(
                     "throttle: blocked {} for {} s after {n} failures in {} s (threshold {limit}{})",
                     k.describe(scope),
