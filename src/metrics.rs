@@ -186,62 +186,57 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut s = String::with_capacity(4096);
-        s.push_str(
-            "# HELP nginx_auth_fcgi_requests_total Auth decisions by protocol and result.\n",
+        header(
+            &mut s,
+            "requests_total",
+            "counter",
+            "Auth decisions by protocol and result.",
         );
-        s.push_str("# TYPE nginx_auth_fcgi_requests_total counter\n");
         for (p, proto) in PROTOCOLS.iter().enumerate() {
             for (r, result) in RESULTS.iter().enumerate() {
-                let _ = writeln!(
-                    s,
-                    "nginx_auth_fcgi_requests_total{{protocol=\"{proto}\",result=\"{result}\"}} {}",
-                    self.requests[p][r].load(Relaxed)
+                let labels = format!("{{protocol=\"{proto}\",result=\"{result}\"}}");
+                sample(
+                    &mut s,
+                    "requests_total",
+                    &labels,
+                    self.requests[p][r].load(Relaxed),
                 );
             }
         }
-        s.push_str(
-            "# HELP nginx_auth_fcgi_method_total Auth decisions by mechanism or HTTP scheme.\n",
-        );
-        s.push_str("# TYPE nginx_auth_fcgi_method_total counter\n");
+        let help = "Auth decisions by mechanism or HTTP scheme.";
+        header(&mut s, "method_total", "counter", help);
         for (m, method) in METHODS.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "nginx_auth_fcgi_method_total{{method=\"{method}\"}} {}",
-                self.methods[m].load(Relaxed)
+            let labels = format!("{{method=\"{method}\"}}");
+            sample(
+                &mut s,
+                "method_total",
+                &labels,
+                self.methods[m].load(Relaxed),
             );
         }
-        s.push_str(
-            "# HELP nginx_auth_fcgi_throttle_blocks_total Blocks the throttle set, by scope.\n",
-        );
-        s.push_str("# TYPE nginx_auth_fcgi_throttle_blocks_total counter\n");
+        let help = "Blocks the throttle set, by scope.";
+        header(&mut s, "throttle_blocks_total", "counter", help);
         for (i, scope) in BLOCK_SCOPES.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "nginx_auth_fcgi_throttle_blocks_total{{scope=\"{}\"}} {}",
-                scope.as_str(),
-                self.throttle_blocks[i].load(Relaxed)
-            );
+            let labels = format!("{{scope=\"{}\"}}", scope.as_str());
+            let n = self.throttle_blocks[i].load(Relaxed);
+            sample(&mut s, "throttle_blocks_total", &labels, n);
         }
-        s.push_str("# HELP nginx_auth_fcgi_decision_seconds Time to decide one request.\n");
-        s.push_str("# TYPE nginx_auth_fcgi_decision_seconds histogram\n");
+        header(
+            &mut s,
+            "decision_seconds",
+            "histogram",
+            "Time to decide one request.",
+        );
         for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "nginx_auth_fcgi_decision_seconds_bucket{{le=\"{b}\"}} {}",
-                self.latency_buckets[i].load(Relaxed)
-            );
+            let labels = format!("{{le=\"{b}\"}}");
+            let n = self.latency_buckets[i].load(Relaxed);
+            sample(&mut s, "decision_seconds_bucket", &labels, n);
         }
         let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(
-            s,
-            "nginx_auth_fcgi_decision_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            s,
-            "nginx_auth_fcgi_decision_seconds_sum {}",
-            self.latency_sum_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(s, "nginx_auth_fcgi_decision_seconds_count {count}");
+        sample(&mut s, "decision_seconds_bucket", "{le=\"+Inf\"}", count);
+        let sum = self.latency_sum_us.load(Relaxed) as f64 / 1e6;
+        sample(&mut s, "decision_seconds_sum", "", sum);
+        sample(&mut s, "decision_seconds_count", "", count);
         for (name, help, v) in [
             (
                 "protocol_errors_total",
@@ -279,12 +274,23 @@ impl Metrics {
                 &self.verify_shed,
             ),
         ] {
-            let _ = writeln!(s, "# HELP nginx_auth_fcgi_{name} {help}");
-            let _ = writeln!(s, "# TYPE nginx_auth_fcgi_{name} counter");
-            let _ = writeln!(s, "nginx_auth_fcgi_{name} {}", v.load(Relaxed));
+            header(&mut s, name, "counter", help);
+            sample(&mut s, name, "", v.load(Relaxed));
         }
         s
     }
+}
+
+/// Writes the `# HELP` and `# TYPE` lines of metric `name` (named without
+/// its `nginx_auth_fcgi_` prefix).
+fn header(s: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(s, "# HELP nginx_auth_fcgi_{name} {help}");
+    let _ = writeln!(s, "# TYPE nginx_auth_fcgi_{name} {kind}");
+}
+
+/// Writes one sample of metric `name`: its `{…}` labels (or none) and value.
+fn sample(s: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(s, "nginx_auth_fcgi_{name}{labels} {value}");
 }
 
 #[cfg(test)]
