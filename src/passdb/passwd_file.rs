@@ -397,6 +397,17 @@ mod tests {
         )
     }
 
+    /// A passwd-file in a fresh directory holding `content`, opened with a
+    /// 10 ms check interval, with the log captured.
+    fn watched_file(content: &str) -> (tempfile::TempDir, PathBuf, PasswdFile) {
+        capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        std::fs::write(&path, content).unwrap();
+        let db = PasswdFile::open_checking_every(&path, None, Duration::from_millis(10)).unwrap();
+        (dir, path, db)
+    }
+
     /// The rejection of a check that completed with one.
     async fn rejected(db: &PasswdFile, user: &str, password: &str) -> Option<Rejection> {
         match db.verify_plain(user, &pw(password)).await {
@@ -407,11 +418,7 @@ mod tests {
 
     #[tokio::test]
     async fn verifies_and_picks_up_changes_without_lookups() {
-        capture_logs();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users");
-        std::fs::write(&path, "alice:{PLAIN}old::::::\n").unwrap();
-        let db = PasswdFile::open_checking_every(&path, None, Duration::from_millis(10)).unwrap();
+        let (_dir, path, db) = watched_file("alice:{PLAIN}old::::::\n");
         assert!(accepts(&db, "alice", "old").await);
         assert_eq!(
             rejected(&db, "alice", "new").await,
@@ -475,11 +482,7 @@ mod tests {
 
     #[tokio::test]
     async fn unreadable_vanished_or_broken_files_keep_the_previous_users() {
-        capture_logs();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users");
-        std::fs::write(&path, "alice:{PLAIN}a::::::\n").unwrap();
-        let db = PasswdFile::open_checking_every(&path, None, Duration::from_millis(10)).unwrap();
+        let (_dir, path, db) = watched_file("alice:{PLAIN}a::::::\n");
         let failed = format!(
             "passwd-file {}: reload failed, keeping the previous users",
             path.display()
