@@ -25,7 +25,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
-use rand::RngCore as _;
 use sha2::Sha256;
 use tokio::time::Instant;
 use zeroize::Zeroize;
@@ -130,11 +129,9 @@ impl Drop for Cache {
 impl Cache {
     /// An empty cache with a fresh random key.
     pub fn new(policy: CachePolicy) -> Self {
-        let mut key = [0u8; 32];
-        rand::rng().fill_bytes(&mut key);
         Cache {
             policy,
-            key,
+            key: rand::random(),
             entries: Mutex::default(),
         }
     }

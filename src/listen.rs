@@ -447,7 +447,7 @@ fn remove_stale_socket(path: &Path) -> Result<(), ListenError> {
 }
 
 fn remember_created(path: &Path, meta: &std::fs::Metadata) {
-    let mut created = CREATED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut created = crate::sync::lock(&CREATED);
     created
         .get_or_insert_with(HashMap::new)
         .insert(path.to_owned(), (meta.dev(), meta.ino()));
@@ -463,7 +463,7 @@ pub(crate) fn remove_created_socket(listener: &tokio::net::UnixListener) {
         return;
     };
     let entry = {
-        let mut created = CREATED.lock().unwrap_or_else(|p| p.into_inner());
+        let mut created = crate::sync::lock(&CREATED);
         created.as_mut().and_then(|m| m.remove(path))
     };
     let Some((dev, ino)) = entry else {

@@ -13,10 +13,11 @@ use crate::audit::{Method, Outcome, Protocol};
 use crate::auth_http::{AuthMethod, MailProtocol};
 use crate::cache::CacheUse;
 use crate::http_auth::HttpScheme;
+use crate::throttle::Scope;
 
 const PROTOCOLS: [&str; 4] = ["imap", "pop3", "smtp", "http"];
 const RESULTS: [&str; 4] = ["ok", "fail", "tempfail", "refused"];
-const BLOCK_SCOPES: [&str; 2] = ["ip", "ip-user"];
+const BLOCK_SCOPES: [Scope; 2] = [Scope::Ip, Scope::IpUser];
 const METHODS: [&str; 7] = [
     "plain", "apop", "cram-md5", "external", "none", "basic", "digest",
 ];
@@ -89,10 +90,6 @@ pub struct Observation {
     pub cache: Option<CacheUse>,
 }
 
-fn index(list: &[&str], v: &str) -> Option<usize> {
-    list.iter().position(|x| *x == v)
-}
-
 /// The row of `protocol` in [`PROTOCOLS`].
 fn protocol_index(protocol: Protocol) -> usize {
     match protocol {
@@ -125,6 +122,14 @@ fn result_index(outcome: Outcome) -> Option<usize> {
         Outcome::TempFail => Some(2),
         Outcome::Refused => Some(3),
         Outcome::Challenge => None,
+    }
+}
+
+/// The row of `scope` in [`BLOCK_SCOPES`].
+fn scope_index(scope: Scope) -> usize {
+    match scope {
+        Scope::Ip => 0,
+        Scope::IpUser => 1,
     }
 }
 
@@ -163,11 +168,9 @@ impl Metrics {
             .fetch_add(o.latency.as_micros().min(u64::MAX as u128) as u64, Relaxed);
     }
 
-    /// Counts a block the throttle set (`ip` or `ip-user`).
-    pub fn throttle_block(&self, scope: &str) {
-        if let Some(i) = index(&BLOCK_SCOPES, scope) {
-            self.throttle_blocks[i].fetch_add(1, Relaxed);
-        }
+    /// Counts a block the throttle set.
+    pub fn throttle_block(&self, scope: Scope) {
+        self.throttle_blocks[scope_index(scope)].fetch_add(1, Relaxed);
     }
 
     /// Counts a verification refused because the verifier's queue was full.
@@ -183,61 +186,57 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut s = String::with_capacity(4096);
-        s.push_str(
-            "# HELP nginx_auth_fcgi_requests_total Auth decisions by protocol and result.\n",
+        header(
+            &mut s,
+            "requests_total",
+            "counter",
+            "Auth decisions by protocol and result.",
         );
-        s.push_str("# TYPE nginx_auth_fcgi_requests_total counter\n");
         for (p, proto) in PROTOCOLS.iter().enumerate() {
             for (r, result) in RESULTS.iter().enumerate() {
-                let _ = writeln!(
-                    s,
-                    "nginx_auth_fcgi_requests_total{{protocol=\"{proto}\",result=\"{result}\"}} {}",
-                    self.requests[p][r].load(Relaxed)
+                let labels = format!("{{protocol=\"{proto}\",result=\"{result}\"}}");
+                sample(
+                    &mut s,
+                    "requests_total",
+                    &labels,
+                    self.requests[p][r].load(Relaxed),
                 );
             }
         }
-        s.push_str(
-            "# HELP nginx_auth_fcgi_method_total Auth decisions by mechanism or HTTP scheme.\n",
-        );
-        s.push_str("# TYPE nginx_auth_fcgi_method_total counter\n");
+        let help = "Auth decisions by mechanism or HTTP scheme.";
+        header(&mut s, "method_total", "counter", help);
         for (m, method) in METHODS.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "nginx_auth_fcgi_method_total{{method=\"{method}\"}} {}",
-                self.methods[m].load(Relaxed)
+            let labels = format!("{{method=\"{method}\"}}");
+            sample(
+                &mut s,
+                "method_total",
+                &labels,
+                self.methods[m].load(Relaxed),
             );
         }
-        s.push_str(
-            "# HELP nginx_auth_fcgi_throttle_blocks_total Blocks the throttle set, by scope.\n",
-        );
-        s.push_str("# TYPE nginx_auth_fcgi_throttle_blocks_total counter\n");
+        let help = "Blocks the throttle set, by scope.";
+        header(&mut s, "throttle_blocks_total", "counter", help);
         for (i, scope) in BLOCK_SCOPES.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "nginx_auth_fcgi_throttle_blocks_total{{scope=\"{scope}\"}} {}",
-                self.throttle_blocks[i].load(Relaxed)
-            );
+            let labels = format!("{{scope=\"{}\"}}", scope.as_str());
+            let n = self.throttle_blocks[i].load(Relaxed);
+            sample(&mut s, "throttle_blocks_total", &labels, n);
         }
-        s.push_str("# HELP nginx_auth_fcgi_decision_seconds Time to decide one request.\n");
-        s.push_str("# TYPE nginx_auth_fcgi_decision_seconds histogram\n");
+        header(
+            &mut s,
+            "decision_seconds",
+            "histogram",
+            "Time to decide one request.",
+        );
         for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "nginx_auth_fcgi_decision_seconds_bucket{{le=\"{b}\"}} {}",
-                self.latency_buckets[i].load(Relaxed)
-            );
+            let labels = format!("{{le=\"{b}\"}}");
+            let n = self.latency_buckets[i].load(Relaxed);
+            sample(&mut s, "decision_seconds_bucket", &labels, n);
         }
         let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(
-            s,
-            "nginx_auth_fcgi_decision_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            s,
-            "nginx_auth_fcgi_decision_seconds_sum {}",
-            self.latency_sum_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(s, "nginx_auth_fcgi_decision_seconds_count {count}");
+        sample(&mut s, "decision_seconds_bucket", "{le=\"+Inf\"}", count);
+        let sum = self.latency_sum_us.load(Relaxed) as f64 / 1e6;
+        sample(&mut s, "decision_seconds_sum", "", sum);
+        sample(&mut s, "decision_seconds_count", "", count);
         for (name, help, v) in [
             (
                 "protocol_errors_total",
@@ -275,12 +274,23 @@ impl Metrics {
                 &self.verify_shed,
             ),
         ] {
-            let _ = writeln!(s, "# HELP nginx_auth_fcgi_{name} {help}");
-            let _ = writeln!(s, "# TYPE nginx_auth_fcgi_{name} counter");
-            let _ = writeln!(s, "nginx_auth_fcgi_{name} {}", v.load(Relaxed));
+            header(&mut s, name, "counter", help);
+            sample(&mut s, name, "", v.load(Relaxed));
         }
         s
     }
+}
+
+/// Writes the `# HELP` and `# TYPE` lines of metric `name` (named without
+/// its `nginx_auth_fcgi_` prefix).
+fn header(s: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(s, "# HELP nginx_auth_fcgi_{name} {help}");
+    let _ = writeln!(s, "# TYPE nginx_auth_fcgi_{name} {kind}");
+}
+
+/// Writes one sample of metric `name`: its `{…}` labels (or none) and value.
+fn sample(s: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(s, "nginx_auth_fcgi_{name}{labels} {value}");
 }
 
 #[cfg(test)]
@@ -310,10 +320,9 @@ mod tests {
             cache: None,
             ..o
         });
-        m.throttle_block("ip-user");
-        m.throttle_block("ip-user");
-        m.throttle_block("ip");
-        m.throttle_block("no-such-scope");
+        m.throttle_block(Scope::IpUser);
+        m.throttle_block(Scope::IpUser);
+        m.throttle_block(Scope::Ip);
         m.verify_shed();
         let text = m.render();
         for line in [

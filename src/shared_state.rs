@@ -99,13 +99,7 @@ impl SharedState {
     /// `redis+unix:///path`). The connection is made on first use, so this
     /// works without Redis running; it must be called inside a tokio runtime.
     pub fn open(url: &str, fallback: Fallback) -> Result<Self, SharedStateError> {
-        let shown = match url.split_once('@') {
-            Some((scheme_auth, host)) => {
-                let scheme = scheme_auth.split("://").next().unwrap_or("redis");
-                format!("{scheme}://…@{host}")
-            }
-            None => url.to_owned(),
-        };
+        let shown = crate::passdb::redact_uri(url);
         let refused = |source| SharedStateError::Open {
             shown: shown.clone(),
             source,
@@ -245,7 +239,12 @@ mod tests {
     #[tokio::test]
     async fn the_password_is_not_shown() {
         let s = SharedState::open("redis://:hunter2@127.0.0.1:1/0", FALLBACK).unwrap();
-        assert_eq!(s.shown(), "redis://…@127.0.0.1:1/0");
+        assert_eq!(s.shown(), "redis://:***@127.0.0.1:1/0");
+        // An `@` in the password does not leak its tail.
+        let s = SharedState::open("redis://user:p@ss@127.0.0.1:1/0", FALLBACK).unwrap();
+        assert_eq!(s.shown(), "redis://user:***@127.0.0.1:1/0");
+        let s = SharedState::open("redis+unix:///run/r.sock?pass=p@ss", FALLBACK).unwrap();
+        assert_eq!(s.shown(), "redis+unix:///run/r.sock?pass=***");
         let e = SharedState::open("nope://x", FALLBACK).unwrap_err();
         assert!(e.to_string().starts_with("state `nope://x`: "), "{e}");
         assert!(std::error::Error::source(&e).is_some());

@@ -277,20 +277,22 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::mpsc;
 
-    /// A check that blocks until the gate opens, and reports that it ran.
-    fn gated(
-        gate: &Arc<Mutex<mpsc::Receiver<()>>>,
+    type Gate = Arc<Mutex<mpsc::Receiver<()>>>;
+
+    /// Spawns, on `v`, a check that blocks until the gate opens and then
+    /// counts itself in `ran`; it answers how many had run by then.
+    fn spawn_gated(
+        v: &Verifier,
+        gate: &Gate,
         ran: &Arc<AtomicUsize>,
-    ) -> impl FnOnce() -> usize + Send + 'static {
-        let gate = Arc::clone(gate);
-        let ran = Arc::clone(ran);
-        move || {
+    ) -> tokio::task::JoinHandle<Result<usize, VerifyError>> {
+        let (v, gate, ran) = (v.clone(), Arc::clone(gate), Arc::clone(ran));
+        let check = move || {
             crate::sync::lock(&gate).recv().unwrap();
             ran.fetch_add(1, Relaxed) + 1
-        }
+        };
+        tokio::spawn(async move { v.run(check).await })
     }
-
-    type Gate = Arc<Mutex<mpsc::Receiver<()>>>;
 
     /// A verifier with these limits, a closed gate (send to open it once per
     /// check) and a counter of checks that ran.
@@ -327,9 +329,7 @@ mod tests {
         let (v, open, gate, ran) = setup(2, 3, LONG);
         let mut jobs = Vec::new();
         for _ in 0..5 {
-            let v = v.clone();
-            let check = gated(&gate, &ran);
-            jobs.push(tokio::spawn(async move { v.run(check).await }));
+            jobs.push(spawn_gated(&v, &gate, &ran));
         }
         // 2 running (blocked on the gate), 3 waiting.
         until(|| v.waiting() == 3).await;
@@ -354,11 +354,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_that_gives_up_leaves_the_queue_without_hashing() {
         let (v, open, gate, ran) = setup(1, 10, LONG);
-        let running = {
-            let v = v.clone();
-            let check = gated(&gate, &ran);
-            tokio::spawn(async move { v.run(check).await })
-        };
+        let running = spawn_gated(&v, &gate, &ran);
         until(|| v.inner.slots.available_permits() == 0).await;
         let queued_ran = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&queued_ran);
@@ -381,11 +377,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_slot_stays_taken_until_an_abandoned_check_finishes() {
         let (v, open, gate, ran) = setup(1, 10, LONG);
-        let running = {
-            let v = v.clone();
-            let check = gated(&gate, &ran);
-            tokio::spawn(async move { v.run(check).await })
-        };
+        let running = spawn_gated(&v, &gate, &ran);
         until(|| v.inner.slots.available_permits() == 0).await;
         // The request gives up while its hash runs: the hash keeps its slot.
         running.abort();
@@ -405,9 +397,7 @@ mod tests {
         // One runs; two wait (expected waits 400 and 800 ms); the next
         // would wait 1200 ms and is refused.
         for _ in 0..3 {
-            let v2 = v.clone();
-            let check = gated(&gate, &ran);
-            jobs.push(tokio::spawn(async move { v2.run(check).await }));
+            jobs.push(spawn_gated(&v, &gate, &ran));
             until(|| v.inner.slots.available_permits() == 0).await;
         }
         until(|| v.waiting() == 2).await;
@@ -426,11 +416,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn known_networks_have_a_lane_a_flood_cannot_fill() {
         let (v, open, gate, ran) = setup(1, 0, LONG);
-        let flood = {
-            let v = v.clone();
-            let check = gated(&gate, &ran);
-            tokio::spawn(async move { v.run(check).await })
-        };
+        let flood = spawn_gated(&v, &gate, &ran);
         until(|| v.running() == 1).await;
         // The first lane is full and has no queue: refused.
         assert_eq!(

@@ -447,47 +447,16 @@ mod tests {
 
     #[test]
     fn malformed_values_are_refused() {
-        let cases: &[(&str, &[u8], ProtocolError)] = &[
-            (
-                "HTTP_AUTH_METHOD",
-                b"PLAIN",
-                ProtocolError::Malformed("Auth-Method"),
-            ),
-            (
-                "HTTP_AUTH_METHOD",
-                b"gssapi",
-                ProtocolError::Malformed("Auth-Method"),
-            ),
-            (
-                "HTTP_AUTH_PROTOCOL",
-                b"http",
-                ProtocolError::Malformed("Auth-Protocol"),
-            ),
-            (
-                "HTTP_AUTH_USER",
-                b"bad%",
-                ProtocolError::Malformed("Auth-User"),
-            ),
-            (
-                "HTTP_AUTH_PASS",
-                b"%g0",
-                ProtocolError::Malformed("Auth-Pass"),
-            ),
-            (
-                "HTTP_AUTH_LOGIN_ATTEMPT",
-                b"0",
-                ProtocolError::Malformed("Auth-Login-Attempt"),
-            ),
-            (
-                "HTTP_AUTH_LOGIN_ATTEMPT",
-                b"x",
-                ProtocolError::Malformed("Auth-Login-Attempt"),
-            ),
-            (
-                "HTTP_CLIENT_IP",
-                b"[::1]",
-                ProtocolError::Malformed("Client-IP"),
-            ),
+        // Each value is refused as a malformed header of that name.
+        let cases: &[(&str, &[u8], &str)] = &[
+            ("HTTP_AUTH_METHOD", b"PLAIN", "Auth-Method"),
+            ("HTTP_AUTH_METHOD", b"gssapi", "Auth-Method"),
+            ("HTTP_AUTH_PROTOCOL", b"http", "Auth-Protocol"),
+            ("HTTP_AUTH_USER", b"bad%", "Auth-User"),
+            ("HTTP_AUTH_PASS", b"%g0", "Auth-Pass"),
+            ("HTTP_AUTH_LOGIN_ATTEMPT", b"0", "Auth-Login-Attempt"),
+            ("HTTP_AUTH_LOGIN_ATTEMPT", b"x", "Auth-Login-Attempt"),
+            ("HTTP_CLIENT_IP", b"[::1]", "Client-IP"),
         ];
         for (name, value, want) in cases {
             let p: Vec<_> = imap_login()
@@ -496,7 +465,7 @@ mod tests {
                 .collect();
             assert_eq!(
                 MailAuthRequest::from_params(&params(&p)).unwrap_err(),
-                *want,
+                ProtocolError::Malformed(want),
                 "{name}={value:?}"
             );
         }

@@ -130,10 +130,7 @@ where
         out: Vec::new(),
         write_timeout: limits.read_timeout,
     };
-    let mut session = Session {
-        limits,
-        active: None,
-    };
+    let mut session = Session::new(limits);
     // nginx connects only when it has a request to send, so a new connection
     // gets read_timeout, not idle_timeout, to start one: silent connects must
     // not hold connection slots for minutes.
@@ -370,7 +367,15 @@ struct Session<'l> {
     active: Option<Active>,
 }
 
-impl Session<'_> {
+impl<'l> Session<'l> {
+    /// A connection's session before its first record.
+    fn new(limits: &'l Limits) -> Self {
+        Session {
+            limits,
+            active: None,
+        }
+    }
+
     fn deadline(&self) -> Option<Instant> {
         self.active.as_ref().map(|a| a.deadline)
     }
@@ -565,10 +570,7 @@ mod tests {
     #[test]
     fn full_request_dispatches_after_empty_stdin_only() {
         let limits = Limits::default();
-        let mut s = Session {
-            limits: &limits,
-            active: None,
-        };
+        let mut s = Session::new(&limits);
         let now = Instant::now();
         let mut out = Vec::new();
         let mut params = Vec::new();
@@ -600,10 +602,7 @@ mod tests {
             max_params_bytes: 10,
             ..Limits::default()
         };
-        let mut s = Session {
-            limits: &limits,
-            active: None,
-        };
+        let mut s = Session::new(&limits);
         let now = Instant::now();
         let mut out = Vec::new();
         let body = begin_body(1, 0);
@@ -625,10 +624,7 @@ mod tests {
     #[test]
     fn management_and_stray_records() {
         let limits = Limits::default();
-        let mut s = Session {
-            limits: &limits,
-            active: None,
-        };
+        let mut s = Session::new(&limits);
         let now = Instant::now();
         let mut out = Vec::new();
         // Stray STDIN for an unknown id: nothing.

@@ -3,8 +3,7 @@
 
 use md5::{Digest, Md5};
 
-use super::decode_digest;
-use crate::secret::ct_eq;
+use super::hex_digest_matches;
 
 /// The expected digest.
 pub fn digest(password: &[u8], timestamp: &[u8]) -> [u8; 16] {
@@ -16,10 +15,7 @@ pub fn digest(password: &[u8], timestamp: &[u8]) -> [u8; 16] {
 
 /// True when `response_hex` (either hex case) is the right answer.
 pub fn verify(password: &[u8], timestamp: &[u8], response_hex: &[u8]) -> bool {
-    match decode_digest::<16>(response_hex) {
-        Some(got) => ct_eq(&digest(password, timestamp), &got),
-        None => false,
-    }
+    hex_digest_matches(&digest(password, timestamp), response_hex)
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use md5::Md5;
 
-use super::decode_digest;
-use crate::secret::ct_eq;
+use super::hex_digest_matches;
 
 /// The expected digest for `password` and `challenge`.
 pub fn digest(password: &[u8], challenge: &[u8]) -> [u8; 16] {
@@ -18,10 +17,7 @@ pub fn digest(password: &[u8], challenge: &[u8]) -> [u8; 16] {
 
 /// True when `response_hex` (either hex case) is the right answer.
 pub fn verify(password: &[u8], challenge: &[u8], response_hex: &[u8]) -> bool {
-    match decode_digest::<16>(response_hex) {
-        Some(got) => ct_eq(&digest(password, challenge), &got),
-        None => false,
-    }
+    hex_digest_matches(&digest(password, challenge), response_hex)
 }
 
 #[cfg(test)]

@@ -86,9 +86,9 @@ impl std::str::FromStr for Mechanism {
     }
 }
 
-/// Decodes a lower- or upper-case hex digest of exactly `N` bytes.
-pub(crate) fn decode_digest<const N: usize>(hex_digest: &[u8]) -> Option<[u8; N]> {
-    let mut out = [0u8; N];
-    hex::decode_to_slice(hex_digest, &mut out).ok()?;
-    Some(out)
+/// Whether `response_hex`, a lower- or upper-case hex digest, spells
+/// `expected` (compared in constant time; a malformed one never does).
+pub(crate) fn hex_digest_matches<const N: usize>(expected: &[u8; N], response_hex: &[u8]) -> bool {
+    let mut got = [0u8; N];
+    hex::decode_to_slice(response_hex, &mut got).is_ok() && crate::secret::ct_eq(expected, &got)
 }

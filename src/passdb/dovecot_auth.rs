@@ -47,7 +47,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use super::socket::{field, split_options, SocketUriError};
-use super::{seconds, Capabilities, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
+use super::{seconds, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
 use crate::secret::Secret;
 
 /// Where Debian's Dovecot puts its auth client socket.
@@ -179,14 +179,7 @@ impl DovecotAuth {
 }
 
 impl Passdb for DovecotAuth {
-    fn name(&self) -> &'static str {
-        "dovecot"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::PLAIN_ONLY
-    }
-
+    super::common::fixed_identity!("dovecot", PLAIN_ONLY);
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         // PLAIN separates its fields with NUL.
         if user.is_empty() || user.contains('\0') {

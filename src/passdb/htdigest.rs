@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use md5::{Digest as _, Md5};
 
-use super::{Capabilities, FileError, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
+use super::{FileError, Lookup, Passdb, PassdbError, Principal, Rejection, Verdict};
 use crate::file_watch::{Loader, Watched, CHECK_INTERVAL};
 use crate::secret::{ct_eq, Secret};
 
@@ -93,12 +93,7 @@ pub fn ha1(user: &str, realm: &str, password: &[u8]) -> [u8; 16] {
 }
 
 impl Passdb for Htdigest {
-    fn name(&self) -> &'static str {
-        "htdigest"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::PLAIN_ONLY
-    }
+    super::common::fixed_identity!("htdigest", PLAIN_ONLY);
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         let entries = self.entries(user);
         if entries.is_empty() {

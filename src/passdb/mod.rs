@@ -20,6 +20,8 @@ pub mod tls;
 mod uri;
 pub mod vars;
 
+mod common;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{parse_stored, Capabilities, Entry, FileError, Lookup, Passdb, PassdbError};
+use super::{parse_stored, Entry, FileError, Lookup, Passdb, PassdbError};
 use super::{Principal, Verdict};
 use crate::file_watch::{Loader, Watched, CHECK_INTERVAL};
 use crate::scheme::Scheme;
@@ -92,12 +92,7 @@ impl PasswdFile {
 }
 
 impl Passdb for PasswdFile {
-    fn name(&self) -> &'static str {
-        "passwd-file"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::BOTH
-    }
+    super::common::fixed_identity!("passwd-file", BOTH);
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         super::verify_entry(self.entry(user), passwords).await
     }
@@ -349,10 +344,7 @@ mod tests {
             }
             fn log(&self, r: &log::Record) {
                 let line = format!("{} {}", r.level(), r.args());
-                LOG_LINES
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(line);
+                crate::sync::lock(&LOG_LINES).push(line);
             }
             fn flush(&self) {}
         }
@@ -365,7 +357,7 @@ mod tests {
 
     /// The captured lines that contain `text`.
     fn logged(text: &str) -> Vec<String> {
-        let lines = LOG_LINES.lock().unwrap_or_else(|e| e.into_inner());
+        let lines = crate::sync::lock(&LOG_LINES);
         lines.iter().filter(|l| l.contains(text)).cloned().collect()
     }
 
@@ -405,6 +397,17 @@ mod tests {
         )
     }
 
+    /// A passwd-file in a fresh directory holding `content`, opened with a
+    /// 10 ms check interval, with the log captured.
+    fn watched_file(content: &str) -> (tempfile::TempDir, PathBuf, PasswdFile) {
+        capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        std::fs::write(&path, content).unwrap();
+        let db = PasswdFile::open_checking_every(&path, None, Duration::from_millis(10)).unwrap();
+        (dir, path, db)
+    }
+
     /// The rejection of a check that completed with one.
     async fn rejected(db: &PasswdFile, user: &str, password: &str) -> Option<Rejection> {
         match db.verify_plain(user, &pw(password)).await {
@@ -415,11 +418,7 @@ mod tests {
 
     #[tokio::test]
     async fn verifies_and_picks_up_changes_without_lookups() {
-        capture_logs();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users");
-        std::fs::write(&path, "alice:{PLAIN}old::::::\n").unwrap();
-        let db = PasswdFile::open_checking_every(&path, None, Duration::from_millis(10)).unwrap();
+        let (_dir, path, db) = watched_file("alice:{PLAIN}old::::::\n");
         assert!(accepts(&db, "alice", "old").await);
         assert_eq!(
             rejected(&db, "alice", "new").await,
@@ -483,11 +482,7 @@ mod tests {
 
     #[tokio::test]
     async fn unreadable_vanished_or_broken_files_keep_the_previous_users() {
-        capture_logs();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users");
-        std::fs::write(&path, "alice:{PLAIN}a::::::\n").unwrap();
-        let db = PasswdFile::open_checking_every(&path, None, Duration::from_millis(10)).unwrap();
+        let (_dir, path, db) = watched_file("alice:{PLAIN}a::::::\n");
         let failed = format!(
             "passwd-file {}: reload failed, keeping the previous users",
             path.display()

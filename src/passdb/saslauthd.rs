@@ -33,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use super::socket::{field, split_options, SocketUriError, MAX_FIELD};
-use super::{seconds, Capabilities, Passdb, PassdbError, Principal, Rejection, Verdict};
+use super::{seconds, Passdb, PassdbError, Principal, Rejection, Verdict};
 use crate::secret::Secret;
 
 /// Where Debian's saslauthd listens.
@@ -146,14 +146,7 @@ impl Saslauthd {
 }
 
 impl Passdb for Saslauthd {
-    fn name(&self) -> &'static str {
-        "saslauthd"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::PLAIN_ONLY
-    }
-
+    super::common::fixed_identity!("saslauthd", PLAIN_ONLY);
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         let (login, realm) = match &self.realm {
             Realm::Fixed(r) => (user, r.as_str()),

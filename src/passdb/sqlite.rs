@@ -14,11 +14,11 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
-    parse_stored, passwd_file::resolve, Capabilities, Entry, Lookup, Passdb, PassdbError,
-    Principal, Verdict,
+    parse_stored, passwd_file::resolve, Entry, Lookup, Passdb, PassdbError, Principal, Verdict,
 };
 use crate::scheme::Scheme;
 use crate::secret::Secret;
+use crate::sync::lock;
 
 /// The built-in schema. `domain` is derived from the user name at insert time
 /// so per-domain queries stay cheap.
@@ -103,7 +103,7 @@ impl Sqlite {
         let user = user.to_owned();
         let default_scheme = self.default_scheme;
         tokio::task::spawn_blocking(move || {
-            let conn = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = lock(&pool).pop();
             let conn = match conn {
                 Some(c) => c,
                 None => open_ro(&path).map_err(unavailable)?,
@@ -125,7 +125,7 @@ impl Sqlite {
                 .map_err(unavailable);
             // Return healthy connections to the pool; a failed one is dropped.
             if row.is_ok() {
-                pool.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+                lock(&pool).push(conn);
             }
             let Some((password, enabled, host, port, backend_user)) = row? else {
                 return Ok(None);
@@ -158,12 +158,7 @@ fn unavailable(e: rusqlite::Error) -> PassdbError {
 }
 
 impl Passdb for Sqlite {
-    fn name(&self) -> &'static str {
-        "sqlite"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::BOTH
-    }
+    super::common::fixed_identity!("sqlite", BOTH);
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         super::verify_entry(self.entry(user).await?, passwords).await
     }

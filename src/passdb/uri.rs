@@ -13,7 +13,8 @@
 //!   `host[:port][,host[:port]…]` list and then `/`, `?`, `#` or the end;
 //!   everything between their first `:` and that `@` is masked, whatever it
 //!   contains;
-//! - `password=` (libpq) and `bindpw=` (LDAP, split as its parser splits)
+//! - `password=` (libpq), `pass=` (Redis, whose `redis+unix://` URLs carry
+//!   their password there) and `bindpw=` (LDAP, split as its parser splits)
 //!   query values are masked, the query read both from the first `?` and
 //!   from the first `?` after the credentials.
 //!
@@ -25,14 +26,21 @@ use super::ldap;
 
 /// `uri` with its passwords replaced by `***`: the password of a
 /// `user:password@` part (PostgreSQL, MySQL, and LDAP, which refuses one),
-/// a `password=` query value and an LDAP `bindpw=`. Other passdb URIs
+/// a `password=` query value, a Redis `pass=` and an LDAP `bindpw=`.
+/// The Redis URL of `[shared_state]` goes through here too. Other passdb URIs
 /// (`sqlite:PATH`, `saslauthd:SOCKET`, …) carry no secret and come back as
 /// they are.
 pub fn redact_uri(uri: &str) -> String {
     let Some((scheme, rest)) = uri.split_once("://") else {
         return uri.to_owned();
     };
-    let ldap = scheme.eq_ignore_ascii_case("ldap") || scheme.eq_ignore_ascii_case("ldaps");
+    let is = |s: &str| scheme.eq_ignore_ascii_case(s);
+    let ldap = is("ldap") || is("ldaps");
+    let keys: &[&str] = if is("redis") || is("rediss") || is("redis+unix") || is("unix") {
+        &["password", "pass"]
+    } else {
+        &["password"]
+    };
     let mut masks: Vec<Range<usize>> = Vec::new();
     let mut query_starts = vec![rest.find('?')];
     if let Some(at) = credentials_end(rest) {
@@ -46,7 +54,7 @@ pub fn redact_uri(uri: &str) -> String {
         let values = if ldap {
             ldap::options::secret_values(query)
         } else {
-            password_values(query)
+            password_values(query, keys)
         };
         masks.extend(values.into_iter().map(|r| q + 1 + r.start..q + 1 + r.end));
     }
@@ -67,14 +75,14 @@ pub fn redact_uri(uri: &str) -> String {
     out
 }
 
-/// Byte ranges in `query` of `password=` values (`&`-separated, as libpq
-/// reads them).
-fn password_values(query: &str) -> Vec<Range<usize>> {
+/// Byte ranges in `query` of the values of `keys` (`&`-separated, as libpq
+/// and the redis crate read them).
+fn password_values(query: &str, keys: &[&str]) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     for pair in query.split('&') {
         if let Some((key, _)) = pair.split_once('=') {
-            if key.eq_ignore_ascii_case("password") {
+            if keys.iter().any(|k| key.eq_ignore_ascii_case(k)) {
                 out.push(start + key.len() + 1..start + pair.len());
             }
         }
@@ -131,6 +139,33 @@ fn host_port(hp: &str) -> bool {
 mod tests {
     use super::*;
     use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+
+    #[test]
+    fn redis_urls_are_masked() {
+        // An `@` in the password: the credentials end at the last `@`.
+        assert_eq!(
+            redact_uri("redis://user:p@ss@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(
+            redact_uri("rediss://:p@ss/w?rd@cache.example:6380/2"),
+            "rediss://:***@cache.example:6380/2"
+        );
+        // A Unix socket URL carries its password as `pass=`.
+        assert_eq!(
+            redact_uri("redis+unix:///run/redis/redis.sock?db=1&pass=p@ss&user=u"),
+            "redis+unix:///run/redis/redis.sock?db=1&pass=***&user=u"
+        );
+        assert_eq!(
+            redact_uri("redis+unix:///run/redis/redis.sock?db=1"),
+            "redis+unix:///run/redis/redis.sock?db=1"
+        );
+        // `pass=` is a password only where Redis reads it.
+        assert_eq!(
+            redact_uri("postgres://h/db?pass=x"),
+            "postgres://h/db?pass=x"
+        );
+    }
 
     #[test]
     fn passwords_are_masked_and_the_rest_is_kept() {

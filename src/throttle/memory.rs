@@ -5,7 +5,9 @@
 //! flood of distinct keys the lightest counters go first.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
+
+use crate::sync::lock;
 
 /// Entries kept per in-memory map before expired ones are swept.
 const MEMORY_SWEEP_AT: usize = 100_000;
@@ -35,14 +37,8 @@ struct Window {
 }
 
 impl MemoryStore {
-    /// The maps stay valid whatever a panicking holder did last, so a
-    /// poisoned lock is taken over rather than turned into more panics.
-    fn lock(&self) -> MutexGuard<'_, MemoryState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     pub(super) fn incr(&self, keys: &[&str], bucket: u64, now: u64) -> Vec<(u32, u32)> {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         if s.windows.len() >= MEMORY_SWEEP_AT {
             s.windows.retain(|_, w| w.bucket + 1 >= bucket);
             if s.windows.len() >= MEMORY_SWEEP_AT {
@@ -99,7 +95,7 @@ impl MemoryStore {
     }
 
     pub(super) fn peek(&self, key: &str, bucket: u64) -> (u32, u32) {
-        let s = self.lock();
+        let s = lock(&self.state);
         match s.windows.get(key) {
             Some(w) if w.bucket == bucket => (w.cur, w.prev),
             Some(w) if w.bucket + 1 == bucket => (0, w.cur),
@@ -110,7 +106,7 @@ impl MemoryStore {
     /// Sets a mark until `until`; true when it was not set (or expired).
     /// With `only_new` an existing mark is left as it is.
     pub(super) fn mark(&self, key: &str, until: u64, now: u64, only_new: bool) -> bool {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         if s.marks.len() >= MEMORY_SWEEP_AT {
             s.marks.retain(|_, u| *u > now);
             if s.marks.len() >= MEMORY_SWEEP_AT {
@@ -133,17 +129,17 @@ impl MemoryStore {
     }
 
     pub(super) fn marked(&self, key: &str, now: u64) -> bool {
-        let s = self.lock();
+        let s = lock(&self.state);
         s.marks.get(key).is_some_and(|u| *u > now)
     }
 
     pub(super) fn get_blocks(&self, keys: &[&str]) -> Vec<Option<u64>> {
-        let s = self.lock();
+        let s = lock(&self.state);
         keys.iter().map(|k| s.blocks.get(*k).copied()).collect()
     }
 
     pub(super) fn get_unshared_blocks(&self, keys: &[&str]) -> Vec<Option<u64>> {
-        let s = self.lock();
+        let s = lock(&self.state);
         keys.iter()
             .map(|k| {
                 s.blocks
@@ -156,7 +152,7 @@ impl MemoryStore {
 
     /// Records whether Redis took the block `key`.
     pub(super) fn set_shared(&self, key: &str, shared: bool) {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         if shared {
             s.unshared.remove(key);
         } else if s.blocks.contains_key(key) {
@@ -166,7 +162,7 @@ impl MemoryStore {
 
     /// True when no block was in force before.
     pub(super) fn set_block(&self, key: &str, until: u64, now: u64) -> bool {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         match s.blocks.insert(key.to_owned(), until) {
             Some(old) if old > now => {
                 s.blocks.insert(key.to_owned(), old);
@@ -177,7 +173,7 @@ impl MemoryStore {
     }
 
     pub(super) fn take_expired_block(&self, key: &str, until: u64) -> bool {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         if s.blocks.get(key) == Some(&until) {
             s.blocks.remove(key);
             true
@@ -188,7 +184,7 @@ impl MemoryStore {
 
     /// The (network, user) of every pair block stored.
     pub(super) fn pair_blocks(&self) -> Vec<(String, String)> {
-        let s = self.lock();
+        let s = lock(&self.state);
         s.blocks
             .keys()
             .filter_map(|k| k.strip_prefix("block:ipu:"))
@@ -205,13 +201,13 @@ impl MemoryStore {
 
     /// Removes a block; true when one was in force.
     pub(super) fn lift(&self, key: &str, now: u64) -> bool {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         s.unshared.remove(key);
         s.blocks.remove(key).is_some_and(|u| u > now)
     }
 
     pub(super) fn reset(&self, key: &str) {
-        self.lock().windows.remove(key);
+        lock(&self.state).windows.remove(key);
     }
 }
 
@@ -232,7 +228,7 @@ mod tests {
         }
         // The sweep ran (the map is far below the cap) and the guesser's
         // count survived it.
-        let len = store.state.lock().unwrap().windows.len();
+        let len = lock(&store.state).windows.len();
         assert!(len < MEMORY_SWEEP_AT / 2, "{len} counters after the sweep");
         assert_eq!(store.incr(&["ip:203.0.113.9|alice"], 10, 0), vec![(8, 0)]);
         // With heavy keys beyond half the cap, only the heaviest half stays.
@@ -244,7 +240,7 @@ mod tests {
                 store.incr(&[&k], 10, 0);
             }
         }
-        let len = store.state.lock().unwrap().windows.len();
+        let len = lock(&store.state).windows.len();
         assert!(len <= MEMORY_SWEEP_AT / 2 + 1, "{len} counters");
         assert_eq!(store.incr(&["k0"], 10, 0), vec![(10, 0)]);
     }

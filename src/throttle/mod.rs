@@ -82,8 +82,6 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use rand::RngCore as _;
-
 use crate::metrics::METRICS;
 use crate::shared_state::SharedStateError;
 use keys::{tag, Keys, Moment};
@@ -116,14 +114,12 @@ impl fmt::Debug for Throttle {
 impl Throttle {
     /// A throttle keeping its state in this process.
     pub fn in_memory(policy: ThrottlePolicy, clock: Clock) -> Self {
-        let mut dedup_key = [0u8; 32];
-        rand::rng().fill_bytes(&mut dedup_key);
         Throttle {
             policy,
             clock,
             local: MemoryStore::default(),
             redis: None,
-            dedup_key,
+            dedup_key: rand::random(),
         }
     }
 
@@ -283,7 +279,7 @@ impl Throttle {
                 continue;
             };
             if self.set_block(&k, scope, until, at.now).await {
-                METRICS.throttle_block(scope.as_str());
+                METRICS.throttle_block(scope);
                 log::warn!(
                     "throttle: blocked {} for {} s after {n} failures in {} s (threshold {limit}{})",
                     k.describe(scope),

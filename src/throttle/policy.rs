@@ -132,10 +132,11 @@ impl ThrottlePolicy {
         if failures == 0 || self.delay_base == 0 {
             return None;
         }
-        let d = self
-            .delay_base
-            .saturating_mul(1u32 << (failures - 1).min(20));
-        Some(d.min(self.delay_max.max(self.delay_base)))
+        Some(crate::backoff::doubling(
+            self.delay_base,
+            failures,
+            self.delay_max,
+        ))
     }
 }
 

@@ -22,10 +22,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::shared_state::{self, Fallback, SharedState, SharedStateError};
+use crate::sync::{read, write};
 
 /// Longest a check's TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -64,12 +65,15 @@ pub struct Health {
 impl Health {
     /// True unless a check found `addr` down.
     pub fn is_up(&self, addr: SocketAddr) -> bool {
-        self.read().get(&addr).is_none_or(|s| s.up())
+        read(&self.state).get(&addr).is_none_or(|s| s.up())
     }
 
     /// Every address with a recorded state and whether it is up.
     pub fn snapshot(&self) -> Vec<(SocketAddr, bool)> {
-        let mut v: Vec<_> = self.read().iter().map(|(a, s)| (*a, s.up())).collect();
+        let mut v: Vec<_> = read(&self.state)
+            .iter()
+            .map(|(a, s)| (*a, s.up()))
+            .collect();
         v.sort_unstable();
         v
     }
@@ -78,8 +82,8 @@ impl Health {
     /// not checked yet (a reload keeps dead backends dead instead of trying
     /// them until the first check; a finding of our own is newer).
     pub fn inherit(&self, old: &Health, addrs: &[SocketAddr]) {
-        let old = old.read().clone();
-        let mut state = self.write();
+        let old = read(&old.state).clone();
+        let mut state = write(&self.state);
         for a in addrs {
             if let Some(s) = old.get(a) {
                 state.entry(*a).or_insert(*s);
@@ -89,7 +93,7 @@ impl Health {
 
     /// Records a check; logs the change when the backend's state changed.
     fn record(&self, addr: SocketAddr, local_up: bool, shared_down: bool, why: &str) {
-        let mut state = self.write();
+        let mut state = write(&self.state);
         let s = state.entry(addr).or_default();
         let was = *s;
         *s = Status {
@@ -106,15 +110,6 @@ impl Health {
             (false, true) => log::info!("upstream {addr} is up again"),
             _ => {}
         }
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SocketAddr, Status>> {
-        // The map is valid whatever a panicking writer did last.
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SocketAddr, Status>> {
-        self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -4,14 +4,13 @@
 //! dropped at checkout; one that dies under an operation is replaced and the
 //! operation tried once more ([`Ldap::perform`]).
 
-use std::sync::PoisonError;
-
 use ldap3::{LdapConnAsync, LdapConnSettings, LdapError};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Ldap, Outcome};
 use crate::passdb::PassdbError;
 use crate::secret::Secret;
+use crate::sync::lock;
 
 /// A pooled connection and who it is bound as.
 pub(super) struct Conn {
@@ -66,11 +65,7 @@ impl Ldap {
             .map_err(|_| PassdbError::Unavailable("ldap pool closed".into()))?;
         loop {
             // The list stays valid whatever a panicking holder left undone.
-            let idle = self
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
+            let idle = lock(&self.idle).pop();
             match idle {
                 Some(mut c) => {
                     if !c.ldap.is_closed() {
@@ -89,7 +84,7 @@ impl Ldap {
     }
 
     fn checkin(&self, conn: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = lock(&self.idle);
         if idle.len() < self.opts.pool_size {
             idle.push(conn);
         }
