@@ -68,6 +68,12 @@ fn open_service(config: &Config) -> Result<Service, Vec<String>> {
             }
         },
     };
+    // Without Redis built in, a `state` URL is refused even when only the
+    // upstream health checks would use it (with a throttle it was above).
+    #[cfg(not(feature = "redis"))]
+    if config.throttle.is_none() && config.state.is_some() {
+        problems.push(crate::shared_state::SharedStateError::NotBuilt.to_string());
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
