@@ -560,3 +560,91 @@ pub fn parse_stored(value: &str, default: Option<Scheme>) -> Result<StoredPasswo
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind that is a Cargo feature is recognised in every build: its
+    /// backend opens (lazily, so no server is needed) or fails on its own
+    /// terms with the feature on, and is refused naming the feature with it
+    /// off.
+    #[test]
+    fn a_kind_opens_with_its_feature_and_is_refused_by_name_without() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = format!("sqlite:{}", dir.path().join("missing.db").display());
+        for (uri, kind, feature, built) in [
+            (
+                "postgres://app:pw@127.0.0.1:1/auth",
+                "postgres://",
+                "postgres",
+                cfg!(feature = "postgres"),
+            ),
+            (
+                "mysql://app:pw@127.0.0.1:1/auth",
+                "mysql://",
+                "mysql",
+                cfg!(feature = "mysql"),
+            ),
+            (
+                "ldap://127.0.0.1:1/dc=example,dc=org",
+                "ldap://",
+                "ldap",
+                cfg!(feature = "ldap"),
+            ),
+            (
+                sqlite.as_str(),
+                "sqlite:",
+                "sqlite",
+                cfg!(feature = "sqlite"),
+            ),
+        ] {
+            match AnyPassdb::open(uri, None) {
+                Err(PassdbConfigError::NotBuilt {
+                    kind: k,
+                    feature: f,
+                }) => {
+                    assert!(!built, "{uri}: refused although built in");
+                    assert_eq!((k, f), (kind, feature));
+                }
+                Ok(p) => assert!(built && p.name().starts_with(feature), "{uri}: {p:?}"),
+                // A missing SQLite file is its own error, not a missing feature.
+                Err(e) => assert!(built && feature == "sqlite", "{uri}: {e}"),
+            }
+        }
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[test]
+    fn without_the_postgres_feature_a_postgres_passdb_is_refused_with_a_clear_message() {
+        let e = AnyPassdb::open("postgresql://app:secret@db/auth", None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "postgres:// passdbs need the `postgres` feature; this binary was built without it"
+        );
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn with_the_postgres_feature_a_postgres_passdb_opens() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let p = AnyPassdb::open("postgresql://app:secret@127.0.0.1:1/auth", None).unwrap();
+        assert!(matches!(p, AnyPassdb::Postgres(_)), "{p:?}");
+        // Its own refusals still name the URI (password masked), not a feature.
+        let e = AnyPassdb::open("postgres://app:secret@db/auth?sslmode=bogus", None).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("passdb `postgres://app:***@db/auth?sslmode=bogus`: "),
+            "{e}"
+        );
+    }
+}
