@@ -68,6 +68,12 @@ fn open_service(config: &Config) -> Result<Service, Vec<String>> {
             }
         },
     };
+    // Without Redis built in, a `state` URL is refused even when only the
+    // upstream health checks would use it (with a throttle it was above).
+    #[cfg(not(feature = "redis"))]
+    if config.throttle.is_none() && config.state.is_some() {
+        problems.push(crate::shared_state::SharedStateError::NotBuilt.to_string());
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -139,5 +145,32 @@ mod tests {
             "{problems:?}"
         );
         assert!(from_toml("no_such_key = 1\n").is_err());
+    }
+
+    /// Without the `redis` feature a Redis `state` is refused once, with the
+    /// throttle on (it would keep its counters there) and off (the upstream
+    /// health checks would share their findings there).
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn without_redis_a_redis_state_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users");
+        std::fs::write(&users, "alice@example.org:{PLAIN}secret\n").unwrap();
+        let rt = runtime().unwrap();
+        let _guard = rt.enter();
+        for throttle in ["", "[throttle]\nenabled = false\n"] {
+            let toml = format!(
+                "passdb = [\"passwd-file:{}\"]\nstate = \"redis://:pw@127.0.0.1:6379/0\"\n{throttle}",
+                users.display()
+            );
+            let Err(problems) = from_toml(&toml) else {
+                panic!("a redis:// state without the feature is a problem ({throttle:?})")
+            };
+            assert_eq!(
+                problems,
+                ["redis:// state needs the `redis` feature; this binary was built without it"],
+                "{throttle:?}"
+            );
+        }
     }
 }

@@ -14,18 +14,26 @@
 //! Every key starts with [`PREFIX`] ([`key`]); the names after it belong to
 //! the users: the throttle's hashed counter and block keys and
 //! `dedup-key`, the health checks' `upstream-down:ADDR`.
+//!
+//! Redis is the `redis` Cargo feature (on by default). Built without it,
+//! [`SharedState::open`] refuses every URL
+//! ([`SharedStateError::NotBuilt`]), so a `SharedState` never exists and its
+//! users keep their state in memory only.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+#[cfg(feature = "redis")]
 use redis::aio::ConnectionManager;
+#[cfg(feature = "redis")]
 use redis::FromRedisValue;
 
 /// Prefix of every key this program keeps in Redis.
 pub const PREFIX: &str = "nginx-auth-fcgi:";
 /// Connecting, and one response, may take this long; a whole exchange twice
 /// that before the local state is used.
+#[cfg(feature = "redis")]
 const TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The Redis key of `name` (`nginx-auth-fcgi:NAME`).
@@ -37,6 +45,7 @@ pub fn key(name: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum SharedStateError {
     /// The URL was refused by the client library.
+    #[cfg(feature = "redis")]
     #[error("state `{shown}`: {source}")]
     Open {
         /// The URL without its password.
@@ -46,8 +55,13 @@ pub enum SharedStateError {
         source: redis::RedisError,
     },
     /// A command failed (connection lost, refused, wrong type, …).
+    #[cfg(feature = "redis")]
     #[error("{0}")]
     Redis(#[source] redis::RedisError),
+    /// This binary was built without the `redis` feature.
+    #[cfg(not(feature = "redis"))]
+    #[error("redis:// state needs the `redis` feature; this binary was built without it")]
+    NotBuilt,
     /// No answer within the time limit.
     #[error("timed out")]
     TimedOut,
@@ -76,7 +90,11 @@ pub struct Fallback {
 /// whether it worked last time. Clones of the connection are cheap; every
 /// method takes `&self`.
 pub struct SharedState {
+    #[cfg(feature = "redis")]
     conn: ConnectionManager,
+    /// Without Redis no `SharedState` can be made.
+    #[cfg(not(feature = "redis"))]
+    _never: std::convert::Infallible,
     shown: String,
     fallback: Fallback,
     /// Redis failed and has not answered since (for logging once each way).
@@ -100,6 +118,11 @@ impl SharedState {
     /// works without Redis running; it must be called inside a tokio runtime.
     pub fn open(url: &str, fallback: Fallback) -> Result<Self, SharedStateError> {
         let shown = crate::passdb::redact_uri(url);
+        SharedState::connect(url, shown, fallback)
+    }
+
+    #[cfg(feature = "redis")]
+    fn connect(url: &str, shown: String, fallback: Fallback) -> Result<Self, SharedStateError> {
         let refused = |source| SharedStateError::Open {
             shown: shown.clone(),
             source,
@@ -118,6 +141,18 @@ impl SharedState {
             down: AtomicBool::new(false),
             retry_at: AtomicU64::new(0),
         })
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn connect(_: &str, _: String, _: Fallback) -> Result<Self, SharedStateError> {
+        Err(SharedStateError::NotBuilt)
+    }
+
+    /// Without the `redis` feature a `SharedState` cannot exist: what its
+    /// users' Redis code paths end in (see `throttle/no_redis.rs`).
+    #[cfg(not(feature = "redis"))]
+    pub fn unreachable(&self) -> ! {
+        match self._never {}
     }
 
     /// The URL as it may be logged (password hidden).
@@ -172,12 +207,14 @@ impl SharedState {
     }
 
     /// One command.
+    #[cfg(feature = "redis")]
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, SharedStateError> {
         let mut conn = self.conn.clone();
         timed(cmd.query_async(&mut conn)).await
     }
 
     /// A pipeline (atomic when built with `atomic()`).
+    #[cfg(feature = "redis")]
     pub async fn pipeline<T: FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
@@ -187,6 +224,7 @@ impl SharedState {
     }
 
     /// A Lua script.
+    #[cfg(feature = "redis")]
     pub async fn invoke<T: FromRedisValue>(
         &self,
         script: &redis::ScriptInvocation<'_>,
@@ -196,6 +234,7 @@ impl SharedState {
     }
 }
 
+#[cfg(feature = "redis")]
 async fn timed<T>(f: impl Future<Output = redis::RedisResult<T>>) -> Result<T, SharedStateError> {
     match tokio::time::timeout(TIMEOUT * 2, f).await {
         Ok(Ok(v)) => Ok(v),
@@ -216,6 +255,7 @@ mod tests {
         retry_after: Duration::from_secs(5),
     };
 
+    #[cfg(feature = "redis")]
     #[tokio::test]
     async fn a_failure_rests_redis_and_a_success_ends_the_rest() {
         let s = SharedState::open("redis://127.0.0.1:1", FALLBACK).unwrap();
@@ -236,6 +276,7 @@ mod tests {
         assert!(!s.down.load(Ordering::Relaxed));
     }
 
+    #[cfg(feature = "redis")]
     #[tokio::test]
     async fn the_password_is_not_shown() {
         let s = SharedState::open("redis://:hunter2@127.0.0.1:1/0", FALLBACK).unwrap();
@@ -248,6 +289,16 @@ mod tests {
         let e = SharedState::open("nope://x", FALLBACK).unwrap_err();
         assert!(e.to_string().starts_with("state `nope://x`: "), "{e}");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn without_the_feature_a_redis_url_is_refused_by_name() {
+        let e = SharedState::open("redis://:hunter2@127.0.0.1:6379/0", FALLBACK).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "redis:// state needs the `redis` feature; this binary was built without it"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Admin commands that work without a running service: `check-config`,
 //! `hash`, `auth test` and `user …` (the embedded SQLite database).
 
+#[cfg(feature = "sqlite")]
 use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
+#[cfg(feature = "sqlite")]
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,6 +14,7 @@ use nginx_auth_fcgi::audit;
 use nginx_auth_fcgi::auth_http::{AuthMethod, MailAuthRequest, MailProtocol};
 use nginx_auth_fcgi::config::{self, Config};
 use nginx_auth_fcgi::mech::{apop, cram_md5, Mechanism};
+#[cfg(feature = "sqlite")]
 use nginx_auth_fcgi::passdb::sqlite::Admin;
 use nginx_auth_fcgi::scheme::{self, Scheme};
 use nginx_auth_fcgi::secret::Secret;
@@ -325,6 +328,7 @@ fn unix_time() -> u64 {
 }
 
 /// `user …`: the embedded SQLite database's users.
+#[cfg(feature = "sqlite")]
 pub fn user(db: &str, command: UserCommand) -> CmdResult {
     let path = config::sqlite_path(db).unwrap_or_else(|| PathBuf::from(db));
     let admin = Admin::open(&path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
@@ -406,4 +410,14 @@ pub fn user(db: &str, command: UserCommand) -> CmdResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `user …` in a binary built without SQLite: refused, naming the feature.
+#[cfg(not(feature = "sqlite"))]
+pub fn user(_: &str, _: UserCommand) -> CmdResult {
+    Err(vec![
+        "the `user` commands manage the SQLite passdb and need the `sqlite` feature; \
+         this binary was built without it"
+            .into(),
+    ])
 }

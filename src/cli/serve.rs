@@ -13,7 +13,7 @@ use nginx_auth_fcgi::config::{
     RawThrottle, RawVerifier, RawWait,
 };
 use nginx_auth_fcgi::listen::{self, ListenSpec};
-use nginx_auth_fcgi::passdb::ldap::redact_uri;
+use nginx_auth_fcgi::passdb::redact_uri;
 use nginx_auth_fcgi::reload::Reloadable;
 use nginx_auth_fcgi::service::Service;
 use nginx_auth_fcgi::{app, audit, server};

@@ -2,7 +2,13 @@
 //! URI, with the backend's own error as its source ([`OpenError`]), and the
 //! two kinds that several backends share ([`FileError`], [`BadOption`]).
 
-use super::{ldap, socket, sql, sqlite};
+#[cfg(feature = "ldap")]
+use super::ldap;
+use super::socket;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use super::sql;
+#[cfg(feature = "sqlite")]
+use super::sqlite;
 
 /// A `--passdb` URI that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -12,9 +18,14 @@ pub enum PassdbConfigError {
         "unknown passdb `{0}` (expected passwd-file:PATH, sqlite:PATH, postgres://…, mysql://…, ldap://…, saslauthd:SOCKET, dovecot:SOCKET)"
     )]
     Unknown(String),
-    /// A known backend that this build does not include yet.
-    #[error("passdb `{0}` is not available in this build")]
-    NotAvailable(String),
+    /// A known kind whose backend's Cargo feature this binary was built without.
+    #[error("{kind} passdbs need the `{feature}` feature; this binary was built without it")]
+    NotBuilt {
+        /// The URI form, e.g. `postgres://`.
+        kind: &'static str,
+        /// The Cargo feature that would include it.
+        feature: &'static str,
+    },
     /// The backend could not be opened.
     #[error("passdb `{uri}`: {reason}")]
     Open {
@@ -33,15 +44,18 @@ pub enum OpenError {
     #[error(transparent)]
     File(#[from] FileError),
     /// `sqlite:`.
+    #[cfg(feature = "sqlite")]
     #[error(transparent)]
     Sqlite(#[from] sqlite::SqliteError),
     /// `postgres://`, `mysql://`.
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
     #[error(transparent)]
     Sql(#[from] sql::SqlUriError),
     /// `saslauthd:`, `dovecot:`.
     #[error(transparent)]
     Socket(#[from] socket::SocketUriError),
     /// `ldap://`, `ldaps://`.
+    #[cfg(feature = "ldap")]
     #[error(transparent)]
     Ldap(#[from] ldap::LdapUriError),
 }

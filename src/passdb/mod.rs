@@ -6,16 +6,25 @@
 //! credential for challenge mechanisms ([`Passdb::lookup_credentials`]).
 //! Backends are a closed set in [`AnyPassdb`], so every future is a concrete
 //! type and adding a backend touches only this module.
+//!
+//! The backends with a driver crate (SQLite, PostgreSQL, MySQL, LDAP) are
+//! Cargo features, all on by default; a URI of a kind this binary was built
+//! without is refused when it is opened
+//! ([`PassdbConfigError::NotBuilt`]).
 
 pub mod dovecot_auth;
 mod errors;
 pub mod htdigest;
+#[cfg(feature = "ldap")]
 pub mod ldap;
 pub mod passwd_file;
 pub mod saslauthd;
 pub mod socket;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod sql;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(any(feature = "postgres", feature = "ldap"))]
 pub mod tls;
 mod uri;
 pub mod vars;
@@ -31,10 +40,15 @@ use crate::secret::Secret;
 pub use dovecot_auth::DovecotAuth;
 pub use errors::{BadOption, FileError, OpenError, PassdbConfigError};
 pub use htdigest::Htdigest;
+#[cfg(feature = "ldap")]
 pub use ldap::Ldap;
 pub use passwd_file::PasswdFile;
 pub use saslauthd::Saslauthd;
-pub use sql::{Mysql, Postgres};
+#[cfg(feature = "mysql")]
+pub use sql::Mysql;
+#[cfg(feature = "postgres")]
+pub use sql::Postgres;
+#[cfg(feature = "sqlite")]
 pub use sqlite::Sqlite;
 pub use uri::redact_uri;
 
@@ -181,10 +195,13 @@ pub enum AnyPassdb {
     /// Dovecot passwd-file.
     PasswdFile(PasswdFile),
     /// SQLite with the built-in schema.
+    #[cfg(feature = "sqlite")]
     Sqlite(Sqlite),
     /// PostgreSQL.
+    #[cfg(feature = "postgres")]
     Postgres(Postgres),
     /// MySQL / MariaDB.
+    #[cfg(feature = "mysql")]
     Mysql(Mysql),
     /// Apache htdigest file.
     Htdigest(Htdigest),
@@ -193,6 +210,7 @@ pub enum AnyPassdb {
     /// Dovecot auth-client socket (plaintext only).
     DovecotAuth(DovecotAuth),
     /// LDAP (search + compare, or auth bind).
+    #[cfg(feature = "ldap")]
     Ldap(Ldap),
 }
 
@@ -226,39 +244,69 @@ impl AnyPassdb {
     /// on first use.
     pub fn open_with(uri: &str, options: &PassdbOptions) -> Result<Self, PassdbConfigError> {
         let default_scheme = options.default_scheme;
-        let query = options.password_query.as_deref();
-        let opened = if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
-            wrap(
-                Postgres::open(uri, query, default_scheme),
+        let Some(kind) = Kind::of(uri) else {
+            return Err(PassdbConfigError::Unknown(redact_uri(uri)));
+        };
+        // With a backend's feature off its kind is still recognised, and refused.
+        let opened = match kind {
+            #[cfg(feature = "postgres")]
+            Kind::Postgres => wrap(
+                Postgres::open(uri, options.password_query.as_deref(), default_scheme),
                 AnyPassdb::Postgres,
-            )
-        } else if uri.starts_with("mysql://") || uri.starts_with("mariadb://") {
-            wrap(Mysql::open(uri, query, default_scheme), AnyPassdb::Mysql)
-        } else if let Some(path) = uri.strip_prefix("htdigest:") {
-            wrap(Htdigest::open(path.as_ref()), AnyPassdb::Htdigest)
-        } else if let Some(path) = uri.strip_prefix("htpasswd:") {
+            ),
+            #[cfg(not(feature = "postgres"))]
+            Kind::Postgres => {
+                return Err(PassdbConfigError::NotBuilt {
+                    kind: "postgres://",
+                    feature: "postgres",
+                })
+            }
+            #[cfg(feature = "mysql")]
+            Kind::Mysql => wrap(
+                Mysql::open(uri, options.password_query.as_deref(), default_scheme),
+                AnyPassdb::Mysql,
+            ),
+            #[cfg(not(feature = "mysql"))]
+            Kind::Mysql => {
+                return Err(PassdbConfigError::NotBuilt {
+                    kind: "mysql://",
+                    feature: "mysql",
+                })
+            }
+            Kind::Htdigest(path) => wrap(Htdigest::open(path.as_ref()), AnyPassdb::Htdigest),
             // Apache htpasswd lines (`user:hash`, hash bcrypt, $apr1$, {SHA},
             // $5$/$6$) are valid passwd-file lines; never guess a bare value.
-            wrap(PasswdFile::open(path.as_ref(), None), AnyPassdb::PasswdFile)
-        } else if let Some(path) = uri.strip_prefix("passwd-file:") {
-            wrap(
+            Kind::Htpasswd(path) => {
+                wrap(PasswdFile::open(path.as_ref(), None), AnyPassdb::PasswdFile)
+            }
+            Kind::PasswdFile(path) => wrap(
                 PasswdFile::open(path.as_ref(), default_scheme),
                 AnyPassdb::PasswdFile,
-            )
-        } else if let Some(path) = uri.strip_prefix("sqlite:") {
-            wrap(
+            ),
+            #[cfg(feature = "sqlite")]
+            Kind::Sqlite(path) => wrap(
                 Sqlite::open(path.as_ref(), default_scheme),
                 AnyPassdb::Sqlite,
-            )
-        } else if let Some(spec) = uri.strip_prefix("saslauthd:") {
-            wrap(Saslauthd::open(spec), AnyPassdb::Saslauthd)
-        } else if let Some(spec) = uri.strip_prefix("dovecot:") {
-            wrap(DovecotAuth::open(spec), AnyPassdb::DovecotAuth)
-        } else if uri.starts_with("ldap:") || uri.starts_with("ldaps:") {
+            ),
+            #[cfg(not(feature = "sqlite"))]
+            Kind::Sqlite(_) => {
+                return Err(PassdbConfigError::NotBuilt {
+                    kind: "sqlite:",
+                    feature: "sqlite",
+                })
+            }
+            Kind::Saslauthd(spec) => wrap(Saslauthd::open(spec), AnyPassdb::Saslauthd),
+            Kind::Dovecot(spec) => wrap(DovecotAuth::open(spec), AnyPassdb::DovecotAuth),
             // `ldap://…` / `ldaps://…`; see [`ldap`] for the options.
-            wrap(Ldap::open(uri, default_scheme), AnyPassdb::Ldap)
-        } else {
-            return Err(PassdbConfigError::Unknown(redact_uri(uri)));
+            #[cfg(feature = "ldap")]
+            Kind::Ldap => wrap(Ldap::open(uri, default_scheme), AnyPassdb::Ldap),
+            #[cfg(not(feature = "ldap"))]
+            Kind::Ldap => {
+                return Err(PassdbConfigError::NotBuilt {
+                    kind: "ldap://",
+                    feature: "ldap",
+                })
+            }
         };
         opened.map_err(|reason| PassdbConfigError::Open {
             uri: redact_uri(uri),
@@ -267,17 +315,66 @@ impl AnyPassdb {
     }
 }
 
+/// The passdb a URI names, whether or not this binary includes its backend.
+enum Kind<'a> {
+    Postgres,
+    Mysql,
+    Htdigest(&'a str),
+    Htpasswd(&'a str),
+    PasswdFile(&'a str),
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    Sqlite(&'a str),
+    Saslauthd(&'a str),
+    Dovecot(&'a str),
+    Ldap,
+}
+
+impl<'a> Kind<'a> {
+    /// The kind of `uri`, with what follows its prefix where the backend
+    /// takes only that; `None`: not a passdb URI.
+    fn of(uri: &'a str) -> Option<Kind<'a>> {
+        let after = |prefix| uri.strip_prefix(prefix);
+        Some(
+            if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
+                Kind::Postgres
+            } else if uri.starts_with("mysql://") || uri.starts_with("mariadb://") {
+                Kind::Mysql
+            } else if let Some(path) = after("htdigest:") {
+                Kind::Htdigest(path)
+            } else if let Some(path) = after("htpasswd:") {
+                Kind::Htpasswd(path)
+            } else if let Some(path) = after("passwd-file:") {
+                Kind::PasswdFile(path)
+            } else if let Some(path) = after("sqlite:") {
+                Kind::Sqlite(path)
+            } else if let Some(spec) = after("saslauthd:") {
+                Kind::Saslauthd(spec)
+            } else if let Some(spec) = after("dovecot:") {
+                Kind::Dovecot(spec)
+            } else if uri.starts_with("ldap:") || uri.starts_with("ldaps:") {
+                Kind::Ldap
+            } else {
+                return None;
+            },
+        )
+    }
+}
+
 /// `$call` on the backend of every variant (`p`).
 macro_rules! each {
     ($self:ident, $p:ident => $call:expr) => {
         match $self {
             AnyPassdb::PasswdFile($p) => $call,
+            #[cfg(feature = "sqlite")]
             AnyPassdb::Sqlite($p) => $call,
+            #[cfg(feature = "postgres")]
             AnyPassdb::Postgres($p) => $call,
+            #[cfg(feature = "mysql")]
             AnyPassdb::Mysql($p) => $call,
             AnyPassdb::Htdigest($p) => $call,
             AnyPassdb::Saslauthd($p) => $call,
             AnyPassdb::DovecotAuth($p) => $call,
+            #[cfg(feature = "ldap")]
             AnyPassdb::Ldap($p) => $call,
         }
     };
@@ -406,6 +503,7 @@ pub(crate) fn seconds(key: &str, value: &str) -> Result<std::time::Duration, Bad
 }
 
 /// A pool size option (`pool_size=4`): 1 to `max` connections.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "ldap"))]
 pub(crate) fn pool_size(value: &str, max: usize) -> Result<usize, BadOption> {
     value
         .parse()
@@ -462,5 +560,93 @@ pub fn parse_stored(value: &str, default: Option<Scheme>) -> Result<StoredPasswo
         None => Err(SchemeError::UnknownScheme(
             "(none: no {SCHEME} prefix and no default_scheme configured)".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind that is a Cargo feature is recognised in every build: its
+    /// backend opens (lazily, so no server is needed) or fails on its own
+    /// terms with the feature on, and is refused naming the feature with it
+    /// off.
+    #[test]
+    fn a_kind_opens_with_its_feature_and_is_refused_by_name_without() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = format!("sqlite:{}", dir.path().join("missing.db").display());
+        for (uri, kind, feature, built) in [
+            (
+                "postgres://app:pw@127.0.0.1:1/auth",
+                "postgres://",
+                "postgres",
+                cfg!(feature = "postgres"),
+            ),
+            (
+                "mysql://app:pw@127.0.0.1:1/auth",
+                "mysql://",
+                "mysql",
+                cfg!(feature = "mysql"),
+            ),
+            (
+                "ldap://127.0.0.1:1/dc=example,dc=org",
+                "ldap://",
+                "ldap",
+                cfg!(feature = "ldap"),
+            ),
+            (
+                sqlite.as_str(),
+                "sqlite:",
+                "sqlite",
+                cfg!(feature = "sqlite"),
+            ),
+        ] {
+            match AnyPassdb::open(uri, None) {
+                Err(PassdbConfigError::NotBuilt {
+                    kind: k,
+                    feature: f,
+                }) => {
+                    assert!(!built, "{uri}: refused although built in");
+                    assert_eq!((k, f), (kind, feature));
+                }
+                Ok(p) => assert!(built && p.name().starts_with(feature), "{uri}: {p:?}"),
+                // A missing SQLite file is its own error, not a missing feature.
+                Err(e) => assert!(built && feature == "sqlite", "{uri}: {e}"),
+            }
+        }
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[test]
+    fn without_the_postgres_feature_a_postgres_passdb_is_refused_with_a_clear_message() {
+        let e = AnyPassdb::open("postgresql://app:secret@db/auth", None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "postgres:// passdbs need the `postgres` feature; this binary was built without it"
+        );
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn with_the_postgres_feature_a_postgres_passdb_opens() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let p = AnyPassdb::open("postgresql://app:secret@127.0.0.1:1/auth", None).unwrap();
+        assert!(matches!(p, AnyPassdb::Postgres(_)), "{p:?}");
+        // Its own refusals still name the URI (password masked), not a feature.
+        let e = AnyPassdb::open("postgres://app:secret@db/auth?sslmode=bogus", None).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("passdb `postgres://app:***@db/auth?sslmode=bogus`: "),
+            "{e}"
+        );
     }
 }

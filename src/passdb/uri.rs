@@ -22,6 +22,7 @@
 
 use std::ops::Range;
 
+#[cfg(feature = "ldap")]
 use super::ldap;
 
 /// `uri` with its passwords replaced by `***`: the password of a
@@ -52,7 +53,7 @@ pub fn redact_uri(uri: &str) -> String {
     for q in query_starts.into_iter().flatten() {
         let query = &rest[q + 1..];
         let values = if ldap {
-            ldap::options::secret_values(query)
+            ldap_secret_values(query)
         } else {
             password_values(query, keys)
         };
@@ -73,6 +74,25 @@ pub fn redact_uri(uri: &str) -> String {
     }
     out.push_str(&rest[shown..]);
     out
+}
+
+/// Byte ranges in `query` of LDAP `bindpw=` values, split as the LDAP
+/// passdb's parser splits the query.
+#[cfg(feature = "ldap")]
+fn ldap_secret_values(query: &str) -> Vec<Range<usize>> {
+    ldap::options::secret_values(query)
+}
+
+/// Without the `ldap` feature there is no LDAP parser to split the query as
+/// it would (an LDAP URI is refused anyway): everything after the first
+/// `bindpw=` is masked.
+#[cfg(not(feature = "ldap"))]
+fn ldap_secret_values(query: &str) -> Vec<Range<usize>> {
+    query
+        .find("bindpw=")
+        .map(|i| i + "bindpw=".len()..query.len())
+        .into_iter()
+        .collect()
 }
 
 /// Byte ranges in `query` of the values of `keys` (`&`-separated, as libpq
@@ -192,9 +212,16 @@ mod tests {
             redact_uri("postgres://h/auth?user=u&password=pw&sslmode=disable"),
             "postgres://h/auth?user=u&password=***&sslmode=disable"
         );
+        #[cfg(feature = "ldap")]
         assert_eq!(
             redact_uri("ldap://h/dc=x?binddn=cn=a&bindpw=top&secret&mode=search"),
             "ldap://h/dc=x?binddn=cn=a&bindpw=***&mode=search"
+        );
+        // Without the LDAP parser, the rest of the query goes.
+        #[cfg(not(feature = "ldap"))]
+        assert_eq!(
+            redact_uri("ldap://h/dc=x?binddn=cn=a&bindpw=top&secret&mode=search"),
+            "ldap://h/dc=x?binddn=cn=a&bindpw=***"
         );
         // An `@` in a filter is not a credential's end.
         assert_eq!(

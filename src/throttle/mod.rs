@@ -75,6 +75,10 @@ mod admin;
 mod keys;
 mod memory;
 mod policy;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(not(feature = "redis"))]
+#[path = "no_redis.rs"]
 mod redis;
 
 use std::fmt;

@@ -25,7 +25,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::shared_state::{self, Fallback, SharedState, SharedStateError};
+#[cfg(feature = "redis")]
+use crate::shared_state;
+use crate::shared_state::{Fallback, SharedState, SharedStateError};
 use crate::sync::{read, write};
 
 /// Longest a check's TCP connect may take.
@@ -187,7 +189,9 @@ async fn probe(addr: SocketAddr, timeout: Duration) -> (bool, String) {
     }
 }
 
-/// Health findings exchanged through Redis.
+/// Health findings exchanged through Redis (never made without the `redis`
+/// feature: [`SharedState::open`] refuses, and the checks log that).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 struct SharedHealth {
     state: SharedState,
     /// Who we are in the sorted sets.
@@ -211,6 +215,7 @@ impl SharedHealth {
 
     /// Publishes this instance's finding for `addr` and returns whether any
     /// instance currently holds it down (`None`: Redis unavailable).
+    #[cfg(feature = "redis")]
     async fn exchange(&self, addr: SocketAddr, up: bool, interval: Duration) -> Option<bool> {
         let key = shared_state::key(&format!("upstream-down:{addr}"));
         let now = std::time::SystemTime::now()
@@ -235,6 +240,11 @@ impl SharedHealth {
             .attempt(|| now, self.state.pipeline(&pipe))
             .await?;
         Some(down.0 > 0)
+    }
+
+    #[cfg(not(feature = "redis"))]
+    async fn exchange(&self, _: SocketAddr, _: bool, _: Duration) -> Option<bool> {
+        self.state.unreachable()
     }
 }
 

@@ -21,13 +21,16 @@
 //! connections as needed, so a server that comes back is used again without
 //! a restart.
 
+#[cfg(feature = "mysql")]
 mod mysql;
+#[cfg(feature = "postgres")]
 mod postgres;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "postgres")]
 use super::tls::TlsError;
 use super::vars::{placeholder, VarError};
 use super::{parse_stored, pool_size, resolve_host, seconds, BadOption};
@@ -38,7 +41,9 @@ use crate::scheme::{Scheme, SchemeError};
 pub use super::redact_uri;
 pub use super::vars::Var;
 
+#[cfg(feature = "mysql")]
 pub use self::mysql::{Mysql, MYSQL_SCHEMA};
+#[cfg(feature = "postgres")]
 pub use self::postgres::{Postgres, POSTGRES_SCHEMA};
 
 /// The built-in schema's lookup, as a template (see [`Template`]).
@@ -111,6 +116,7 @@ pub enum SqlUriError {
     #[error(transparent)]
     Template(#[from] TemplateError),
     /// `sslrootcert=` of PostgreSQL.
+    #[cfg(feature = "postgres")]
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// An `sslmode=` we do not support.
@@ -132,20 +138,25 @@ pub enum SqlUriError {
         source: std::io::Error,
     },
     /// The URI as tokio-postgres reads it.
+    #[cfg(feature = "postgres")]
     #[error("{}", error_chain(.0))]
     Postgres(#[source] tokio_postgres::Error),
     /// The PostgreSQL pool.
+    #[cfg(feature = "postgres")]
     #[error("{0}")]
     PostgresPool(#[source] deadpool_postgres::BuildError),
     /// The URI as mysql_async reads it.
+    #[cfg(feature = "mysql")]
     #[error("{0}")]
     Mysql(#[source] mysql_async::UrlError),
     /// A pool size mysql_async refuses.
+    #[cfg(feature = "mysql")]
     #[error("bad pool_size")]
     MysqlPool,
 }
 
 /// `e` and its sources, `: `-separated (drivers put the useful part last).
+#[cfg(feature = "postgres")]
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
