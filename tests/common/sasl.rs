@@ -30,29 +30,27 @@ pub struct User {
     pub extra: &'static str,
 }
 
-pub const ALICE: User = User {
-    name: "alice",
-    password: "alice-pw-31b7",
-    extra: "",
-};
+impl User {
+    const fn new(name: &'static str, password: &'static str, extra: &'static str) -> User {
+        User {
+            name,
+            password,
+            extra,
+        }
+    }
+}
+
+pub const ALICE: User = User::new("alice", "alice-pw-31b7", "");
 /// Space, `%` and UTF-8 in the password.
-pub const SPECIAL: User = User {
-    name: "special",
-    password: "p w%25é ü",
-    extra: "",
-};
+pub const SPECIAL: User = User::new("special", "p w%25é ü", "");
 /// Routed to its own upstream by extra fields.
-pub const ROUTED: User = User {
-    name: "routed",
-    password: "routed-pw-5e",
-    extra: "host=192.0.2.44 port=1143 destuser=routed-backend",
-};
+pub const ROUTED: User = User::new(
+    "routed",
+    "routed-pw-5e",
+    "host=192.0.2.44 port=1143 destuser=routed-backend",
+);
 /// `nologin`: the password is right but the account may not log in.
-pub const LOCKED: User = User {
-    name: "locked",
-    password: "locked-pw-0c",
-    extra: "nologin reason=locked",
-};
+pub const LOCKED: User = User::new("locked", "locked-pw-0c", "nologin reason=locked");
 pub const USERS: [User; 4] = [ALICE, SPECIAL, ROUTED, LOCKED];
 
 /// A running Dovecot (auth service + IMAP) in a temp dir.

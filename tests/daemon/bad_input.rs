@@ -100,14 +100,7 @@ fn fd_count(pid: u32) -> usize {
 // ------------------------------------------------------------- requests
 
 fn mail_pairs<'a>(user: &'a [u8], pass: &'a [u8]) -> Vec<(&'a [u8], &'a [u8])> {
-    vec![
-        (b"HTTP_AUTH_METHOD", b"plain"),
-        (b"HTTP_AUTH_USER", user),
-        (b"HTTP_AUTH_PASS", pass),
-        (b"HTTP_AUTH_PROTOCOL", b"imap"),
-        (b"HTTP_AUTH_LOGIN_ATTEMPT", b"1"),
-        (b"HTTP_CLIENT_IP", b"192.0.2.7"),
-    ]
+    fcgi::mail_pairs(user, pass, b"192.0.2.7")
 }
 
 /// A complete mail login request for `id`.

@@ -789,14 +789,7 @@ fn socket_activated_daemon_serves_imap() {
 #[test]
 fn parallel_logins_share_the_daemon() {
     let mut stack = Stack::start();
-    let users = [
-        ALICE,
-        SHA512_USER,
-        BLF_USER,
-        ARGON2_USER,
-        SSHA256_USER,
-        SPECIAL_USER,
-    ];
+    let users = USERS;
     thread::scope(|scope| {
         let stack = &stack;
         let handles: Vec<_> = users

@@ -8,7 +8,7 @@
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::policy::base_policy;
+use crate::common::policy::{base_policy, fixed_throttle};
 use base64::Engine as _;
 use nginx_auth_fcgi::audit::{AuditRecord, Outcome};
 use nginx_auth_fcgi::auth_http::{MailAuthRequest, MailAuthResponse};
@@ -66,19 +66,11 @@ fn fixture(o: Options) -> Fixture {
     let throttle = o.throttle.then(|| {
         Arc::new(Throttle::in_memory(
             ThrottlePolicy {
-                window: Duration::from_secs(600),
                 block_ip: 100,
                 block_ip_user: 2,
-                block_time: Duration::from_secs(900),
-                delay_base: 1,
-                delay_max: 30,
-                ipv6_prefix: 64,
-                trusted: vec![],
-                // The adaptive parts are off here; tests/throttle_model.rs covers them.
-                success_bonus: 0,
-                block_ip_max: 0,
                 // Known networks on: they pick the verifier's lane.
                 known_for: Duration::from_secs(30 * 86_400),
+                ..fixed_throttle()
             },
             Clock::system(),
         ))
