@@ -171,14 +171,19 @@ async fn built_in(kind: Kind) -> Server {
 }
 
 fn open(server: &Server, options: &str, query: Option<&str>) -> AnyPassdb {
+    open_uri(&server.uri(BUILT_IN_DB, options), query)
+}
+
+/// A passdb at `uri`, with `query` as its password query if given.
+fn open_uri(uri: &str, query: Option<&str>) -> AnyPassdb {
     AnyPassdb::open_with(
-        &server.uri(BUILT_IN_DB, options),
+        uri,
         &PassdbOptions {
             default_scheme: None,
             password_query: query.map(str::to_owned),
         },
     )
-    .unwrap_or_else(|e| panic!("open: {e}"))
+    .unwrap_or_else(|e| panic!("open {uri}: {e}"))
 }
 
 fn pw(s: &str) -> Vec<Secret> {
@@ -721,6 +726,34 @@ async fn uri_errors_never_show_the_database_password() {
     assert!(!format!("{db:?}").contains("hunter2"));
 }
 
+/// With `query` answering only over TLS: the passdb of `server`'s database
+/// `db` with `plain` options finds no row, with each of `encrypted` it accepts.
+async fn assert_only_tls_answers(
+    server: &Server,
+    db: &str,
+    query: &str,
+    plain: &str,
+    encrypted: &[String],
+) {
+    let plain = open_uri(&server.uri(db, plain), Some(query));
+    assert!(matches!(
+        verify(&plain, "alice", "tls-pw").await,
+        Ok(Verdict::Rejected(Rejection::UnknownUser))
+    ));
+    for options in encrypted {
+        let db = open_uri(&server.uri(db, options), Some(query));
+        let r = verify(&db, "alice", "tls-pw").await;
+        assert!(matches!(r, Ok(Verdict::Accepted(_))), "{options}: {r:?}");
+    }
+}
+
+/// A failed TLS handshake (`what`) is a temporary failure, never a rejection.
+async fn assert_handshake_unavailable(db: &AnyPassdb, what: &str) {
+    let r = verify(db, "alice", "tls-pw").await;
+    assert!(matches!(r, Err(PassdbError::Unavailable(_))), "{r:?}");
+    println!("{what}: {r:?}");
+}
+
 /// `sslmode=require` encrypts (the server sees TLS), `verify-full` checks the
 /// chain and name, and a wrong CA is a temporary failure, never a rejection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -729,55 +762,29 @@ async fn postgres_tls() {
     // Answers only over TLS: the row exists iff this session is encrypted.
     let query = "SELECT '{PLAIN}tls-pw' AS password FROM pg_stat_ssl \
                  WHERE pid = pg_backend_pid() AND ssl AND %u <> ''";
-    let open = |options: &str| {
-        AnyPassdb::open_with(
-            &server.uri("postgres", options),
-            &PassdbOptions {
-                default_scheme: None,
-                password_query: Some(query.into()),
-            },
-        )
-        .unwrap_or_else(|e| panic!("{options}: {e}"))
-    };
-    let plain = open("sslmode=disable");
-    assert!(matches!(
-        verify(&plain, "alice", "tls-pw").await,
-        Ok(Verdict::Rejected(Rejection::UnknownUser))
-    ));
     let cert = server.tls_cert().display().to_string();
-    for options in [
+    let encrypted = [
         "sslmode=require".to_owned(),
         format!("sslmode=verify-full&sslrootcert={cert}"),
-    ] {
-        let db = open(&options);
-        let r = verify(&db, "alice", "tls-pw").await;
-        assert!(matches!(r, Ok(Verdict::Accepted(_))), "{options}: {r:?}");
-    }
+    ];
+    assert_only_tls_answers(&server, "postgres", query, "sslmode=disable", &encrypted).await;
     // localhost is in the certificate too.
-    let db = AnyPassdb::open_with(
+    let db = open_uri(
         &format!(
             "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={cert}",
             server.port
         ),
-        &PassdbOptions {
-            default_scheme: None,
-            password_query: Some(query.into()),
-        },
-    )
-    .unwrap();
+        Some(query),
+    );
     let r = verify(&db, "alice", "tls-pw").await;
     assert!(matches!(r, Ok(Verdict::Accepted(_))), "localhost: {r:?}");
 
     // Another CA: the handshake fails, which is a temporary failure.
     let other = tempfile::tempdir().unwrap();
     let (_, other_cert) = crate::common::sql::make_ca(other.path(), "other-ca");
-    let db = open(&format!(
-        "sslmode=verify-full&sslrootcert={}",
-        other_cert.display()
-    ));
-    let r = verify(&db, "alice", "tls-pw").await;
-    assert!(matches!(r, Err(PassdbError::Unavailable(_))), "{r:?}");
-    println!("wrong CA: {r:?}");
+    let options = format!("sslmode=verify-full&sslrootcert={}", other_cert.display());
+    let db = open_uri(&server.uri("postgres", &options), Some(query));
+    assert_handshake_unavailable(&db, "wrong CA").await;
 }
 
 /// MariaDB over TLS: `require_ssl=true` with our CA (`sslrootcert=`)
@@ -789,34 +796,14 @@ async fn mariadb_tls() {
     // A row only if this session is encrypted.
     let query = "SELECT '{PLAIN}tls-pw' AS password FROM information_schema.session_status \
                  WHERE variable_name = 'SSL_CIPHER' AND variable_value <> '' AND %u <> ''";
-    let open = |options: &str| {
-        AnyPassdb::open_with(
-            &server.uri("mysql", options),
-            &PassdbOptions {
-                default_scheme: None,
-                password_query: Some(query.into()),
-            },
-        )
-        .unwrap_or_else(|e| panic!("{options}: {e}"))
-    };
-    let plain = open("");
-    assert!(matches!(
-        verify(&plain, "alice", "tls-pw").await,
-        Ok(Verdict::Rejected(Rejection::UnknownUser))
-    ));
     let cert = server.tls_cert().display().to_string();
-    for options in [
+    let encrypted = [
         format!("require_ssl=true&sslrootcert={cert}"),
         "require_ssl=true&verify_ca=false".to_owned(),
-    ] {
-        let db = open(&options);
-        let r = verify(&db, "alice", "tls-pw").await;
-        assert!(matches!(r, Ok(Verdict::Accepted(_))), "{options}: {r:?}");
-    }
-    let db = open("require_ssl=true");
-    let r = verify(&db, "alice", "tls-pw").await;
-    assert!(matches!(r, Err(PassdbError::Unavailable(_))), "{r:?}");
-    println!("MariaDB, test CA not trusted: {r:?}");
+    ];
+    assert_only_tls_answers(&server, "mysql", query, "", &encrypted).await;
+    let db = open_uri(&server.uri("mysql", "require_ssl=true"), Some(query));
+    assert_handshake_unavailable(&db, "MariaDB, test CA not trusted").await;
 }
 
 /// HTTP Digest from a SQL `digest_ha1` column: no plaintext in the database.

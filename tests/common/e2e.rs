@@ -73,22 +73,31 @@ pub fn repo_root() -> PathBuf {
 
 // ------------------------------------------------------------------ users
 
-/// A user in the passwd-file both the daemon and Dovecot read.
+/// A user in the passwd-file both the daemon and Dovecot read (also the
+/// users of [`super::sasl`]'s Dovecot).
 #[derive(Debug, Clone, Copy)]
 pub struct User {
     pub name: &'static str,
     /// Dovecot scheme the password is stored with (`doveadm pw -s`).
     pub scheme: &'static str,
     pub password: &'static str,
+    /// Passdb extra fields (passwd-file's 8th field, space-separated).
+    pub extra: &'static str,
 }
 
 impl User {
-    const fn new(name: &'static str, scheme: &'static str, password: &'static str) -> User {
+    pub const fn new(name: &'static str, scheme: &'static str, password: &'static str) -> User {
         User {
             name,
             scheme,
             password,
+            extra: "",
         }
+    }
+
+    /// The same user with passdb extra fields.
+    pub const fn with_extra(self, extra: &'static str) -> User {
+        User { extra, ..self }
     }
 }
 
@@ -113,26 +122,24 @@ pub const USERS: [User; 6] = [
     SPECIAL_USER,
 ];
 
+/// `password` hashed with `doveadm pw -s scheme`: Dovecot's own hash.
+pub fn doveadm_pw(scheme: &str, password: &str) -> String {
+    run_stdout(
+        Command::new(require("doveadm", "dovecot-core")).args(["pw", "-s", scheme, "-p", password]),
+        &format!("doveadm pw -s {scheme}"),
+    )
+    .trim()
+    .to_owned()
+}
+
 /// The passwd-file text (Dovecot format), hashed once per test binary with
 /// `doveadm pw` so the stored hashes are Dovecot's own.
 pub fn passwd_file_text() -> &'static str {
     static TEXT: OnceLock<String> = OnceLock::new();
     TEXT.get_or_init(|| {
-        let doveadm = require("doveadm", "dovecot-core");
         let mut text = String::new();
         for user in USERS {
-            let out = Command::new(&doveadm)
-                .args(["pw", "-s", user.scheme, "-p", user.password])
-                .output()
-                .expect("run doveadm pw");
-            assert!(
-                out.status.success(),
-                "doveadm pw -s {} failed: {}",
-                user.scheme,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let hash = String::from_utf8(out.stdout).expect("doveadm pw output is UTF-8");
-            let hash = hash.trim();
+            let hash = doveadm_pw(user.scheme, user.password);
             assert!(
                 hash.starts_with(&format!("{{{}}}", user.scheme)),
                 "unexpected doveadm pw output {hash:?}"

@@ -23,34 +23,17 @@ use super::proc::{port_open, require, require_file, retry_on_clash, Proc};
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A user in the passwd-file (`{PLAIN}` passwords: no `:` allowed).
-pub struct User {
-    pub name: &'static str,
-    pub password: &'static str,
-    /// Passdb extra fields (passwd-file's 8th field, space-separated).
-    pub extra: &'static str,
-}
+pub use super::e2e::User;
 
-impl User {
-    const fn new(name: &'static str, password: &'static str, extra: &'static str) -> User {
-        User {
-            name,
-            password,
-            extra,
-        }
-    }
-}
-
-pub const ALICE: User = User::new("alice", "alice-pw-31b7", "");
+pub const ALICE: User = User::new("alice", "PLAIN", "alice-pw-31b7");
 /// Space, `%` and UTF-8 in the password.
-pub const SPECIAL: User = User::new("special", "p w%25é ü", "");
+pub const SPECIAL: User = User::new("special", "PLAIN", "p w%25é ü");
 /// Routed to its own upstream by extra fields.
-pub const ROUTED: User = User::new(
-    "routed",
-    "routed-pw-5e",
-    "host=192.0.2.44 port=1143 destuser=routed-backend",
-);
+pub const ROUTED: User = User::new("routed", "PLAIN", "routed-pw-5e")
+    .with_extra("host=192.0.2.44 port=1143 destuser=routed-backend");
 /// `nologin`: the password is right but the account may not log in.
-pub const LOCKED: User = User::new("locked", "locked-pw-0c", "nologin reason=locked");
+pub const LOCKED: User =
+    User::new("locked", "PLAIN", "locked-pw-0c").with_extra("nologin reason=locked");
 pub const USERS: [User; 4] = [ALICE, SPECIAL, ROUTED, LOCKED];
 
 /// A running Dovecot (auth service + IMAP) in a temp dir.
@@ -68,7 +51,12 @@ impl Dovecot {
         let d = dir.path().to_owned();
         let passwd: String = USERS
             .iter()
-            .map(|u| format!("{}:{{PLAIN}}{}::::::{}\n", u.name, u.password, u.extra))
+            .map(|u| {
+                format!(
+                    "{}:{{{}}}{}::::::{}\n",
+                    u.name, u.scheme, u.password, u.extra
+                )
+            })
             .collect();
         fs::write(d.join("passwd"), passwd).expect("write passwd");
         // SAFETY: geteuid(2) cannot fail and touches no memory.

@@ -22,15 +22,6 @@ const MASTER: &str = "master";
 const MASTER_SECRET: &str = "e2e-master-s3cret-0f9a";
 const CAROL_PW: &str = "carol-cram-pw-5521";
 
-fn doveadm_pw(scheme: &str, password: &str) -> String {
-    run_stdout(
-        Command::new(require("doveadm", "dovecot-core")).args(["pw", "-s", scheme, "-p", password]),
-        &format!("doveadm pw -s {scheme}"),
-    )
-    .trim()
-    .to_owned()
-}
-
 /// A dir (kept for the test's life) with the master secret for the daemon
 /// and Dovecot's master passdb.
 fn master_files() -> tempfile::TempDir {

@@ -276,22 +276,23 @@ async fn accepted_relays_are_not_counted() {
     assert!(d.audit.reason.starts_with("blocked-"), "{}", d.audit);
 }
 
+/// The PROBER's SMTP login and its RCPT under `smtp_auth none`, both with
+/// the client host `host` as nginx resolved it.
+async fn login_and_rcpt_from_host(f: &Fixture, host: &str) -> [Decision; 2] {
+    [
+        f.auth
+            .authenticate(&login("smtp", "alice-pw", PROBER, Some(host)))
+            .await,
+        f.auth
+            .authenticate(&rcpt_from_host("rcpt@example.org", PROBER, 1, host))
+            .await,
+    ]
+}
+
 #[tokio::test]
 async fn reject_unknown_client_unavailable_is_550_5_7_25() {
     let f = fixture(None, true);
-    for d in [
-        f.auth
-            .authenticate(&login("smtp", "alice-pw", PROBER, Some("[UNAVAILABLE]")))
-            .await,
-        f.auth
-            .authenticate(&rcpt_from_host(
-                "rcpt@example.org",
-                PROBER,
-                1,
-                "[UNAVAILABLE]",
-            ))
-            .await,
-    ] {
+    for d in login_and_rcpt_from_host(&f, "[UNAVAILABLE]").await {
         let h = headers(&d);
         assert_eq!(
             header(&h, "Auth-Status"),
@@ -314,19 +315,7 @@ async fn reject_unknown_client_unavailable_is_550_5_7_25() {
 #[tokio::test]
 async fn reject_unknown_client_tempunavail_is_450_4_7_25_with_the_marker() {
     let f = fixture(None, true);
-    for d in [
-        f.auth
-            .authenticate(&login("smtp", "alice-pw", PROBER, Some("[TEMPUNAVAIL]")))
-            .await,
-        f.auth
-            .authenticate(&rcpt_from_host(
-                "rcpt@example.org",
-                PROBER,
-                1,
-                "[TEMPUNAVAIL]",
-            ))
-            .await,
-    ] {
+    for d in login_and_rcpt_from_host(&f, "[TEMPUNAVAIL]").await {
         let h = headers(&d);
         let status = header(&h, "Auth-Status").unwrap();
         assert!(status.contains("[TEMPUNAVAIL]"), "{h:?}");
