@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use super::proc::{port_open, require, require_file, retry_on_clash, Proc};
+use super::proc::{port_open, read_lossy, require, require_file, retry_on_clash, Proc};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -37,10 +37,11 @@ pub const LOCKED: User =
 pub const USERS: [User; 4] = [ALICE, SPECIAL, ROUTED, LOCKED];
 
 /// A running Dovecot (auth service + IMAP) in a temp dir.
+/// Dropping it stops Dovecot (its [`Proc`]), then removes the dir.
 pub struct Dovecot {
+    proc: Option<Proc>,
     dir: tempfile::TempDir,
     pub imap_port: u16,
-    proc: Option<Proc>,
 }
 
 impl Dovecot {
@@ -149,26 +150,19 @@ service imap-login {{
 
     /// Stops Dovecot; its socket files stay behind, as after a crash.
     pub fn stop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.stop();
-        }
+        drop(self.proc.take());
     }
 
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Dovecot {
-    fn drop(&mut self) {
-        self.stop();
+        read_lossy(&self.dir.path().join("dovecot.log"))
     }
 }
 
 /// `saslauthd -a rimap` against a [`Dovecot`]'s IMAP listener.
+/// Dropping it stops saslauthd, then removes the dir.
 pub struct Saslauthd {
-    dir: tempfile::TempDir,
     proc: Option<Proc>,
+    dir: tempfile::TempDir,
 }
 
 impl Saslauthd {
@@ -202,19 +196,11 @@ impl Saslauthd {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.stop();
-        }
+        drop(self.proc.take());
     }
 
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("saslauthd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Saslauthd {
-    fn drop(&mut self) {
-        self.stop();
+        read_lossy(&self.dir.path().join("saslauthd.log"))
     }
 }
 

@@ -36,9 +36,7 @@ const MAX_HWM_KIB: u64 = 64 * 1024;
 
 /// The daemon with the matrix's limits and the throttle off.
 fn start_daemon() -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    std::fs::write(&users, "alice:{PLAIN}wonderland::::::\n").unwrap();
+    let (dir, users) = crate::common::temp_file("users", "alice:{PLAIN}wonderland::::::\n");
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,

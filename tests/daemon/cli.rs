@@ -46,9 +46,8 @@ fn check_config_reports_every_problem_at_once() {
 
 #[test]
 fn check_config_reads_toml_and_checks_passdbs() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    std::fs::write(&users, "alice:{PLAIN}a::::::\nbob:{NOSUCH}x::::::\n").unwrap();
+    let (dir, users) =
+        crate::common::temp_file("users", "alice:{PLAIN}a::::::\nbob:{NOSUCH}x::::::\n");
     let cfg = dir.path().join("config.toml");
     std::fs::write(
         &cfg,

@@ -214,9 +214,7 @@ async fn htpasswd_apr1_bcrypt_and_sha() {
 #[tokio::test]
 async fn basic_guessing_is_throttled_per_client() {
     use nginx_auth_fcgi::throttle::{Clock, Throttle, ThrottlePolicy};
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    std::fs::write(&users, "alice:{PLAIN}wonderland::::::\n").unwrap();
+    let (_dir, users) = crate::common::temp_file("users", "alice:{PLAIN}wonderland::::::\n");
     let throttle = Throttle::in_memory(
         ThrottlePolicy {
             block_ip_user: 3,

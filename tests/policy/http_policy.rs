@@ -55,14 +55,11 @@ impl Default for Options {
 
 /// alice {PLAIN} (cheap), bob BLF-CRYPT (expensive).
 fn fixture(o: Options) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
     let bcrypt = scheme::hash(Scheme::BlfCrypt, b"bob-pw").unwrap();
-    std::fs::write(
-        &users,
-        format!("alice:{{PLAIN}}wonderland::::::\nbob:{bcrypt}::::::\n"),
-    )
-    .unwrap();
+    let (dir, users) = crate::common::temp_file(
+        "users",
+        &format!("alice:{{PLAIN}}wonderland::::::\nbob:{bcrypt}::::::\n"),
+    );
     let throttle = o.throttle.then(|| {
         Arc::new(Throttle::in_memory(
             ThrottlePolicy {

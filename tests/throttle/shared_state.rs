@@ -29,13 +29,10 @@ fn instance(redis: &Redis, clock: &Clock) -> Instance {
 
 fn instance_with(redis: &Redis, clock: &Clock, throttle: ThrottlePolicy) -> Instance {
     capture_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let passwd = dir.path().join("users");
-    std::fs::write(
-        &passwd,
+    let (dir, passwd) = crate::common::temp_file(
+        "users",
         "alice:{PLAIN}alice-pw::::::\nbob:{PLAIN}bob-pw::::::\n",
-    )
-    .unwrap();
+    );
     let db = AnyPassdb::open(&format!("passwd-file:{}", passwd.display()), None).unwrap();
     let throttle = Throttle::with_redis(throttle, clock.clone(), &redis.url()).unwrap();
     Instance {
