@@ -40,6 +40,13 @@ pub const NEW_EC_KEY: [&str; 5] = [
     "-nodes",
 ];
 
+fn curl_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(require("curl", "curl"));
+    cmd.args(["--silent", "--show-error", "--max-time", "30"])
+        .args(args);
+    cmd
+}
+
 /// Runs `cmd` (see [`run`]) and parses what it printed as TOML.
 pub fn run_toml<T: serde::de::DeserializeOwned>(cmd: &mut Command, what: &str) -> T {
     let stdout = run_stdout(cmd, what);
@@ -791,11 +798,13 @@ service pop3-login {{
 
     /// Runs curl with `args`; returns its output (any exit code).
     pub fn curl(&self, args: &[&str]) -> Output {
-        Command::new(require("curl", "curl"))
-            .args(["--silent", "--show-error", "--max-time", "30"])
-            .args(args)
-            .output()
-            .expect("run curl")
+        curl_command(args).output().expect("run curl")
+    }
+
+    /// Runs curl with `args`, which must succeed (`what` names a failure);
+    /// what it printed.
+    pub fn curl_ok(&self, args: &[&str], what: &str) -> String {
+        run_stdout(&mut curl_command(args), what)
     }
 
     /// A raw auth_http request (what nginx mail would send) to nginx's
