@@ -19,35 +19,7 @@ const BUILT_IN_DB: &str = "auth";
 
 /// Runs admin statements as the superuser, in order.
 async fn admin(server: &Server, statements: &[String]) {
-    match server.kind {
-        Kind::Postgres => {
-            let (client, conn) =
-                tokio_postgres::connect(&server.admin_uri(), tokio_postgres::NoTls)
-                    .await
-                    .expect("admin connect");
-            let task = tokio::spawn(conn);
-            for s in statements {
-                client
-                    .batch_execute(s)
-                    .await
-                    .unwrap_or_else(|e| panic!("{s}: {e:?}"));
-            }
-            drop(client);
-            let _ = task.await;
-        }
-        Kind::Mariadb => {
-            use mysql_async::prelude::Queryable;
-            let mut conn = mysql_async::Conn::from_url(server.admin_uri())
-                .await
-                .expect("admin connect");
-            for s in statements {
-                conn.query_drop(s)
-                    .await
-                    .unwrap_or_else(|e| panic!("{s}: {e}"));
-            }
-            conn.disconnect().await.expect("disconnect");
-        }
-    }
+    server.execute(None, statements).await;
 }
 
 /// One number from the server (`SELECT count(*) …`).
@@ -149,24 +121,8 @@ async fn built_in(kind: Kind) -> Server {
              VALUES ('{user}', '{domain}', '{pw}', {enabled}, {extra})"
         ));
     }
-    if kind == Kind::Postgres {
-        // The schema goes into database `auth`, not the admin database.
-        let (client, conn) =
-            tokio_postgres::connect(&server.uri(BUILT_IN_DB, ""), tokio_postgres::NoTls)
-                .await
-                .expect("connect auth");
-        let task = tokio::spawn(conn);
-        for s in &statements {
-            client
-                .batch_execute(s)
-                .await
-                .unwrap_or_else(|e| panic!("{s}: {e:?}"));
-        }
-        drop(client);
-        let _ = task.await;
-    } else {
-        admin(&server, &statements).await;
-    }
+    // On PostgreSQL the schema goes into database `auth`, not the admin database.
+    server.execute(Some(BUILT_IN_DB), &statements).await;
     server
 }
 
@@ -352,22 +308,8 @@ async fn custom_query(kind: Kind) {
                  active BOOLEAN, imap_host INET, imap_port TEXT)"
             ),
         );
-        let (client, conn) =
-            tokio_postgres::connect(&server.uri(BUILT_IN_DB, ""), tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-        let task = tokio::spawn(conn);
-        for s in &rows {
-            client
-                .batch_execute(s)
-                .await
-                .unwrap_or_else(|e| panic!("{s}: {e:?}"));
-        }
-        drop(client);
-        let _ = task.await;
-    } else {
-        admin(&server, &rows).await;
     }
+    server.execute(Some(BUILT_IN_DB), &rows).await;
 
     // Dovecot style: quoted placeholders, aliases to our column names.
     let query =
@@ -820,21 +762,12 @@ async fn digest_ha1_column(kind: Kind) {
         format!("INSERT INTO {table} VALUES ('carol', '{ha1}', 1)"),
         format!("INSERT INTO {table} VALUES ('dan', '{ha1}', 0)"),
     ];
-    match kind {
-        Kind::Mariadb => admin(&server, &[create, rows[0].clone(), rows[1].clone()]).await,
-        Kind::Postgres => {
-            let (client, conn) =
-                tokio_postgres::connect(&server.uri(BUILT_IN_DB, ""), tokio_postgres::NoTls)
-                    .await
-                    .expect("connect");
-            let task = tokio::spawn(conn);
-            for s in [&create, &rows[0], &rows[1]] {
-                client.batch_execute(s).await.expect("setup");
-            }
-            drop(client);
-            let _ = task.await;
-        }
-    }
+    server
+        .execute(
+            Some(BUILT_IN_DB),
+            &[create, rows[0].clone(), rows[1].clone()],
+        )
+        .await;
     let query = format!(
         "SELECT NULL AS password, ha1 AS digest_ha1, active AS enabled FROM {table} WHERE login = %u"
     );

@@ -356,6 +356,41 @@ impl Server {
         }
     }
 
+    /// Runs `statements` in order as the superuser: in database `db` (the
+    /// admin database if `None`) on PostgreSQL, on the admin connection on
+    /// MariaDB (its statements name their database).
+    pub async fn execute(&self, db: Option<&str>, statements: &[String]) {
+        match self.kind {
+            Kind::Postgres => {
+                let uri = db.map_or_else(|| self.admin_uri(), |db| self.uri(db, ""));
+                let (client, conn) = tokio_postgres::connect(&uri, tokio_postgres::NoTls)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect {uri}: {e}"));
+                let task = tokio::spawn(conn);
+                for s in statements {
+                    client
+                        .batch_execute(s)
+                        .await
+                        .unwrap_or_else(|e| panic!("{s}: {e:?}"));
+                }
+                drop(client);
+                let _ = task.await;
+            }
+            Kind::Mariadb => {
+                use mysql_async::prelude::Queryable;
+                let mut conn = mysql_async::Conn::from_url(self.admin_uri())
+                    .await
+                    .expect("admin connect");
+                for s in statements {
+                    conn.query_drop(s)
+                        .await
+                        .unwrap_or_else(|e| panic!("{s}: {e}"));
+                }
+                conn.disconnect().await.expect("disconnect");
+            }
+        }
+    }
+
     /// The URI of database `db` for a passdb, with extra query options.
     pub fn uri(&self, db: &str, options: &str) -> String {
         let sep = |base: String| {

@@ -178,22 +178,13 @@ fn password_query_from_the_command_line_and_the_config_file() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&pg.admin_uri(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        let task = tokio::spawn(conn);
-        client
-            .batch_execute(
-                "CREATE TABLE mailbox (local TEXT, dom TEXT, secret TEXT);
-                 INSERT INTO mailbox VALUES ('x', 'a.example', '{PLAIN}pw-a'), ('x', 'b.example', '{PLAIN}pw-b');
-                 ALTER USER postgres PASSWORD 'db-secret-93';",
-            )
-            .await
-            .expect("setup");
-        drop(client);
-        let _ = task.await;
-    });
+    rt.block_on(pg.execute(
+        None,
+        &["CREATE TABLE mailbox (local TEXT, dom TEXT, secret TEXT);
+           INSERT INTO mailbox VALUES ('x', 'a.example', '{PLAIN}pw-a'), ('x', 'b.example', '{PLAIN}pw-b');
+           ALTER USER postgres PASSWORD 'db-secret-93';"
+            .to_owned()],
+    ));
     let query = "SELECT secret AS password FROM mailbox WHERE local = %n AND dom = %d";
     // trust authentication: the password is not needed, but it is in the URI.
     let uri = format!(
