@@ -68,6 +68,14 @@ fn user_ids(name: &str, package: &str) -> (u32, u32) {
 }
 
 /// Every process below `pid`, from /proc.
+/// `pid` exists and is not a zombie.
+fn running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
+}
+
 fn descendants(pid: u32) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
         .map(|d| {
@@ -331,9 +339,16 @@ impl Server {
         if let Some(mut proc) = self.proc.take() {
             let children = descendants(proc.id());
             proc.kill();
-            for pid in children {
+            for &pid in &children {
                 proc::signal(pid as i32, libc::SIGKILL);
             }
+            // Gone, not just signalled: a PostgreSQL backend still dying
+            // holds the shared memory a restart needs.
+            proc::wait_until(
+                "the killed server's processes",
+                Duration::from_secs(10),
+                || children.iter().all(|&pid| !running(pid)),
+            );
         }
     }
 
