@@ -14,6 +14,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::daemon::run_cli;
 use common::e2e::{daemon_bin, repo_root, require, require_file};
 
 #[test]
@@ -22,21 +23,7 @@ fn user_db_flag_goes_before_or_after_the_subcommand() {
     let db = dir.path().join("users.db");
     let db = db.to_str().unwrap();
     let run = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(daemon_bin())
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = run_cli(args, stdin);
         assert!(
             out.status.success(),
             "{args:?}: {}",

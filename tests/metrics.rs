@@ -49,15 +49,12 @@ fn assert_lines(text: &str, lines: &[&str]) {
 
 #[tokio::test]
 async fn counters_match_the_requests_sent() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
     // carol's hash is expensive, so her checks go through the cache.
     let carol = scheme::hash(Scheme::Sha512Crypt, b"carol-pw").unwrap();
-    std::fs::write(
-        &users,
-        format!("alice:{{PLAIN}}wonderland::::::\ncarol:{carol}::::::\n"),
-    )
-    .unwrap();
+    let (_dir, users) = common::temp_file(
+        "users",
+        &format!("alice:{{PLAIN}}wonderland::::::\ncarol:{carol}::::::\n"),
+    );
     let mut upstreams = Upstreams::default();
     upstreams.add("imap=127.0.0.1:143").unwrap();
     upstreams.add("smtp=127.0.0.1:25").unwrap();

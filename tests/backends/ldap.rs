@@ -324,33 +324,26 @@ fn check_config_explains_cram_md5_over_auth_bind() {
     let base =
         "ldap://127.0.0.1:9/dc=example,dc=org?binddn=cn=r,dc=example,dc=org&bindpw=hunter2secret";
     let bind = format!("{base}&mode=bind");
-    let out = cli(&[
-        "check-config",
-        "--passdb",
-        &bind,
-        "--mechanism",
-        "plain",
-        "--mechanism",
-        "cram-md5",
-        "--upstream",
-        "imap=127.0.0.1:143",
-    ]);
+    let check_cram_md5 = |passdb: &str| {
+        cli(&[
+            "check-config",
+            "--passdb",
+            passdb,
+            "--mechanism",
+            "plain",
+            "--mechanism",
+            "cram-md5",
+            "--upstream",
+            "imap=127.0.0.1:143",
+        ])
+    };
+    let out = check_cram_md5(&bind);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("cram-md5"), "{stderr}");
     assert!(!stderr.contains("hunter2secret"), "{stderr}");
 
-    let out = cli(&[
-        "check-config",
-        "--passdb",
-        base,
-        "--mechanism",
-        "plain",
-        "--mechanism",
-        "cram-md5",
-        "--upstream",
-        "imap=127.0.0.1:143",
-    ]);
+    let out = check_cram_md5(base);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

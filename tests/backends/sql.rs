@@ -19,35 +19,7 @@ const BUILT_IN_DB: &str = "auth";
 
 /// Runs admin statements as the superuser, in order.
 async fn admin(server: &Server, statements: &[String]) {
-    match server.kind {
-        Kind::Postgres => {
-            let (client, conn) =
-                tokio_postgres::connect(&server.admin_uri(), tokio_postgres::NoTls)
-                    .await
-                    .expect("admin connect");
-            let task = tokio::spawn(conn);
-            for s in statements {
-                client
-                    .batch_execute(s)
-                    .await
-                    .unwrap_or_else(|e| panic!("{s}: {e:?}"));
-            }
-            drop(client);
-            let _ = task.await;
-        }
-        Kind::Mariadb => {
-            use mysql_async::prelude::Queryable;
-            let mut conn = mysql_async::Conn::from_url(server.admin_uri())
-                .await
-                .expect("admin connect");
-            for s in statements {
-                conn.query_drop(s)
-                    .await
-                    .unwrap_or_else(|e| panic!("{s}: {e}"));
-            }
-            conn.disconnect().await.expect("disconnect");
-        }
-    }
+    server.execute(None, statements).await;
 }
 
 /// One number from the server (`SELECT count(*) …`).
@@ -149,36 +121,25 @@ async fn built_in(kind: Kind) -> Server {
              VALUES ('{user}', '{domain}', '{pw}', {enabled}, {extra})"
         ));
     }
-    if kind == Kind::Postgres {
-        // The schema goes into database `auth`, not the admin database.
-        let (client, conn) =
-            tokio_postgres::connect(&server.uri(BUILT_IN_DB, ""), tokio_postgres::NoTls)
-                .await
-                .expect("connect auth");
-        let task = tokio::spawn(conn);
-        for s in &statements {
-            client
-                .batch_execute(s)
-                .await
-                .unwrap_or_else(|e| panic!("{s}: {e:?}"));
-        }
-        drop(client);
-        let _ = task.await;
-    } else {
-        admin(&server, &statements).await;
-    }
+    // On PostgreSQL the schema goes into database `auth`, not the admin database.
+    server.execute(Some(BUILT_IN_DB), &statements).await;
     server
 }
 
 fn open(server: &Server, options: &str, query: Option<&str>) -> AnyPassdb {
+    open_uri(&server.uri(BUILT_IN_DB, options), query)
+}
+
+/// A passdb at `uri`, with `query` as its password query if given.
+fn open_uri(uri: &str, query: Option<&str>) -> AnyPassdb {
     AnyPassdb::open_with(
-        &server.uri(BUILT_IN_DB, options),
+        uri,
         &PassdbOptions {
             default_scheme: None,
             password_query: query.map(str::to_owned),
         },
     )
-    .unwrap_or_else(|e| panic!("open: {e}"))
+    .unwrap_or_else(|e| panic!("open {uri}: {e}"))
 }
 
 fn pw(s: &str) -> Vec<Secret> {
@@ -347,22 +308,8 @@ async fn custom_query(kind: Kind) {
                  active BOOLEAN, imap_host INET, imap_port TEXT)"
             ),
         );
-        let (client, conn) =
-            tokio_postgres::connect(&server.uri(BUILT_IN_DB, ""), tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-        let task = tokio::spawn(conn);
-        for s in &rows {
-            client
-                .batch_execute(s)
-                .await
-                .unwrap_or_else(|e| panic!("{s}: {e:?}"));
-        }
-        drop(client);
-        let _ = task.await;
-    } else {
-        admin(&server, &rows).await;
     }
+    server.execute(Some(BUILT_IN_DB), &rows).await;
 
     // Dovecot style: quoted placeholders, aliases to our column names.
     let query =
@@ -721,6 +668,34 @@ async fn uri_errors_never_show_the_database_password() {
     assert!(!format!("{db:?}").contains("hunter2"));
 }
 
+/// With `query` answering only over TLS: the passdb of `server`'s database
+/// `db` with `plain` options finds no row, with each of `encrypted` it accepts.
+async fn assert_only_tls_answers(
+    server: &Server,
+    db: &str,
+    query: &str,
+    plain: &str,
+    encrypted: &[String],
+) {
+    let plain = open_uri(&server.uri(db, plain), Some(query));
+    assert!(matches!(
+        verify(&plain, "alice", "tls-pw").await,
+        Ok(Verdict::Rejected(Rejection::UnknownUser))
+    ));
+    for options in encrypted {
+        let db = open_uri(&server.uri(db, options), Some(query));
+        let r = verify(&db, "alice", "tls-pw").await;
+        assert!(matches!(r, Ok(Verdict::Accepted(_))), "{options}: {r:?}");
+    }
+}
+
+/// A failed TLS handshake (`what`) is a temporary failure, never a rejection.
+async fn assert_handshake_unavailable(db: &AnyPassdb, what: &str) {
+    let r = verify(db, "alice", "tls-pw").await;
+    assert!(matches!(r, Err(PassdbError::Unavailable(_))), "{r:?}");
+    println!("{what}: {r:?}");
+}
+
 /// `sslmode=require` encrypts (the server sees TLS), `verify-full` checks the
 /// chain and name, and a wrong CA is a temporary failure, never a rejection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -729,55 +704,29 @@ async fn postgres_tls() {
     // Answers only over TLS: the row exists iff this session is encrypted.
     let query = "SELECT '{PLAIN}tls-pw' AS password FROM pg_stat_ssl \
                  WHERE pid = pg_backend_pid() AND ssl AND %u <> ''";
-    let open = |options: &str| {
-        AnyPassdb::open_with(
-            &server.uri("postgres", options),
-            &PassdbOptions {
-                default_scheme: None,
-                password_query: Some(query.into()),
-            },
-        )
-        .unwrap_or_else(|e| panic!("{options}: {e}"))
-    };
-    let plain = open("sslmode=disable");
-    assert!(matches!(
-        verify(&plain, "alice", "tls-pw").await,
-        Ok(Verdict::Rejected(Rejection::UnknownUser))
-    ));
     let cert = server.tls_cert().display().to_string();
-    for options in [
+    let encrypted = [
         "sslmode=require".to_owned(),
         format!("sslmode=verify-full&sslrootcert={cert}"),
-    ] {
-        let db = open(&options);
-        let r = verify(&db, "alice", "tls-pw").await;
-        assert!(matches!(r, Ok(Verdict::Accepted(_))), "{options}: {r:?}");
-    }
+    ];
+    assert_only_tls_answers(&server, "postgres", query, "sslmode=disable", &encrypted).await;
     // localhost is in the certificate too.
-    let db = AnyPassdb::open_with(
+    let db = open_uri(
         &format!(
             "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={cert}",
             server.port
         ),
-        &PassdbOptions {
-            default_scheme: None,
-            password_query: Some(query.into()),
-        },
-    )
-    .unwrap();
+        Some(query),
+    );
     let r = verify(&db, "alice", "tls-pw").await;
     assert!(matches!(r, Ok(Verdict::Accepted(_))), "localhost: {r:?}");
 
     // Another CA: the handshake fails, which is a temporary failure.
     let other = tempfile::tempdir().unwrap();
     let (_, other_cert) = crate::common::sql::make_ca(other.path(), "other-ca");
-    let db = open(&format!(
-        "sslmode=verify-full&sslrootcert={}",
-        other_cert.display()
-    ));
-    let r = verify(&db, "alice", "tls-pw").await;
-    assert!(matches!(r, Err(PassdbError::Unavailable(_))), "{r:?}");
-    println!("wrong CA: {r:?}");
+    let options = format!("sslmode=verify-full&sslrootcert={}", other_cert.display());
+    let db = open_uri(&server.uri("postgres", &options), Some(query));
+    assert_handshake_unavailable(&db, "wrong CA").await;
 }
 
 /// MariaDB over TLS: `require_ssl=true` with our CA (`sslrootcert=`)
@@ -789,34 +738,14 @@ async fn mariadb_tls() {
     // A row only if this session is encrypted.
     let query = "SELECT '{PLAIN}tls-pw' AS password FROM information_schema.session_status \
                  WHERE variable_name = 'SSL_CIPHER' AND variable_value <> '' AND %u <> ''";
-    let open = |options: &str| {
-        AnyPassdb::open_with(
-            &server.uri("mysql", options),
-            &PassdbOptions {
-                default_scheme: None,
-                password_query: Some(query.into()),
-            },
-        )
-        .unwrap_or_else(|e| panic!("{options}: {e}"))
-    };
-    let plain = open("");
-    assert!(matches!(
-        verify(&plain, "alice", "tls-pw").await,
-        Ok(Verdict::Rejected(Rejection::UnknownUser))
-    ));
     let cert = server.tls_cert().display().to_string();
-    for options in [
+    let encrypted = [
         format!("require_ssl=true&sslrootcert={cert}"),
         "require_ssl=true&verify_ca=false".to_owned(),
-    ] {
-        let db = open(&options);
-        let r = verify(&db, "alice", "tls-pw").await;
-        assert!(matches!(r, Ok(Verdict::Accepted(_))), "{options}: {r:?}");
-    }
-    let db = open("require_ssl=true");
-    let r = verify(&db, "alice", "tls-pw").await;
-    assert!(matches!(r, Err(PassdbError::Unavailable(_))), "{r:?}");
-    println!("MariaDB, test CA not trusted: {r:?}");
+    ];
+    assert_only_tls_answers(&server, "mysql", query, "", &encrypted).await;
+    let db = open_uri(&server.uri("mysql", "require_ssl=true"), Some(query));
+    assert_handshake_unavailable(&db, "MariaDB, test CA not trusted").await;
 }
 
 /// HTTP Digest from a SQL `digest_ha1` column: no plaintext in the database.
@@ -833,21 +762,12 @@ async fn digest_ha1_column(kind: Kind) {
         format!("INSERT INTO {table} VALUES ('carol', '{ha1}', 1)"),
         format!("INSERT INTO {table} VALUES ('dan', '{ha1}', 0)"),
     ];
-    match kind {
-        Kind::Mariadb => admin(&server, &[create, rows[0].clone(), rows[1].clone()]).await,
-        Kind::Postgres => {
-            let (client, conn) =
-                tokio_postgres::connect(&server.uri(BUILT_IN_DB, ""), tokio_postgres::NoTls)
-                    .await
-                    .expect("connect");
-            let task = tokio::spawn(conn);
-            for s in [&create, &rows[0], &rows[1]] {
-                client.batch_execute(s).await.expect("setup");
-            }
-            drop(client);
-            let _ = task.await;
-        }
-    }
+    server
+        .execute(
+            Some(BUILT_IN_DB),
+            &[create, rows[0].clone(), rows[1].clone()],
+        )
+        .await;
     let query = format!(
         "SELECT NULL AS password, ha1 AS digest_ha1, active AS enabled FROM {table} WHERE login = %u"
     );

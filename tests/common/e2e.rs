@@ -29,7 +29,29 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-pub use super::proc::{free_ports, require, require_file};
+pub use super::proc::{free_ports, require, require_file, run, run_stdout};
+
+/// openssl `req` arguments for a new P-256 key without a passphrase.
+pub const NEW_EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+fn curl_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(require("curl", "curl"));
+    cmd.args(["--silent", "--show-error", "--max-time", "30"])
+        .args(args);
+    cmd
+}
+
+/// Runs `cmd` (see [`run`]) and parses what it printed as TOML.
+pub fn run_toml<T: serde::de::DeserializeOwned>(cmd: &mut Command, what: &str) -> T {
+    let stdout = run_stdout(cmd, what);
+    toml::from_str(&stdout).unwrap_or_else(|e| panic!("{what} output: {e}\n{stdout}"))
+}
 use super::proc::{is_clash, port_open, read_lossy, try_wait_until, wait_until, Proc};
 
 /// The shared secret nginx sends as `X-Auth-Key` and the daemon requires.
@@ -58,49 +80,44 @@ pub fn repo_root() -> PathBuf {
 
 // ------------------------------------------------------------------ users
 
-/// A user in the passwd-file both the daemon and Dovecot read.
+/// A user in the passwd-file both the daemon and Dovecot read (also the
+/// users of [`super::sasl`]'s Dovecot).
 #[derive(Debug, Clone, Copy)]
 pub struct User {
     pub name: &'static str,
     /// Dovecot scheme the password is stored with (`doveadm pw -s`).
     pub scheme: &'static str,
     pub password: &'static str,
+    /// Passdb extra fields (passwd-file's 8th field, space-separated).
+    pub extra: &'static str,
+}
+
+impl User {
+    pub const fn new(name: &'static str, scheme: &'static str, password: &'static str) -> User {
+        User {
+            name,
+            scheme,
+            password,
+            extra: "",
+        }
+    }
+
+    /// The same user with passdb extra fields.
+    pub const fn with_extra(self, extra: &'static str) -> User {
+        User { extra, ..self }
+    }
 }
 
 /// {PLAIN}: the only scheme that allows CRAM-MD5 and APOP.
-pub const ALICE: User = User {
-    name: "alice",
-    scheme: "PLAIN",
-    password: "alice-pw-8c1f",
-};
-pub const SHA512_USER: User = User {
-    name: "sha512user",
-    scheme: "SHA512-CRYPT",
-    password: "sha512-pw-77aa",
-};
-pub const BLF_USER: User = User {
-    name: "blfuser",
-    scheme: "BLF-CRYPT",
-    password: "blf-pw-93d0",
-};
-pub const ARGON2_USER: User = User {
-    name: "argonuser",
-    scheme: "ARGON2ID",
-    password: "argon-pw-1e5b",
-};
-pub const SSHA256_USER: User = User {
-    name: "sshauser",
-    scheme: "SSHA256",
-    password: "ssha-pw-04c2",
-};
+pub const ALICE: User = User::new("alice", "PLAIN", "alice-pw-8c1f");
+pub const SHA512_USER: User = User::new("sha512user", "SHA512-CRYPT", "sha512-pw-77aa");
+pub const BLF_USER: User = User::new("blfuser", "BLF-CRYPT", "blf-pw-93d0");
+pub const ARGON2_USER: User = User::new("argonuser", "ARGON2ID", "argon-pw-1e5b");
+pub const SSHA256_USER: User = User::new("sshauser", "SSHA256", "ssha-pw-04c2");
 /// Space, `%`, `+`, `:` and UTF-8: nginx %-escapes the first two in
 /// `Auth-Pass`, passes the rest raw. Hashed, because a `:` cannot be stored
 /// as {PLAIN} in a passwd-file (it is the field separator).
-pub const SPECIAL_USER: User = User {
-    name: "special",
-    scheme: "SHA512-CRYPT",
-    password: "p w%+:é",
-};
+pub const SPECIAL_USER: User = User::new("special", "SHA512-CRYPT", "p w%+:é");
 
 /// Every user written to the passwd-file.
 pub const USERS: [User; 6] = [
@@ -112,26 +129,24 @@ pub const USERS: [User; 6] = [
     SPECIAL_USER,
 ];
 
+/// `password` hashed with `doveadm pw -s scheme`: Dovecot's own hash.
+pub fn doveadm_pw(scheme: &str, password: &str) -> String {
+    run_stdout(
+        Command::new(require("doveadm", "dovecot-core")).args(["pw", "-s", scheme, "-p", password]),
+        &format!("doveadm pw -s {scheme}"),
+    )
+    .trim()
+    .to_owned()
+}
+
 /// The passwd-file text (Dovecot format), hashed once per test binary with
 /// `doveadm pw` so the stored hashes are Dovecot's own.
 pub fn passwd_file_text() -> &'static str {
     static TEXT: OnceLock<String> = OnceLock::new();
     TEXT.get_or_init(|| {
-        let doveadm = require("doveadm", "dovecot-core");
         let mut text = String::new();
         for user in USERS {
-            let out = Command::new(&doveadm)
-                .args(["pw", "-s", user.scheme, "-p", user.password])
-                .output()
-                .expect("run doveadm pw");
-            assert!(
-                out.status.success(),
-                "doveadm pw -s {} failed: {}",
-                user.scheme,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let hash = String::from_utf8(out.stdout).expect("doveadm pw output is UTF-8");
-            let hash = hash.trim();
+            let hash = doveadm_pw(user.scheme, user.password);
             assert!(
                 hash.starts_with(&format!("{{{}}}", user.scheme)),
                 "unexpected doveadm pw output {hash:?}"
@@ -320,25 +335,15 @@ impl Stack {
         stack.spawn_daemon();
 
         // 4. nginx with the shipped config.
-        let out = Command::new(&openssl)
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
-            .arg(stack.path("key.pem"))
-            .arg("-out")
-            .arg(stack.path("cert.pem"))
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl req failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run(
+            Command::new(&openssl)
+                .args(["req", "-x509"])
+                .args(NEW_EC_KEY)
+                .args(["-days", "2", "-subj", "/CN=localhost", "-keyout"])
+                .arg(stack.path("key.pem"))
+                .arg("-out")
+                .arg(stack.path("cert.pem")),
+            "openssl req",
         );
         let params = require_file("/etc/nginx/fastcgi_params", "nginx-common");
         // `include fastcgi_params;` is relative to the config file's directory.
@@ -773,15 +778,7 @@ service pop3-login {{
             cmd.arg(format!("--password={password}"));
         }
         cmd.args(extra);
-        let out = cmd.output().expect("run client.py");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "client.py {protocol} failed ({}):\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        toml::from_str(&stdout).unwrap_or_else(|e| panic!("client.py output: {e}\n{stdout}"))
+        run_toml(&mut cmd, &format!("client.py {protocol}"))
     }
 
     /// One SMTP session without AUTH (`tests/e2e/smtp_relay.py`) on nginx's
@@ -796,24 +793,18 @@ service pop3-login {{
         for rcpt in rcpts {
             cmd.arg(format!("--rcpt={rcpt}"));
         }
-        let out = cmd.output().expect("run smtp_relay.py");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "smtp_relay.py failed ({}):\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        toml::from_str(&stdout).unwrap_or_else(|e| panic!("smtp_relay.py output: {e}\n{stdout}"))
+        run_toml(&mut cmd, "smtp_relay.py")
     }
 
     /// Runs curl with `args`; returns its output (any exit code).
     pub fn curl(&self, args: &[&str]) -> Output {
-        Command::new(require("curl", "curl"))
-            .args(["--silent", "--show-error", "--max-time", "30"])
-            .args(args)
-            .output()
-            .expect("run curl")
+        curl_command(args).output().expect("run curl")
+    }
+
+    /// Runs curl with `args`, which must succeed (`what` names a failure);
+    /// what it printed.
+    pub fn curl_ok(&self, args: &[&str], what: &str) -> String {
+        run_stdout(&mut curl_command(args), what)
     }
 
     /// A raw auth_http request (what nginx mail would send) to nginx's

@@ -100,6 +100,18 @@ pub fn params(id: u16, pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
     stream(PARAMS, id, &encode_pairs(pairs), 0xFFFF)
 }
 
+/// The params of a plain IMAP login as nginx's mail module sends them.
+pub fn mail_pairs<'a>(user: &'a [u8], pass: &'a [u8], ip: &'a [u8]) -> Vec<(&'a [u8], &'a [u8])> {
+    vec![
+        (b"HTTP_AUTH_METHOD", b"plain"),
+        (b"HTTP_AUTH_USER", user),
+        (b"HTTP_AUTH_PASS", pass),
+        (b"HTTP_AUTH_PROTOCOL", b"imap"),
+        (b"HTTP_AUTH_LOGIN_ATTEMPT", b"1"),
+        (b"HTTP_CLIENT_IP", ip),
+    ]
+}
+
 /// A whole responder request: BEGIN, PARAMS, STDIN (data + terminator).
 pub fn request(id: u16, flags: u8, pairs: &[(&[u8], &[u8])], stdin: &[u8]) -> Vec<u8> {
     let mut v = begin(id, RESPONDER, flags);
@@ -222,6 +234,15 @@ pub async fn read_reply<R: AsyncRead + Unpin>(r: &mut R, id: u16) -> Reply {
             other => panic!("unexpected record type {other} in reply"),
         }
     }
+}
+
+/// [`read_reply`] over bytes already read whole, for blocking callers.
+pub fn reply_from_bytes(mut bytes: &[u8], id: u16) -> Reply {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+        .block_on(read_reply(&mut bytes, id))
 }
 
 /// Name-value pairs of a complete stream; panics on malformed input.

@@ -15,3 +15,12 @@ pub mod proc;
 pub mod redis;
 pub mod sasl;
 pub mod sql;
+
+/// A new temp dir holding `name` with `text`; the dir (kept for as long as the
+/// test needs the file) and the file's path.
+pub fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write temp file");
+    (dir, path)
+}

@@ -1,10 +1,12 @@
 //! The authenticator's policy for in-process tests, with the values most of
-//! them use; a test changes what it needs with `Policy { field, ..base_policy(..) }`.
+//! them use; a test changes what it needs with `Policy { field, ..base_policy(..) }`
+//! (and likewise `ThrottlePolicy { field, ..fixed_throttle() }`).
 
 use std::time::Duration;
 
 use nginx_auth_fcgi::authenticator::{Policy, WaitPolicy};
 use nginx_auth_fcgi::mech::Mechanism;
+use nginx_auth_fcgi::throttle::ThrottlePolicy;
 use nginx_auth_fcgi::upstream::Upstreams;
 
 /// `mechanisms` allowed, routed by `upstreams`; no local domains, the default
@@ -22,5 +24,25 @@ pub fn base_policy(
         timeout: Duration::from_secs(10),
         throttle: None,
         cache: None,
+    }
+}
+
+/// A throttle without its adaptive parts (no success bonus, no per-network
+/// ceiling, no known networks; `tests/throttle_model.rs` covers those), no
+/// trusted networks: it blocks after 20 failures per address, 5 per address
+/// and user, for 900 s, in a 600 s window.
+pub fn fixed_throttle() -> ThrottlePolicy {
+    ThrottlePolicy {
+        window: Duration::from_secs(600),
+        block_ip: 20,
+        block_ip_user: 5,
+        block_time: Duration::from_secs(900),
+        delay_base: 1,
+        delay_max: 30,
+        ipv6_prefix: 64,
+        trusted: Vec::new(),
+        success_bonus: 0,
+        block_ip_max: 0,
+        known_for: Duration::ZERO,
     }
 }

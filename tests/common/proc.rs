@@ -75,6 +75,16 @@ pub fn run(cmd: &mut Command, what: &str) -> Output {
     out
 }
 
+/// [`run`], its standard output as text.
+pub fn run_stdout(cmd: &mut Command, what: &str) -> String {
+    String::from_utf8_lossy(&run(cmd, what).stdout).into_owned()
+}
+
+/// [`run_stdout`], split into lines.
+pub fn run_lines(cmd: &mut Command, what: &str) -> Vec<String> {
+    run_stdout(cmd, what).lines().map(str::to_owned).collect()
+}
+
 // ------------------------------------------------------------------ ports
 
 /// `N` distinct free loopback ports, never handed out twice in this process.

@@ -18,48 +18,30 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use super::proc::{port_open, require, require_file, retry_on_clash, Proc};
+use super::proc::{port_open, read_lossy, require, require_file, retry_on_clash, Proc};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A user in the passwd-file (`{PLAIN}` passwords: no `:` allowed).
-pub struct User {
-    pub name: &'static str,
-    pub password: &'static str,
-    /// Passdb extra fields (passwd-file's 8th field, space-separated).
-    pub extra: &'static str,
-}
+pub use super::e2e::User;
 
-pub const ALICE: User = User {
-    name: "alice",
-    password: "alice-pw-31b7",
-    extra: "",
-};
+pub const ALICE: User = User::new("alice", "PLAIN", "alice-pw-31b7");
 /// Space, `%` and UTF-8 in the password.
-pub const SPECIAL: User = User {
-    name: "special",
-    password: "p w%25é ü",
-    extra: "",
-};
+pub const SPECIAL: User = User::new("special", "PLAIN", "p w%25é ü");
 /// Routed to its own upstream by extra fields.
-pub const ROUTED: User = User {
-    name: "routed",
-    password: "routed-pw-5e",
-    extra: "host=192.0.2.44 port=1143 destuser=routed-backend",
-};
+pub const ROUTED: User = User::new("routed", "PLAIN", "routed-pw-5e")
+    .with_extra("host=192.0.2.44 port=1143 destuser=routed-backend");
 /// `nologin`: the password is right but the account may not log in.
-pub const LOCKED: User = User {
-    name: "locked",
-    password: "locked-pw-0c",
-    extra: "nologin reason=locked",
-};
+pub const LOCKED: User =
+    User::new("locked", "PLAIN", "locked-pw-0c").with_extra("nologin reason=locked");
 pub const USERS: [User; 4] = [ALICE, SPECIAL, ROUTED, LOCKED];
 
 /// A running Dovecot (auth service + IMAP) in a temp dir.
+/// Dropping it stops Dovecot (its [`Proc`]), then removes the dir.
 pub struct Dovecot {
+    proc: Option<Proc>,
     dir: tempfile::TempDir,
     pub imap_port: u16,
-    proc: Option<Proc>,
 }
 
 impl Dovecot {
@@ -70,7 +52,12 @@ impl Dovecot {
         let d = dir.path().to_owned();
         let passwd: String = USERS
             .iter()
-            .map(|u| format!("{}:{{PLAIN}}{}::::::{}\n", u.name, u.password, u.extra))
+            .map(|u| {
+                format!(
+                    "{}:{{{}}}{}::::::{}\n",
+                    u.name, u.scheme, u.password, u.extra
+                )
+            })
             .collect();
         fs::write(d.join("passwd"), passwd).expect("write passwd");
         // SAFETY: geteuid(2) cannot fail and touches no memory.
@@ -163,26 +150,19 @@ service imap-login {{
 
     /// Stops Dovecot; its socket files stay behind, as after a crash.
     pub fn stop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.stop();
-        }
+        drop(self.proc.take());
     }
 
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Dovecot {
-    fn drop(&mut self) {
-        self.stop();
+        read_lossy(&self.dir.path().join("dovecot.log"))
     }
 }
 
 /// `saslauthd -a rimap` against a [`Dovecot`]'s IMAP listener.
+/// Dropping it stops saslauthd, then removes the dir.
 pub struct Saslauthd {
-    dir: tempfile::TempDir,
     proc: Option<Proc>,
+    dir: tempfile::TempDir,
 }
 
 impl Saslauthd {
@@ -216,19 +196,11 @@ impl Saslauthd {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.stop();
-        }
+        drop(self.proc.take());
     }
 
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("saslauthd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Saslauthd {
-    fn drop(&mut self) {
-        self.stop();
+        read_lossy(&self.dir.path().join("saslauthd.log"))
     }
 }
 

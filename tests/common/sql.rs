@@ -68,6 +68,14 @@ fn user_ids(name: &str, package: &str) -> (u32, u32) {
 }
 
 /// Every process below `pid`, from /proc.
+/// `pid` exists and is not a zombie.
+fn running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
+}
+
 fn descendants(pid: u32) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
         .map(|d| {
@@ -331,9 +339,16 @@ impl Server {
         if let Some(mut proc) = self.proc.take() {
             let children = descendants(proc.id());
             proc.kill();
-            for pid in children {
+            for &pid in &children {
                 proc::signal(pid as i32, libc::SIGKILL);
             }
+            // Gone, not just signalled: a PostgreSQL backend still dying
+            // holds the shared memory a restart needs.
+            proc::wait_until(
+                "the killed server's processes",
+                Duration::from_secs(10),
+                || children.iter().all(|&pid| !running(pid)),
+            );
         }
     }
 
@@ -353,6 +368,41 @@ impl Server {
                 "mysql://root@127.0.0.1:{}/mysql?prefer_socket=false",
                 self.port
             ),
+        }
+    }
+
+    /// Runs `statements` in order as the superuser: in database `db` (the
+    /// admin database if `None`) on PostgreSQL, on the admin connection on
+    /// MariaDB (its statements name their database).
+    pub async fn execute(&self, db: Option<&str>, statements: &[String]) {
+        match self.kind {
+            Kind::Postgres => {
+                let uri = db.map_or_else(|| self.admin_uri(), |db| self.uri(db, ""));
+                let (client, conn) = tokio_postgres::connect(&uri, tokio_postgres::NoTls)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect {uri}: {e}"));
+                let task = tokio::spawn(conn);
+                for s in statements {
+                    client
+                        .batch_execute(s)
+                        .await
+                        .unwrap_or_else(|e| panic!("{s}: {e:?}"));
+                }
+                drop(client);
+                let _ = task.await;
+            }
+            Kind::Mariadb => {
+                use mysql_async::prelude::Queryable;
+                let mut conn = mysql_async::Conn::from_url(self.admin_uri())
+                    .await
+                    .expect("admin connect");
+                for s in statements {
+                    conn.query_drop(s)
+                        .await
+                        .unwrap_or_else(|e| panic!("{s}: {e}"));
+                }
+                conn.disconnect().await.expect("disconnect");
+            }
         }
     }
 

@@ -36,9 +36,7 @@ const MAX_HWM_KIB: u64 = 64 * 1024;
 
 /// The daemon with the matrix's limits and the throttle off.
 fn start_daemon() -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    std::fs::write(&users, "alice:{PLAIN}wonderland::::::\n").unwrap();
+    let (dir, users) = crate::common::temp_file("users", "alice:{PLAIN}wonderland::::::\n");
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
@@ -100,14 +98,7 @@ fn fd_count(pid: u32) -> usize {
 // ------------------------------------------------------------- requests
 
 fn mail_pairs<'a>(user: &'a [u8], pass: &'a [u8]) -> Vec<(&'a [u8], &'a [u8])> {
-    vec![
-        (b"HTTP_AUTH_METHOD", b"plain"),
-        (b"HTTP_AUTH_USER", user),
-        (b"HTTP_AUTH_PASS", pass),
-        (b"HTTP_AUTH_PROTOCOL", b"imap"),
-        (b"HTTP_AUTH_LOGIN_ATTEMPT", b"1"),
-        (b"HTTP_CLIENT_IP", b"192.0.2.7"),
-    ]
+    fcgi::mail_pairs(user, pass, b"192.0.2.7")
 }
 
 /// A complete mail login request for `id`.

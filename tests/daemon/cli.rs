@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::Output;
 
 use crate::common::daemon::{run_cli, Daemon};
+use crate::common::fcgi;
 use nginx_auth_fcgi::scheme::{Scheme, StoredPassword};
 
 fn run(args: &[&str], stdin: &str) -> Output {
@@ -45,9 +46,8 @@ fn check_config_reports_every_problem_at_once() {
 
 #[test]
 fn check_config_reads_toml_and_checks_passdbs() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    std::fs::write(&users, "alice:{PLAIN}a::::::\nbob:{NOSUCH}x::::::\n").unwrap();
+    let (dir, users) =
+        crate::common::temp_file("users", "alice:{PLAIN}a::::::\nbob:{NOSUCH}x::::::\n");
     let cfg = dir.path().join("config.toml");
     std::fs::write(
         &cfg,
@@ -486,42 +486,16 @@ fn status_reads_metrics_from_the_running_service() {
 
 /// One mail login over FastCGI, as nginx sends it; the Auth-Status.
 fn mail_login(sock: &std::path::Path, user: &str, pass: &str, ip: &str) -> String {
-    use nginx_auth_fcgi::fastcgi::record::{self, RecordType, Role};
     use std::io::Read;
-    let mut pairs = Vec::new();
-    for (k, v) in [
-        ("HTTP_AUTH_METHOD", "plain"),
-        ("HTTP_AUTH_USER", user),
-        ("HTTP_AUTH_PASS", pass),
-        ("HTTP_AUTH_PROTOCOL", "imap"),
-        ("HTTP_AUTH_LOGIN_ATTEMPT", "1"),
-        ("HTTP_CLIENT_IP", ip),
-        ("HTTP_X_AUTH_KEY", "k"),
-    ] {
-        record::encode_pair(&mut pairs, k.as_bytes(), v.as_bytes()).unwrap();
-    }
-    let mut out = Vec::new();
-    record::encode_begin_request(&mut out, 1, Role::Responder, 0);
-    record::encode_stream(&mut out, RecordType::Params, 1, &pairs);
-    record::encode_stream_end(&mut out, RecordType::Params, 1);
-    record::encode_stream_end(&mut out, RecordType::Stdin, 1);
+    let mut pairs = fcgi::mail_pairs(user.as_bytes(), pass.as_bytes(), ip.as_bytes());
+    pairs.push((b"HTTP_X_AUTH_KEY", b"k"));
     let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    s.write_all(&out).unwrap();
+    s.write_all(&fcgi::request(1, 0, &pairs, b"")).unwrap();
     let mut reply = Vec::new();
     s.read_to_end(&mut reply).unwrap();
-    let mut stdout = Vec::new();
-    let mut buf = &reply[..];
-    while let Ok(Some((rec, used))) = record::decode(buf) {
-        if rec.record_type == RecordType::Stdout {
-            stdout.extend_from_slice(rec.content);
-        }
-        buf = &buf[used..];
-    }
-    String::from_utf8_lossy(&stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("Auth-Status: "))
+    fcgi::reply_from_bytes(&reply, 1)
+        .header("Auth-Status")
         .unwrap_or_default()
-        .to_owned()
 }
 
 #[test]

@@ -67,14 +67,7 @@ async fn serves_as_nobody_after_binding_as_root() {
         "supplementary groups cleared"
     );
 
-    let pairs: Vec<(&[u8], &[u8])> = vec![
-        (b"HTTP_AUTH_METHOD", b"plain"),
-        (b"HTTP_AUTH_USER", b"alice"),
-        (b"HTTP_AUTH_PASS", b"wonderland"),
-        (b"HTTP_AUTH_PROTOCOL", b"imap"),
-        (b"HTTP_AUTH_LOGIN_ATTEMPT", b"1"),
-        (b"HTTP_CLIENT_IP", b"192.0.2.1"),
-    ];
+    let pairs = fcgi::mail_pairs(b"alice", b"wonderland", b"192.0.2.1");
     stream
         .write_all(&fcgi::request(1, 0, &pairs, b""))
         .await

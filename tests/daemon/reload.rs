@@ -72,14 +72,7 @@ async fn worker(
         ok: 0,
         failures: Vec::new(),
     };
-    let pairs: [(&[u8], &[u8]); 6] = [
-        (b"HTTP_AUTH_METHOD", b"plain"),
-        (b"HTTP_AUTH_USER", b"alice"),
-        (b"HTTP_AUTH_PASS", b"wonderland"),
-        (b"HTTP_AUTH_PROTOCOL", b"imap"),
-        (b"HTTP_AUTH_LOGIN_ATTEMPT", b"1"),
-        (b"HTTP_CLIENT_IP", b"192.0.2.7"),
-    ];
+    let pairs = fcgi::mail_pairs(b"alice", b"wonderland", b"192.0.2.7");
     let mut last_port = 0u16;
     'outer: while !stop.load(Ordering::Relaxed) {
         let mut conn = match UnixStream::connect(&sock).await {

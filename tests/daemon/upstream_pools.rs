@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::common::daemon;
 use crate::common::e2e::{daemon_bin, require};
 use crate::common::fcgi;
-use crate::common::proc::{port_open, require_file, wait_until_async, Proc};
+use crate::common::proc::{port_open, require_file, run_stdout, wait_until_async, Proc};
 use crate::common::redis::Redis;
 use tokio::io::AsyncWriteExt;
 
@@ -818,18 +818,15 @@ try:
 except imaplib.IMAP4.error as e:
     print("NO", e)
 "#;
-    let out = Command::new(require("python3", "python3"))
-        .arg("-c")
-        .arg(script)
-        .args([&port.to_string(), user, pass, proxy_from.unwrap_or("")])
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "imaplib client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    run_stdout(
+        Command::new(require("python3", "python3"))
+            .arg("-c")
+            .arg(script)
+            .args([&port.to_string(), user, pass, proxy_from.unwrap_or("")]),
+        "imaplib client",
+    )
+    .trim()
+    .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,6 +71,14 @@ def tls_context():
     return ctx
 
 
+def quietly(call):
+    """Calls `call`, ignoring any error: a session's goodbye may fail."""
+    try:
+        call()
+    except Exception:
+        pass
+
+
 # ---------------------------------------------------------------- IMAP
 
 
@@ -157,10 +165,7 @@ class Imap:
         return typ == "OK", response
 
     def close(self):
-        try:
-            self.conn.logout()
-        except Exception:
-            pass
+        quietly(self.conn.logout)
 
 
 # ---------------------------------------------------------------- POP3
@@ -233,10 +238,7 @@ class Pop3:
         return True, note(f"STAT {count} {size}")
 
     def close(self):
-        try:
-            self.conn.quit()
-        except Exception:
-            pass
+        quietly(self.conn.quit)
 
 
 # ---------------------------------------------------------------- SMTP
@@ -292,10 +294,7 @@ class Smtp:
         return not refused, note(f"sent refused={refused}")
 
     def close(self):
-        try:
-            self.conn.quit()
-        except Exception:
-            pass
+        quietly(self.conn.quit)
 
 
 def main():

@@ -62,24 +62,25 @@ fn assert_ok(r: &ClientResult, what: &str) {
     assert!(r.ok, "{what}: expected a working login, got {r:#?}");
 }
 
+/// Refused, the first attempt answered `NO text`.
 #[track_caller]
-fn assert_invalid(r: &ClientResult, what: &str) {
+fn assert_refused_with(r: &ClientResult, text: &str, what: &str) {
     assert!(!r.ok, "{what}: must not log in: {r:#?}");
     assert_eq!(
         r.attempts.first().map(|a| a.response.as_str()),
-        Some(format!("NO {INVALID_LOGIN}").as_str()),
+        Some(format!("NO {text}").as_str()),
         "{what}: {r:#?}"
     );
 }
 
 #[track_caller]
+fn assert_invalid(r: &ClientResult, what: &str) {
+    assert_refused_with(r, INVALID_LOGIN, what);
+}
+
+#[track_caller]
 fn assert_temporary(r: &ClientResult, what: &str) {
-    assert!(!r.ok, "{what}: must not log in: {r:#?}");
-    assert_eq!(
-        r.attempts.first().map(|a| a.response.as_str()),
-        Some(format!("NO {TEMPORARY}").as_str()),
-        "{what}: {r:#?}"
-    );
+    assert_refused_with(r, TEMPORARY, what);
 }
 
 /// No password the test used shows up in the daemon's log.

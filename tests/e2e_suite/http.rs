@@ -14,8 +14,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::common::daemon::Daemon;
-use crate::common::e2e::{free_ports, repo_root, require};
-use crate::common::proc::{port_open, require_file, try_wait_until, Proc};
+use crate::common::e2e::{free_ports, repo_root, require, run_toml};
+use crate::common::proc::{port_open, require_file, run_lines, try_wait_until, Proc};
 use serde::Deserialize;
 
 const KEY: &str = "http-e2e-key-0815";
@@ -191,20 +191,12 @@ impl Site {
     }
 
     fn digest_client(&self, args: &[&str]) -> Vec<String> {
-        let out = Command::new(require("python3", "python3"))
-            .arg(repo_root().join("tests/e2e/http_digest.py"))
-            .args(args)
-            .output()
-            .expect("run http_digest.py");
-        assert!(
-            out.status.success(),
-            "http_digest.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        run_lines(
+            Command::new(require("python3", "python3"))
+                .arg(repo_root().join("tests/e2e/http_digest.py"))
+                .args(args),
+            "http_digest.py",
+        )
     }
 
     /// Debian's python3-requests lives in the system interpreter.
@@ -213,20 +205,12 @@ impl Site {
             "/usr/lib/python3/dist-packages/requests",
             "python3-requests",
         );
-        let out = Command::new(require_file("/usr/bin/python3", "python3"))
-            .arg(repo_root().join("tests/e2e/http_digest.py"))
-            .args(["requests", url, user, password])
-            .output()
-            .expect("run /usr/bin/python3");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        run_lines(
+            Command::new(require_file("/usr/bin/python3", "python3"))
+                .arg(repo_root().join("tests/e2e/http_digest.py"))
+                .args(["requests", url, user, password]),
+            "http_digest.py requests",
+        )
     }
 
     fn log(&self, name: &str) -> String {
@@ -283,21 +267,14 @@ impl Site {
     /// `tests/e2e/http_clients.py MODE ARGS…` (system interpreter: Debian's
     /// python3-requests lives there), its TOML output parsed.
     fn http_clients(&self, mode: &str, args: &[&str]) -> ClientsOut {
-        let out = Command::new(require_file("/usr/bin/python3", "python3"))
-            .arg(repo_root().join("tests/e2e/http_clients.py"))
-            .arg(mode)
-            .args(args)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .output()
-            .expect("run /usr/bin/python3 tests/e2e/http_clients.py");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "http_clients.py {mode} failed ({}):\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        toml::from_str(&stdout).unwrap_or_else(|e| panic!("http_clients.py output: {e}\n{stdout}"))
+        run_toml(
+            Command::new(require_file("/usr/bin/python3", "python3"))
+                .arg(repo_root().join("tests/e2e/http_clients.py"))
+                .arg(mode)
+                .args(args)
+                .env("PYTHONDONTWRITEBYTECODE", "1"),
+            &format!("http_clients.py {mode}"),
+        )
     }
 }
 

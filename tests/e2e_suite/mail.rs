@@ -632,28 +632,23 @@ fn curl_imap_client_logs_in() {
     let stack = Stack::start();
     let url = format!("imap://127.0.0.1:{}/", stack.imap);
     // curl picks the strongest advertised SASL mechanism (CRAM-MD5 here).
-    let out = stack.curl(&[&url, "-u", &format!("{}:{}", ALICE.name, ALICE.password)]);
-    let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let listing = stack.curl_ok(
+        &[&url, "-u", &format!("{}:{}", ALICE.name, ALICE.password)],
+        "curl",
     );
     assert!(listing.contains("INBOX"), "LIST output: {listing}");
     // PLAIN after STARTTLS for a hashed user.
-    let out = stack.curl(&[
-        &url,
-        "--ssl-reqd",
-        "--insecure",
-        "--login-options",
-        "AUTH=PLAIN",
-        "-u",
-        &format!("{}:{}", SHA512_USER.name, SHA512_USER.password),
-    ]);
-    assert!(
-        out.status.success(),
-        "curl STARTTLS: {}",
-        String::from_utf8_lossy(&out.stderr)
+    stack.curl_ok(
+        &[
+            &url,
+            "--ssl-reqd",
+            "--insecure",
+            "--login-options",
+            "AUTH=PLAIN",
+            "-u",
+            &format!("{}:{}", SHA512_USER.name, SHA512_USER.password),
+        ],
+        "curl STARTTLS",
     );
     // Wrong password: curl exit code 67 (CURLE_LOGIN_DENIED).
     let out = stack.curl(&[&url, "--login-options", "AUTH=PLAIN", "-u", "alice:wrong"]);
@@ -789,14 +784,7 @@ fn socket_activated_daemon_serves_imap() {
 #[test]
 fn parallel_logins_share_the_daemon() {
     let mut stack = Stack::start();
-    let users = [
-        ALICE,
-        SHA512_USER,
-        BLF_USER,
-        ARGON2_USER,
-        SSHA256_USER,
-        SPECIAL_USER,
-    ];
+    let users = USERS;
     thread::scope(|scope| {
         let stack = &stack;
         let handles: Vec<_> = users

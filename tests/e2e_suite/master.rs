@@ -22,15 +22,6 @@ const MASTER: &str = "master";
 const MASTER_SECRET: &str = "e2e-master-s3cret-0f9a";
 const CAROL_PW: &str = "carol-cram-pw-5521";
 
-fn doveadm_pw(scheme: &str, password: &str) -> String {
-    let out = Command::new(require("doveadm", "dovecot-core"))
-        .args(["pw", "-s", scheme, "-p", password])
-        .output()
-        .expect("run doveadm pw");
-    assert!(out.status.success(), "doveadm pw -s {scheme}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// A dir (kept for the test's life) with the master secret for the daemon
 /// and Dovecot's master passdb.
 fn master_files() -> tempfile::TempDir {
@@ -191,23 +182,15 @@ impl Pki {
             .unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let pki = Pki { dir };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/O=Example/CN=Test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
+        pki.openssl(
+            &[
+                &["req", "-x509"][..],
+                &NEW_EC_KEY,
+                &["-days", "2", "-subj", "/O=Example/CN=Test CA"],
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+            ]
+            .concat(),
+        );
         pki
     }
 
@@ -216,17 +199,12 @@ impl Pki {
     }
 
     fn openssl(&self, args: &[&str]) -> String {
-        let out = Command::new(require("openssl", "openssl"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_stdout(
+            Command::new(require("openssl", "openssl"))
+                .args(args)
+                .current_dir(self.dir.path()),
+            &format!("openssl {args:?}"),
+        )
     }
 
     /// A client certificate `name.pem`/`name.key` for `subject`, signed by
@@ -237,21 +215,14 @@ impl Pki {
             format!("{name}.csr"),
             format!("{name}.pem"),
         );
-        self.openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            subject,
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
+        self.openssl(
+            &[
+                &["req", "-new"][..],
+                &NEW_EC_KEY,
+                &["-subj", subject, "-keyout", &key, "-out", &csr],
+            ]
+            .concat(),
+        );
         self.openssl(&[
             "x509",
             "-req",
@@ -280,15 +251,28 @@ impl Pki {
 /// imaplib over implicit TLS with an optional client certificate, then
 /// `AUTHENTICATE EXTERNAL` with `authzid` and `SELECT INBOX`. Prints
 /// `OK`/`NO <text>` lines.
-const EXTERNAL_CLIENT: &str = r#"
-import imaplib, ssl, sys
+/// The start both EXTERNAL clients share: their arguments and a TLS context
+/// with the optional client certificate (a macro, for `concat!`).
+macro_rules! tls_client_preamble {
+    ($modules:literal) => {
+        concat!(
+            "\nimport ",
+            $modules,
+            r#", ssl, sys
 port, cert, key, authzid = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
 if cert:
     ctx.load_cert_chain(cert, key)
-conn = imaplib.IMAP4_SSL("127.0.0.1", int(port), ssl_context=ctx, timeout=30)
+"#
+        )
+    };
+}
+
+const EXTERNAL_CLIENT: &str = concat!(
+    tls_client_preamble!("imaplib"),
+    r#"conn = imaplib.IMAP4_SSL("127.0.0.1", int(port), ssl_context=ctx, timeout=30)
 try:
     typ, dat = conn.authenticate("EXTERNAL", lambda _: authzid.encode())
     print("AUTH", typ, dat)
@@ -298,19 +282,14 @@ except imaplib.IMAP4.error as e:
 typ, dat = conn.select("INBOX")
 print("SELECT", typ, dat)
 conn.logout()
-"#;
+"#
+);
 
 /// The same for POP3 (RFC 5034 `AUTH EXTERNAL`, then `STAT`), over a raw
 /// TLS socket: poplib has no SASL.
-const EXTERNAL_POP3_CLIENT: &str = r#"
-import base64, socket, ssl, sys
-port, cert, key, authzid = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-if cert:
-    ctx.load_cert_chain(cert, key)
-s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port)), timeout=30))
+const EXTERNAL_POP3_CLIENT: &str = concat!(
+    tls_client_preamble!("base64, socket"),
+    r#"s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port)), timeout=30))
 f = s.makefile("rb")
 def cmd(line):
     s.sendall(line.encode() + b"\r\n")
@@ -325,7 +304,8 @@ if not r.startswith("+OK"):
 print("AUTH OK", r)
 print("STAT", cmd("STAT"))
 cmd("QUIT")
-"#;
+"#
+);
 
 fn external_login(port: u16, pki: &Pki, cert: Option<&str>, authzid: &str) -> String {
     external_client(EXTERNAL_CLIENT, port, pki, cert, authzid)

@@ -32,55 +32,29 @@ fn load_users(server: &Server) {
             (fields.next().unwrap(), fields.next().unwrap())
         })
         .collect();
-    rt.block_on(async {
-        match server.kind {
-            Kind::Postgres => {
-                let (client, conn) =
-                    tokio_postgres::connect(&server.admin_uri(), tokio_postgres::NoTls)
-                        .await
-                        .expect("connect");
-                let task = tokio::spawn(conn);
-                client
-                    .batch_execute(nginx_auth_fcgi::passdb::sql::POSTGRES_SCHEMA)
-                    .await
-                    .expect("schema");
-                for (name, hash) in &users {
-                    client
-                        .execute(
-                            "INSERT INTO users (username, password) VALUES ($1, $2)",
-                            &[name, hash],
-                        )
-                        .await
-                        .expect("insert");
-                }
-                drop(client);
-                let _ = task.await;
-            }
-            Kind::Mariadb => {
-                use mysql_async::prelude::Queryable;
-                let mut conn = mysql_async::Conn::from_url(server.admin_uri())
-                    .await
-                    .expect("connect");
-                let db = database(Kind::Mariadb);
-                conn.query_drop(format!("CREATE DATABASE {db}"))
-                    .await
-                    .expect("create database");
-                conn.query_drop(format!("USE {db}")).await.expect("use");
-                conn.query_drop(nginx_auth_fcgi::passdb::sql::MYSQL_SCHEMA)
-                    .await
-                    .expect("schema");
-                for (name, hash) in &users {
-                    conn.exec_drop(
-                        "INSERT INTO users (username, password) VALUES (?, ?)",
-                        (name, hash),
-                    )
-                    .await
-                    .expect("insert");
-                }
-                conn.disconnect().await.expect("disconnect");
-            }
+    let mut statements = match server.kind {
+        Kind::Postgres => vec![nginx_auth_fcgi::passdb::sql::POSTGRES_SCHEMA.to_owned()],
+        Kind::Mariadb => {
+            let db = database(Kind::Mariadb);
+            vec![
+                format!("CREATE DATABASE {db}"),
+                format!("USE {db}"),
+                nginx_auth_fcgi::passdb::sql::MYSQL_SCHEMA.to_owned(),
+            ]
         }
-    });
+    };
+    for (name, hash) in &users {
+        // Dovecot's hashes are `{SCHEME}` and base64 or crypt text: nothing
+        // to quote in an SQL string literal.
+        assert!(
+            !format!("{name}{hash}").contains(['\'', '\\']),
+            "{name}: {hash}"
+        );
+        statements.push(format!(
+            "INSERT INTO users (username, password) VALUES ('{name}', '{hash}')"
+        ));
+    }
+    rt.block_on(server.execute(None, &statements));
 }
 
 /// Logins of several schemes, CRAM-MD5 from the stored credential
@@ -178,22 +152,13 @@ fn password_query_from_the_command_line_and_the_config_file() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&pg.admin_uri(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        let task = tokio::spawn(conn);
-        client
-            .batch_execute(
-                "CREATE TABLE mailbox (local TEXT, dom TEXT, secret TEXT);
-                 INSERT INTO mailbox VALUES ('x', 'a.example', '{PLAIN}pw-a'), ('x', 'b.example', '{PLAIN}pw-b');
-                 ALTER USER postgres PASSWORD 'db-secret-93';",
-            )
-            .await
-            .expect("setup");
-        drop(client);
-        let _ = task.await;
-    });
+    rt.block_on(pg.execute(
+        None,
+        &["CREATE TABLE mailbox (local TEXT, dom TEXT, secret TEXT);
+           INSERT INTO mailbox VALUES ('x', 'a.example', '{PLAIN}pw-a'), ('x', 'b.example', '{PLAIN}pw-b');
+           ALTER USER postgres PASSWORD 'db-secret-93';"
+            .to_owned()],
+    ));
     let query = "SELECT secret AS password FROM mailbox WHERE local = %n AND dom = %d";
     // trust authentication: the password is not needed, but it is in the URI.
     let uri = format!(

@@ -1,7 +1,7 @@
 //! nginx `auth_request` decisions in-process: params as nginx sends them for
 //! an auth location → `Service::respond` → status and challenge.
 
-use crate::common::policy::base_policy;
+use crate::common::policy::{base_policy, fixed_throttle};
 use nginx_auth_fcgi::authenticator::{Authenticator, Policy};
 use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::http_auth::digest::Algorithm;
@@ -214,23 +214,11 @@ async fn htpasswd_apr1_bcrypt_and_sha() {
 #[tokio::test]
 async fn basic_guessing_is_throttled_per_client() {
     use nginx_auth_fcgi::throttle::{Clock, Throttle, ThrottlePolicy};
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    std::fs::write(&users, "alice:{PLAIN}wonderland::::::\n").unwrap();
+    let (_dir, users) = crate::common::temp_file("users", "alice:{PLAIN}wonderland::::::\n");
     let throttle = Throttle::in_memory(
         ThrottlePolicy {
-            window: std::time::Duration::from_secs(600),
-            block_ip: 20,
             block_ip_user: 3,
-            block_time: std::time::Duration::from_secs(900),
-            delay_base: 1,
-            delay_max: 30,
-            ipv6_prefix: 64,
-            trusted: vec![],
-            // The adaptive parts are off here; tests/throttle_model.rs covers them.
-            success_bonus: 0,
-            block_ip_max: 0,
-            known_for: std::time::Duration::ZERO,
+            ..fixed_throttle()
         },
         Clock::system(),
     );

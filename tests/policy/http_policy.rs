@@ -8,7 +8,7 @@
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::policy::base_policy;
+use crate::common::policy::{base_policy, fixed_throttle};
 use base64::Engine as _;
 use nginx_auth_fcgi::audit::{AuditRecord, Outcome};
 use nginx_auth_fcgi::auth_http::{MailAuthRequest, MailAuthResponse};
@@ -55,30 +55,19 @@ impl Default for Options {
 
 /// alice {PLAIN} (cheap), bob BLF-CRYPT (expensive).
 fn fixture(o: Options) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
     let bcrypt = scheme::hash(Scheme::BlfCrypt, b"bob-pw").unwrap();
-    std::fs::write(
-        &users,
-        format!("alice:{{PLAIN}}wonderland::::::\nbob:{bcrypt}::::::\n"),
-    )
-    .unwrap();
+    let (dir, users) = crate::common::temp_file(
+        "users",
+        &format!("alice:{{PLAIN}}wonderland::::::\nbob:{bcrypt}::::::\n"),
+    );
     let throttle = o.throttle.then(|| {
         Arc::new(Throttle::in_memory(
             ThrottlePolicy {
-                window: Duration::from_secs(600),
                 block_ip: 100,
                 block_ip_user: 2,
-                block_time: Duration::from_secs(900),
-                delay_base: 1,
-                delay_max: 30,
-                ipv6_prefix: 64,
-                trusted: vec![],
-                // The adaptive parts are off here; tests/throttle_model.rs covers them.
-                success_bonus: 0,
-                block_ip_max: 0,
                 // Known networks on: they pick the verifier's lane.
                 known_for: Duration::from_secs(30 * 86_400),
+                ..fixed_throttle()
             },
             Clock::system(),
         ))
@@ -150,6 +139,16 @@ impl Fixture {
         (d.outcome, d.audit)
     }
 
+    /// [`Fixture::ask`] with Basic credentials.
+    async fn ask_basic(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> (HttpOutcome, Option<nginx_auth_fcgi::audit::AuditRecord>) {
+        self.ask(&[("HTTP_AUTHORIZATION", &basic(user, password))])
+            .await
+    }
+
     async fn status(&self, extra: &[(&str, &str)]) -> HttpOutcome {
         self.ask(extra).await.0
     }
@@ -212,6 +211,13 @@ fn hold_slots(v: &Verifier, n: usize) -> mpsc::Sender<()> {
     open
 }
 
+/// [`hold_slots`] for one slot, once its check runs.
+async fn hold_one_slot(v: &Verifier) -> mpsc::Sender<()> {
+    let open = hold_slots(v, 1);
+    until_running(v, 1).await;
+    open
+}
+
 async fn until_running(v: &Verifier, n: usize) {
     while v.running() < n {
         tokio::task::yield_now().await;
@@ -262,12 +268,9 @@ async fn a_full_verifier_queue_is_a_temporary_failure_at_once_and_cheap_logins_g
         ..Options::default()
     });
     let v = f.auth.verifier().clone();
-    let open = hold_slots(&v, 1);
-    until_running(&v, 1).await;
+    let open = hold_one_slot(&v).await;
     // HTTP: 503, never a 401 or 200.
-    let (o, a) = f
-        .ask(&[("HTTP_AUTHORIZATION", &basic("bob", "bob-pw"))])
-        .await;
+    let (o, a) = f.ask_basic("bob", "bob-pw").await;
     assert_temporary(o, a, "overloaded (queue full)");
     // Mail: the temporary text with an Auth-Wait; SMTP 451 4.3.0.
     match f.mail("imap", "bob", "bob-pw").await {
@@ -282,26 +285,20 @@ async fn a_full_verifier_queue_is_a_temporary_failure_at_once_and_cheap_logins_g
         other => panic!("{other:?}"),
     }
     // Cheap checks and unknown users never wait behind expensive ones.
-    let (o, _) = f
-        .ask(&[("HTTP_AUTHORIZATION", &basic("alice", "wonderland"))])
-        .await;
+    let (o, _) = f.ask_basic("alice", "wonderland").await;
     assert!(allowed(&o), "{o:?}");
     assert!(matches!(
         f.mail("imap", "alice", "wonderland").await,
         MailAuthResponse::Ok { .. }
     ));
-    let (o, a) = f
-        .ask(&[("HTTP_AUTHORIZATION", &basic("nobody", "x"))])
-        .await;
+    let (o, a) = f.ask_basic("nobody", "x").await;
     assert_eq!(o, HttpOutcome::Challenge { stale: false });
     assert_eq!(a.unwrap().reason, "unknown-user");
     // Once the slot is free, bob logs in.
     open.send(()).unwrap();
     let mut ok = false;
     for _ in 0..1000 {
-        let (o, _) = f
-            .ask(&[("HTTP_AUTHORIZATION", &basic("bob", "bob-pw"))])
-            .await;
+        let (o, _) = f.ask_basic("bob", "bob-pw").await;
         if allowed(&o) {
             ok = true;
             break;
@@ -320,11 +317,8 @@ async fn the_decision_timeout_applies_to_http_and_takes_the_request_out_of_the_q
         ..Options::default()
     });
     let v = f.auth.verifier().clone();
-    let open = hold_slots(&v, 1);
-    until_running(&v, 1).await;
-    let (o, a) = f
-        .ask(&[("HTTP_AUTHORIZATION", &basic("bob", "bob-pw"))])
-        .await;
+    let open = hold_one_slot(&v).await;
+    let (o, a) = f.ask_basic("bob", "bob-pw").await;
     assert_temporary(o, a, "no decision within 200 ms");
     assert_eq!(v.waiting(), 0, "the timed-out request left the queue");
     open.send(()).unwrap();
@@ -522,8 +516,7 @@ async fn the_owner_from_a_known_network_gets_a_slot_while_a_flood_fills_the_queu
     // A flood of wrong passwords from unknown addresses holds every slot
     // of the first lane.
     let v = f.auth.verifier().clone();
-    let open = hold_slots(&v, 1);
-    until_running(&v, 1).await;
+    let open = hold_one_slot(&v).await;
     let (o, a) = f
         .ask(&[
             ("HTTP_AUTHORIZATION", &basic("bob", "wrong")),

@@ -32,6 +32,20 @@ struct Fixture {
     auth: Authenticator,
 }
 
+impl Fixture {
+    /// The decision on a RCPT under `smtp_auth none` (see [`rcpt`]).
+    async fn rcpt(&self, to: &str, ip: &str, attempt: u32) -> Decision {
+        self.auth.authenticate(&rcpt(to, ip, attempt)).await
+    }
+
+    /// The same from the client host `host`, as nginx resolved it.
+    async fn rcpt_from_host(&self, to: &str, ip: &str, attempt: u32, host: &str) -> Decision {
+        self.auth
+            .authenticate(&rcpt_from_host(to, ip, attempt, host))
+            .await
+    }
+}
+
 fn fixture(throttle: Option<Arc<Throttle>>, reject_unknown_client: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let passwd = dir.path().join("users");
@@ -163,26 +177,16 @@ async fn relay_denied_keeps_the_session_with_the_failure_schedule() {
     // before this one raise Auth-Login-Attempt, and the wait grows as for
     // wrong passwords (WaitPolicy::default: 1, 2, 4, ... s).
     for (attempt, wait) in [(1, 1), (2, 2), (3, 4), (9, 16)] {
-        let d = f
-            .auth
-            .authenticate(&rcpt("victim@elsewhere.example", PROBER, attempt))
-            .await;
+        let d = f.rcpt("victim@elsewhere.example", PROBER, attempt).await;
         assert_relay_denied(&d, Some(wait));
         assert_eq!(d.audit.reason, "relay-denied", "{}", d.audit);
         assert_eq!(d.audit.wait, Some(wait));
     }
     // From max_attempts on: no Auth-Wait, nginx closes the session.
-    let d = f
-        .auth
-        .authenticate(&rcpt("victim@elsewhere.example", PROBER, 10))
-        .await;
+    let d = f.rcpt("victim@elsewhere.example", PROBER, 10).await;
     assert_relay_denied(&d, None);
     // The next RCPT of the same session, to a local domain: relayed.
-    assert_relayed(
-        &f.auth
-            .authenticate(&rcpt("rcpt@Example.ORG", PROBER, 2))
-            .await,
-    );
+    assert_relayed(&f.rcpt("rcpt@Example.ORG", PROBER, 2).await);
 }
 
 #[tokio::test(start_paused = true)]
@@ -194,8 +198,7 @@ async fn relay_probing_is_counted_until_the_network_is_blocked_and_closed() {
     let mut probes = 0;
     let blocked = loop {
         let d = f
-            .auth
-            .authenticate(&rcpt(&format!("v{probes}@elsewhere.example"), PROBER, 1))
+            .rcpt(&format!("v{probes}@elsewhere.example"), PROBER, 1)
             .await;
         if d.audit.reason != "relay-denied" {
             break d;
@@ -214,29 +217,15 @@ async fn relay_probing_is_counted_until_the_network_is_blocked_and_closed() {
     );
     assert_eq!(blocked.audit.throttle, Some(ThrottleAction::Blocked));
     // Even its local-domain RCPTs: the network is blocked.
-    let d = f
-        .auth
-        .authenticate(&rcpt("rcpt@example.org", PROBER, 1))
-        .await;
+    let d = f.rcpt("rcpt@example.org", PROBER, 1).await;
     assert_relay_denied(&d, None);
     // Another network is not affected.
-    let d = f
-        .auth
-        .authenticate(&rcpt("v@elsewhere.example", "198.51.100.31", 1))
-        .await;
+    let d = f.rcpt("v@elsewhere.example", "198.51.100.31", 1).await;
     assert_relay_denied(&d, Some(1));
-    assert_relayed(
-        &f.auth
-            .authenticate(&rcpt("rcpt@example.org", "198.51.100.31", 2))
-            .await,
-    );
+    assert_relayed(&f.rcpt("rcpt@example.org", "198.51.100.31", 2).await);
     // The block ends like any other.
     tokio::time::advance(Duration::from_secs(901)).await;
-    assert_relayed(
-        &f.auth
-            .authenticate(&rcpt("rcpt@example.org", PROBER, 1))
-            .await,
-    );
+    assert_relayed(&f.rcpt("rcpt@example.org", PROBER, 1).await);
 }
 
 #[tokio::test(start_paused = true)]
@@ -244,54 +233,36 @@ async fn accepted_relays_are_not_counted() {
     let f = fixture(Some(throttle()), false);
     // An MX gets many sessions from one big sender: none of them counts.
     for i in 0..20 {
-        assert_relayed(
-            &f.auth
-                .authenticate(&rcpt(&format!("u{i}@example.org"), PROBER, 1))
-                .await,
-        );
+        assert_relayed(&f.rcpt(&format!("u{i}@example.org"), PROBER, 1).await);
     }
     // ...nor resets anything: four probes, a relayed RCPT, a fifth probe,
     // and the network is blocked as after five probes in a row.
     for _ in 0..4 {
-        let d = f
-            .auth
-            .authenticate(&rcpt("v@elsewhere.example", PROBER, 1))
-            .await;
+        let d = f.rcpt("v@elsewhere.example", PROBER, 1).await;
         assert_relay_denied(&d, Some(1));
     }
-    assert_relayed(
-        &f.auth
-            .authenticate(&rcpt("rcpt@example.org", PROBER, 1))
-            .await,
-    );
-    let d = f
-        .auth
-        .authenticate(&rcpt("v@elsewhere.example", PROBER, 1))
-        .await;
+    assert_relayed(&f.rcpt("rcpt@example.org", PROBER, 1).await);
+    let d = f.rcpt("v@elsewhere.example", PROBER, 1).await;
     assert_eq!(d.audit.reason, "relay-denied", "{}", d.audit);
-    let d = f
-        .auth
-        .authenticate(&rcpt("rcpt@example.org", PROBER, 1))
-        .await;
+    let d = f.rcpt("rcpt@example.org", PROBER, 1).await;
     assert!(d.audit.reason.starts_with("blocked-"), "{}", d.audit);
+}
+
+/// The PROBER's SMTP login and its RCPT under `smtp_auth none`, both with
+/// the client host `host` as nginx resolved it.
+async fn login_and_rcpt_from_host(f: &Fixture, host: &str) -> [Decision; 2] {
+    [
+        f.auth
+            .authenticate(&login("smtp", "alice-pw", PROBER, Some(host)))
+            .await,
+        f.rcpt_from_host("rcpt@example.org", PROBER, 1, host).await,
+    ]
 }
 
 #[tokio::test]
 async fn reject_unknown_client_unavailable_is_550_5_7_25() {
     let f = fixture(None, true);
-    for d in [
-        f.auth
-            .authenticate(&login("smtp", "alice-pw", PROBER, Some("[UNAVAILABLE]")))
-            .await,
-        f.auth
-            .authenticate(&rcpt_from_host(
-                "rcpt@example.org",
-                PROBER,
-                1,
-                "[UNAVAILABLE]",
-            ))
-            .await,
-    ] {
+    for d in login_and_rcpt_from_host(&f, "[UNAVAILABLE]").await {
         let h = headers(&d);
         assert_eq!(
             header(&h, "Auth-Status"),
@@ -314,19 +285,7 @@ async fn reject_unknown_client_unavailable_is_550_5_7_25() {
 #[tokio::test]
 async fn reject_unknown_client_tempunavail_is_450_4_7_25_with_the_marker() {
     let f = fixture(None, true);
-    for d in [
-        f.auth
-            .authenticate(&login("smtp", "alice-pw", PROBER, Some("[TEMPUNAVAIL]")))
-            .await,
-        f.auth
-            .authenticate(&rcpt_from_host(
-                "rcpt@example.org",
-                PROBER,
-                1,
-                "[TEMPUNAVAIL]",
-            ))
-            .await,
-    ] {
+    for d in login_and_rcpt_from_host(&f, "[TEMPUNAVAIL]").await {
         let h = headers(&d);
         let status = header(&h, "Auth-Status").unwrap();
         assert!(status.contains("[TEMPUNAVAIL]"), "{h:?}");
@@ -351,24 +310,12 @@ async fn reject_unknown_client_passes_named_clients_and_leaves_imap_alone() {
         MailAuthResponse::Ok { .. }
     ));
     assert_relayed(
-        &f.auth
-            .authenticate(&rcpt_from_host(
-                "rcpt@example.org",
-                PROBER,
-                1,
-                "mx.client.example",
-            ))
+        &f.rcpt_from_host("rcpt@example.org", PROBER, 1, "mx.client.example")
             .await,
     );
     // A named client still gets the relay rule.
     let d = f
-        .auth
-        .authenticate(&rcpt_from_host(
-            "v@elsewhere.example",
-            PROBER,
-            1,
-            "mx.client.example",
-        ))
+        .rcpt_from_host("v@elsewhere.example", PROBER, 1, "mx.client.example")
         .await;
     assert_relay_denied(&d, Some(1));
     // IMAP: nginx sends no Client-Host; even a stray marker changes nothing.
@@ -390,11 +337,7 @@ async fn reject_unknown_client_is_off_by_default() {
             .authenticate(&login("smtp", "alice-pw", PROBER, Some(host)))
             .await;
         assert_eq!(d.audit.outcome, Outcome::Ok, "{host}: {}", d.audit);
-        assert_relayed(
-            &f.auth
-                .authenticate(&rcpt_from_host("rcpt@example.org", PROBER, 1, host))
-                .await,
-        );
+        assert_relayed(&f.rcpt_from_host("rcpt@example.org", PROBER, 1, host).await);
     }
 }
 
@@ -403,26 +346,14 @@ async fn unknown_client_refusals_are_not_counted() {
     let f = fixture(Some(throttle()), true);
     for _ in 0..10 {
         let d = f
-            .auth
-            .authenticate(&rcpt_from_host(
-                "rcpt@example.org",
-                PROBER,
-                1,
-                "[UNAVAILABLE]",
-            ))
+            .rcpt_from_host("rcpt@example.org", PROBER, 1, "[UNAVAILABLE]")
             .await;
         assert_eq!(d.audit.reason, "unknown-client-hostname", "{}", d.audit);
     }
     // Not a guess: the network is not blocked, and once its name resolves
     // it gets through.
     assert_relayed(
-        &f.auth
-            .authenticate(&rcpt_from_host(
-                "rcpt@example.org",
-                PROBER,
-                1,
-                "mx.client.example",
-            ))
+        &f.rcpt_from_host("rcpt@example.org", PROBER, 1, "mx.client.example")
             .await,
     );
 }

@@ -22,6 +22,12 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// A login of `user` with `pw` must end in `outcome`, with `cache` the
+    /// cache's part in it.
+    async fn expect(&self, user: &str, pw: &str, outcome: Outcome, cache: Option<&str>) {
+        assert_outcome(&self.login(user, pw).await, outcome, cache);
+    }
+
     /// Replaces the passwd-file the way an admin tool does (new inode).
     fn write_users(&self, text: &str) {
         let tmp = self.dir.path().join("users.new");
@@ -108,36 +114,27 @@ async fn expensive_schemes_are_verified_once_per_ttl() {
     let f = fixture(CachePolicy::default());
     for user in ["crypt", "bcrypt"] {
         let pw = format!("{user}-pw");
-        assert_outcome(&f.login(user, &pw).await, Outcome::Ok, Some("miss"));
-        assert_outcome(&f.login(user, &pw).await, Outcome::Ok, Some("hit"));
-        assert_outcome(&f.login(user, &pw).await, Outcome::Ok, Some("hit"));
+        f.expect(user, &pw, Outcome::Ok, Some("miss")).await;
+        f.expect(user, &pw, Outcome::Ok, Some("hit")).await;
+        f.expect(user, &pw, Outcome::Ok, Some("hit")).await;
         // A wrong password is never answered from a positive entry.
-        assert_outcome(&f.login(user, "wrong").await, Outcome::Fail, Some("miss"));
+        f.expect(user, "wrong", Outcome::Fail, Some("miss")).await;
     }
     // Cheap schemes do not use the cache at all.
-    assert_outcome(&f.login("plain", "plain-pw").await, Outcome::Ok, None);
+    f.expect("plain", "plain-pw", Outcome::Ok, None).await;
     tokio::time::advance(Duration::from_secs(301)).await;
-    assert_outcome(
-        &f.login("crypt", "crypt-pw").await,
-        Outcome::Ok,
-        Some("miss"),
-    );
-    assert_outcome(
-        &f.login("crypt", "crypt-pw").await,
-        Outcome::Ok,
-        Some("hit"),
-    );
+    f.expect("crypt", "crypt-pw", Outcome::Ok, Some("miss"))
+        .await;
+    f.expect("crypt", "crypt-pw", Outcome::Ok, Some("hit"))
+        .await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_changed_password_or_disabled_account_takes_effect_at_once() {
     let f = fixture(CachePolicy::default());
     f.login("crypt", "crypt-pw").await;
-    assert_outcome(
-        &f.login("crypt", "crypt-pw").await,
-        Outcome::Ok,
-        Some("hit"),
-    );
+    f.expect("crypt", "crypt-pw", Outcome::Ok, Some("hit"))
+        .await;
     f.write_users(&users("new-pw", ""));
     // Until the new file is loaded the old hash answers, from the cache.
     let d = f
@@ -145,8 +142,8 @@ async fn a_changed_password_or_disabled_account_takes_effect_at_once() {
         .await;
     assert_outcome(&d, Outcome::Fail, Some("miss"));
     assert_eq!(d.audit.reason, "password-mismatch");
-    assert_outcome(&f.login("crypt", "new-pw").await, Outcome::Ok, Some("miss"));
-    assert_outcome(&f.login("crypt", "new-pw").await, Outcome::Ok, Some("hit"));
+    f.expect("crypt", "new-pw", Outcome::Ok, Some("miss")).await;
+    f.expect("crypt", "new-pw", Outcome::Ok, Some("hit")).await;
     // Disabled (nologin): refused before the cache is consulted.
     f.write_users(&users("new-pw", "nologin"));
     let d = f
@@ -159,31 +156,19 @@ async fn a_changed_password_or_disabled_account_takes_effect_at_once() {
 #[tokio::test(start_paused = true)]
 async fn negative_entries_only_when_configured() {
     let f = fixture(CachePolicy::default());
-    assert_outcome(
-        &f.login("bcrypt", "stale").await,
-        Outcome::Fail,
-        Some("miss"),
-    );
-    assert_outcome(
-        &f.login("bcrypt", "stale").await,
-        Outcome::Fail,
-        Some("miss"),
-    );
+    f.expect("bcrypt", "stale", Outcome::Fail, Some("miss"))
+        .await;
+    f.expect("bcrypt", "stale", Outcome::Fail, Some("miss"))
+        .await;
     let f = fixture(CachePolicy {
         negative_ttl: Duration::from_secs(60),
         ..CachePolicy::default()
     });
-    assert_outcome(
-        &f.login("bcrypt", "stale").await,
-        Outcome::Fail,
-        Some("miss"),
-    );
+    f.expect("bcrypt", "stale", Outcome::Fail, Some("miss"))
+        .await;
     let d = f.login("bcrypt", "stale").await;
     assert_outcome(&d, Outcome::Fail, Some("negative-hit"));
     assert_eq!(d.audit.reason, "password-mismatch");
-    assert_outcome(
-        &f.login("bcrypt", "bcrypt-pw").await,
-        Outcome::Ok,
-        Some("miss"),
-    );
+    f.expect("bcrypt", "bcrypt-pw", Outcome::Ok, Some("miss"))
+        .await;
 }

@@ -9,7 +9,6 @@ mod shared_state;
 mod throttle;
 
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use crate::common::policy::base_policy;
 use nginx_auth_fcgi::auth_http::MailAuthRequest;
@@ -68,20 +67,7 @@ fn guess() -> String {
 /// The throttle's settings for these tests: blocks after 20 failures per
 /// address, 5 per address and user, for 900 s.
 fn policy() -> ThrottlePolicy {
-    ThrottlePolicy {
-        window: Duration::from_secs(600),
-        block_ip: 20,
-        block_ip_user: 5,
-        block_time: Duration::from_secs(900),
-        delay_base: 1,
-        delay_max: 30,
-        ipv6_prefix: 64,
-        trusted: Vec::new(),
-        // The adaptive parts are off here; tests/throttle_model.rs covers them.
-        success_bonus: 0,
-        block_ip_max: 0,
-        known_for: Duration::ZERO,
-    }
+    common::policy::fixed_throttle()
 }
 
 fn authenticator(passdbs: Vec<AnyPassdb>, throttle: Option<Arc<Throttle>>) -> Authenticator {

@@ -23,19 +23,23 @@ struct Instance {
     auth: Authenticator,
 }
 
+impl Instance {
+    /// This instance's decision on an IMAP login (see [`login`]).
+    async fn try_login(&self, user: &str, pass: &str, ip: &str) -> Decision {
+        self.auth.authenticate(&login(user, pass, ip)).await
+    }
+}
+
 fn instance(redis: &Redis, clock: &Clock) -> Instance {
     instance_with(redis, clock, policy())
 }
 
 fn instance_with(redis: &Redis, clock: &Clock, throttle: ThrottlePolicy) -> Instance {
     capture_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let passwd = dir.path().join("users");
-    std::fs::write(
-        &passwd,
+    let (dir, passwd) = crate::common::temp_file(
+        "users",
         "alice:{PLAIN}alice-pw::::::\nbob:{PLAIN}bob-pw::::::\n",
-    )
-    .unwrap();
+    );
     let db = AnyPassdb::open(&format!("passwd-file:{}", passwd.display()), None).unwrap();
     let throttle = Throttle::with_redis(throttle, clock.clone(), &redis.url()).unwrap();
     Instance {
@@ -81,8 +85,7 @@ async fn two_instances_enforce_one_limit() {
     for i in 0..5 {
         let inst = if i % 2 == 0 { &a } else { &b };
         let d = inst
-            .auth
-            .authenticate(&login("alice", &format!("guess{i}"), attacker))
+            .try_login("alice", &format!("guess{i}"), attacker)
             .await;
         assert_mismatch(&d);
         let MailAuthResponse::Fail(f) = &d.response else {
@@ -93,12 +96,7 @@ async fn two_instances_enforce_one_limit() {
     // The delay grows across instances too.
     assert_eq!(waits, [Some(1), Some(2), Some(4), Some(8), Some(16)]);
     for inst in [&a, &b] {
-        assert_blocked(
-            &inst
-                .auth
-                .authenticate(&login("alice", "alice-pw", attacker))
-                .await,
-        );
+        assert_blocked(&inst.try_login("alice", "alice-pw", attacker).await);
     }
     assert_eq!(
         log_lines(&format!("blocked ip {attacker} user alice")),
@@ -107,26 +105,13 @@ async fn two_instances_enforce_one_limit() {
     );
     // Another network's correct login passes on both.
     for inst in [&a, &b] {
-        assert_ok(
-            &inst
-                .auth
-                .authenticate(&login("alice", "alice-pw", "198.51.100.100"))
-                .await,
-        );
+        assert_ok(&inst.try_login("alice", "alice-pw", "198.51.100.100").await);
     }
 
     // The block ends for both at once; one of them logs it.
     clock.advance(Duration::from_secs(901));
-    assert_ok(
-        &b.auth
-            .authenticate(&login("alice", "alice-pw", attacker))
-            .await,
-    );
-    assert_ok(
-        &a.auth
-            .authenticate(&login("alice", "alice-pw", attacker))
-            .await,
-    );
+    assert_ok(&b.try_login("alice", "alice-pw", attacker).await);
+    assert_ok(&a.try_login("alice", "alice-pw", attacker).await);
     assert_eq!(log_lines(&format!("unblocked ip {attacker} user alice")), 1);
 }
 
@@ -137,41 +122,25 @@ async fn redis_down_falls_back_to_local_state_and_never_fails_open() {
     let a = instance(&redis, &clock);
     let attacker = "203.0.113.110";
     for _ in 0..5 {
-        assert_mismatch(
-            &a.auth
-                .authenticate(&login("alice", &guess(), attacker))
-                .await,
-        );
+        assert_mismatch(&a.try_login("alice", &guess(), attacker).await);
     }
-    assert_blocked(
-        &a.auth
-            .authenticate(&login("alice", "alice-pw", attacker))
-            .await,
-    );
+    assert_blocked(&a.try_login("alice", "alice-pw", attacker).await);
     let port = redis.port;
     redis.stop();
 
     // What this instance knew still holds…
     for _ in 0..3 {
-        assert_blocked(
-            &a.auth
-                .authenticate(&login("alice", "alice-pw", attacker))
-                .await,
-        );
+        assert_blocked(&a.try_login("alice", "alice-pw", attacker).await);
     }
     // …wrong passwords stay wrong, right ones work, new guessing is still
     // counted and blocked locally.
     let other = "203.0.113.111";
     for _ in 0..5 {
-        assert_mismatch(&a.auth.authenticate(&login("bob", &guess(), other)).await);
+        assert_mismatch(&a.try_login("bob", &guess(), other).await);
         clock.advance(Duration::from_secs(1));
     }
-    assert_blocked(&a.auth.authenticate(&login("bob", "bob-pw", other)).await);
-    assert_ok(
-        &a.auth
-            .authenticate(&login("bob", "bob-pw", "198.51.100.110"))
-            .await,
-    );
+    assert_blocked(&a.try_login("bob", "bob-pw", other).await);
+    assert_ok(&a.try_login("bob", "bob-pw", "198.51.100.110").await);
     assert_eq!(
         log_lines("shared state unreachable"),
         1,
@@ -185,20 +154,14 @@ async fn redis_down_falls_back_to_local_state_and_never_fails_open() {
     while log_lines("shared state reachable again") == 0 {
         assert!(Instant::now() < deadline, "Redis not used again");
         clock.advance(Duration::from_secs(6));
-        a.auth
-            .authenticate(&login("bob", "bob-pw", "198.51.100.111"))
-            .await;
+        a.try_login("bob", "bob-pw", "198.51.100.111").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(log_lines("shared state reachable again"), 1);
     // A second instance, which only knows Redis, sees nothing of the local
     // blocks: the fallback is per instance, as documented.
     let b = instance(&redis, &clock);
-    assert_ok(
-        &b.auth
-            .authenticate(&login("bob", "bob-pw", "198.51.100.112"))
-            .await,
-    );
+    assert_ok(&b.try_login("bob", "bob-pw", "198.51.100.112").await);
 }
 
 #[tokio::test]
@@ -218,19 +181,10 @@ async fn a_repeated_wrong_password_counts_once_across_instances() {
     // (block_ip_user is 5 here): one failure in the shared count.
     for _ in 0..10 {
         for inst in [&a, &b] {
-            assert_mismatch(
-                &inst
-                    .auth
-                    .authenticate(&login("alice", "old-password", phone))
-                    .await,
-            );
+            assert_mismatch(&inst.try_login("alice", "old-password", phone).await);
         }
     }
-    assert_ok(
-        &b.auth
-            .authenticate(&login("alice", "alice-pw", phone))
-            .await,
-    );
+    assert_ok(&b.try_login("alice", "alice-pw", phone).await);
     // Both instances tag with the key stored in Redis (one key, 32 bytes).
     let key = std::process::Command::new(crate::common::proc::require("redis-cli", "redis-tools"))
         .args([
@@ -245,18 +199,9 @@ async fn a_repeated_wrong_password_counts_once_across_instances() {
     // Different wrong passwords are a guesser, counted on either instance.
     for i in 0..5 {
         let inst = if i % 2 == 0 { &a } else { &b };
-        assert_mismatch(
-            &inst
-                .auth
-                .authenticate(&login("alice", &guess(), phone))
-                .await,
-        );
+        assert_mismatch(&inst.try_login("alice", &guess(), phone).await);
     }
-    assert_blocked(
-        &a.auth
-            .authenticate(&login("alice", "alice-pw", phone))
-            .await,
-    );
+    assert_blocked(&a.try_login("alice", "alice-pw", phone).await);
     // The known network and the toleration marks live in Redis too: an
     // instance that never saw alice's login knows the network.
     let c = instance_with(&redis, &clock, known());
@@ -275,9 +220,5 @@ async fn a_repeated_wrong_password_counts_once_across_instances() {
         t.unblock(None, Some(b"alice")).await,
         vec!["ip 203.0.113.120 user alice".to_owned()]
     );
-    assert_ok(
-        &a.auth
-            .authenticate(&login("alice", "alice-pw", phone))
-            .await,
-    );
+    assert_ok(&a.try_login("alice", "alice-pw", phone).await);
 }

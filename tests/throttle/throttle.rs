@@ -86,10 +86,7 @@ async fn guessing_from_one_network_is_blocked_while_the_user_logs_in_elsewhere()
     // would answer 1 s every time; the throttle makes the wait grow.
     let mut waits = Vec::new();
     for i in 0..5 {
-        let d = f
-            .auth
-            .authenticate(&login("alice", &format!("guess{i}"), attacker))
-            .await;
+        let d = f.try_login("alice", &format!("guess{i}"), attacker).await;
         assert_eq!(d.audit.outcome, Outcome::Fail, "{}", d.audit);
         assert_eq!(d.audit.reason, "password-mismatch");
         waits.push(wait_of(&d));
@@ -99,36 +96,22 @@ async fn guessing_from_one_network_is_blocked_while_the_user_logs_in_elsewhere()
 
     // Now even the right password from there is refused without a lookup.
     for _ in 0..3 {
-        let d = f
-            .auth
-            .authenticate(&login("alice", "alice-pw", attacker))
-            .await;
+        let d = f.try_login("alice", "alice-pw", attacker).await;
         assert_blocked(&d, "ip-user");
     }
     // Logged once, not per request.
     assert_eq!(log_lines(&format!("blocked ip {attacker} user alice")), 1);
 
     // The real user, from home: fine.
-    assert_ok(
-        &f.auth
-            .authenticate(&login("alice", "alice-pw", "198.51.100.20"))
-            .await,
-    );
+    assert_ok(&f.try_login("alice", "alice-pw", "198.51.100.20").await);
     // Another user behind the attacker's address: fine (only the pair is blocked).
-    assert_ok(&f.auth.authenticate(&login("bob", "bob-pw", attacker)).await);
+    assert_ok(&f.try_login("bob", "bob-pw", attacker).await);
     // A typo by the real user is answered slowly (the per-user count is
     // high) but never blocked.
-    let d = f
-        .auth
-        .authenticate(&login("alice", "typo", "198.51.100.20"))
-        .await;
+    let d = f.try_login("alice", "typo", "198.51.100.20").await;
     assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
     assert_eq!(wait_of(&d), Some(30));
-    assert_ok(
-        &f.auth
-            .authenticate(&login("alice", "alice-pw", "198.51.100.20"))
-            .await,
-    );
+    assert_ok(&f.try_login("alice", "alice-pw", "198.51.100.20").await);
 }
 
 #[tokio::test(start_paused = true)]
@@ -147,21 +130,13 @@ async fn spraying_many_users_blocks_the_network() {
     let sprayer = "203.0.113.20";
     for i in 0..20 {
         let d = f
-            .auth
-            .authenticate(&login(&format!("user{i}"), "Summer2026!", sprayer))
+            .try_login(&format!("user{i}"), "Summer2026!", sprayer)
             .await;
         assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
     }
     assert_eq!(log_lines(&format!("blocked ip {sprayer} for 900 s")), 1);
-    assert_blocked(
-        &f.auth.authenticate(&login("user25", "pw25", sprayer)).await,
-        "ip",
-    );
-    assert_ok(
-        &f.auth
-            .authenticate(&login("user25", "pw25", "203.0.113.21"))
-            .await,
-    );
+    assert_blocked(&f.try_login("user25", "pw25", sprayer).await, "ip");
+    assert_ok(&f.try_login("user25", "pw25", "203.0.113.21").await);
 }
 
 #[tokio::test(start_paused = true)]
@@ -170,19 +145,14 @@ async fn ipv6_clients_are_counted_per_64() {
     for i in 0..5 {
         // A different address of the same /64 each time.
         let ip = format!("2001:db8:7:7::{:x}", i + 1);
-        f.auth.authenticate(&login("alice", &guess(), &ip)).await;
+        f.try_login("alice", &guess(), &ip).await;
     }
     assert_blocked(
-        &f.auth
-            .authenticate(&login("alice", "alice-pw", "2001:db8:7:7:ffff::1"))
+        &f.try_login("alice", "alice-pw", "2001:db8:7:7:ffff::1")
             .await,
         "ip-user",
     );
-    assert_ok(
-        &f.auth
-            .authenticate(&login("alice", "alice-pw", "2001:db8:7:8::1"))
-            .await,
-    );
+    assert_ok(&f.try_login("alice", "alice-pw", "2001:db8:7:8::1").await);
 }
 
 #[tokio::test(start_paused = true)]
@@ -190,20 +160,14 @@ async fn a_block_expires_and_the_unblock_is_logged_once() {
     let f = fixture(throttle(policy()));
     let ip = "203.0.113.30";
     for _ in 0..5 {
-        f.auth.authenticate(&login("alice", &guess(), ip)).await;
+        f.try_login("alice", &guess(), ip).await;
     }
-    assert_blocked(
-        &f.auth.authenticate(&login("alice", "alice-pw", ip)).await,
-        "ip-user",
-    );
+    assert_blocked(&f.try_login("alice", "alice-pw", ip).await, "ip-user");
     tokio::time::advance(Duration::from_secs(899)).await;
-    assert_blocked(
-        &f.auth.authenticate(&login("alice", "alice-pw", ip)).await,
-        "ip-user",
-    );
+    assert_blocked(&f.try_login("alice", "alice-pw", ip).await, "ip-user");
     tokio::time::advance(Duration::from_secs(2)).await;
-    assert_ok(&f.auth.authenticate(&login("alice", "alice-pw", ip)).await);
-    assert_ok(&f.auth.authenticate(&login("alice", "alice-pw", ip)).await);
+    assert_ok(&f.try_login("alice", "alice-pw", ip).await);
+    assert_ok(&f.try_login("alice", "alice-pw", ip).await);
     assert_eq!(log_lines(&format!("unblocked ip {ip} user alice")), 1);
 }
 
@@ -212,15 +176,15 @@ async fn old_failures_slide_out_of_the_window() {
     let f = fixture(throttle(policy()));
     let ip = "203.0.113.40";
     for _ in 0..4 {
-        f.auth.authenticate(&login("alice", &guess(), ip)).await;
+        f.try_login("alice", &guess(), ip).await;
     }
     // Two windows later the four are forgotten: four more do not block.
     tokio::time::advance(Duration::from_secs(1200)).await;
     for _ in 0..4 {
-        let d = f.auth.authenticate(&login("alice", &guess(), ip)).await;
+        let d = f.try_login("alice", &guess(), ip).await;
         assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
     }
-    assert_ok(&f.auth.authenticate(&login("alice", "alice-pw", ip)).await);
+    assert_ok(&f.try_login("alice", "alice-pw", ip).await);
 }
 
 #[tokio::test(start_paused = true)]
@@ -228,33 +192,26 @@ async fn a_success_forgets_that_users_failures_from_that_network() {
     let f = fixture(throttle(policy()));
     let ip = "203.0.113.50";
     for _ in 0..4 {
-        f.auth.authenticate(&login("alice", "typo", ip)).await;
+        f.try_login("alice", "typo", ip).await;
     }
-    assert_ok(&f.auth.authenticate(&login("alice", "alice-pw", ip)).await);
+    assert_ok(&f.try_login("alice", "alice-pw", ip).await);
     for _ in 0..4 {
-        let d = f.auth.authenticate(&login("alice", "typo", ip)).await;
+        let d = f.try_login("alice", "typo", ip).await;
         assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
     }
-    assert_ok(&f.auth.authenticate(&login("alice", "alice-pw", ip)).await);
+    assert_ok(&f.try_login("alice", "alice-pw", ip).await);
 }
 
 #[tokio::test(start_paused = true)]
 async fn trusted_networks_are_exempt() {
     let f = fixture(throttle(policy()));
     for _ in 0..30 {
-        let d = f
-            .auth
-            .authenticate(&login("alice", &guess(), "192.0.2.7"))
-            .await;
+        let d = f.try_login("alice", &guess(), "192.0.2.7").await;
         assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
         // Only the per-connection schedule applies.
         assert_eq!(wait_of(&d), Some(1));
     }
-    assert_ok(
-        &f.auth
-            .authenticate(&login("alice", "alice-pw", "192.0.2.7"))
-            .await,
-    );
+    assert_ok(&f.try_login("alice", "alice-pw", "192.0.2.7").await);
 }
 
 #[tokio::test(start_paused = true)]
@@ -287,21 +244,11 @@ async fn two_authenticators_sharing_one_in_memory_throttle_enforce_one_limit() {
     let ip = "203.0.113.70";
     for i in 0..5 {
         let f = if i % 2 == 0 { &a } else { &b };
-        f.auth.authenticate(&login("alice", &guess(), ip)).await;
+        f.try_login("alice", &guess(), ip).await;
     }
-    assert_blocked(
-        &a.auth.authenticate(&login("alice", "alice-pw", ip)).await,
-        "ip-user",
-    );
-    assert_blocked(
-        &b.auth.authenticate(&login("alice", "alice-pw", ip)).await,
-        "ip-user",
-    );
-    assert_ok(
-        &b.auth
-            .authenticate(&login("alice", "alice-pw", "198.51.100.70"))
-            .await,
-    );
+    assert_blocked(&a.try_login("alice", "alice-pw", ip).await, "ip-user");
+    assert_blocked(&b.try_login("alice", "alice-pw", ip).await, "ip-user");
+    assert_ok(&b.try_login("alice", "alice-pw", "198.51.100.70").await);
 }
 
 // ---------------------------------------------------------------- the model
