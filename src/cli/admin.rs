@@ -91,6 +91,7 @@ pub fn check_config(args: ServeArgs) -> CmdResult {
     let rt = runtime()?;
     let _guard = rt.enter();
     let (config, _service) = args.build()?;
+    let file_warnings = file_warnings(&args, &config);
     println!("configuration OK");
     println!("  passdbs: {}", passdb_list(&config));
     println!(
@@ -169,10 +170,51 @@ pub fn check_config(args: ServeArgs) -> CmdResult {
         .iter()
         .cloned()
         .chain(challenge_warnings(&config))
+        .chain(file_warnings)
     {
         println!("warning: {w}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Passdb files, and files that hold secrets, that every local user can
+/// read: the config file when it holds a master password, a required
+/// header's value or a password in a URI, the master password file, and
+/// each passdb file (passwd-file, htpasswd, htdigest, sqlite).
+fn file_warnings(args: &ServeArgs, config: &Config) -> Vec<String> {
+    use nginx_auth_fcgi::passdb::{private_file, redact_uri};
+    let mut w = Vec::new();
+    if let Some(path) = &args.config {
+        let raw = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| config::RawConfig::parse(&t).ok());
+        if let Some(raw) = raw {
+            let secret_uri = raw
+                .passdb
+                .iter()
+                .chain(&raw.state)
+                .any(|u| redact_uri(u) != *u);
+            let master = raw.master_user.as_ref();
+            if secret_uri
+                || !raw.require_header.is_empty()
+                || master.is_some_and(|m| m.password.is_some())
+            {
+                w.extend(private_file::readable_by_others(
+                    path,
+                    "config file (it holds secrets)",
+                ));
+            }
+            if let Some(f) = master.and_then(|m| m.password_file.as_deref()) {
+                w.extend(private_file::readable_by_others(f, "master password file"));
+            }
+        }
+    }
+    for uri in &config.passdbs {
+        if let Some(f) = private_file::passdb_file(uri) {
+            w.extend(private_file::readable_by_others(f, "passdb file"));
+        }
+    }
+    w
 }
 
 /// What cannot work for lack of a master user.

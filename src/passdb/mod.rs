@@ -12,6 +12,7 @@ mod errors;
 pub mod htdigest;
 pub mod ldap;
 pub mod passwd_file;
+pub mod private_file;
 pub mod saslauthd;
 pub mod socket;
 pub mod sql;

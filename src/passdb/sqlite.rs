@@ -63,13 +63,25 @@ pub enum SqliteError {
     /// The user exists already.
     #[error("user `{0}` exists already")]
     Exists(String),
+    /// The database file or its directory could not be created.
+    #[error("creating {}: {source}", path.display())]
+    Create {
+        /// The database file.
+        path: PathBuf,
+        /// What the filesystem said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Opens (creating if needed) the database and its schema, in WAL mode.
 pub fn open_rw(path: &Path) -> Result<Connection, SqliteError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = std::fs::create_dir_all(dir);
-    }
+    // A new database is private (0600 in a 0700 directory); its -wal and
+    // -shm files take its mode.
+    super::private_file::create_private(path, None).map_err(|source| SqliteError::Create {
+        path: path.to_owned(),
+        source,
+    })?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
