@@ -90,6 +90,7 @@ fn open_service(config: &Config) -> Result<Service, Vec<String>> {
         .with_verifier(Verifier::new(config.verifier))
         .with_master_user(config.master_user.clone())
         .with_reject_unknown_client(config.reject_unknown_client)
+        .with_require_app_password(config.require_app_password)
         .with_external(config.external.clone())
         .map_err(|e| vec![e.to_string()])?;
     Ok(Service::new(auth, config.required.clone()))

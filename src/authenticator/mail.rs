@@ -11,6 +11,7 @@ use crate::auth_http::{
 use crate::cache::CacheUse;
 use crate::mech::external::NoMatch;
 use crate::mech::{apop, cram_md5, Mechanism};
+use crate::passdb::app_password::Login;
 use crate::passdb::{Lookup, PassdbError, Principal, Rejection, Verdict};
 use crate::scheme::StoredPassword;
 use crate::secret::Secret;
@@ -134,6 +135,8 @@ struct Notes {
     client_ip: Option<IpAddr>,
     /// EXTERNAL: the user the certificate mapped to (for the audit line).
     mapped_user: Option<String>,
+    /// The app password that matched, if one did (for the audit line).
+    app_password: Option<String>,
 }
 
 /// The judgement for a walk that found nobody (or only failures).
@@ -239,7 +242,9 @@ impl Authenticator {
         }
         match mech {
             Mechanism::Plain => self.judge_plain(req, notes).await,
-            Mechanism::CramMd5 | Mechanism::Apop => self.judge_challenge(req, mech).await,
+            Mechanism::CramMd5 | Mechanism::Apop => {
+                self.judge_challenge(req, mech, notes.client_ip).await
+            }
         }
     }
 
@@ -271,12 +276,25 @@ impl Authenticator {
             Ok(c) => c,
             Err(e) => return Judgement::Malformed(e.to_string()),
         };
+        let login = Login {
+            service: req.protocol.into(),
+            realm: None,
+            ip: notes.client_ip,
+        };
         let walk = self
-            .walk(|db| self.verify_plain(db, &creds.user, &creds.passwords))
+            .walk(|db| self.verify_plain(db, &creds.user, &creds.passwords, &login))
             .await;
         match walk {
-            Walk::Decided(Checked { verdict, cache }, passdb) => {
+            Walk::Decided(
+                Checked {
+                    verdict,
+                    cache,
+                    app_password,
+                },
+                passdb,
+            ) => {
                 notes.cache = cache;
+                notes.app_password = app_password;
                 match verdict {
                     Verdict::Accepted(principal) => Judgement::Accept {
                         principal,
@@ -290,7 +308,12 @@ impl Authenticator {
         }
     }
 
-    async fn judge_challenge(&self, req: &MailAuthRequest, mech: Mechanism) -> Judgement {
+    async fn judge_challenge(
+        &self,
+        req: &MailAuthRequest,
+        mech: Mechanism,
+        ip: Option<IpAddr>,
+    ) -> Judgement {
         let Ok(user) = std::str::from_utf8(&req.user) else {
             return Judgement::Malformed("user name is not UTF-8".into());
         };
@@ -300,7 +323,24 @@ impl Authenticator {
         let salt = req.salt.as_deref().unwrap_or_default();
         let response = req.pass.expose();
         let (principal, stored, passdb) = match self.walk(|db| self.lookup(db, user)).await {
-            Walk::Decided(Lookup::Found { principal, secret }, passdb) => {
+            Walk::Decided(
+                Lookup::Found {
+                    principal,
+                    secret,
+                    apps,
+                },
+                passdb,
+            ) => {
+                // The main password's plaintext answers the challenge: not
+                // for a protocol kept for app passwords.
+                let login = Login {
+                    service: req.protocol.into(),
+                    realm: None,
+                    ip,
+                };
+                if self.main_password_refused(&apps, &login) {
+                    return Judgement::Reject(Rejection::AppPasswordRequired, Some(passdb));
+                }
                 (principal, secret, passdb)
             }
             Walk::Decided(Lookup::Rejected(r), passdb) => {
@@ -345,6 +385,7 @@ impl Authenticator {
                 Lookup::Found {
                     mut principal,
                     secret,
+                    ..
                 },
                 passdb,
             ) => {
@@ -371,6 +412,7 @@ impl Authenticator {
     ) -> Decision {
         let mut audit = AuditRecord::mail(req);
         audit.cache = notes.cache;
+        audit.app_password = notes.app_password;
         audit.client_ip = notes.client_ip;
         if let Some(user) = notes.mapped_user {
             audit.user = user;

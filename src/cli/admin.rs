@@ -84,6 +84,19 @@ pub enum UserCommand {
         /// Login.
         user: String,
     },
+    /// A user's app passwords: per-device, scoped, revocable.
+    AppPassword {
+        #[command(subcommand)]
+        command: super::app_password::AppPasswordCommand,
+    },
+    /// Refuse a user's main password for these protocols (imap,pop3,smtp,http;
+    /// `none` clears): only their app passwords log in there.
+    RequireAppPassword {
+        /// Login.
+        user: String,
+        /// Comma-separated protocols, or none.
+        protocols: String,
+    },
 }
 
 /// `check-config`: builds the service like `serve` and prints what it would do.
@@ -139,6 +152,12 @@ pub fn check_config(args: ServeArgs) -> CmdResult {
     );
     for line in config.upstreams.describe() {
         println!("  {line}");
+    }
+    if !config.require_app_password.is_empty() {
+        println!(
+            "  require_app_password: {} (main passwords refused there; app passwords only)",
+            config.require_app_password
+        );
     }
     match &config.throttle {
         Some(t) => println!(
@@ -431,6 +450,12 @@ pub fn user(db: &str, command: UserCommand) -> CmdResult {
         UserCommand::Enable { user } => {
             admin.set_enabled(&user, true).map_err(err)?;
             eprintln!("user {user} enabled");
+        }
+        UserCommand::AppPassword { command } => {
+            return super::app_password::run(&admin, command);
+        }
+        UserCommand::RequireAppPassword { user, protocols } => {
+            return super::app_password::require(&admin, &user, &protocols);
         }
         UserCommand::List => {
             let rows = admin.list().map_err(err)?;

@@ -85,6 +85,10 @@ pub struct ServeArgs {
     /// NAME=VALUE header nginx must send (auth_http_header), repeatable.
     #[arg(long)]
     pub require_header: Vec<String>,
+    /// Refuse main passwords for these protocols (imap, pop3, smtp, http;
+    /// repeatable or comma-separated): only app passwords log in.
+    #[arg(long)]
+    pub require_app_password: Vec<String>,
     /// Domain we accept mail for without AUTH (smtp_auth none), repeatable.
     #[arg(long = "local-domain")]
     pub local_domains: Vec<String>,
@@ -202,6 +206,7 @@ impl ServeArgs {
             trusted_proxies: self.trusted_proxies.clone(),
             require_header: self.require_header.clone(),
             local_domains: self.local_domains.clone(),
+            require_app_password: self.require_app_password.clone(),
             smtp_pass: self.smtp_pass.then_some(true),
             reject_unknown_client: self.reject_unknown_client.then_some(true),
             log: self.log.clone(),

@@ -105,6 +105,8 @@ pub struct Config {
     pub smtp_pass: bool,
     /// Refuse SMTP clients without a confirmed reverse-DNS name.
     pub reject_unknown_client: bool,
+    /// Protocols for which main passwords are refused (app passwords only).
+    pub require_app_password: crate::passdb::app_password::Services,
     /// Log destination.
     pub log: LogTarget,
     /// Log level.

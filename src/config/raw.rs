@@ -72,6 +72,11 @@ pub struct RawConfig {
     /// like Postfix's `reject_unknown_client_hostname`. Needs a `resolver`
     /// in nginx's `mail {}`.
     pub reject_unknown_client: Option<bool>,
+    /// `--require-app-password`: protocols (`imap`, `pop3`, `smtp`,
+    /// `http`) for which main passwords are refused; only app passwords
+    /// log in.
+    #[serde(default)]
+    pub require_app_password: Vec<String>,
     /// `--log`: `stderr`, `syslog`, `syslog:FACILITY`.
     pub log: Option<String>,
     /// `--log-level`: error, warn, info, debug.
@@ -288,6 +293,7 @@ impl RawConfig {
         take(&mut self.trusted_proxies, cli.trusted_proxies);
         take(&mut self.require_header, cli.require_header);
         take(&mut self.local_domains, cli.local_domains);
+        take(&mut self.require_app_password, cli.require_app_password);
         self.socket_mode = cli.socket_mode.or(self.socket_mode);
         self.socket_owner = cli.socket_owner.or(self.socket_owner);
         self.socket_group = cli.socket_group.or(self.socket_group);

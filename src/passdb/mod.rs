@@ -7,6 +7,7 @@
 //! Backends are a closed set in [`AnyPassdb`], so every future is a concrete
 //! type and adding a backend touches only this module.
 
+pub mod app_password;
 pub mod dovecot_auth;
 mod errors;
 pub mod htdigest;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 use crate::scheme::{Scheme, SchemeError, StoredPassword};
 use crate::secret::Secret;
+pub use app_password::{AppPasswords, AppRefusal};
 
 pub use dovecot_auth::DovecotAuth;
 pub use errors::{BadOption, FileError, OpenError, PassdbConfigError};
@@ -81,6 +83,25 @@ pub enum Rejection {
     PasswordMismatch,
     /// The account is disabled (`nologin`, `enabled = 0`).
     Disabled,
+    /// The main password, for a protocol that `require_app_password` keeps
+    /// for app passwords.
+    AppPasswordRequired,
+    /// An app password whose scopes do not cover the protocol.
+    AppPasswordScope,
+    /// An expired app password.
+    AppPasswordExpired,
+    /// An app password from outside its networks.
+    AppPasswordNetwork,
+}
+
+impl From<AppRefusal> for Rejection {
+    fn from(r: AppRefusal) -> Self {
+        match r {
+            AppRefusal::Scope => Rejection::AppPasswordScope,
+            AppRefusal::Expired => Rejection::AppPasswordExpired,
+            AppRefusal::Network => Rejection::AppPasswordNetwork,
+        }
+    }
 }
 
 impl Rejection {
@@ -90,6 +111,10 @@ impl Rejection {
             Rejection::UnknownUser => "unknown-user",
             Rejection::PasswordMismatch => "password-mismatch",
             Rejection::Disabled => "disabled",
+            Rejection::AppPasswordRequired => "app-password-required",
+            Rejection::AppPasswordScope => "app-password-scope",
+            Rejection::AppPasswordExpired => "app-password-expired",
+            Rejection::AppPasswordNetwork => "app-password-network",
         }
     }
 }
@@ -112,6 +137,8 @@ pub enum Lookup {
         principal: Principal,
         /// Their stored password.
         secret: StoredPassword,
+        /// Their app passwords (built-in SQLite schema, SQL `app_password_query`).
+        apps: AppPasswords,
     },
     /// Unknown or disabled.
     Rejected(Rejection),
@@ -171,6 +198,12 @@ pub trait Passdb: Send + Sync {
     async fn digest_ha1(&self, user: &str, realm: &str) -> Result<Option<String>, PassdbError> {
         let _ = (user, realm);
         Ok(None)
+    }
+    /// App password `name` of `user` just opened a login from `ip`: record
+    /// it ("last used") without making the caller wait. Backends without
+    /// app passwords, or without a place to record, ignore it.
+    fn app_password_used(&self, user: &str, name: &str, ip: Option<IpAddr>) {
+        let _ = (user, name, ip);
     }
 }
 
@@ -313,6 +346,9 @@ impl Passdb for AnyPassdb {
     ) -> Result<Option<String>, PassdbError> {
         each!(self, p => p.find_user(matches).await)
     }
+    fn app_password_used(&self, user: &str, name: &str, ip: Option<IpAddr>) {
+        each!(self, p => p.app_password_used(user, name, ip))
+    }
 }
 
 /// One user record as file and table backends store it.
@@ -327,6 +363,8 @@ pub struct Entry {
     /// HTTP Digest HA1 (lower-case hex MD5 of `user:realm:password`) when the
     /// backend stores one (SQL column `digest_ha1`).
     pub digest_ha1: Option<String>,
+    /// App passwords and the user's own `require_app_password`.
+    pub apps: AppPasswords,
 }
 
 impl Entry {
@@ -339,6 +377,7 @@ impl Entry {
             Ok(secret) => Ok(Lookup::Found {
                 principal: self.principal,
                 secret,
+                apps: self.apps,
             }),
             Err(e) => Err(PassdbError::BadStoredPassword(e.to_string())),
         }
@@ -348,7 +387,9 @@ impl Entry {
     /// blocking pool so a bcrypt or Argon2 check never stalls other requests.
     pub async fn verify(self, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         let (principal, stored) = match self.lookup()? {
-            Lookup::Found { principal, secret } => (principal, secret),
+            Lookup::Found {
+                principal, secret, ..
+            } => (principal, secret),
             Lookup::Rejected(r) => return Ok(Verdict::Rejected(r)),
         };
         let ok = if stored.scheme().is_expensive() {

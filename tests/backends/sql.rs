@@ -258,7 +258,9 @@ async fn built_in_schema(kind: Kind) {
     }
     // Challenge mechanisms get the stored credential.
     match db.lookup_credentials("alice@example.org").await {
-        Ok(Lookup::Found { principal, secret }) => {
+        Ok(Lookup::Found {
+            principal, secret, ..
+        }) => {
             assert_eq!(principal.user, "alice@example.org");
             assert_eq!(secret.plaintext(), Some(&b"alice-pw"[..]));
         }

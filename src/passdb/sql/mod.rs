@@ -370,6 +370,7 @@ impl Fields {
             password: password.map_err(Arc::new),
             enabled,
             digest_ha1,
+            apps: Default::default(),
         })
     }
 }
