@@ -114,3 +114,100 @@ fn check_config_warns_about_readable_passdb_and_secret_config_files() {
     );
     assert!(!stdout.contains("readable by every user"), "{stdout}");
 }
+
+#[test]
+fn app_password_add_prints_the_secret_once_and_list_never_shows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("users.db");
+    let db_arg = db.to_str().unwrap();
+    let user = |args: &[&str]| {
+        let mut all = vec!["user"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--db", db_arg]);
+        run_cli(all, "pw\n")
+    };
+    ok(user(&["add", "alice@example.org", "--password-stdin"]));
+    let added = ok(user(&[
+        "app-password",
+        "add",
+        "alice@example.org",
+        "phone",
+        "--scope",
+        "imap,smtp",
+        "--expires",
+        "90d",
+        "--network",
+        "192.0.2.0/24",
+    ]));
+    let secret = text(&added.stdout).trim().to_owned();
+    assert!(secret.len() >= 24, "{secret}");
+    assert_eq!(
+        text(&added.stdout).lines().count(),
+        1,
+        "only the secret on stdout"
+    );
+    // The stored hash verifies the printed secret.
+    let hash = stored_hash(&db);
+    let stored = nginx_auth_fcgi::scheme::StoredPassword::parse(
+        &hash,
+        nginx_auth_fcgi::scheme::Scheme::Plain,
+    )
+    .unwrap();
+    assert!(stored.verify(secret.as_bytes()).unwrap());
+
+    let dup = user(&[
+        "app-password",
+        "add",
+        "alice@example.org",
+        "phone",
+        "--scope",
+        "imap",
+    ]);
+    assert_eq!(dup.status.code(), Some(2));
+    let bad = user(&[
+        "app-password",
+        "add",
+        "alice@example.org",
+        "x",
+        "--scope",
+        "ftp",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+
+    let list = ok(user(&["app-password", "list", "alice@example.org"]));
+    let shown = format!("{}{}", text(&list.stdout), text(&list.stderr));
+    assert!(
+        shown.contains("phone\timap,smtp\t192.0.2.0/24\t"),
+        "{shown}"
+    );
+    assert!(shown.contains("\tnever\t-\t"), "never used yet: {shown}");
+    assert!(!shown.contains(&secret), "the secret is never listed");
+    assert!(!shown.contains(&hash), "nor its hash");
+    assert!(!shown.contains("$5$"), "nor any part of it: {shown}");
+
+    ok(user(&[
+        "require-app-password",
+        "alice@example.org",
+        "imap,smtp",
+    ]));
+    ok(user(&["app-password", "del", "alice@example.org", "phone"]));
+    let gone = user(&["app-password", "del", "alice@example.org", "phone"]);
+    assert_eq!(gone.status.code(), Some(2));
+    let list = text(&ok(user(&["app-password", "list", "alice@example.org"])).stdout);
+    assert!(!list.contains("phone"), "{list}");
+    assert_eq!(mode(&db), 0o600, "app password commands keep the mode");
+}
+
+/// The stored hash of alice's app password `phone`, read through the
+/// library's own connection.
+fn stored_hash(db: &Path) -> String {
+    let admin = nginx_auth_fcgi::passdb::sqlite::Admin::open(db).unwrap();
+    admin
+        .connection()
+        .query_row(
+            "SELECT password FROM app_passwords WHERE name = 'phone'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
