@@ -228,11 +228,16 @@ fn file_warnings(args: &ServeArgs, config: &Config) -> Vec<String> {
             }
         }
     }
+    if let Some(f) = &args.master_password_file {
+        w.extend(private_file::readable_by_others(f, "master password file"));
+    }
     for uri in &config.passdbs {
         if let Some(f) = private_file::passdb_file(uri) {
             w.extend(private_file::readable_by_others(f, "passdb file"));
         }
     }
+    // The master password file may be named by the file and the flag.
+    w.dedup();
     w
 }
 

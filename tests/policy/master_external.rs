@@ -400,6 +400,10 @@ fn config_sections_validate_and_never_echo_the_secret() {
     // check-config shows the master's name and the rules, never the secret.
     let passwd = dir.path().join("users");
     std::fs::write(&passwd, "alice:{PLAIN}alice-pw::::::\n").unwrap();
+    // Not readable by others, so no file-mode warning either.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
         .arg("check-config")
         .arg(format!("--passdb=passwd-file:{}", passwd.display()))
