@@ -213,6 +213,9 @@ type Use = (String, String, Option<String>, i64);
 /// Most uses waiting for the writer; more are dropped (a login never waits).
 const QUEUE: usize = 1024;
 
+/// How long the writer waits for an admin command's lock.
+const WRITE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Records "last used" from a thread of its own: the request path only
 /// `try_send`s into a bounded channel, the writer batches the waiting uses
 /// into one transaction. A full queue or a failed write loses a timestamp,
@@ -267,7 +270,9 @@ fn write_uses(path: &Path, rx: Receiver<Use>) {
             .chain(rx.try_iter().take(QUEUE))
             .collect();
         if conn.is_none() {
-            conn = crate::passdb::sqlite::open_rw(path)
+            // Never creates the database: one removed meanwhile stays gone.
+            conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+                .and_then(|c| c.busy_timeout(WRITE_BUSY_TIMEOUT).map(|()| c))
                 .map_err(|e| log::error!("sqlite: last-used writer: {e}"))
                 .ok();
         }
@@ -291,4 +296,74 @@ fn write_batch(conn: &mut Connection, batch: &[Use]) -> rusqlite::Result<()> {
         }
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passdb::sqlite::{open_rw, Admin};
+
+    /// A database made before app passwords existed gets the table and the
+    /// column on open; its users are kept.
+    #[test]
+    fn an_old_database_is_migrated_and_keeps_its_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE users (username TEXT PRIMARY KEY NOT NULL, \
+                 domain TEXT NOT NULL DEFAULT '', password TEXT NOT NULL, \
+                 enabled INTEGER NOT NULL DEFAULT 1, upstream_host TEXT, \
+                 upstream_port INTEGER, backend_user TEXT, \
+                 created_at TEXT NOT NULL DEFAULT (datetime('now')), \
+                 updated_at TEXT NOT NULL DEFAULT (datetime('now'))); \
+                 INSERT INTO users (username, password) VALUES ('bob', '{PLAIN}b');",
+            )
+            .unwrap();
+        }
+        let conn = open_rw(&path).unwrap();
+        // Opening twice migrates once.
+        drop(open_rw(&path).unwrap());
+        let apps = load(&conn, "bob").unwrap();
+        assert!(apps.list.is_empty() && apps.required.is_empty());
+        set_required(&conn, "bob", Services::parse(&["imap"]).unwrap()).unwrap();
+        assert_eq!(load(&conn, "bob").unwrap().required.to_string(), "imap");
+        let admin = Admin::open(&path).unwrap();
+        assert_eq!(admin.list().unwrap()[0].username, "bob");
+        assert!(matches!(
+            delete(&conn, "bob", "nope"),
+            Err(SqliteError::NoSuchAppPassword(_))
+        ));
+        assert!(matches!(
+            list(&conn, "carol"),
+            Err(SqliteError::NoSuchUser(_))
+        ));
+    }
+
+    /// Deleting a user deletes their app passwords: a new user of the same
+    /// name does not inherit them.
+    #[test]
+    fn deleting_a_user_deletes_their_app_passwords() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = Admin::open(&dir.path().join("users.db")).unwrap();
+        admin.add("bob", "{PLAIN}b").unwrap();
+        let scopes = Scope::parse_list("imap").unwrap();
+        let new = NewAppPassword {
+            name: "phone",
+            stored: "{PLAIN}p",
+            scopes: &scopes,
+            networks: &[],
+            expires: None,
+        };
+        add(admin.connection(), "bob", &new).unwrap();
+        assert!(matches!(
+            add(admin.connection(), "bob", &new),
+            Err(SqliteError::AppPasswordExists(_))
+        ));
+        assert_eq!(load(admin.connection(), "bob").unwrap().list.len(), 1);
+        admin.delete("bob").unwrap();
+        admin.add("bob", "{PLAIN}b").unwrap();
+        assert!(load(admin.connection(), "bob").unwrap().list.is_empty());
+    }
 }
