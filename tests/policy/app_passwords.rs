@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
-use crate::common::policy::base_policy;
+use crate::common::policy::{base_policy, local_upstreams};
 use nginx_auth_fcgi::audit::{AuditRecord, Outcome};
 use nginx_auth_fcgi::auth_http::MailAuthRequest;
 use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy};
@@ -21,7 +21,6 @@ use nginx_auth_fcgi::passdb::app_password::{self, sqlite as apps, Scope, Service
 use nginx_auth_fcgi::passdb::sqlite::Admin;
 use nginx_auth_fcgi::passdb::AnyPassdb;
 use nginx_auth_fcgi::scheme::{self, Scheme};
-use nginx_auth_fcgi::upstream::Upstreams;
 
 const MAIN: &str = "main-password";
 
@@ -46,14 +45,7 @@ fn fixture(
     admin.add("alice@example.org", &main).unwrap();
     setup(&admin);
     let db = AnyPassdb::open(&format!("sqlite:{}", path.display()), None).unwrap();
-    let mut upstreams = Upstreams::default();
-    for u in [
-        "imap=127.0.0.1:1143",
-        "pop3=127.0.0.1:1110",
-        "smtp=127.0.0.1:1025",
-    ] {
-        upstreams.add(u).unwrap();
-    }
+    let upstreams = local_upstreams();
     let policy = Policy {
         cache: cache.then(|| Arc::new(Cache::new(CachePolicy::default()))),
         ..base_policy([Mechanism::Plain], upstreams)
