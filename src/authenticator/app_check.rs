@@ -9,7 +9,7 @@
 //! refuses for the protocols it names. A use is recorded by the passdb off
 //! the request path.
 
-use crate::passdb::app_password::{self, Login, Services};
+use crate::passdb::app_password::{self, Login, Service, Services};
 use crate::passdb::{AnyPassdb, AppPasswords, Passdb, PassdbError, Principal, Rejection, Verdict};
 use crate::scheme::StoredPassword;
 use crate::secret::Secret;
@@ -30,11 +30,9 @@ impl Authenticator {
         self.require_app
     }
 
-    /// Whether `apps`' owner may not use their main password for `login`.
-    pub(crate) fn main_password_refused(&self, apps: &AppPasswords, login: &Login<'_>) -> bool {
-        self.require_app
-            .union(apps.required)
-            .contains(login.service)
+    /// Whether `apps`' owner may not use their main password for `service`.
+    pub(crate) fn main_password_refused(&self, apps: &AppPasswords, service: Service) -> bool {
+        self.require_app.union(apps.required).contains(service)
     }
 
     /// Checks `passwords` of `user`, found in `db`, for `login`.
@@ -70,7 +68,7 @@ impl Authenticator {
         let (ok, cache) = self.check_stored(db, user, main, passwords).await?;
         let verdict = if !ok {
             Verdict::Rejected(Rejection::PasswordMismatch)
-        } else if self.main_password_refused(apps, login) {
+        } else if self.main_password_refused(apps, login.service) {
             Verdict::Rejected(Rejection::AppPasswordRequired)
         } else {
             Verdict::Accepted(principal)

@@ -299,7 +299,7 @@ impl Authenticator {
                     // Digest answers with the main password's plaintext:
                     // not where HTTP is kept for app passwords.
                     Answer::Decide(Lookup::Found { apps, .. })
-                        if self.main_password_refused(&apps, &login(req, None)) =>
+                        if self.main_password_refused(&apps, Service::Http) =>
                     {
                         Answer::Decide(DigestSecret::Rejected(Rejection::AppPasswordRequired))
                     }

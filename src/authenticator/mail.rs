@@ -17,7 +17,7 @@ use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 use crate::throttle::Scope;
 
-use super::chain::{Checked, Walk};
+use super::chain::Walk;
 use super::{Authenticator, Count, Counted, Decision, Throttled, WaitPolicy};
 
 /// SMTP rules beyond the passdb, Postfix style (`smtpd_*_restrictions`).
@@ -242,9 +242,7 @@ impl Authenticator {
         }
         match mech {
             Mechanism::Plain => self.judge_plain(req, notes).await,
-            Mechanism::CramMd5 | Mechanism::Apop => {
-                self.judge_challenge(req, mech, notes.client_ip).await
-            }
+            Mechanism::CramMd5 | Mechanism::Apop => self.judge_challenge(req, mech).await,
         }
     }
 
@@ -276,26 +274,15 @@ impl Authenticator {
             Ok(c) => c,
             Err(e) => return Judgement::Malformed(e.to_string()),
         };
-        let login = Login {
-            service: req.protocol.into(),
-            realm: None,
-            ip: notes.client_ip,
-        };
+        let login = Login::mail(req.protocol, notes.client_ip);
         let walk = self
             .walk(|db| self.verify_plain(db, &creds.user, &creds.passwords, &login))
             .await;
         match walk {
-            Walk::Decided(
-                Checked {
-                    verdict,
-                    cache,
-                    app_password,
-                },
-                passdb,
-            ) => {
-                notes.cache = cache;
-                notes.app_password = app_password;
-                match verdict {
+            Walk::Decided(checked, passdb) => {
+                notes.cache = checked.cache;
+                notes.app_password = checked.app_password;
+                match checked.verdict {
                     Verdict::Accepted(principal) => Judgement::Accept {
                         principal,
                         password: Some(req.pass.clone()),
@@ -308,12 +295,7 @@ impl Authenticator {
         }
     }
 
-    async fn judge_challenge(
-        &self,
-        req: &MailAuthRequest,
-        mech: Mechanism,
-        ip: Option<IpAddr>,
-    ) -> Judgement {
+    async fn judge_challenge(&self, req: &MailAuthRequest, mech: Mechanism) -> Judgement {
         let Ok(user) = std::str::from_utf8(&req.user) else {
             return Judgement::Malformed("user name is not UTF-8".into());
         };
@@ -323,26 +305,19 @@ impl Authenticator {
         let salt = req.salt.as_deref().unwrap_or_default();
         let response = req.pass.expose();
         let (principal, stored, passdb) = match self.walk(|db| self.lookup(db, user)).await {
+            // The main password's plaintext answers the challenge: not for
+            // a protocol kept for app passwords.
+            Walk::Decided(Lookup::Found { apps, .. }, passdb)
+                if self.main_password_refused(&apps, req.protocol.into()) =>
+            {
+                return Judgement::Reject(Rejection::AppPasswordRequired, Some(passdb))
+            }
             Walk::Decided(
                 Lookup::Found {
-                    principal,
-                    secret,
-                    apps,
+                    principal, secret, ..
                 },
                 passdb,
-            ) => {
-                // The main password's plaintext answers the challenge: not
-                // for a protocol kept for app passwords.
-                let login = Login {
-                    service: req.protocol.into(),
-                    realm: None,
-                    ip,
-                };
-                if self.main_password_refused(&apps, &login) {
-                    return Judgement::Reject(Rejection::AppPasswordRequired, Some(passdb));
-                }
-                (principal, secret, passdb)
-            }
+            ) => (principal, secret, passdb),
             Walk::Decided(Lookup::Rejected(r), passdb) => {
                 return Judgement::Reject(r, Some(passdb))
             }

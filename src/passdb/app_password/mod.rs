@@ -233,6 +233,17 @@ pub struct Login<'a> {
     pub ip: Option<IpAddr>,
 }
 
+impl Login<'_> {
+    /// A mail login of `protocol` from `ip`.
+    pub fn mail(protocol: MailProtocol, ip: Option<IpAddr>) -> Self {
+        Login {
+            service: protocol.into(),
+            realm: None,
+            ip,
+        }
+    }
+}
+
 /// Why a matching app password may not be used for a login (the audit
 /// line's reason; the client is told only "invalid login").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
