@@ -44,6 +44,7 @@ fn open_service(config: &Config) -> Result<Service, Vec<String>> {
     let options = PassdbOptions {
         default_scheme: config.default_scheme,
         password_query: config.password_query.clone(),
+        app_password_query: config.app_password_query.clone(),
     };
     for uri in &config.passdbs {
         if let Some(path) = uri.strip_prefix("passwd-file:") {

@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// optionally enabled, upstream_host, upstream_port, backend_user.
     #[arg(long)]
     pub password_query: Option<String>,
+    /// SQL passdbs' app passwords: a query like --password-query returning
+    /// one row per app password (name, password, scopes; optionally
+    /// networks, expires_at in unix seconds).
+    #[arg(long)]
+    pub app_password_query: Option<String>,
     /// Largest Argon2 memory cost a stored hash may ask for: 256M, 1G,
     /// 65536K (K/M/G = KiB/MiB/GiB; default 256M). Each Argon2 check
     /// allocates that much; hashes above it are refused at load.
@@ -197,6 +202,7 @@ impl ServeArgs {
             passdb: self.passdb.clone(),
             default_scheme: self.default_scheme.clone(),
             password_query: self.password_query.clone(),
+            app_password_query: self.app_password_query.clone(),
             argon2_max_memory: self.argon2_max_memory.clone(),
             mechanisms: self.mechanisms.clone(),
             upstream: self.upstream.clone(),

@@ -425,6 +425,7 @@ impl Config {
             passdbs,
             default_scheme,
             password_query: raw.password_query.clone(),
+            app_password_query: raw.app_password_query.clone(),
             argon2_max_memory_kib,
             mechanisms,
             upstreams,

@@ -236,6 +236,9 @@ pub struct PassdbOptions {
     /// SQL server passdbs: the lookup as a Dovecot-style template (see
     /// [`sql::Template`]); `None` reads the built-in schema.
     pub password_query: Option<String>,
+    /// SQL server passdbs: the app passwords' query (see
+    /// `sql::app_passwords`); `None`: no app passwords there.
+    pub app_password_query: Option<String>,
 }
 
 impl AnyPassdb {
@@ -259,13 +262,17 @@ impl AnyPassdb {
     pub fn open_with(uri: &str, options: &PassdbOptions) -> Result<Self, PassdbConfigError> {
         let default_scheme = options.default_scheme;
         let query = options.password_query.as_deref();
+        let apps = options.app_password_query.as_deref();
         let opened = if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
             wrap(
-                Postgres::open(uri, query, default_scheme),
+                Postgres::open(uri, query, apps, default_scheme),
                 AnyPassdb::Postgres,
             )
         } else if uri.starts_with("mysql://") || uri.starts_with("mariadb://") {
-            wrap(Mysql::open(uri, query, default_scheme), AnyPassdb::Mysql)
+            wrap(
+                Mysql::open(uri, query, apps, default_scheme),
+                AnyPassdb::Mysql,
+            )
         } else if let Some(path) = uri.strip_prefix("htdigest:") {
             wrap(Htdigest::open(path.as_ref()), AnyPassdb::Htdigest)
         } else if let Some(path) = uri.strip_prefix("htpasswd:") {
