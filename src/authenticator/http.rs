@@ -288,6 +288,11 @@ impl Authenticator {
         if nonce == NonceState::Invalid {
             return refuse("nonce not ours", false);
         }
+        // Digest answers with the main password (or its HA1): never where
+        // HTTP is kept for app passwords.
+        if self.required_app_password().contains(Service::Http) {
+            return rejected(Rejection::AppPasswordRequired, None);
+        }
         let walk = self
             .walk(|db| async move {
                 if c.md5_family() {
