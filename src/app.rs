@@ -44,6 +44,7 @@ fn open_service(config: &Config) -> Result<Service, Vec<String>> {
     let options = PassdbOptions {
         default_scheme: config.default_scheme,
         password_query: config.password_query.clone(),
+        app_password_query: config.app_password_query.clone(),
     };
     for uri in &config.passdbs {
         if let Some(path) = uri.strip_prefix("passwd-file:") {
@@ -51,6 +52,10 @@ fn open_service(config: &Config) -> Result<Service, Vec<String>> {
                 Ok(p) => problems.extend(p.into_iter().map(|p| format!("passwd-file {path}: {p}"))),
                 Err(e) => problems.push(e.to_string()),
             }
+        }
+        if let Err(e) = create_sqlite_db(config, uri) {
+            problems.push(e);
+            continue;
         }
         match AnyPassdb::open_with(uri, &options) {
             Ok(p) => passdbs.push(p),
@@ -92,9 +97,30 @@ fn open_service(config: &Config) -> Result<Service, Vec<String>> {
         .with_verifier(Verifier::new(config.verifier))
         .with_master_user(config.master_user.clone())
         .with_reject_unknown_client(config.reject_unknown_client)
+        .with_require_app_password(config.require_app_password)
         .with_external(config.external.clone())
         .map_err(|e| vec![e.to_string()])?;
     Ok(Service::new(auth, config.required.clone()))
+}
+
+/// A new SQLite database of `uri` is created 0600 (its directory 0700),
+/// owned by the user the daemon runs as (`--user`), before it opens.
+fn create_sqlite_db(config: &Config, uri: &str) -> Result<(), String> {
+    let (Some(path), Some((user, group))) = (crate::config::sqlite_path(uri), &config.run_as)
+    else {
+        return Ok(());
+    };
+    let ids = crate::listen::lookup_uid(user)
+        .and_then(|u| {
+            Ok((
+                u,
+                crate::listen::lookup_gid(group.as_deref().unwrap_or(user))?,
+            ))
+        })
+        .map_err(|e| e.to_string())?;
+    let owner = Some((ids.0.as_raw(), ids.1.as_raw()));
+    crate::passdb::private_file::create_private(&path, owner)
+        .map_err(|e| format!("creating {}: {e}", path.display()))
 }
 
 /// Most threads on tokio's blocking pool (tokio's default is 512): 64, or

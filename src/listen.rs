@@ -480,7 +480,7 @@ pub(crate) fn remove_created_socket(listener: &tokio::net::UnixListener) {
 }
 
 /// A uid from a user name or a number.
-fn lookup_uid(name: &str) -> Result<Uid, ListenError> {
+pub(crate) fn lookup_uid(name: &str) -> Result<Uid, ListenError> {
     if let Ok(n) = name.parse::<u32>() {
         return Ok(Uid::from_raw(n));
     }
@@ -491,7 +491,7 @@ fn lookup_uid(name: &str) -> Result<Uid, ListenError> {
 }
 
 /// A gid from a group name or a number.
-fn lookup_gid(name: &str) -> Result<Gid, ListenError> {
+pub(crate) fn lookup_gid(name: &str) -> Result<Gid, ListenError> {
     if let Ok(n) = name.parse::<u32>() {
         return Ok(Gid::from_raw(n));
     }

@@ -10,6 +10,7 @@
 use std::future::Future;
 
 use crate::cache::{CacheUse, Cached};
+use crate::passdb::app_password::Login;
 use crate::passdb::{verify_any, AnyPassdb, Lookup, Passdb, PassdbError, Rejection, Verdict};
 use crate::scheme::StoredPassword;
 use crate::secret::Secret;
@@ -39,6 +40,8 @@ pub(crate) enum Walk<T> {
 pub(crate) struct Checked {
     pub verdict: Verdict,
     pub cache: Option<CacheUse>,
+    /// The app password that matched, if one did.
+    pub app_password: Option<String>,
 }
 
 impl Authenticator {
@@ -92,29 +95,29 @@ impl Authenticator {
         db: &AnyPassdb,
         user: &str,
         passwords: &[Secret],
+        login: &Login<'_>,
     ) -> Result<Answer<Checked>, PassdbError> {
         let checked = if db.capabilities().lookup_credentials {
             match db.lookup_credentials(user).await? {
-                Lookup::Found { principal, secret } => {
-                    let (ok, cache) = self.check_stored(db, user, &secret, passwords).await?;
-                    Checked {
-                        verdict: if ok {
-                            Verdict::Accepted(principal)
-                        } else {
-                            Verdict::Rejected(Rejection::PasswordMismatch)
-                        },
-                        cache,
-                    }
+                Lookup::Found {
+                    principal,
+                    secret,
+                    apps,
+                } => {
+                    self.check_found(db, user, principal, &secret, &apps, passwords, login)
+                        .await?
                 }
                 Lookup::Rejected(r) => Checked {
                     verdict: Verdict::Rejected(r),
                     cache: None,
+                    app_password: None,
                 },
             }
         } else {
             Checked {
                 verdict: db.verify_plain(user, passwords).await?,
                 cache: None,
+                app_password: None,
             }
         };
         Ok(match checked.verdict {
@@ -124,7 +127,7 @@ impl Authenticator {
     }
 
     /// Whether one of `passwords` matches `stored`, and how the cache helped.
-    async fn check_stored(
+    pub(super) async fn check_stored(
         &self,
         db: &AnyPassdb,
         user: &str,

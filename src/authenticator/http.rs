@@ -10,6 +10,7 @@ use crate::audit::{AuditRecord, Outcome, Protocol, ThrottleAction};
 use crate::cache::CacheUse;
 use crate::http_auth::digest::{Credentials, NonceState};
 use crate::http_auth::{HttpAuth, HttpAuthRequest, HttpCredentials, HttpOutcome};
+use crate::passdb::app_password::{Login, Service};
 use crate::passdb::{Lookup, Passdb, Rejection, Verdict};
 use crate::scheme::StoredPassword;
 use crate::secret::Secret;
@@ -70,6 +71,19 @@ enum DigestSecret {
     Rejected(Rejection),
 }
 
+/// Where a Basic check reports how the cache took part and which app
+/// password matched (for the audit line).
+type Used<'a> = (&'a mut Option<CacheUse>, &'a mut Option<String>);
+
+/// The login an HTTP request is, for app password scopes.
+fn login(req: &HttpAuthRequest, ip: Option<IpAddr>) -> Login<'_> {
+    Login {
+        service: Service::Http,
+        realm: Some(&req.settings.realm),
+        ip,
+    }
+}
+
 fn refuse(reason: &str, stale: bool) -> Judgement {
     Judgement::Refuse {
         reason: reason.to_owned(),
@@ -108,15 +122,17 @@ impl Authenticator {
             _ => String::new(),
         };
         let mut cache = None;
+        let mut app_password = None;
         let judgement = self
             .within(
-                self.judge_http(req, state, ip, &mut user, &mut cache),
+                self.judge_http(req, state, ip, &mut user, (&mut cache, &mut app_password)),
                 Judgement::Temporary,
             )
             .await;
         let mut audit = AuditRecord::new(Protocol::Http, req.credentials.scheme(), user, ip);
         audit.uri = Some(req.uri.clone());
         audit.cache = cache;
+        audit.app_password = app_password;
         let outcome = conclude(judgement, &mut audit);
         if let Some(k) = repeat {
             state.repeats.remember(k, &outcome);
@@ -134,7 +150,7 @@ impl Authenticator {
         state: &HttpAuth,
         ip: Option<IpAddr>,
         user: &mut String,
-        cache: &mut Option<CacheUse>,
+        used: Used<'_>,
     ) -> Judgement {
         let throttled = match &req.credentials {
             HttpCredentials::None => return Judgement::Challenge,
@@ -145,7 +161,7 @@ impl Authenticator {
                     ip,
                     user.as_bytes(),
                     Some(password.expose()),
-                    self.judge_basic(user, password, cache),
+                    self.judge_basic(user, password, &login(req, ip), used),
                 )
                 .await
             }
@@ -193,18 +209,24 @@ impl Authenticator {
         &self,
         user: &str,
         password: &Secret,
-        cache: &mut Option<CacheUse>,
+        login: &Login<'_>,
+        (cache, app): Used<'_>,
     ) -> Judgement {
         let passwords = std::slice::from_ref(password);
-        match self.walk(|db| self.verify_plain(db, user, passwords)).await {
+        match self
+            .walk(|db| self.verify_plain(db, user, passwords, login))
+            .await
+        {
             Walk::Decided(
                 Checked {
                     verdict,
                     cache: used,
+                    app_password,
                 },
                 passdb,
             ) => {
                 *cache = used;
+                *app = app_password;
                 match verdict {
                     Verdict::Accepted(p) => Judgement::Allow {
                         user: if p.user.is_empty() {
@@ -266,6 +288,11 @@ impl Authenticator {
         if nonce == NonceState::Invalid {
             return refuse("nonce not ours", false);
         }
+        // Digest answers with the main password (or its HA1): never where
+        // HTTP is kept for app passwords.
+        if self.required_app_password().contains(Service::Http) {
+            return rejected(Rejection::AppPasswordRequired, None);
+        }
         let walk = self
             .walk(|db| async move {
                 if c.md5_family() {
@@ -274,6 +301,13 @@ impl Authenticator {
                     }
                 }
                 Ok(match self.lookup(db, user).await? {
+                    // Digest answers with the main password's plaintext:
+                    // not where HTTP is kept for app passwords.
+                    Answer::Decide(Lookup::Found { apps, .. })
+                        if self.main_password_refused(&apps, Service::Http) =>
+                    {
+                        Answer::Decide(DigestSecret::Rejected(Rejection::AppPasswordRequired))
+                    }
                     Answer::Decide(Lookup::Found { secret, .. }) => {
                         Answer::Decide(DigestSecret::Stored(secret))
                     }

@@ -11,12 +11,13 @@ use crate::auth_http::{
 use crate::cache::CacheUse;
 use crate::mech::external::NoMatch;
 use crate::mech::{apop, cram_md5, Mechanism};
+use crate::passdb::app_password::Login;
 use crate::passdb::{Lookup, PassdbError, Principal, Rejection, Verdict};
 use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 use crate::throttle::Scope;
 
-use super::chain::{Checked, Walk};
+use super::chain::Walk;
 use super::{Authenticator, Count, Counted, Decision, Throttled, WaitPolicy};
 
 /// SMTP rules beyond the passdb, Postfix style (`smtpd_*_restrictions`).
@@ -134,6 +135,8 @@ struct Notes {
     client_ip: Option<IpAddr>,
     /// EXTERNAL: the user the certificate mapped to (for the audit line).
     mapped_user: Option<String>,
+    /// The app password that matched, if one did (for the audit line).
+    app_password: Option<String>,
 }
 
 /// The judgement for a walk that found nobody (or only failures).
@@ -271,13 +274,15 @@ impl Authenticator {
             Ok(c) => c,
             Err(e) => return Judgement::Malformed(e.to_string()),
         };
+        let login = Login::mail(req.protocol, notes.client_ip);
         let walk = self
-            .walk(|db| self.verify_plain(db, &creds.user, &creds.passwords))
+            .walk(|db| self.verify_plain(db, &creds.user, &creds.passwords, &login))
             .await;
         match walk {
-            Walk::Decided(Checked { verdict, cache }, passdb) => {
-                notes.cache = cache;
-                match verdict {
+            Walk::Decided(checked, passdb) => {
+                notes.cache = checked.cache;
+                notes.app_password = checked.app_password;
+                match checked.verdict {
                     Verdict::Accepted(principal) => Judgement::Accept {
                         principal,
                         password: Some(req.pass.clone()),
@@ -300,9 +305,19 @@ impl Authenticator {
         let salt = req.salt.as_deref().unwrap_or_default();
         let response = req.pass.expose();
         let (principal, stored, passdb) = match self.walk(|db| self.lookup(db, user)).await {
-            Walk::Decided(Lookup::Found { principal, secret }, passdb) => {
-                (principal, secret, passdb)
+            // The main password's plaintext answers the challenge: not for
+            // a protocol kept for app passwords.
+            Walk::Decided(Lookup::Found { apps, .. }, passdb)
+                if self.main_password_refused(&apps, req.protocol.into()) =>
+            {
+                return Judgement::Reject(Rejection::AppPasswordRequired, Some(passdb))
             }
+            Walk::Decided(
+                Lookup::Found {
+                    principal, secret, ..
+                },
+                passdb,
+            ) => (principal, secret, passdb),
             Walk::Decided(Lookup::Rejected(r), passdb) => {
                 return Judgement::Reject(r, Some(passdb))
             }
@@ -345,6 +360,7 @@ impl Authenticator {
                 Lookup::Found {
                     mut principal,
                     secret,
+                    ..
                 },
                 passdb,
             ) => {
@@ -371,6 +387,7 @@ impl Authenticator {
     ) -> Decision {
         let mut audit = AuditRecord::mail(req);
         audit.cache = notes.cache;
+        audit.app_password = notes.app_password;
         audit.client_ip = notes.client_ip;
         if let Some(user) = notes.mapped_user {
             audit.user = user;

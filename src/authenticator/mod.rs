@@ -20,6 +20,7 @@
 //! never OK), and a *refusal* (not allowed at all). What the client is told
 //! for each is a [`crate::auth_http::FailureKind`].
 
+mod app_check;
 pub(crate) mod chain;
 mod http;
 mod mail;
@@ -140,6 +141,8 @@ pub struct Authenticator {
     verifier: Verifier,
     /// SMTP rules beyond the passdb (see [`mail::SmtpRules`]).
     smtp: mail::SmtpRules,
+    /// Protocols for which main passwords are refused (`require_app_password`).
+    require_app: crate::passdb::app_password::Services,
 }
 
 /// What the throttle learns from a judgement.
@@ -199,6 +202,7 @@ impl Authenticator {
                 external: Rules::default(),
                 verifier: Verifier::default(),
                 smtp: mail::SmtpRules::default(),
+                require_app: Default::default(),
             })
         } else {
             Err(problems)

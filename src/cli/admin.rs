@@ -87,6 +87,19 @@ pub enum UserCommand {
         /// Login.
         user: String,
     },
+    /// A user's app passwords: per-device, scoped, revocable.
+    AppPassword {
+        #[command(subcommand)]
+        command: super::app_password::AppPasswordCommand,
+    },
+    /// Refuse a user's main password for these protocols (imap,pop3,smtp,http;
+    /// `none` clears): only their app passwords log in there.
+    RequireAppPassword {
+        /// Login.
+        user: String,
+        /// Comma-separated protocols, or none.
+        protocols: String,
+    },
 }
 
 /// `check-config`: builds the service like `serve` and prints what it would do.
@@ -94,6 +107,7 @@ pub fn check_config(args: ServeArgs) -> CmdResult {
     let rt = runtime()?;
     let _guard = rt.enter();
     let (config, _service) = args.build()?;
+    let file_warnings = file_warnings(&args, &config);
     println!("configuration OK");
     println!("  passdbs: {}", passdb_list(&config));
     println!(
@@ -142,6 +156,12 @@ pub fn check_config(args: ServeArgs) -> CmdResult {
     for line in config.upstreams.describe() {
         println!("  {line}");
     }
+    if !config.require_app_password.is_empty() {
+        println!(
+            "  require_app_password: {} (main passwords refused there; app passwords only)",
+            config.require_app_password
+        );
+    }
     match &config.throttle {
         Some(t) => println!(
             "  throttle: blocks a network at {} failures (+{} per doubling of its users who \
@@ -172,10 +192,56 @@ pub fn check_config(args: ServeArgs) -> CmdResult {
         .iter()
         .cloned()
         .chain(challenge_warnings(&config))
+        .chain(file_warnings)
     {
         println!("warning: {w}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Passdb files, and files that hold secrets, that every local user can
+/// read: the config file when it holds a master password, a required
+/// header's value or a password in a URI, the master password file, and
+/// each passdb file (passwd-file, htpasswd, htdigest, sqlite).
+fn file_warnings(args: &ServeArgs, config: &Config) -> Vec<String> {
+    use nginx_auth_fcgi::passdb::{private_file, redact_uri};
+    let mut w = Vec::new();
+    if let Some(path) = &args.config {
+        let raw = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| config::RawConfig::parse(&t).ok());
+        if let Some(raw) = raw {
+            let secret_uri = raw
+                .passdb
+                .iter()
+                .chain(&raw.state)
+                .any(|u| redact_uri(u) != *u);
+            let master = raw.master_user.as_ref();
+            if secret_uri
+                || !raw.require_header.is_empty()
+                || master.is_some_and(|m| m.password.is_some())
+            {
+                w.extend(private_file::readable_by_others(
+                    path,
+                    "config file (it holds secrets)",
+                ));
+            }
+            if let Some(f) = master.and_then(|m| m.password_file.as_deref()) {
+                w.extend(private_file::readable_by_others(f, "master password file"));
+            }
+        }
+    }
+    if let Some(f) = &args.master_password_file {
+        w.extend(private_file::readable_by_others(f, "master password file"));
+    }
+    for uri in &config.passdbs {
+        if let Some(f) = private_file::passdb_file(uri) {
+            w.extend(private_file::readable_by_others(f, "passdb file"));
+        }
+    }
+    // The master password file may be named by the file and the flag.
+    w.dedup();
+    w
 }
 
 /// What cannot work for lack of a master user.
@@ -392,6 +458,12 @@ pub fn user(db: &str, command: UserCommand) -> CmdResult {
         UserCommand::Enable { user } => {
             admin.set_enabled(&user, true).map_err(err)?;
             eprintln!("user {user} enabled");
+        }
+        UserCommand::AppPassword { command } => {
+            return super::app_password::run(&admin, command);
+        }
+        UserCommand::RequireAppPassword { user, protocols } => {
+            return super::app_password::require(&admin, &user, &protocols);
         }
         UserCommand::List => {
             let rows = admin.list().map_err(err)?;

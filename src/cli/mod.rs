@@ -1,6 +1,7 @@
 //! The command line's subcommands, one file per kind.
 
 pub mod admin;
+pub mod app_password;
 pub mod man;
 pub mod serve;
 pub mod status;

@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// optionally enabled, upstream_host, upstream_port, backend_user.
     #[arg(long)]
     pub password_query: Option<String>,
+    /// SQL passdbs' app passwords: a query like --password-query returning
+    /// one row per app password (name, password, scopes; optionally
+    /// networks, expires_at in unix seconds).
+    #[arg(long)]
+    pub app_password_query: Option<String>,
     /// Largest Argon2 memory cost a stored hash may ask for: 256M, 1G,
     /// 65536K (K/M/G = KiB/MiB/GiB; default 256M). Each Argon2 check
     /// allocates that much; hashes above it are refused at load.
@@ -85,6 +90,10 @@ pub struct ServeArgs {
     /// NAME=VALUE header nginx must send (auth_http_header), repeatable.
     #[arg(long)]
     pub require_header: Vec<String>,
+    /// Refuse main passwords for these protocols (imap, pop3, smtp, http;
+    /// repeatable or comma-separated): only app passwords log in.
+    #[arg(long)]
+    pub require_app_password: Vec<String>,
     /// Domain we accept mail for without AUTH (smtp_auth none), repeatable.
     #[arg(long = "local-domain")]
     pub local_domains: Vec<String>,
@@ -193,6 +202,7 @@ impl ServeArgs {
             passdb: self.passdb.clone(),
             default_scheme: self.default_scheme.clone(),
             password_query: self.password_query.clone(),
+            app_password_query: self.app_password_query.clone(),
             argon2_max_memory: self.argon2_max_memory.clone(),
             mechanisms: self.mechanisms.clone(),
             upstream: self.upstream.clone(),
@@ -202,6 +212,7 @@ impl ServeArgs {
             trusted_proxies: self.trusted_proxies.clone(),
             require_header: self.require_header.clone(),
             local_domains: self.local_domains.clone(),
+            require_app_password: self.require_app_password.clone(),
             smtp_pass: self.smtp_pass.then_some(true),
             reject_unknown_client: self.reject_unknown_client.then_some(true),
             log: self.log.clone(),

@@ -91,6 +91,8 @@ pub struct Config {
     pub default_scheme: Option<Scheme>,
     /// Lookup template of the SQL server passdbs (`None`: built-in schema).
     pub password_query: Option<String>,
+    /// App passwords' query of the SQL server passdbs (`None`: none there).
+    pub app_password_query: Option<String>,
     /// Largest Argon2 memory cost (KiB) of a stored hash; see
     /// [`crate::scheme::set_argon2_max_memory_kib`].
     pub argon2_max_memory_kib: u32,
@@ -108,6 +110,8 @@ pub struct Config {
     pub smtp_pass: bool,
     /// Refuse SMTP clients without a confirmed reverse-DNS name.
     pub reject_unknown_client: bool,
+    /// Protocols for which main passwords are refused (app passwords only).
+    pub require_app_password: crate::passdb::app_password::Services,
     /// Log destination.
     pub log: LogTarget,
     /// Log level.

@@ -35,6 +35,10 @@ pub struct RawConfig {
     /// `--password-query`: the SQL passdbs' lookup, a template whose `%u`,
     /// `%n`, `%d` become bound parameters (default: the built-in schema).
     pub password_query: Option<String>,
+    /// `--app-password-query`: the SQL passdbs' app passwords, a template
+    /// like `password_query` returning `name`, `password`, `scopes` and
+    /// optionally `networks` and `expires_at`, one row each.
+    pub app_password_query: Option<String>,
     /// `--argon2-max-memory`: the largest Argon2 memory cost a stored hash
     /// may ask for, as a size with a unit: `256M`, `1G`, `65536K` (K, M, G
     /// are KiB, MiB, GiB; default 256M). Hashes above it are refused.
@@ -72,6 +76,11 @@ pub struct RawConfig {
     /// like Postfix's `reject_unknown_client_hostname`. Needs a `resolver`
     /// in nginx's `mail {}`.
     pub reject_unknown_client: Option<bool>,
+    /// `--require-app-password`: protocols (`imap`, `pop3`, `smtp`,
+    /// `http`) for which main passwords are refused; only app passwords
+    /// log in.
+    #[serde(default)]
+    pub require_app_password: Vec<String>,
     /// `--log`: `stderr`, `syslog`, `syslog:FACILITY`.
     pub log: Option<String>,
     /// `--log-level`: error, warn, info, debug.
@@ -288,6 +297,7 @@ impl RawConfig {
         take(&mut self.trusted_proxies, cli.trusted_proxies);
         take(&mut self.require_header, cli.require_header);
         take(&mut self.local_domains, cli.local_domains);
+        take(&mut self.require_app_password, cli.require_app_password);
         self.socket_mode = cli.socket_mode.or(self.socket_mode);
         self.socket_owner = cli.socket_owner.or(self.socket_owner);
         self.socket_group = cli.socket_group.or(self.socket_group);
@@ -295,6 +305,7 @@ impl RawConfig {
         self.group = cli.group.or(self.group);
         self.default_scheme = cli.default_scheme.or(self.default_scheme);
         self.password_query = cli.password_query.or(self.password_query);
+        self.app_password_query = cli.app_password_query.or(self.app_password_query);
         self.argon2_max_memory = cli.argon2_max_memory.or(self.argon2_max_memory);
         self.smtp_pass = cli.smtp_pass.or(self.smtp_pass);
         self.reject_unknown_client = cli.reject_unknown_client.or(self.reject_unknown_client);

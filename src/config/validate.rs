@@ -404,6 +404,12 @@ impl Config {
                 .filter_map(|r| p.check(external_rule(r)))
                 .collect(),
         );
+        let require_app_password = p
+            .check(
+                crate::passdb::app_password::Services::parse(&raw.require_app_password)
+                    .map_err(|e| format!("require_app_password: {e}")),
+            )
+            .unwrap_or_default();
         let passdbs = if raw.passdb.is_empty() {
             vec![DEFAULT_PASSDB.to_owned()]
         } else {
@@ -419,6 +425,7 @@ impl Config {
             passdbs,
             default_scheme,
             password_query: raw.password_query.clone(),
+            app_password_query: raw.app_password_query.clone(),
             argon2_max_memory_kib,
             mechanisms,
             upstreams,
@@ -427,6 +434,7 @@ impl Config {
             local_domains,
             smtp_pass: raw.smtp_pass.unwrap_or(false),
             reject_unknown_client: raw.reject_unknown_client.unwrap_or(false),
+            require_app_password,
             log,
             log_level,
             wait,

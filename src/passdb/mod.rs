@@ -12,12 +12,14 @@
 //! without is refused when it is opened
 //! ([`PassdbConfigError::NotBuilt`]).
 
+pub mod app_password;
 pub mod dovecot_auth;
 mod errors;
 pub mod htdigest;
 #[cfg(feature = "ldap")]
 pub mod ldap;
 pub mod passwd_file;
+pub mod private_file;
 pub mod saslauthd;
 pub mod socket;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
@@ -36,6 +38,7 @@ use std::sync::Arc;
 
 use crate::scheme::{Scheme, SchemeError, StoredPassword};
 use crate::secret::Secret;
+pub use app_password::{AppPasswords, AppRefusal};
 
 pub use dovecot_auth::DovecotAuth;
 pub use errors::{BadOption, FileError, OpenError, PassdbConfigError};
@@ -96,6 +99,25 @@ pub enum Rejection {
     PasswordMismatch,
     /// The account is disabled (`nologin`, `enabled = 0`).
     Disabled,
+    /// The main password, for a protocol that `require_app_password` keeps
+    /// for app passwords.
+    AppPasswordRequired,
+    /// An app password whose scopes do not cover the protocol.
+    AppPasswordScope,
+    /// An expired app password.
+    AppPasswordExpired,
+    /// An app password from outside its networks.
+    AppPasswordNetwork,
+}
+
+impl From<AppRefusal> for Rejection {
+    fn from(r: AppRefusal) -> Self {
+        match r {
+            AppRefusal::Scope => Rejection::AppPasswordScope,
+            AppRefusal::Expired => Rejection::AppPasswordExpired,
+            AppRefusal::Network => Rejection::AppPasswordNetwork,
+        }
+    }
 }
 
 impl Rejection {
@@ -105,6 +127,10 @@ impl Rejection {
             Rejection::UnknownUser => "unknown-user",
             Rejection::PasswordMismatch => "password-mismatch",
             Rejection::Disabled => "disabled",
+            Rejection::AppPasswordRequired => "app-password-required",
+            Rejection::AppPasswordScope => "app-password-scope",
+            Rejection::AppPasswordExpired => "app-password-expired",
+            Rejection::AppPasswordNetwork => "app-password-network",
         }
     }
 }
@@ -127,6 +153,8 @@ pub enum Lookup {
         principal: Principal,
         /// Their stored password.
         secret: StoredPassword,
+        /// Their app passwords (built-in SQLite schema, SQL `app_password_query`).
+        apps: AppPasswords,
     },
     /// Unknown or disabled.
     Rejected(Rejection),
@@ -187,6 +215,12 @@ pub trait Passdb: Send + Sync {
         let _ = (user, realm);
         Ok(None)
     }
+    /// App password `name` of `user` just opened a login from `ip`: record
+    /// it ("last used") without making the caller wait. Backends without
+    /// app passwords, or without a place to record, ignore it.
+    fn app_password_used(&self, user: &str, name: &str, ip: Option<IpAddr>) {
+        let _ = (user, name, ip);
+    }
 }
 
 /// Every backend, one variant each; `impl Passdb` forwards.
@@ -222,6 +256,9 @@ pub struct PassdbOptions {
     /// SQL server passdbs: the lookup as a Dovecot-style template (see
     /// [`sql::Template`]); `None` reads the built-in schema.
     pub password_query: Option<String>,
+    /// SQL server passdbs: the app passwords' query (see
+    /// `sql::app_passwords`); `None`: no app passwords there.
+    pub app_password_query: Option<String>,
 }
 
 impl AnyPassdb {
@@ -251,7 +288,12 @@ impl AnyPassdb {
         let opened = match kind {
             #[cfg(feature = "postgres")]
             Kind::Postgres => wrap(
-                Postgres::open(uri, options.password_query.as_deref(), default_scheme),
+                Postgres::open(
+                    uri,
+                    options.password_query.as_deref(),
+                    options.app_password_query.as_deref(),
+                    default_scheme,
+                ),
                 AnyPassdb::Postgres,
             ),
             #[cfg(not(feature = "postgres"))]
@@ -263,7 +305,12 @@ impl AnyPassdb {
             }
             #[cfg(feature = "mysql")]
             Kind::Mysql => wrap(
-                Mysql::open(uri, options.password_query.as_deref(), default_scheme),
+                Mysql::open(
+                    uri,
+                    options.password_query.as_deref(),
+                    options.app_password_query.as_deref(),
+                    default_scheme,
+                ),
                 AnyPassdb::Mysql,
             ),
             #[cfg(not(feature = "mysql"))]
@@ -411,6 +458,9 @@ impl Passdb for AnyPassdb {
     ) -> Result<Option<String>, PassdbError> {
         each!(self, p => p.find_user(matches).await)
     }
+    fn app_password_used(&self, user: &str, name: &str, ip: Option<IpAddr>) {
+        each!(self, p => p.app_password_used(user, name, ip))
+    }
 }
 
 /// One user record as file and table backends store it.
@@ -425,6 +475,8 @@ pub struct Entry {
     /// HTTP Digest HA1 (lower-case hex MD5 of `user:realm:password`) when the
     /// backend stores one (SQL column `digest_ha1`).
     pub digest_ha1: Option<String>,
+    /// App passwords and the user's own `require_app_password`.
+    pub apps: AppPasswords,
 }
 
 impl Entry {
@@ -437,6 +489,7 @@ impl Entry {
             Ok(secret) => Ok(Lookup::Found {
                 principal: self.principal,
                 secret,
+                apps: self.apps,
             }),
             Err(e) => Err(PassdbError::BadStoredPassword(e.to_string())),
         }
@@ -446,7 +499,9 @@ impl Entry {
     /// blocking pool so a bcrypt or Argon2 check never stalls other requests.
     pub async fn verify(self, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         let (principal, stored) = match self.lookup()? {
-            Lookup::Found { principal, secret } => (principal, secret),
+            Lookup::Found {
+                principal, secret, ..
+            } => (principal, secret),
             Lookup::Rejected(r) => return Ok(Verdict::Rejected(r)),
         };
         let ok = if stored.scheme().is_expensive() {

@@ -243,6 +243,7 @@ fn parse_line(
             password,
             enabled,
             digest_ha1: None,
+            apps: Default::default(),
         },
     ))
 }

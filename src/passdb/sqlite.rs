@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::app_password::{self, sqlite::LastUsed};
 use super::{
     parse_stored, passwd_file::resolve, Entry, Lookup, Passdb, PassdbError, Principal, Verdict,
 };
@@ -49,6 +50,8 @@ pub struct Sqlite {
     path: PathBuf,
     default_scheme: Option<Scheme>,
     pool: Arc<Mutex<Vec<Connection>>>,
+    /// Records when app passwords were last used, off the request path.
+    last_used: LastUsed,
 }
 
 /// A database error of the admin commands or at open.
@@ -63,17 +66,36 @@ pub enum SqliteError {
     /// The user exists already.
     #[error("user `{0}` exists already")]
     Exists(String),
+    /// The user has an app password of that name already.
+    #[error("app password `{0}` exists already")]
+    AppPasswordExists(String),
+    /// The user has no app password of that name.
+    #[error("no such app password `{0}`")]
+    NoSuchAppPassword(String),
+    /// The database file or its directory could not be created.
+    #[error("creating {}: {source}", path.display())]
+    Create {
+        /// The database file.
+        path: PathBuf,
+        /// What the filesystem said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Opens (creating if needed) the database and its schema, in WAL mode.
 pub fn open_rw(path: &Path) -> Result<Connection, SqliteError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = std::fs::create_dir_all(dir);
-    }
+    // A new database is private (0600 in a 0700 directory); its -wal and
+    // -shm files take its mode.
+    super::private_file::create_private(path, None).map_err(|source| SqliteError::Create {
+        path: path.to_owned(),
+        source,
+    })?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.execute_batch(SCHEMA)?;
+    super::app_password::sqlite::migrate(&conn)?;
     Ok(conn)
 }
 
@@ -94,6 +116,7 @@ impl Sqlite {
             path: path.to_owned(),
             default_scheme,
             pool: Arc::new(Mutex::new(Vec::new())),
+            last_used: LastUsed::new(path),
         })
     }
 
@@ -122,12 +145,16 @@ impl Sqlite {
                     })
                     .optional()
                 })
+                .and_then(|row| match row {
+                    Some(row) => Ok(Some((row, app_password::sqlite::load(&conn, &user)?))),
+                    None => Ok(None),
+                })
                 .map_err(unavailable);
             // Return healthy connections to the pool; a failed one is dropped.
             if row.is_ok() {
                 lock(&pool).push(conn);
             }
-            let Some((password, enabled, host, port, backend_user)) = row? else {
+            let Some(((password, enabled, host, port, backend_user), apps)) = row? else {
                 return Ok(None);
             };
             let upstream_host: Option<IpAddr> = match host.as_deref().filter(|h| !h.is_empty()) {
@@ -146,6 +173,7 @@ impl Sqlite {
                 password: parse_stored(&password, default_scheme).map_err(Arc::new),
                 enabled: enabled != 0,
                 digest_ha1: None,
+                apps,
             }))
         })
         .await
@@ -164,6 +192,9 @@ impl Passdb for Sqlite {
     }
     async fn lookup_credentials(&self, user: &str) -> Result<Lookup, PassdbError> {
         super::lookup_entry(self.entry(user).await?)
+    }
+    fn app_password_used(&self, user: &str, name: &str, ip: Option<IpAddr>) {
+        self.last_used.record(user, name, ip);
     }
 }
 
@@ -245,8 +276,15 @@ impl Admin {
         self.one(user, n)
     }
 
-    /// Deletes a user.
+    /// The connection, for the app password commands
+    /// ([`app_password::sqlite`]).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Deletes a user, with their app passwords.
     pub fn delete(&self, user: &str) -> Result<(), SqliteError> {
+        app_password::sqlite::delete_all(&self.conn, user)?;
         let n = self
             .conn
             .execute("DELETE FROM users WHERE username = ?1", params![user])?;

@@ -92,7 +92,9 @@ async fn search_mode_compares_stored_passwords() {
     );
 
     match db.lookup_credentials("carol").await.unwrap() {
-        Lookup::Found { principal, secret } => {
+        Lookup::Found {
+            principal, secret, ..
+        } => {
             assert_eq!(principal.user, "carol");
             assert_eq!(secret.scheme(), Scheme::Plain);
         }

@@ -135,6 +135,7 @@ fn open_uri(uri: &str, query: Option<&str>) -> AnyPassdb {
     AnyPassdb::open_with(
         uri,
         &PassdbOptions {
+            app_password_query: None,
             default_scheme: None,
             password_query: query.map(str::to_owned),
         },
@@ -219,7 +220,9 @@ async fn built_in_schema(kind: Kind) {
     }
     // Challenge mechanisms get the stored credential.
     match db.lookup_credentials("alice@example.org").await {
-        Ok(Lookup::Found { principal, secret }) => {
+        Ok(Lookup::Found {
+            principal, secret, ..
+        }) => {
             assert_eq!(principal.user, "alice@example.org");
             assert_eq!(secret.plaintext(), Some(&b"alice-pw"[..]));
         }
@@ -376,6 +379,7 @@ async fn custom_query(kind: Kind) {
     assert!(AnyPassdb::open_with(
         &server.uri(BUILT_IN_DB, ""),
         &PassdbOptions {
+            app_password_query: None,
             default_scheme: None,
             password_query: Some("SELECT pw_hash AS password FROM mailbox WHERE u = '%n@x'".into()),
         },
@@ -853,4 +857,85 @@ async fn postgres_digest_ha1_column() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_digest_ha1_column() {
     digest_ha1_column(Kind::Mariadb).await;
+}
+
+/// Issue 16: `app_password_query` on a real PostgreSQL server: one row per
+/// app password (%n/%d bound), the user's own `require_app_password` from
+/// the `password_query` row, all in the one lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_app_password_query() {
+    let server = Server::start(Kind::Postgres);
+    admin(&server, &[format!("CREATE DATABASE {BUILT_IN_DB}")]).await;
+    let phone = nginx_auth_fcgi::scheme::hash(
+        nginx_auth_fcgi::scheme::Scheme::Sha256Crypt,
+        b"phone-secret",
+    )
+    .unwrap();
+    let setup = [
+        "CREATE TABLE mailbox (local TEXT, domain TEXT, pw TEXT, req TEXT)".to_owned(),
+        "CREATE TABLE devices (local TEXT, domain TEXT, name TEXT, pw TEXT, scopes TEXT, \
+         nets TEXT, expires BIGINT)"
+            .to_owned(),
+        "INSERT INTO mailbox VALUES ('alice', 'example.org', '{PLAIN}main', 'imap,pop3'), \
+         ('bob', 'example.org', '{PLAIN}bob', NULL)"
+            .to_owned(),
+        format!(
+            "INSERT INTO devices VALUES ('alice', 'example.org', 'phone', '{phone}', 'smtp', \
+             NULL, NULL), ('alice', 'example.org', 'office', '{{PLAIN}}office', 'imap', \
+             '192.0.2.0/24', 2000000000), ('alice', 'other.example', 'stranger', \
+             '{{PLAIN}}x', 'imap', NULL, NULL)"
+        ),
+    ];
+    let (client, conn) =
+        tokio_postgres::connect(&server.uri(BUILT_IN_DB, ""), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    let task = tokio::spawn(conn);
+    for s in &setup {
+        client.batch_execute(s).await.expect("setup");
+    }
+    drop(client);
+    let _ = task.await;
+
+    let db = AnyPassdb::open_with(
+        &server.uri(BUILT_IN_DB, ""),
+        &PassdbOptions {
+            default_scheme: None,
+            password_query: Some(
+                "SELECT pw AS password, req AS require_app_password FROM mailbox \
+                 WHERE local = %n AND domain = %d"
+                    .into(),
+            ),
+            app_password_query: Some(
+                "SELECT name, pw AS password, scopes, nets AS networks, expires AS expires_at \
+                 FROM devices WHERE local = '%n' AND domain = '%d' ORDER BY name"
+                    .into(),
+            ),
+        },
+    )
+    .unwrap_or_else(|e| panic!("open: {e}"));
+    let Lookup::Found { apps, .. } = db.lookup_credentials("alice@example.org").await.unwrap()
+    else {
+        panic!("alice not found");
+    };
+    let names: Vec<_> = apps.list.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["office", "phone"], "only alice@example.org's");
+    assert_eq!(apps.required.to_string(), "imap,pop3");
+    assert!(apps.list[1].stored.verify(b"phone-secret").unwrap());
+    assert_eq!(apps.list[0].expires, Some(2_000_000_000));
+    assert_eq!(apps.list[0].networks.len(), 1);
+    let Lookup::Found { apps, .. } = db.lookup_credentials("bob@example.org").await.unwrap() else {
+        panic!("bob not found");
+    };
+    assert!(apps.list.is_empty() && apps.required.is_empty());
+
+    // A template the binder cannot use is refused at start-up.
+    assert!(AnyPassdb::open_with(
+        &server.uri(BUILT_IN_DB, ""),
+        &PassdbOptions {
+            app_password_query: Some("SELECT * FROM devices WHERE local = '%n@x'".into()),
+            ..PassdbOptions::default()
+        },
+    )
+    .is_err());
 }

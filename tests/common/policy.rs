@@ -46,3 +46,16 @@ pub fn fixed_throttle() -> ThrottlePolicy {
         known_for: Duration::ZERO,
     }
 }
+
+/// IMAP, POP3 and SMTP upstreams on 127.0.0.1 ports 1143, 1110 and 1025.
+pub fn local_upstreams() -> Upstreams {
+    let mut upstreams = Upstreams::default();
+    for u in [
+        "imap=127.0.0.1:1143",
+        "pop3=127.0.0.1:1110",
+        "smtp=127.0.0.1:1025",
+    ] {
+        upstreams.add(u).unwrap();
+    }
+    upstreams
+}

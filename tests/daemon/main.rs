@@ -1,11 +1,13 @@
 //! The daemon binary as a process: the admin commands (`cli`), reload,
-//! privilege dropping, bad input and a short soak, and upstream pools.
+//! privilege dropping, bad input and a short soak, upstream pools, and the
+//! password files' modes and app passwords (`files`).
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod bad_input;
 mod cli;
+mod files;
 mod privileges;
 mod reload;
 mod soak_short;

@@ -791,3 +791,19 @@ fn captured_digest_header_replayed_in_new_request_is_refused() {
     );
     assert!(!String::from_utf8_lossy(&replay.stdout).contains("the private page"));
 }
+
+/// Issue 16: `require_app_password = ["imap"]` keeps IMAP for app passwords
+/// only (see `app_passwords`); HTTP Basic with the main password goes on
+/// working through nginx.
+#[test]
+fn require_app_password_for_imap_leaves_http_basic_alone() {
+    let site = Site::start_with("require_app_password = [\"imap\"]\n");
+    let url = site.url("/private/secret.txt");
+    let basic = site.curl(&["--basic", "-u", "bob:bob-pw", &url]);
+    assert!(
+        status_line(&basic).contains(" 200"),
+        "{}\n{}",
+        status_line(&basic),
+        site.log("daemon.log")
+    );
+}

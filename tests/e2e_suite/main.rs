@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod app_passwords;
 mod directory;
 mod http;
 mod mail;

@@ -1,11 +1,12 @@
 //! The decision in-process: mail auth_http, HTTP Basic/Digest, the policy
 //! layer, SMTP relay policy, the verification cache, master users and
-//! EXTERNAL. (The metrics are process-wide: `tests/metrics.rs` counts them
+//! EXTERNAL, app passwords. (The metrics are process-wide: `tests/metrics.rs` counts them
 //! in a binary of its own.)
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod app_passwords;
 mod http_auth;
 mod http_policy;
 mod mail_auth;

@@ -15,7 +15,6 @@ use nginx_auth_fcgi::mech::{cram_md5, Mechanism};
 use nginx_auth_fcgi::passdb::AnyPassdb;
 use nginx_auth_fcgi::secret::Secret;
 use nginx_auth_fcgi::service::Service;
-use nginx_auth_fcgi::upstream::Upstreams;
 
 const SALT: &str = "<4711.1795895186@mail.example.test>";
 const MASTER_SECRET: &str = "m4ster-S3cret-never-logged";
@@ -54,14 +53,7 @@ fn fixture(master: Option<MasterUser>, rules: Rules) -> Fixture {
         ),
     )
     .unwrap();
-    let mut upstreams = Upstreams::default();
-    for u in [
-        "imap=127.0.0.1:1143",
-        "pop3=127.0.0.1:1110",
-        "smtp=127.0.0.1:1025",
-    ] {
-        upstreams.add(u).unwrap();
-    }
+    let upstreams = crate::common::policy::local_upstreams();
     let db = AnyPassdb::open(&format!("passwd-file:{}", passwd.display()), None).unwrap();
     let policy = base_policy(Mechanism::ALL, upstreams);
     let auth = Authenticator::new(policy, vec![db])
@@ -400,6 +392,10 @@ fn config_sections_validate_and_never_echo_the_secret() {
     // check-config shows the master's name and the rules, never the secret.
     let passwd = dir.path().join("users");
     std::fs::write(&passwd, "alice:{PLAIN}alice-pw::::::\n").unwrap();
+    // Not readable by others, so no file-mode warning either.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_nginx-auth-fcgi"))
         .arg("check-config")
         .arg(format!("--passdb=passwd-file:{}", passwd.display()))

@@ -215,6 +215,7 @@ impl Ldap {
             password: password.map_err(Arc::new),
             enabled: true,
             digest_ha1: None,
+            apps: Default::default(),
         })
     }
 }

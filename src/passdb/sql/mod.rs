@@ -21,6 +21,7 @@
 //! connections as needed, so a server that comes back is used again without
 //! a restart.
 
+mod app_passwords;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
@@ -358,6 +359,10 @@ impl Fields {
             Value::Bool(_) => None,
         };
         let backend_user = self.take(&["backend_user", "destuser"]).text();
+        let mut apps = crate::passdb::AppPasswords::default();
+        if let Some(r) = self.take(&["require_app_password"]).text() {
+            apps.required = crate::passdb::app_password::Services::parse(&[r]).unwrap_or_default();
+        }
         // HTTP Digest HA1 for the realm the auth location uses; anything but
         // 32 hex digits is ignored (Digest then needs a {PLAIN} password).
         let digest_ha1 = self
@@ -381,6 +386,7 @@ impl Fields {
             password: password.map_err(Arc::new),
             enabled,
             digest_ha1,
+            apps,
         })
     }
 }
@@ -407,6 +413,34 @@ async fn row_entry<R>(
             more.len()
         ))),
     }
+}
+
+/// `entry` with, for a user found, the app passwords of the
+/// `app_password_query` rows that `rows` fetches (see [`app_passwords`]).
+/// `rows` is a lazy future: without a user it is never run.
+async fn with_apps<R, Fut>(
+    entry: Option<Entry>,
+    driver: &str,
+    fields: fn(&R) -> Result<Fields, PassdbError>,
+    user: &str,
+    rows: Option<Fut>,
+) -> Result<Option<Entry>, PassdbError>
+where
+    Fut: std::future::Future<Output = Result<Vec<R>, PassdbError>>,
+{
+    let Some(mut entry) = entry else {
+        return Ok(None);
+    };
+    if let Some(rows) = rows {
+        let rows = rows
+            .await?
+            .iter()
+            .map(fields)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PassdbError::Unavailable(format!("{driver} app_password_query: {e}")))?;
+        app_passwords::from_rows(rows, user, &mut entry.apps);
+    }
+    Ok(Some(entry))
 }
 
 /// The [`Passdb`](crate::passdb::Passdb) impl of a SQL server passdb: both

@@ -48,6 +48,8 @@ pub struct Mysql {
     uri: String,
     pool: Pool,
     query: Template,
+    /// `app_password_query`, when set.
+    app_query: Option<Template>,
     opts: SqlOptions,
     default_scheme: Option<Scheme>,
 }
@@ -68,6 +70,7 @@ impl Mysql {
     pub fn open(
         uri: &str,
         password_query: Option<&str>,
+        app_password_query: Option<&str>,
         default_scheme: Option<Scheme>,
     ) -> Result<Self, SqlUriError> {
         let (opts, driver_uri) = SqlOptions::split_uri(uri)?;
@@ -111,10 +114,14 @@ impl Mysql {
             password_query.unwrap_or(DEFAULT_PASSWORD_QUERY),
             Dialect::Mysql,
         )?;
+        let app_query = app_password_query
+            .map(|q| Template::compile(q, Dialect::Mysql))
+            .transpose()?;
         Ok(Mysql {
             uri: uri.to_owned(),
             pool: Pool::new(builder),
             query,
+            app_query,
             opts,
             default_scheme,
         })
@@ -128,8 +135,15 @@ impl Mysql {
     }
 
     async fn entry(&self, user: &str) -> Result<Option<Entry>, PassdbError> {
-        let params: Vec<mysql_async::Value> = self
-            .query
+        let rows = self.rows(&self.query, user).await?;
+        let entry = row_entry(&rows, "mysql", fields, user, self.default_scheme).await?;
+        let apps = self.app_query.as_ref().map(|q| self.rows(q, user));
+        super::with_apps(entry, "mysql", fields, user, apps).await
+    }
+
+    /// The rows of `query` for `user`, within the query timeout.
+    async fn rows(&self, query: &Template, user: &str) -> Result<Vec<Row>, PassdbError> {
+        let params: Vec<mysql_async::Value> = query
             .values(user)
             .into_iter()
             .map(mysql_async::Value::from)
@@ -137,13 +151,13 @@ impl Mysql {
         // A pooled connection may have died with a server restart; that
         // shows as a connection error on first use, so try a second one.
         let mut retried = false;
-        let rows = loop {
+        loop {
             let mut conn = self.conn().await?;
             let id = conn.id();
             let run =
-                conn.exec::<Row, _, _>(self.query.sql.as_str(), Params::Positional(params.clone()));
+                conn.exec::<Row, _, _>(query.sql.as_str(), Params::Positional(params.clone()));
             match tokio::time::timeout(self.opts.query_timeout, run).await {
-                Ok(Ok(rows)) => break rows,
+                Ok(Ok(rows)) => return Ok(rows),
                 Ok(Err(e)) if e.is_fatal() && !retried => retried = true,
                 Ok(Err(e)) => return Err(my_error(e)),
                 Err(_) => {
@@ -152,8 +166,7 @@ impl Mysql {
                     return Err(PassdbError::Timeout);
                 }
             }
-        };
-        row_entry(&rows, "mysql", fields, user, self.default_scheme).await
+        }
     }
 
     /// Stops a timed-out statement server-side (best effort), so it neither

@@ -54,6 +54,8 @@ pub struct Postgres {
     uri: String,
     pool: Pool,
     query: Template,
+    /// `app_password_query`, when set.
+    app_query: Option<Template>,
     opts: SqlOptions,
     default_scheme: Option<Scheme>,
     /// `None`: plain TCP / unix socket.
@@ -174,6 +176,7 @@ impl Postgres {
     pub fn open(
         uri: &str,
         password_query: Option<&str>,
+        app_password_query: Option<&str>,
         default_scheme: Option<Scheme>,
     ) -> Result<Self, SqlUriError> {
         let (opts, driver_uri) = SqlOptions::split_uri(uri)?;
@@ -189,6 +192,9 @@ impl Postgres {
             password_query.unwrap_or(DEFAULT_PASSWORD_QUERY),
             Dialect::Postgres,
         )?;
+        let app_query = app_password_query
+            .map(|q| Template::compile(q, Dialect::Postgres))
+            .transpose()?;
         let manager_config = ManagerConfig {
             // A connection whose server went away is closed by its task;
             // Fast notices that and opens a new one.
@@ -210,6 +216,7 @@ impl Postgres {
             uri: uri.to_owned(),
             pool,
             query,
+            app_query,
             opts,
             default_scheme,
             tls,
@@ -221,18 +228,26 @@ impl Postgres {
             // PostgreSQL text cannot hold NUL, so no such user can exist.
             return Ok(None);
         }
+        let rows = self.rows(&self.query, user).await?;
+        let entry = row_entry(&rows, "postgres", fields, user, self.default_scheme).await?;
+        let apps = self.app_query.as_ref().map(|q| self.rows(q, user));
+        super::with_apps(entry, "postgres", fields, user, apps).await
+    }
+
+    /// The rows of `query` for `user`, within the query timeout.
+    async fn rows(&self, query: &Template, user: &str) -> Result<Vec<Row>, PassdbError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let cancel = client.cancel_token();
-        let values = self.query.values(user);
+        let values = query.values(user);
         let types = vec![Type::TEXT; values.len()];
         let params: Vec<&(dyn ToSql + Sync)> =
             values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         let run = async {
-            let stmt = client.prepare_typed_cached(&self.query.sql, &types).await?;
+            let stmt = client.prepare_typed_cached(&query.sql, &types).await?;
             client.query(&stmt, &params).await
         };
-        let rows = match tokio::time::timeout(self.opts.query_timeout, run).await {
-            Ok(rows) => rows.map_err(pg_error)?,
+        match tokio::time::timeout(self.opts.query_timeout, run).await {
+            Ok(rows) => rows.map_err(pg_error),
             Err(_) => {
                 // Stop the statement server-side and keep the connection out
                 // of the pool: it is still busy with the slow query.
@@ -244,10 +259,9 @@ impl Postgres {
                     };
                 });
                 drop(Object::take(client));
-                return Err(PassdbError::Timeout);
+                Err(PassdbError::Timeout)
             }
-        };
-        row_entry(&rows, "postgres", fields, user, self.default_scheme).await
+        }
     }
 }
 
