@@ -131,6 +131,8 @@ pub struct AuditRecord {
     pub throttle: Option<ThrottleAction>,
     /// How the verification cache took part, when it did.
     pub cache: Option<CacheUse>,
+    /// The scheme a rehash of the stored hash was queued to (`upgrade_scheme`).
+    pub rehash: Option<crate::scheme::Scheme>,
 }
 
 impl AuditRecord {
@@ -170,6 +172,7 @@ impl AuditRecord {
             latency: Duration::ZERO,
             throttle: None,
             cache: None,
+            rehash: None,
         }
     }
 
@@ -234,6 +237,9 @@ impl fmt::Display for AuditRecord {
         }
         if let Some(c) = self.cache {
             write!(f, " cache={}", c.as_str())?;
+        }
+        if let Some(s) = self.rehash {
+            write!(f, " rehash={s}")?;
         }
         write!(f, " latency_ms={:.3}", self.latency.as_secs_f64() * 1000.0)
     }

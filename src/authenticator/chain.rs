@@ -11,7 +11,7 @@ use std::future::Future;
 
 use crate::cache::{CacheUse, Cached};
 use crate::passdb::{verify_any, AnyPassdb, Lookup, Passdb, PassdbError, Rejection, Verdict};
-use crate::scheme::StoredPassword;
+use crate::scheme::{Scheme, StoredPassword};
 use crate::secret::Secret;
 
 use super::Authenticator;
@@ -35,10 +35,11 @@ pub(crate) enum Walk<T> {
 }
 
 /// A plaintext check, with how the verification cache took part (`None`:
-/// not at all) for the audit line.
+/// not at all) and the rehash it queued, for the audit line.
 pub(crate) struct Checked {
     pub verdict: Verdict,
     pub cache: Option<CacheUse>,
+    pub rehash: Option<Scheme>,
 }
 
 impl Authenticator {
@@ -104,23 +105,44 @@ impl Authenticator {
                             Verdict::Rejected(Rejection::PasswordMismatch)
                         },
                         cache,
+                        rehash: if ok {
+                            self.offer_rehash(db, user, &secret, passwords)
+                        } else {
+                            None
+                        },
                     }
                 }
                 Lookup::Rejected(r) => Checked {
                     verdict: Verdict::Rejected(r),
                     cache: None,
+                    rehash: None,
                 },
             }
         } else {
             Checked {
                 verdict: db.verify_plain(user, passwords).await?,
                 cache: None,
+                rehash: None,
             }
         };
         Ok(match checked.verdict {
             Verdict::Rejected(Rejection::UnknownUser) => Answer::Next,
             _ => Answer::Decide(checked),
         })
+    }
+
+    /// After a successful plaintext check against `stored`: queues a rehash
+    /// when `upgrade_scheme` asks for one (see [`crate::passdb::rehash`]).
+    fn offer_rehash(
+        &self,
+        db: &AnyPassdb,
+        user: &str,
+        stored: &StoredPassword,
+        passwords: &[Secret],
+    ) -> Option<Scheme> {
+        let rehash = self.rehash.as_ref()?;
+        let index = self.passdbs.iter().position(|p| std::ptr::eq(p, db))?;
+        rehash.offer(index, user, stored, passwords)
     }
 
     /// Whether one of `passwords` matches `stored`, and how the cache helped.

@@ -16,6 +16,13 @@ use crate::secret::Secret;
 use crate::throttle::Scope;
 
 use super::chain::{Answer, Checked, Walk};
+
+/// What a Basic check adds to the audit line.
+#[derive(Default)]
+struct CheckNotes {
+    cache: Option<CacheUse>,
+    rehash: Option<crate::scheme::Scheme>,
+}
 use super::{Authenticator, Count, Counted, Throttled};
 
 /// The decision for one HTTP request.
@@ -107,16 +114,17 @@ impl Authenticator {
             HttpCredentials::Digest(c) if !c.userhash => c.username.clone(),
             _ => String::new(),
         };
-        let mut cache = None;
+        let mut checked = CheckNotes::default();
         let judgement = self
             .within(
-                self.judge_http(req, state, ip, &mut user, &mut cache),
+                self.judge_http(req, state, ip, &mut user, &mut checked),
                 Judgement::Temporary,
             )
             .await;
         let mut audit = AuditRecord::new(Protocol::Http, req.credentials.scheme(), user, ip);
         audit.uri = Some(req.uri.clone());
-        audit.cache = cache;
+        audit.cache = checked.cache;
+        audit.rehash = checked.rehash;
         let outcome = conclude(judgement, &mut audit);
         if let Some(k) = repeat {
             state.repeats.remember(k, &outcome);
@@ -134,7 +142,7 @@ impl Authenticator {
         state: &HttpAuth,
         ip: Option<IpAddr>,
         user: &mut String,
-        cache: &mut Option<CacheUse>,
+        checked: &mut CheckNotes,
     ) -> Judgement {
         let throttled = match &req.credentials {
             HttpCredentials::None => return Judgement::Challenge,
@@ -145,7 +153,7 @@ impl Authenticator {
                     ip,
                     user.as_bytes(),
                     Some(password.expose()),
-                    self.judge_basic(user, password, cache),
+                    self.judge_basic(user, password, checked),
                 )
                 .await
             }
@@ -193,18 +201,19 @@ impl Authenticator {
         &self,
         user: &str,
         password: &Secret,
-        cache: &mut Option<CacheUse>,
+        checked: &mut CheckNotes,
     ) -> Judgement {
         let passwords = std::slice::from_ref(password);
         match self.walk(|db| self.verify_plain(db, user, passwords)).await {
             Walk::Decided(
                 Checked {
                     verdict,
-                    cache: used,
+                    cache,
+                    rehash,
                 },
                 passdb,
             ) => {
-                *cache = used;
+                *checked = CheckNotes { cache, rehash };
                 match verdict {
                     Verdict::Accepted(p) => Judgement::Allow {
                         user: if p.user.is_empty() {

@@ -130,6 +130,8 @@ struct Notes {
     /// The throttle's `Auth-Wait` for a counted failure.
     throttle_wait: Option<u32>,
     cache: Option<CacheUse>,
+    /// The scheme a rehash was queued to.
+    rehash: Option<crate::scheme::Scheme>,
     /// The effective client address (see [`crate::client_ip::TrustedProxies`]).
     client_ip: Option<IpAddr>,
     /// EXTERNAL: the user the certificate mapped to (for the audit line).
@@ -275,8 +277,16 @@ impl Authenticator {
             .walk(|db| self.verify_plain(db, &creds.user, &creds.passwords))
             .await;
         match walk {
-            Walk::Decided(Checked { verdict, cache }, passdb) => {
+            Walk::Decided(
+                Checked {
+                    verdict,
+                    cache,
+                    rehash,
+                },
+                passdb,
+            ) => {
                 notes.cache = cache;
+                notes.rehash = rehash;
                 match verdict {
                     Verdict::Accepted(principal) => Judgement::Accept {
                         principal,
@@ -371,6 +381,7 @@ impl Authenticator {
     ) -> Decision {
         let mut audit = AuditRecord::mail(req);
         audit.cache = notes.cache;
+        audit.rehash = notes.rehash;
         audit.client_ip = notes.client_ip;
         if let Some(user) = notes.mapped_user {
             audit.user = user;

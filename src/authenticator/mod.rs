@@ -37,6 +37,7 @@ use crate::client_ip::TrustedProxies;
 use crate::master_user::MasterUser;
 use crate::mech::external::Rules;
 use crate::mech::{plain::Plain, Mechanism, Need};
+use crate::passdb::rehash::Rehasher;
 use crate::passdb::{AnyPassdb, Passdb};
 use crate::throttle::{Check, Scope, Throttle};
 use crate::upstream::Upstreams;
@@ -140,6 +141,8 @@ pub struct Authenticator {
     verifier: Verifier,
     /// SMTP rules beyond the passdb (see [`mail::SmtpRules`]).
     smtp: mail::SmtpRules,
+    /// Transparent rehash (`upgrade_scheme`; `None`: off).
+    rehash: Option<Rehasher>,
 }
 
 /// What the throttle learns from a judgement.
@@ -199,6 +202,7 @@ impl Authenticator {
                 external: Rules::default(),
                 verifier: Verifier::default(),
                 smtp: mail::SmtpRules::default(),
+                rehash: None,
             })
         } else {
             Err(problems)
@@ -216,6 +220,12 @@ impl Authenticator {
     /// per CPU, see [`crate::verifier::VerifierPolicy`]).
     pub fn with_verifier(mut self, verifier: Verifier) -> Self {
         self.verifier = verifier;
+        self
+    }
+
+    /// Upgrades stored hashes after plaintext logins (`upgrade_scheme`).
+    pub fn with_rehash(mut self, rehash: Option<Rehasher>) -> Self {
+        self.rehash = rehash;
         self
     }
 

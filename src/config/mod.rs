@@ -91,6 +91,8 @@ pub struct Config {
     pub default_scheme: Option<Scheme>,
     /// Lookup template of the SQL server passdbs (`None`: built-in schema).
     pub password_query: Option<String>,
+    /// Transparent rehash after plaintext logins (`None`: off).
+    pub rehash: Option<crate::passdb::rehash::RehashPolicy>,
     /// Largest Argon2 memory cost (KiB) of a stored hash; see
     /// [`crate::scheme::set_argon2_max_memory_kib`].
     pub argon2_max_memory_kib: u32,

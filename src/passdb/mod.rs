@@ -18,6 +18,7 @@ pub mod htdigest;
 #[cfg(feature = "ldap")]
 pub mod ldap;
 pub mod passwd_file;
+pub mod rehash;
 pub mod saslauthd;
 pub mod socket;
 #[cfg(any(feature = "postgres", feature = "mysql"))]

@@ -120,6 +120,13 @@ impl Mysql {
         })
     }
 
+    /// The pool, for the rehash writer, when this passdb reads the built-in
+    /// schema (a custom `password_query` names tables we cannot update).
+    pub(crate) fn rehash_pool(&self) -> Option<Pool> {
+        let builtin = Template::compile(DEFAULT_PASSWORD_QUERY, Dialect::Mysql).ok();
+        (builtin.as_ref() == Some(&self.query)).then(|| self.pool.clone())
+    }
+
     async fn conn(&self) -> Result<Conn, PassdbError> {
         match tokio::time::timeout(self.opts.connect_timeout, self.pool.get_conn()).await {
             Ok(conn) => conn.map_err(my_error),

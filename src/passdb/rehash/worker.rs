@@ -1,0 +1,291 @@
+//! [`Rehasher`]: what the request path calls ([`Rehasher::offer`]: judge,
+//! remember, queue) and the one background thread that hashes and writes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{judge, Judgement, PasswdFileStore, RehashPolicy, SqlStore, SqliteStore};
+use crate::passdb::{parse_stored, redact_uri, AnyPassdb};
+use crate::scheme::{hash_at, Scheme, StoredPassword};
+use crate::secret::Secret;
+
+/// A user is queued at most once per this window (also after a failure).
+pub const WINDOW: Duration = Duration::from_secs(3600);
+/// Jobs waiting at most; a login that finds the queue full is not rehashed.
+pub const QUEUE: usize = 64;
+/// Users remembered at most; past it (after dropping expired ones) nobody new
+/// is queued until the window frees places.
+const MAX_RECENT: usize = 100_000;
+
+/// Where one passdb's stored passwords are read back and replaced.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// The stored value of `user` now (`None`: no such user any more).
+    fn current(&self, user: &str) -> Result<Option<String>, StoreError>;
+    /// Replaces `old` by `new` only if `user`'s stored value is still `old`:
+    /// `Ok(false)` when it changed meanwhile (the change wins).
+    fn replace(&self, user: &str, old: &str, new: &str) -> Result<bool, StoreError>;
+}
+
+/// A write-back that failed (logged; the login it came from is not affected).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A file operation on the passwd-file.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        /// What was done.
+        what: &'static str,
+        /// To which file.
+        path: std::path::PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A SQL server.
+    #[error("{0}")]
+    Sql(String),
+    /// The new hash could not be made.
+    #[error(transparent)]
+    Hash(#[from] crate::scheme::SchemeError),
+}
+
+/// Called with the user name after the new hash is made and before it is
+/// written (tests pause the worker there to race a `user passwd`).
+pub type Hook = Arc<dyn Fn(&str) + Send + Sync>;
+
+struct Job {
+    db: usize,
+    user: String,
+    /// Of the stored hash the login verified.
+    fingerprint: [u8; 32],
+    /// The password(s) of that login, wiped when the job is done.
+    passwords: Vec<Secret>,
+}
+
+/// The transparent rehash of a passdb chain (see [`super`]).
+pub struct Rehasher {
+    policy: RehashPolicy,
+    /// One per passdb of the chain; `None`: left alone there.
+    stores: Arc<Vec<Option<Arc<dyn Store>>>>,
+    queue: SyncSender<Job>,
+    recent: Mutex<HashMap<(usize, String), Instant>>,
+}
+
+impl fmt::Debug for Rehasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rehasher")
+            .field("policy", &self.policy)
+            .field("stores", &self.stores)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which writer serves `uri`, or why none does (for check-config).
+pub(super) fn store_kind(uri: &str, passwd_file: bool) -> Result<&'static str, &'static str> {
+    if uri.starts_with("sqlite:") {
+        Ok("sqlite: UPDATE … WHERE password = <old>")
+    } else if uri.starts_with("passwd-file:") {
+        if passwd_file {
+            Ok("passwd-file rewritten by atomic rename")
+        } else {
+            Err("rehash_passwd_file is off")
+        }
+    } else if ["postgres://", "postgresql://", "mysql://", "mariadb://"]
+        .iter()
+        .any(|p| uri.starts_with(p))
+    {
+        Ok("SQL: UPDATE … WHERE password = <old>")
+    } else {
+        Err("this passdb cannot be written (or stores no hash we check)")
+    }
+}
+
+impl Rehasher {
+    /// Opens a writer for each of `passdbs` (opened from `uris`) that can
+    /// have one, and starts the worker thread. The thread ends when the
+    /// rehasher is dropped (a reload replaces it) and its queue is done.
+    pub fn start(
+        policy: RehashPolicy,
+        default_scheme: Option<Scheme>,
+        uris: &[String],
+        passdbs: &[AnyPassdb],
+    ) -> Result<Rehasher, String> {
+        Self::start_with_hook(policy, default_scheme, uris, passdbs, test_gate())
+    }
+
+    /// [`Rehasher::start`] with a [`Hook`] before every write.
+    pub fn start_with_hook(
+        policy: RehashPolicy,
+        default_scheme: Option<Scheme>,
+        uris: &[String],
+        passdbs: &[AnyPassdb],
+        hook: Option<Hook>,
+    ) -> Result<Rehasher, String> {
+        let mut stores: Vec<Option<Arc<dyn Store>>> = Vec::new();
+        for (uri, db) in uris.iter().zip(passdbs) {
+            let store: Option<Arc<dyn Store>> = match db {
+                AnyPassdb::Sqlite(_) => uri
+                    .strip_prefix("sqlite:")
+                    .map(|p| Arc::new(SqliteStore::new(p.as_ref())) as Arc<dyn Store>),
+                AnyPassdb::PasswdFile(_) if policy.passwd_file => uri
+                    .strip_prefix("passwd-file:")
+                    .map(|p| Arc::new(PasswdFileStore::new(p.as_ref())) as Arc<dyn Store>),
+                AnyPassdb::Postgres(_) | AnyPassdb::Mysql(_) => SqlStore::for_passdb(db)
+                    .map_err(|e| format!("rehash: passdb {}: {e}", redact_uri(uri)))?
+                    .map(|s| Arc::new(s) as Arc<dyn Store>),
+                _ => None,
+            };
+            stores.push(store);
+        }
+        let stores = Arc::new(stores);
+        let (queue, jobs) = sync_channel(QUEUE);
+        let worker = Worker {
+            policy: policy.clone(),
+            default_scheme,
+            stores: Arc::clone(&stores),
+            hook,
+        };
+        std::thread::Builder::new()
+            .name("rehash".into())
+            .spawn(move || worker.run(jobs))
+            .map_err(|e| format!("rehash: cannot start its thread: {e}"))?;
+        Ok(Rehasher {
+            policy,
+            stores,
+            queue,
+            recent: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// After `passwords` of `user` matched `stored` in passdb number `db`:
+    /// queues a rehash when one is due, and says to which scheme (for the
+    /// audit line's `rehash=`). Never blocks and never fails the login.
+    pub fn offer(
+        &self,
+        db: usize,
+        user: &str,
+        stored: &StoredPassword,
+        passwords: &[Secret],
+    ) -> Option<Scheme> {
+        self.stores.get(db)?.as_ref()?;
+        if judge(stored, &self.policy.target, self.policy.plain) != Judgement::Upgrade {
+            return None;
+        }
+        let key = (db, user.to_owned());
+        {
+            let mut recent = crate::sync::lock(&self.recent);
+            let now = Instant::now();
+            if recent.get(&key).is_some_and(|t| now.duration_since(*t) < WINDOW) {
+                return None;
+            }
+            if recent.len() >= MAX_RECENT {
+                recent.retain(|_, t| now.duration_since(*t) < WINDOW);
+                if recent.len() >= MAX_RECENT {
+                    log::warn!("rehash: {MAX_RECENT} users within the hour; {user} not queued");
+                    return None;
+                }
+            }
+            recent.insert(key.clone(), now);
+        }
+        let job = Job {
+            db,
+            user: user.to_owned(),
+            fingerprint: stored.fingerprint(),
+            passwords: passwords.to_vec(),
+        };
+        match self.queue.try_send(job) {
+            Ok(()) => Some(self.policy.target.scheme),
+            Err(e) => {
+                let why = match e {
+                    TrySendError::Full(_) => "queue full",
+                    TrySendError::Disconnected(_) => "worker gone",
+                };
+                log::warn!("rehash: {why}, {user} not rehashed this time");
+                // Not rehashed: a later login may try again.
+                crate::sync::lock(&self.recent).remove(&key);
+                None
+            }
+        }
+    }
+}
+
+/// The worker thread's state.
+struct Worker {
+    policy: RehashPolicy,
+    default_scheme: Option<Scheme>,
+    stores: Arc<Vec<Option<Arc<dyn Store>>>>,
+    hook: Option<Hook>,
+}
+
+impl Worker {
+    fn run(self, jobs: Receiver<Job>) {
+        for job in jobs {
+            let Some(Some(store)) = self.stores.get(job.db) else {
+                continue;
+            };
+            match self.rehash(store.as_ref(), &job) {
+                Ok(msg) => log::info!("rehash: {}: {msg}", job.user),
+                Err(e) => log::error!("rehash: {}: failed: {e}", job.user),
+            }
+        }
+    }
+
+    /// Reads the stored value again, checks it is still the one the login
+    /// verified, hashes, and writes with a compare-and-set.
+    fn rehash(&self, store: &dyn Store, job: &Job) -> Result<String, StoreError> {
+        let Some(old) = store.current(&job.user)? else {
+            return Ok("gone meanwhile, left alone".into());
+        };
+        let Ok(stored) = parse_stored(&old, self.default_scheme) else {
+            return Ok("stored value no longer readable, left alone".into());
+        };
+        if stored.fingerprint() != job.fingerprint {
+            return Ok("password changed since the login, left alone".into());
+        }
+        if judge(&stored, &self.policy.target, self.policy.plain) != Judgement::Upgrade {
+            return Ok("no upgrade needed".into());
+        }
+        let from = stored.scheme();
+        let Some(password) = job
+            .passwords
+            .iter()
+            .find(|p| stored.verify(p.expose()).unwrap_or(false))
+        else {
+            return Ok("password no longer matches, left alone".into());
+        };
+        let target = self.policy.target;
+        let new = hash_at(target.scheme, password.expose(), target.cost)?;
+        if let Some(hook) = &self.hook {
+            hook(&job.user);
+        }
+        Ok(if store.replace(&job.user, &old, &new)? {
+            format!("upgraded from {{{from}}} to {{{}}} {}", target.scheme, target.cost)
+        } else {
+            "changed meanwhile (the change wins), left alone".into()
+        })
+    }
+}
+
+/// Debug builds only: with `NGINX_AUTH_FCGI_TEST_REHASH_GATE=DIR`, the
+/// worker creates `DIR/USER.held` before each write and waits (at most a
+/// minute) for `DIR/USER.go`, so an end-to-end test can change the password
+/// in between and see the compare-and-set keep the change.
+fn test_gate() -> Option<Hook> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let dir = std::path::PathBuf::from(std::env::var_os("NGINX_AUTH_FCGI_TEST_REHASH_GATE")?);
+    Some(Arc::new(move |user: &str| {
+        let _ = std::fs::write(dir.join(format!("{user}.held")), b"");
+        let go = dir.join(format!("{user}.go"));
+        let until = Instant::now() + Duration::from_secs(60);
+        while !go.exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }))
+}
