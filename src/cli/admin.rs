@@ -102,7 +102,10 @@ pub fn check_config(args: ServeArgs) -> CmdResult {
     );
     match &config.rehash {
         None => println!("  rehash: off (upgrade_scheme not set)"),
-        Some(r) => r.explain(&config.passdbs).iter().for_each(|l| println!("  {l}")),
+        Some(r) => r
+            .explain(&config.passdbs)
+            .iter()
+            .for_each(|l| println!("  {l}")),
     }
     let mut mechs: Vec<_> = config.mechanisms.iter().map(|m| m.as_str()).collect();
     mechs.sort_unstable();

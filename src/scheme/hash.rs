@@ -62,7 +62,11 @@ pub fn hash(scheme: Scheme, password: &[u8]) -> Result<String, SchemeError> {
     hash_with(scheme, password, &Costs::DEFAULT)
 }
 
-pub(super) fn hash_with(scheme: Scheme, password: &[u8], costs: &Costs) -> Result<String, SchemeError> {
+pub(super) fn hash_with(
+    scheme: Scheme,
+    password: &[u8],
+    costs: &Costs,
+) -> Result<String, SchemeError> {
     let fail = || SchemeError::Hash(scheme);
     let data = match scheme {
         Scheme::Plain | Scheme::Clear => {

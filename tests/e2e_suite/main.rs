@@ -9,4 +9,5 @@ mod directory;
 mod http;
 mod mail;
 mod master;
+mod rehash;
 mod sql;

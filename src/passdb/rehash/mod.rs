@@ -180,8 +180,8 @@ impl RehashPolicy {
                 Err("rehash_passwd_file and rehash_plain need upgrade_scheme".to_owned())
             });
         };
-        Some(text.parse::<Target>().map_err(|e| e.to_string()).and_then(|target| {
-            match target.cost {
+        Some(text.parse::<Target>().map_err(|e| e.to_string()).and_then(
+            |target| match target.cost {
                 Cost::Argon2 { m_kib, .. } if m_kib > argon2_max_memory_kib => Err(format!(
                     "upgrade_scheme {target}: m={m_kib} KiB is above argon2_max_memory \
                      ({argon2_max_memory_kib} KiB); the new hashes would be refused"
@@ -191,8 +191,8 @@ impl RehashPolicy {
                     passwd_file,
                     plain,
                 }),
-            }
-        }))
+            },
+        ))
     }
 
     /// What check-config prints: the target, and per passdb URI what is
@@ -329,11 +329,17 @@ mod tests {
         assert_eq!(judge(&argon2i, &argon, false), Judgement::Upgrade);
         // What challenge mechanisms need is left alone unless asked.
         for s in ["{PLAIN}pw", "{CLEAR}pw"] {
-            assert_eq!(judge(&stored(s), &argon, false), Judgement::LeftAlone(PLAIN_NEEDED));
+            assert_eq!(
+                judge(&stored(s), &argon, false),
+                Judgement::LeftAlone(PLAIN_NEEDED)
+            );
             assert_eq!(judge(&stored(s), &argon, true), Judgement::Upgrade);
         }
         let cram = stored(&hash(Scheme::CramMd5, b"pw").unwrap());
-        assert_eq!(judge(&cram, &argon, false), Judgement::LeftAlone(PLAIN_NEEDED));
+        assert_eq!(
+            judge(&cram, &argon, false),
+            Judgement::LeftAlone(PLAIN_NEEDED)
+        );
         assert_eq!(judge(&cram, &argon, true), Judgement::Upgrade);
     }
 
@@ -346,7 +352,10 @@ mod tests {
         let p = RehashPolicy::from_config(Some("BLF-CRYPT:cost=11"), true, false, 1024)
             .unwrap()
             .unwrap();
-        assert_eq!((p.target.cost, p.passwd_file, p.plain), (Cost::Bcrypt(11), true, false));
+        assert_eq!(
+            (p.target.cost, p.passwd_file, p.plain),
+            (Cost::Bcrypt(11), true, false)
+        );
         let e = RehashPolicy::from_config(Some("ARGON2ID"), false, false, 1024)
             .unwrap()
             .unwrap_err();
@@ -370,15 +379,30 @@ mod tests {
         .map(String::from)
         .into();
         let text = policy.explain(&uris).join("\n");
-        assert!(text.contains("rewritten as {SHA512-CRYPT} rounds=500000"), "{text}");
-        assert!(text.contains("{CRAM-MD5} are left alone: CRAM-MD5, APOP"), "{text}");
-        assert!(text.contains("sqlite:/var/lib/x/users.db: upgraded"), "{text}");
+        assert!(
+            text.contains("rewritten as {SHA512-CRYPT} rounds=500000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("{CRAM-MD5} are left alone: CRAM-MD5, APOP"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sqlite:/var/lib/x/users.db: upgraded"),
+            "{text}"
+        );
         assert!(
             text.contains("passwd-file:/etc/dovecot/users: left alone: rehash_passwd_file"),
             "{text}"
         );
-        assert!(text.contains("htdigest:/etc/x.htdigest: left alone"), "{text}");
-        assert!(text.contains("ldap://ldap.example.org/dc=x: left alone"), "{text}");
+        assert!(
+            text.contains("htdigest:/etc/x.htdigest: left alone"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ldap://ldap.example.org/dc=x: left alone"),
+            "{text}"
+        );
         assert!(!text.contains("secret"), "{text}");
         let with_file = RehashPolicy {
             passwd_file: true,
@@ -386,7 +410,10 @@ mod tests {
             ..policy
         };
         let text = with_file.explain(&uris).join("\n");
-        assert!(text.contains("passwd-file:/etc/dovecot/users: upgraded"), "{text}");
+        assert!(
+            text.contains("passwd-file:/etc/dovecot/users: upgraded"),
+            "{text}"
+        );
         assert!(text.contains("lose CRAM-MD5"), "{text}");
     }
 }

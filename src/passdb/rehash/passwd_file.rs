@@ -150,8 +150,13 @@ mod tests {
 
     #[test]
     fn rewrites_one_field_and_keeps_everything_else() {
-        let out = rewrite_line(FILE.as_bytes(), "bob", "{MD5-CRYPT}$1$old$x", "{ARGON2ID}$new")
-            .unwrap();
+        let out = rewrite_line(
+            FILE.as_bytes(),
+            "bob",
+            "{MD5-CRYPT}$1$old$x",
+            "{ARGON2ID}$new",
+        )
+        .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             FILE.replace("bob:{MD5-CRYPT}$1$old$x:", "bob:{ARGON2ID}$new:")
@@ -165,7 +170,9 @@ mod tests {
         // A value that would break the line is refused.
         assert!(rewrite_line(FILE.as_bytes(), "alice", "{PLAIN}a", "a:b").is_none());
         let out = rewrite_line(FILE.as_bytes(), "carol", "{SHA}y", "{SSHA}z").unwrap();
-        assert!(String::from_utf8(out).unwrap().contains("\ncarol:{SSHA}z::::::nologin\n"));
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("\ncarol:{SSHA}z::::::nologin\n"));
     }
 
     #[test]
@@ -196,7 +203,10 @@ mod tests {
         assert!(!store
             .replace("bob", "{MD5-CRYPT}$1$old$x", "{ARGON2ID}$other")
             .unwrap());
-        assert_eq!(store.current("bob").unwrap().as_deref(), Some("{ARGON2ID}$new"));
+        assert_eq!(
+            store.current("bob").unwrap().as_deref(),
+            Some("{ARGON2ID}$new")
+        );
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())

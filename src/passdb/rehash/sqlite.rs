@@ -71,8 +71,13 @@ mod tests {
         // A `user passwd` between the read and the write wins.
         admin.passwd("a@x", "{PLAIN}changed").unwrap();
         assert!(!store.replace("a@x", "{PLAIN}old", "{PLAIN}new").unwrap());
-        assert_eq!(store.current("a@x").unwrap().as_deref(), Some("{PLAIN}changed"));
-        assert!(store.replace("a@x", "{PLAIN}changed", "{PLAIN}new").unwrap());
+        assert_eq!(
+            store.current("a@x").unwrap().as_deref(),
+            Some("{PLAIN}changed")
+        );
+        assert!(store
+            .replace("a@x", "{PLAIN}changed", "{PLAIN}new")
+            .unwrap());
         assert_eq!(store.current("a@x").unwrap().as_deref(), Some("{PLAIN}new"));
         assert!(!store.replace("nobody", "x", "y").unwrap());
     }

@@ -180,7 +180,10 @@ impl Rehasher {
         {
             let mut recent = crate::sync::lock(&self.recent);
             let now = Instant::now();
-            if recent.get(&key).is_some_and(|t| now.duration_since(*t) < WINDOW) {
+            if recent
+                .get(&key)
+                .is_some_and(|t| now.duration_since(*t) < WINDOW)
+            {
                 return None;
             }
             if recent.len() >= MAX_RECENT {
@@ -264,7 +267,10 @@ impl Worker {
             hook(&job.user);
         }
         Ok(if store.replace(&job.user, &old, &new)? {
-            format!("upgraded from {{{from}}} to {{{}}} {}", target.scheme, target.cost)
+            format!(
+                "upgraded from {{{from}}} to {{{}}} {}",
+                target.scheme, target.cost
+            )
         } else {
             "changed meanwhile (the change wins), left alone".into()
         })
@@ -288,4 +294,114 @@ fn test_gate() -> Option<Hook> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+
+    use super::*;
+    use crate::passdb::sqlite::Admin;
+    use crate::scheme::{hash, hash_at, Cost};
+
+    fn stored(admin_path: &std::path::Path, user: &str) -> String {
+        SqliteStore::new(admin_path).current(user).unwrap().unwrap()
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let until = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < until, "waited 30 s for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn upgrades_once_per_window_and_a_concurrent_passwd_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.db");
+        let admin = Admin::open(&path).unwrap();
+        let md5 = hash(Scheme::Md5Crypt, b"pw-md5").unwrap();
+        let low = hash_at(Scheme::Sha512Crypt, b"pw-sha", Cost::Rounds(1000)).unwrap();
+        admin.add("md5", &md5).unwrap();
+        admin.add("sha", &low).unwrap();
+        admin.add("racer", &md5).unwrap();
+        let uris = vec![format!("sqlite:{}", path.display())];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let passdbs = vec![AnyPassdb::open(&uris[0], None).unwrap()];
+        let policy = RehashPolicy {
+            target: "SHA512-CRYPT:rounds=2000".parse().unwrap(),
+            passwd_file: false,
+            plain: false,
+        };
+        // The hook holds the worker before the write of `racer` until told.
+        let (held_tx, held) = channel::<String>();
+        let (go, go_rx) = channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        let hook: Hook = Arc::new(move |user: &str| {
+            if user == "racer" {
+                held_tx.send(user.to_owned()).unwrap();
+                crate::sync::lock(&go_rx).recv().unwrap();
+            }
+        });
+        let r = Rehasher::start_with_hook(policy, None, &uris, &passdbs, Some(hook)).unwrap();
+        let sp = |h: &str| StoredPassword::parse(h, Scheme::Plain).unwrap();
+        let pw = |p: &str| vec![Secret::from(p)];
+
+        assert_eq!(
+            r.offer(0, "md5", &sp(&md5), &pw("pw-md5")),
+            Some(Scheme::Sha512Crypt)
+        );
+        assert_eq!(
+            r.offer(0, "sha", &sp(&low), &pw("pw-sha")),
+            Some(Scheme::Sha512Crypt)
+        );
+        // Once per window: the second login of the hour queues nothing.
+        assert_eq!(r.offer(0, "md5", &sp(&md5), &pw("pw-md5")), None);
+        // No writer for a passdb number that has none.
+        assert_eq!(r.offer(1, "md5", &sp(&md5), &pw("pw-md5")), None);
+        for (user, password) in [("md5", "pw-md5"), ("sha", "pw-sha")] {
+            wait_for(user, || {
+                stored(&path, user).starts_with("{SHA512-CRYPT}$6$rounds=2000$")
+            });
+            let now = sp(&stored(&path, user));
+            assert_eq!(now.cost(), Cost::Rounds(2000));
+            assert!(now.verify(password.as_bytes()).unwrap());
+        }
+        // Current hashes are not queued.
+        let upgraded = stored(&path, "sha");
+        r.recent.lock().unwrap().clear();
+        assert_eq!(r.offer(0, "sha", &sp(&upgraded), &pw("pw-sha")), None);
+
+        // `user passwd` between the worker's read and its write wins.
+        assert_eq!(
+            r.offer(0, "racer", &sp(&md5), &pw("pw-md5")),
+            Some(Scheme::Sha512Crypt)
+        );
+        assert_eq!(held.recv().unwrap(), "racer");
+        let changed = hash(Scheme::BlfCrypt, b"new-pw").unwrap();
+        admin.passwd("racer", &changed).unwrap();
+        go.send(()).unwrap();
+        // The worker is sequential: once a later job is done, so is racer's.
+        admin.add("later", &md5).unwrap();
+        assert!(r.offer(0, "later", &sp(&md5), &pw("pw-md5")).is_some());
+        wait_for("later", || {
+            stored(&path, "later").starts_with("{SHA512-CRYPT}")
+        });
+        assert_eq!(stored(&path, "racer"), changed);
+
+        // A login whose hash changed before the worker read it: left alone.
+        admin.add("stale", &md5).unwrap();
+        admin.passwd("stale", &changed).unwrap();
+        assert!(r.offer(0, "stale", &sp(&md5), &pw("pw-md5")).is_some());
+        admin.add("last", &md5).unwrap();
+        assert!(r.offer(0, "last", &sp(&md5), &pw("pw-md5")).is_some());
+        wait_for("last", || {
+            stored(&path, "last").starts_with("{SHA512-CRYPT}")
+        });
+        assert_eq!(stored(&path, "stale"), changed);
+    }
 }
