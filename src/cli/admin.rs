@@ -103,7 +103,7 @@ pub fn check_config(args: ServeArgs) -> CmdResult {
     match &config.rehash {
         None => println!("  rehash: off (upgrade_scheme not set)"),
         Some(r) => r
-            .explain(&config.passdbs)
+            .explain(&config.passdbs, config.password_query.as_deref())
             .iter()
             .for_each(|l| println!("  {l}")),
     }

@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// (those users lose CRAM-MD5, APOP and HTTP Digest).
     #[arg(long)]
     pub rehash_plain: bool,
+    /// With --upgrade-scheme: the SQL passdbs' write, like --password-query
+    /// with %{hash} (the new hash) and %{old_hash} (required: compare-and-set)
+    /// bound too. Default: the built-in schema's UPDATE users.
+    #[arg(long)]
+    pub update_query: Option<String>,
     /// Enabled mechanisms: plain, cram-md5, apop (repeatable; default all).
     #[arg(long = "mechanism")]
     pub mechanisms: Vec<String>,
@@ -209,6 +214,7 @@ impl ServeArgs {
             upgrade_scheme: self.upgrade_scheme.clone(),
             rehash_passwd_file: self.rehash_passwd_file.then_some(true),
             rehash_plain: self.rehash_plain.then_some(true),
+            update_query: self.update_query.clone(),
             mechanisms: self.mechanisms.clone(),
             upstream: self.upstream.clone(),
             upstream_domain: self.upstream_domain.clone(),

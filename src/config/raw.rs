@@ -45,6 +45,11 @@ pub struct RawConfig {
     /// `--rehash-plain`: with `upgrade_scheme`, also upgrade `{PLAIN}`,
     /// `{CLEAR}` and `{CRAM-MD5}` (those users lose CRAM-MD5, APOP, Digest).
     pub rehash_plain: Option<bool>,
+    /// `--update-query`: with `upgrade_scheme`, the SQL server passdbs'
+    /// write, a template like `password_query` whose `%{hash}` (new) and
+    /// `%{old_hash}` (replaced, required) are bound too (default: the
+    /// built-in schema's `UPDATE users …`).
+    pub update_query: Option<String>,
     /// `--argon2-max-memory`: the largest Argon2 memory cost a stored hash
     /// may ask for, as a size with a unit: `256M`, `1G`, `65536K` (K, M, G
     /// are KiB, MiB, GiB; default 256M). Hashes above it are refused.
@@ -309,6 +314,7 @@ impl RawConfig {
         self.upgrade_scheme = cli.upgrade_scheme.or(self.upgrade_scheme);
         self.rehash_passwd_file = cli.rehash_passwd_file.or(self.rehash_passwd_file);
         self.rehash_plain = cli.rehash_plain.or(self.rehash_plain);
+        self.update_query = cli.update_query.or(self.update_query);
         self.smtp_pass = cli.smtp_pass.or(self.smtp_pass);
         self.reject_unknown_client = cli.reject_unknown_client.or(self.reject_unknown_client);
         self.log = cli.log.or(self.log);

@@ -346,6 +346,7 @@ impl Config {
             raw.upgrade_scheme.as_deref(),
             raw.rehash_passwd_file.unwrap_or(false),
             raw.rehash_plain.unwrap_or(false),
+            raw.update_query.as_deref(),
             argon2_max_memory_kib,
         )
         .and_then(|r| p.check(r));

@@ -236,3 +236,187 @@ fn a_shared_passwd_file_is_rewritten_and_dovecot_accepts_the_new_hashes() {
     // above against this file); the daemon reloaded it without complaint.
     assert!(!stack.daemon_log().contains("rehash: rh-md5: failed"));
 }
+
+/// A SQL server's table, read and changed through its admin connection.
+struct Sql<'a> {
+    server: &'a crate::common::sql::Server,
+    /// (select by user, update: hash then user), in the server's dialect.
+    select: &'static str,
+    update: &'static str,
+}
+
+impl Sql<'_> {
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn batch(&self, sql: &str) {
+        use crate::common::sql::Kind;
+        Self::rt().block_on(async {
+            match self.server.kind {
+                Kind::Postgres => {
+                    let (client, conn) =
+                        tokio_postgres::connect(&self.server.admin_uri(), tokio_postgres::NoTls)
+                            .await
+                            .unwrap();
+                    let task = tokio::spawn(conn);
+                    client.batch_execute(sql).await.unwrap();
+                    drop(client);
+                    let _ = task.await;
+                }
+                Kind::Mariadb => {
+                    use mysql_async::prelude::Queryable;
+                    let mut conn = mysql_async::Conn::from_url(self.server.admin_uri())
+                        .await
+                        .unwrap();
+                    conn.query_drop(sql).await.unwrap();
+                    conn.disconnect().await.unwrap();
+                }
+            }
+        })
+    }
+
+    fn exec(&self, sql: &str, params: [&str; 2]) -> Option<String> {
+        use crate::common::sql::Kind;
+        Self::rt().block_on(async {
+            match self.server.kind {
+                Kind::Postgres => {
+                    let (client, conn) =
+                        tokio_postgres::connect(&self.server.admin_uri(), tokio_postgres::NoTls)
+                            .await
+                            .unwrap();
+                    let task = tokio::spawn(conn);
+                    let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                        .iter()
+                        .filter(|p| !p.is_empty())
+                        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                        .collect();
+                    let rows = client.query(sql, &p).await.unwrap();
+                    drop(client);
+                    let _ = task.await;
+                    rows.first().map(|r| r.get::<_, String>(0))
+                }
+                Kind::Mariadb => {
+                    use mysql_async::prelude::Queryable;
+                    let mut conn = mysql_async::Conn::from_url(self.server.admin_uri())
+                        .await
+                        .unwrap();
+                    let p: Vec<mysql_async::Value> = params
+                        .iter()
+                        .filter(|p| !p.is_empty())
+                        .map(|p| mysql_async::Value::from(*p))
+                        .collect();
+                    let row: Option<String> = conn
+                        .exec_first(sql, mysql_async::Params::Positional(p))
+                        .await
+                        .unwrap();
+                    conn.disconnect().await.unwrap();
+                    row
+                }
+            }
+        })
+    }
+}
+
+impl Stored for Sql<'_> {
+    fn get(&self, user: &str) -> String {
+        self.exec(self.select, [user, ""])
+            .expect("a stored password")
+    }
+    fn set(&self, user: &str, hash: &str) {
+        self.exec(self.update, [hash, user]);
+    }
+}
+
+/// The scenario with a `kind` SQL passdb, Dovecot checking its own copy;
+/// `schema` creates and fills the table from `users_text()` lines,
+/// `daemon_args` adds what the table needs (`--password-query` …).
+fn sql_upgrade_and_race(
+    kind: crate::common::sql::Kind,
+    db: &str,
+    setup: &dyn Fn(&Sql, &str),
+    sql: (&'static str, &'static str),
+    daemon_args: &[&str],
+) {
+    let server = crate::common::sql::Server::start(kind);
+    let table = Sql {
+        server: &server,
+        select: sql.0,
+        update: sql.1,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    fs::create_dir(&gate).unwrap();
+    let text = users_text();
+    let dovecot_users = dir.path().join("dovecot-users");
+    fs::write(&dovecot_users, &text).unwrap();
+    setup(&table, &text);
+    let mut args = vec!["--upgrade-scheme", TARGET];
+    args.extend(daemon_args);
+    let stack = Stack::start_with_extras(
+        Launch::Direct,
+        extras(
+            server.uri(db, "connect_timeout=2"),
+            &args,
+            &gate,
+            Some(&dovecot_users),
+        ),
+    );
+    upgrade_and_race(&stack, &table, Some(&File(dovecot_users)), &gate);
+}
+
+/// `INSERT` statements of `users_text()` into `table (user_col, pw_col)`.
+fn inserts(text: &str, table: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let mut f = l.split(':');
+            let (u, h) = (f.next().unwrap(), f.next().unwrap());
+            format!("INSERT INTO {table} VALUES ('{u}', '{h}');\n")
+        })
+        .collect()
+}
+
+#[test]
+fn postgres_built_in_schema_hashes_are_upgraded_and_a_racing_change_wins() {
+    use crate::common::sql::Kind;
+    sql_upgrade_and_race(
+        Kind::Postgres,
+        "postgres",
+        &|t, text| {
+            t.batch(nginx_auth_fcgi::passdb::sql::POSTGRES_SCHEMA);
+            t.batch(&inserts(text, "users (username, password)"));
+        },
+        (
+            "SELECT password FROM users WHERE username = $1",
+            "UPDATE users SET password = $1 WHERE username = $2",
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn mariadb_custom_table_is_upgraded_through_update_query() {
+    use crate::common::sql::Kind;
+    sql_upgrade_and_race(
+        Kind::Mariadb,
+        "mail",
+        &|t, text| {
+            t.batch("CREATE DATABASE mail");
+            t.batch("CREATE TABLE mail.mailbox (login VARCHAR(64) PRIMARY KEY, secret TEXT)");
+            t.batch(&inserts(text, "mail.mailbox"));
+        },
+        (
+            "SELECT secret FROM mail.mailbox WHERE login = ?",
+            "UPDATE mail.mailbox SET secret = ? WHERE login = ?",
+        ),
+        &[
+            "--password-query",
+            "SELECT secret AS password FROM mailbox WHERE login = %u",
+            "--update-query",
+            "UPDATE mailbox SET secret = %{hash} WHERE login = %u AND secret = %{old_hash}",
+        ],
+    );
+}

@@ -37,7 +37,7 @@ use std::str::FromStr;
 use crate::scheme::{Cost, Scheme, StoredPassword};
 
 pub use passwd_file::{rewrite_line, PasswdFileStore};
-pub use sql::SqlStore;
+pub use sql::{SqlStore, BUILTIN_UPDATE_QUERY};
 pub use sqlite::SqliteStore;
 pub use worker::{Rehasher, Store, StoreError};
 
@@ -163,6 +163,9 @@ pub struct RehashPolicy {
     pub passwd_file: bool,
     /// Also upgrade `{PLAIN}`, `{CLEAR}` and `{CRAM-MD5}` (`rehash_plain`).
     pub plain: bool,
+    /// SQL server passdbs: the write as a template (`None`: the built-in
+    /// schema's, see [`BUILTIN_UPDATE_QUERY`]).
+    pub update_query: Option<String>,
 }
 
 impl RehashPolicy {
@@ -173,13 +176,31 @@ impl RehashPolicy {
         upgrade_scheme: Option<&str>,
         passwd_file: bool,
         plain: bool,
+        update_query: Option<&str>,
         argon2_max_memory_kib: u32,
     ) -> Option<Result<RehashPolicy, String>> {
         let Some(text) = upgrade_scheme else {
-            return (passwd_file || plain).then(|| {
-                Err("rehash_passwd_file and rehash_plain need upgrade_scheme".to_owned())
+            return (passwd_file || plain || update_query.is_some()).then(|| {
+                Err(
+                    "rehash_passwd_file, rehash_plain and update_query need upgrade_scheme"
+                        .to_owned(),
+                )
             });
         };
+        if let Some(q) = update_query {
+            // Checked now (both dialects compile the same placeholders), so
+            // a bad template is a configuration error, not a runtime one.
+            let any = crate::passdb::sql::Template::compile(
+                crate::passdb::sql::DEFAULT_PASSWORD_QUERY,
+                crate::passdb::sql::Dialect::Postgres,
+            )
+            .ok()?;
+            if let Err(e) =
+                sql::update_template(Some(q), &any, crate::passdb::sql::Dialect::Postgres)
+            {
+                return Some(Err(e));
+            }
+        }
         Some(text.parse::<Target>().map_err(|e| e.to_string()).and_then(
             |target| match target.cost {
                 Cost::Argon2 { m_kib, .. } if m_kib > argon2_max_memory_kib => Err(format!(
@@ -190,6 +211,7 @@ impl RehashPolicy {
                     target,
                     passwd_file,
                     plain,
+                    update_query: update_query.map(str::to_owned),
                 }),
             },
         ))
@@ -197,7 +219,7 @@ impl RehashPolicy {
 
     /// What check-config prints: the target, and per passdb URI what is
     /// upgraded there and what is left alone, and why.
-    pub fn explain(&self, uris: &[String]) -> Vec<String> {
+    pub fn explain(&self, uris: &[String], password_query: Option<&str>) -> Vec<String> {
         let mut lines = vec![format!(
             "rehash: after a successful plaintext login (PLAIN, LOGIN, HTTP Basic), hashes of \
              another scheme or below {} are rewritten as {{{}}} {}",
@@ -212,7 +234,8 @@ impl RehashPolicy {
         });
         for uri in uris {
             let shown = super::redact_uri(uri);
-            let what = match worker::store_kind(uri, self.passwd_file) {
+            let custom_sql = password_query.is_some() && self.update_query.is_none();
+            let what = match worker::store_kind(uri, self.passwd_file, custom_sql) {
                 Ok(kind) => format!("upgraded ({kind})"),
                 Err(why) => format!("left alone: {why}"),
             };
@@ -345,21 +368,34 @@ mod tests {
 
     #[test]
     fn policy_from_config() {
-        assert_eq!(RehashPolicy::from_config(None, false, false, 1024), None);
-        assert!(RehashPolicy::from_config(None, true, false, 1024)
+        assert_eq!(
+            RehashPolicy::from_config(None, false, false, None, 1024),
+            None
+        );
+        assert!(RehashPolicy::from_config(None, true, false, None, 1024)
             .unwrap()
             .is_err());
-        let p = RehashPolicy::from_config(Some("BLF-CRYPT:cost=11"), true, false, 1024)
+        let p = RehashPolicy::from_config(Some("BLF-CRYPT:cost=11"), true, false, None, 1024)
             .unwrap()
             .unwrap();
         assert_eq!(
             (p.target.cost, p.passwd_file, p.plain),
             (Cost::Bcrypt(11), true, false)
         );
-        let e = RehashPolicy::from_config(Some("ARGON2ID"), false, false, 1024)
+        let e = RehashPolicy::from_config(Some("ARGON2ID"), false, false, None, 1024)
             .unwrap()
             .unwrap_err();
         assert!(e.contains("above argon2_max_memory"), "{e}");
+        let e = RehashPolicy::from_config(
+            Some("ARGON2ID:m=64"),
+            false,
+            false,
+            Some("UPDATE t SET p = %{hash} WHERE u = %u"),
+            1024,
+        )
+        .unwrap()
+        .unwrap_err();
+        assert!(e.contains("%{old_hash}"), "{e}");
     }
 
     #[test]
@@ -368,6 +404,7 @@ mod tests {
             target: "SHA512-CRYPT:rounds=500000".parse().unwrap(),
             passwd_file: false,
             plain: false,
+            update_query: None,
         };
         let uris: Vec<String> = [
             "sqlite:/var/lib/x/users.db",
@@ -378,7 +415,7 @@ mod tests {
         ]
         .map(String::from)
         .into();
-        let text = policy.explain(&uris).join("\n");
+        let text = policy.explain(&uris, None).join("\n");
         assert!(
             text.contains("rewritten as {SHA512-CRYPT} rounds=500000"),
             "{text}"
@@ -409,11 +446,16 @@ mod tests {
             plain: true,
             ..policy
         };
-        let text = with_file.explain(&uris).join("\n");
+        let text = with_file.explain(&uris, None).join("\n");
         assert!(
             text.contains("passwd-file:/etc/dovecot/users: upgraded"),
             "{text}"
         );
         assert!(text.contains("lose CRAM-MD5"), "{text}");
+        let custom = with_file.explain(&uris, Some("SELECT …")).join("\n");
+        assert!(
+            custom.contains("***@db/mail: left alone: a custom password_query needs update_query"),
+            "{custom}"
+        );
     }
 }

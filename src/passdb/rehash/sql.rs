@@ -1,14 +1,23 @@
-//! The rehash writer of the SQL server passdbs (PostgreSQL, MySQL/MariaDB)
-//! with the built-in schema: the passdb's own pool, a compare-and-set
-//! `UPDATE users SET password = <new> WHERE username = <user> AND password =
-//! <old>`, all three bound parameters. A passdb with a custom
-//! `password_query` is left alone (its tables are not ours to guess).
+//! The rehash writer of the SQL server passdbs (PostgreSQL, MySQL/MariaDB),
+//! through the passdb's own pool. The stored value is read back with the
+//! passdb's `password_query`; the write is the `update_query` template, whose
+//! `%u`, `%n`, `%d`, `%{hash}` (the new hash) and `%{old_hash}` (the value
+//! read) are all bound parameters. It must compare `%{old_hash}`, so a
+//! concurrent change wins. With the built-in schema and no `update_query`,
+//! [`BUILTIN_UPDATE_QUERY`] is used; a custom `password_query` without an
+//! `update_query` is left alone (its tables are not ours to guess).
 
 use std::time::Duration;
 
+use tokio_postgres::types::{ToSql, Type};
+
 use super::{Store, StoreError};
-use crate::passdb::sql::error_chain;
+use crate::passdb::sql::{error_chain, Dialect, Template, Var, DEFAULT_PASSWORD_QUERY};
 use crate::passdb::AnyPassdb;
+
+/// The `update_query` of the built-in schema.
+pub const BUILTIN_UPDATE_QUERY: &str = "UPDATE users SET password = %{hash} \
+     WHERE username = %u AND password = %{old_hash}";
 
 /// Longest one read or write of the worker may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,33 +31,74 @@ enum Pool {
 /// runtime thread: it blocks on the runtime the passdb was opened in.
 pub struct SqlStore {
     pool: Pool,
+    lookup: Template,
+    update: Template,
     runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.pool {
+        f.debug_struct(match self.pool {
             Pool::Postgres(_) => "SqlStore(postgres)",
             Pool::Mysql(_) => "SqlStore(mysql)",
         })
+        .field("update", &self.update.sql)
+        .finish()
     }
 }
 
+/// The `update_query` for `dialect`: `update_query` as configured, else the
+/// built-in one when the lookup is the built-in schema's; `Ok(None)`: none.
+pub(super) fn update_template(
+    update_query: Option<&str>,
+    lookup: &Template,
+    dialect: Dialect,
+) -> Result<Option<Template>, String> {
+    let builtin = Template::compile(DEFAULT_PASSWORD_QUERY, dialect).ok();
+    let text = match update_query {
+        Some(t) => t,
+        None if builtin.as_ref() == Some(lookup) => BUILTIN_UPDATE_QUERY,
+        None => return Ok(None),
+    };
+    let t = Template::compile_update(text, dialect).map_err(|e| e.to_string())?;
+    for (var, name) in [(Var::NewHash, "%{hash}"), (Var::OldHash, "%{old_hash}")] {
+        if !t.params.contains(&var) {
+            return Err(format!(
+                "update_query must use {name} (… SET password = %{{hash}} WHERE … AND \
+                 password = %{{old_hash}}: the compare-and-set that lets a concurrent change win)"
+            ));
+        }
+    }
+    Ok(Some(t))
+}
+
 impl SqlStore {
-    /// The writer of `db`: `None` for a custom `password_query` or another
-    /// kind of passdb. Needs the runtime the passdb runs in (entered).
-    pub fn for_passdb(db: &AnyPassdb) -> Result<Option<SqlStore>, String> {
-        let pool = match db {
-            AnyPassdb::Postgres(p) => p.rehash_pool().map(Pool::Postgres),
-            AnyPassdb::Mysql(p) => p.rehash_pool().map(Pool::Mysql),
-            _ => None,
+    /// The writer of `db`: `None` for another kind of passdb or a custom
+    /// `password_query` without `update_query`. Needs the runtime the
+    /// passdb runs in (entered).
+    pub fn for_passdb(db: &AnyPassdb, update_query: Option<&str>) -> Result<Option<Self>, String> {
+        let (pool, lookup, dialect) = match db {
+            AnyPassdb::Postgres(p) => {
+                let (pool, lookup) = p.rehash_parts();
+                (Pool::Postgres(pool), lookup, Dialect::Postgres)
+            }
+            AnyPassdb::Mysql(p) => {
+                let (pool, lookup) = p.rehash_parts();
+                (Pool::Mysql(pool), lookup, Dialect::Mysql)
+            }
+            _ => return Ok(None),
         };
-        let Some(pool) = pool else {
+        let Some(update) = update_template(update_query, &lookup, dialect)? else {
             return Ok(None);
         };
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "no tokio runtime for the SQL writer".to_owned())?;
-        Ok(Some(SqlStore { pool, runtime }))
+        Ok(Some(SqlStore {
+            pool,
+            lookup,
+            update,
+            runtime,
+        }))
     }
 
     fn block<T>(
@@ -62,6 +112,52 @@ impl SqlStore {
                 .map_err(StoreError::Sql)
         })
     }
+
+    /// Runs `t` with `values`: the `password` column of the first row, or
+    /// the rows changed.
+    fn run(&self, t: &Template, values: Vec<&str>, read: bool) -> Result<Rows, StoreError> {
+        match &self.pool {
+            Pool::Postgres(pool) => self.block(async {
+                let client = pool.get().await.map_err(pg)?;
+                let types = vec![Type::TEXT; values.len()];
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                let stmt = client.prepare_typed(&t.sql, &types).await.map_err(pg)?;
+                if read {
+                    let rows = client.query(&stmt, &params).await.map_err(pg)?;
+                    let first = rows
+                        .first()
+                        .map(|r| r.try_get::<_, Option<String>>("password"));
+                    Ok(Rows::Password(first.transpose().map_err(pg)?.flatten()))
+                } else {
+                    Ok(Rows::Changed(
+                        client.execute(&stmt, &params).await.map_err(pg)?,
+                    ))
+                }
+            }),
+            Pool::Mysql(pool) => self.block(async {
+                use mysql_async::prelude::Queryable as _;
+                let mut conn = pool.get_conn().await.map_err(my)?;
+                let params = mysql_async::Params::Positional(
+                    values.into_iter().map(mysql_async::Value::from).collect(),
+                );
+                if read {
+                    let row: Option<mysql_async::Row> =
+                        conn.exec_first(t.sql.as_str(), params).await.map_err(my)?;
+                    let password = row.and_then(|r| r.get_opt::<Option<String>, _>("password"));
+                    Ok(Rows::Password(password.transpose().map_err(my)?.flatten()))
+                } else {
+                    conn.exec_drop(t.sql.as_str(), params).await.map_err(my)?;
+                    Ok(Rows::Changed(conn.affected_rows()))
+                }
+            }),
+        }
+    }
+}
+
+enum Rows {
+    Password(Option<String>),
+    Changed(u64),
 }
 
 fn pg(e: impl std::error::Error) -> String {
@@ -72,47 +168,65 @@ fn my(e: impl std::error::Error) -> String {
     format!("mysql: {}", error_chain(&e))
 }
 
-const SELECT_PG: &str = "SELECT password FROM users WHERE username = $1";
-const UPDATE_PG: &str = "UPDATE users SET password = $3, updated_at = now() \
-                         WHERE username = $1 AND password = $2";
-const SELECT_MY: &str = "SELECT password FROM users WHERE username = ?";
-const UPDATE_MY: &str = "UPDATE users SET password = ?, updated_at = CURRENT_TIMESTAMP \
-                         WHERE username = ? AND password = ?";
-
 impl Store for SqlStore {
     fn current(&self, user: &str) -> Result<Option<String>, StoreError> {
-        match &self.pool {
-            Pool::Postgres(pool) => self.block(async {
-                let client = pool.get().await.map_err(pg)?;
-                let row = client.query_opt(SELECT_PG, &[&user]).await.map_err(pg)?;
-                Ok(row.map(|r| r.get::<_, String>(0)))
-            }),
-            Pool::Mysql(pool) => self.block(async {
-                use mysql_async::prelude::Queryable as _;
-                let mut conn = pool.get_conn().await.map_err(my)?;
-                conn.exec_first(SELECT_MY, (user,)).await.map_err(my)
-            }),
+        match self.run(&self.lookup, self.lookup.values(user), true)? {
+            Rows::Password(p) => Ok(p),
+            Rows::Changed(_) => Ok(None),
         }
     }
 
     fn replace(&self, user: &str, old: &str, new: &str) -> Result<bool, StoreError> {
-        match &self.pool {
-            Pool::Postgres(pool) => self.block(async {
-                let client = pool.get().await.map_err(pg)?;
-                let n = client
-                    .execute(UPDATE_PG, &[&user, &old, &new])
-                    .await
-                    .map_err(pg)?;
-                Ok(n == 1)
-            }),
-            Pool::Mysql(pool) => self.block(async {
-                use mysql_async::prelude::Queryable as _;
-                let mut conn = pool.get_conn().await.map_err(my)?;
-                conn.exec_drop(UPDATE_MY, (new, user, old))
-                    .await
-                    .map_err(my)?;
-                Ok(conn.affected_rows() == 1)
-            }),
-        }
+        let values = self.update.update_values(user, new, old);
+        Ok(matches!(
+            self.run(&self.update, values, false)?,
+            Rows::Changed(1)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_queries_bind_every_value_and_must_compare_the_old_hash() {
+        let builtin = Template::compile(DEFAULT_PASSWORD_QUERY, Dialect::Postgres).unwrap();
+        let t = update_template(None, &builtin, Dialect::Postgres)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            t.sql,
+            "UPDATE users SET password = $1 WHERE username = $2 AND password = $3"
+        );
+        assert_eq!(t.update_values("a@x", "NEW", "OLD"), ["NEW", "a@x", "OLD"]);
+        let custom = Template::compile(
+            "SELECT secret AS password FROM mailbox WHERE local = %n AND dom = %d",
+            Dialect::Mysql,
+        )
+        .unwrap();
+        // A custom lookup without update_query: left alone.
+        assert!(update_template(None, &custom, Dialect::Mysql)
+            .unwrap()
+            .is_none());
+        let q = "UPDATE mailbox SET secret = '%{hash}' WHERE local = %n AND dom = %d \
+                 AND secret = %{old_hash}";
+        let t = update_template(Some(q), &custom, Dialect::Mysql)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            t.sql,
+            "UPDATE mailbox SET secret = ? WHERE local = ? AND dom = ? AND secret = ?"
+        );
+        assert_eq!(t.update_values("a@x", "N", "O"), ["N", "a", "x", "O"]);
+        let e = update_template(
+            Some("UPDATE mailbox SET secret = %{hash} WHERE local = %n"),
+            &custom,
+            Dialect::Mysql,
+        )
+        .unwrap_err();
+        assert!(e.contains("%{old_hash}"), "{e}");
+        // The hash variables mean nothing in a lookup.
+        assert!(Template::compile("SELECT %{hash} AS password", Dialect::Mysql).is_err());
     }
 }

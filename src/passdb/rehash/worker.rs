@@ -86,7 +86,11 @@ impl fmt::Debug for Rehasher {
 }
 
 /// Which writer serves `uri`, or why none does (for check-config).
-pub(super) fn store_kind(uri: &str, passwd_file: bool) -> Result<&'static str, &'static str> {
+pub(super) fn store_kind(
+    uri: &str,
+    passwd_file: bool,
+    custom_sql: bool,
+) -> Result<&'static str, &'static str> {
     if uri.starts_with("sqlite:") {
         Ok("sqlite: UPDATE … WHERE password = <old>")
     } else if uri.starts_with("passwd-file:") {
@@ -99,7 +103,11 @@ pub(super) fn store_kind(uri: &str, passwd_file: bool) -> Result<&'static str, &
         .iter()
         .any(|p| uri.starts_with(p))
     {
-        Ok("SQL: UPDATE … WHERE password = <old>")
+        if custom_sql {
+            Err("a custom password_query needs update_query")
+        } else {
+            Ok("SQL: update_query, compare-and-set on %{old_hash}")
+        }
     } else {
         Err("this passdb cannot be written (or stores no hash we check)")
     }
@@ -135,9 +143,11 @@ impl Rehasher {
                 AnyPassdb::PasswdFile(_) if policy.passwd_file => uri
                     .strip_prefix("passwd-file:")
                     .map(|p| Arc::new(PasswdFileStore::new(p.as_ref())) as Arc<dyn Store>),
-                AnyPassdb::Postgres(_) | AnyPassdb::Mysql(_) => SqlStore::for_passdb(db)
-                    .map_err(|e| format!("rehash: passdb {}: {e}", redact_uri(uri)))?
-                    .map(|s| Arc::new(s) as Arc<dyn Store>),
+                AnyPassdb::Postgres(_) | AnyPassdb::Mysql(_) => {
+                    SqlStore::for_passdb(db, policy.update_query.as_deref())
+                        .map_err(|e| format!("rehash: passdb {}: {e}", redact_uri(uri)))?
+                        .map(|s| Arc::new(s) as Arc<dyn Store>)
+                }
                 _ => None,
             };
             stores.push(store);
@@ -336,6 +346,7 @@ mod tests {
             target: "SHA512-CRYPT:rounds=2000".parse().unwrap(),
             passwd_file: false,
             plain: false,
+            update_query: None,
         };
         // The hook holds the worker before the write of `racer` until told.
         let (held_tx, held) = channel::<String>();

@@ -120,11 +120,9 @@ impl Mysql {
         })
     }
 
-    /// The pool, for the rehash writer, when this passdb reads the built-in
-    /// schema (a custom `password_query` names tables we cannot update).
-    pub(crate) fn rehash_pool(&self) -> Option<Pool> {
-        let builtin = Template::compile(DEFAULT_PASSWORD_QUERY, Dialect::Mysql).ok();
-        (builtin.as_ref() == Some(&self.query)).then(|| self.pool.clone())
+    /// The pool and the lookup, for the rehash writer.
+    pub(crate) fn rehash_parts(&self) -> (Pool, Template) {
+        (self.pool.clone(), self.query.clone())
     }
 
     async fn conn(&self) -> Result<Conn, PassdbError> {

@@ -216,11 +216,9 @@ impl Postgres {
         })
     }
 
-    /// The pool, for the rehash writer, when this passdb reads the built-in
-    /// schema (a custom `password_query` names tables we cannot update).
-    pub(crate) fn rehash_pool(&self) -> Option<Pool> {
-        let builtin = Template::compile(DEFAULT_PASSWORD_QUERY, Dialect::Postgres).ok();
-        (builtin.as_ref() == Some(&self.query)).then(|| self.pool.clone())
+    /// The pool and the lookup, for the rehash writer.
+    pub(crate) fn rehash_parts(&self) -> (Pool, Template) {
+        (self.pool.clone(), self.query.clone())
     }
 
     async fn entry(&self, user: &str) -> Result<Option<Entry>, PassdbError> {
