@@ -9,6 +9,7 @@
 
 use std::future::Future;
 
+use crate::audit::AuditRecord;
 use crate::cache::{CacheUse, Cached};
 use crate::passdb::{verify_any, AnyPassdb, Lookup, Passdb, PassdbError, Rejection, Verdict};
 use crate::scheme::{Scheme, StoredPassword};
@@ -34,12 +35,27 @@ pub(crate) enum Walk<T> {
     Failed(PassdbError),
 }
 
-/// A plaintext check, with how the verification cache took part (`None`:
-/// not at all) and the rehash it queued, for the audit line.
+/// What a plaintext check adds to the audit line.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CheckNotes {
+    /// How the verification cache took part (`None`: not at all).
+    pub cache: Option<CacheUse>,
+    /// The scheme a rehash was queued to (`upgrade_scheme`).
+    pub rehash: Option<Scheme>,
+}
+
+impl CheckNotes {
+    /// Copies the notes into `audit`.
+    pub fn record(self, audit: &mut AuditRecord) {
+        audit.cache = self.cache;
+        audit.rehash = self.rehash;
+    }
+}
+
+/// A plaintext check and its notes.
 pub(crate) struct Checked {
     pub verdict: Verdict,
-    pub cache: Option<CacheUse>,
-    pub rehash: Option<Scheme>,
+    pub notes: CheckNotes,
 }
 
 impl Authenticator {
@@ -104,25 +120,25 @@ impl Authenticator {
                         } else {
                             Verdict::Rejected(Rejection::PasswordMismatch)
                         },
-                        cache,
-                        rehash: if ok {
-                            self.offer_rehash(db, user, &secret, passwords)
-                        } else {
-                            None
+                        notes: CheckNotes {
+                            cache,
+                            rehash: if ok {
+                                self.offer_rehash(db, user, &secret, passwords)
+                            } else {
+                                None
+                            },
                         },
                     }
                 }
                 Lookup::Rejected(r) => Checked {
                     verdict: Verdict::Rejected(r),
-                    cache: None,
-                    rehash: None,
+                    notes: CheckNotes::default(),
                 },
             }
         } else {
             Checked {
                 verdict: db.verify_plain(user, passwords).await?,
-                cache: None,
-                rehash: None,
+                notes: CheckNotes::default(),
             }
         };
         Ok(match checked.verdict {

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::audit::{AuditRecord, Outcome, Protocol, ThrottleAction};
-use crate::cache::CacheUse;
 use crate::http_auth::digest::{Credentials, NonceState};
 use crate::http_auth::{HttpAuth, HttpAuthRequest, HttpCredentials, HttpOutcome};
 use crate::passdb::{Lookup, Passdb, Rejection, Verdict};
@@ -15,14 +14,7 @@ use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 use crate::throttle::Scope;
 
-use super::chain::{Answer, Checked, Walk};
-
-/// What a Basic check adds to the audit line.
-#[derive(Default)]
-struct CheckNotes {
-    cache: Option<CacheUse>,
-    rehash: Option<crate::scheme::Scheme>,
-}
+use super::chain::{Answer, CheckNotes, Checked, Walk};
 use super::{Authenticator, Count, Counted, Throttled};
 
 /// The decision for one HTTP request.
@@ -123,8 +115,7 @@ impl Authenticator {
             .await;
         let mut audit = AuditRecord::new(Protocol::Http, req.credentials.scheme(), user, ip);
         audit.uri = Some(req.uri.clone());
-        audit.cache = checked.cache;
-        audit.rehash = checked.rehash;
+        checked.record(&mut audit);
         let outcome = conclude(judgement, &mut audit);
         if let Some(k) = repeat {
             state.repeats.remember(k, &outcome);
@@ -205,15 +196,8 @@ impl Authenticator {
     ) -> Judgement {
         let passwords = std::slice::from_ref(password);
         match self.walk(|db| self.verify_plain(db, user, passwords)).await {
-            Walk::Decided(
-                Checked {
-                    verdict,
-                    cache,
-                    rehash,
-                },
-                passdb,
-            ) => {
-                *checked = CheckNotes { cache, rehash };
+            Walk::Decided(Checked { verdict, notes }, passdb) => {
+                *checked = notes;
                 match verdict {
                     Verdict::Accepted(p) => Judgement::Allow {
                         user: if p.user.is_empty() {

@@ -8,7 +8,6 @@ use crate::audit::{AuditRecord, Outcome, ThrottleAction};
 use crate::auth_http::{
     AuthMethod, ClientHost, Failure, FailureKind, MailAuthRequest, MailAuthResponse, MailProtocol,
 };
-use crate::cache::CacheUse;
 use crate::mech::external::NoMatch;
 use crate::mech::{apop, cram_md5, Mechanism};
 use crate::passdb::{Lookup, PassdbError, Principal, Rejection, Verdict};
@@ -16,7 +15,7 @@ use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 use crate::throttle::Scope;
 
-use super::chain::{Checked, Walk};
+use super::chain::{CheckNotes, Checked, Walk};
 use super::{Authenticator, Count, Counted, Decision, Throttled, WaitPolicy};
 
 /// SMTP rules beyond the passdb, Postfix style (`smtpd_*_restrictions`).
@@ -129,9 +128,8 @@ impl Counted for Relay {
 struct Notes {
     /// The throttle's `Auth-Wait` for a counted failure.
     throttle_wait: Option<u32>,
-    cache: Option<CacheUse>,
-    /// The scheme a rehash was queued to.
-    rehash: Option<crate::scheme::Scheme>,
+    /// The cache and rehash notes of a plaintext check.
+    checked: CheckNotes,
     /// The effective client address (see [`crate::client_ip::TrustedProxies`]).
     client_ip: Option<IpAddr>,
     /// EXTERNAL: the user the certificate mapped to (for the audit line).
@@ -277,17 +275,9 @@ impl Authenticator {
             .walk(|db| self.verify_plain(db, &creds.user, &creds.passwords))
             .await;
         match walk {
-            Walk::Decided(
-                Checked {
-                    verdict,
-                    cache,
-                    rehash,
-                },
-                passdb,
-            ) => {
-                notes.cache = cache;
-                notes.rehash = rehash;
-                match verdict {
+            Walk::Decided(checked, passdb) => {
+                notes.checked = checked.notes;
+                match checked.verdict {
                     Verdict::Accepted(principal) => Judgement::Accept {
                         principal,
                         password: Some(req.pass.clone()),
@@ -380,8 +370,7 @@ impl Authenticator {
         started: Instant,
     ) -> Decision {
         let mut audit = AuditRecord::mail(req);
-        audit.cache = notes.cache;
-        audit.rehash = notes.rehash;
+        notes.checked.record(&mut audit);
         audit.client_ip = notes.client_ip;
         if let Some(user) = notes.mapped_user {
             audit.user = user;

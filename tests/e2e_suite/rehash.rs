@@ -13,11 +13,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::e2e::*;
 use crate::common::proc::wait_until;
+
 
 const TARGET: &str = "SHA512-CRYPT:rounds=20000";
 const UPGRADED: &str = "{SHA512-CRYPT}$6$rounds=20000$";
@@ -27,15 +27,6 @@ const MD5: (&str, &str, &str) = ("rh-md5", "MD5-CRYPT", "md5-pw-31");
 const SHA: (&str, &str, &str) = ("rh-sha", "SHA512-CRYPT", "sha-pw-77");
 const RACER: (&str, &str, &str) = ("rh-racer", "MD5-CRYPT", "racer-pw-1");
 const RACER_NEW: &str = "racer-new-pw-2";
-
-fn doveadm_pw(scheme: &str, password: &str) -> String {
-    let out = Command::new(require("doveadm", "dovecot-core"))
-        .args(["pw", "-s", scheme, "-p", password])
-        .output()
-        .expect("doveadm pw");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// Where the daemon stores passwords, read and changed by the test.
 trait Stored {
@@ -253,30 +244,11 @@ impl Sql<'_> {
             .unwrap()
     }
 
+    /// Runs each `;`-separated statement of `sql` (no parameters).
     fn batch(&self, sql: &str) {
-        use crate::common::sql::Kind;
-        Self::rt().block_on(async {
-            match self.server.kind {
-                Kind::Postgres => {
-                    let (client, conn) =
-                        tokio_postgres::connect(&self.server.admin_uri(), tokio_postgres::NoTls)
-                            .await
-                            .unwrap();
-                    let task = tokio::spawn(conn);
-                    client.batch_execute(sql).await.unwrap();
-                    drop(client);
-                    let _ = task.await;
-                }
-                Kind::Mariadb => {
-                    use mysql_async::prelude::Queryable;
-                    let mut conn = mysql_async::Conn::from_url(self.server.admin_uri())
-                        .await
-                        .unwrap();
-                    conn.query_drop(sql).await.unwrap();
-                    conn.disconnect().await.unwrap();
-                }
-            }
-        })
+        for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            self.exec(stmt, ["", ""]);
+        }
     }
 
     fn exec(&self, sql: &str, params: [&str; 2]) -> Option<String> {
