@@ -15,7 +15,7 @@ use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 use crate::throttle::Scope;
 
-use super::chain::{CheckNotes, Checked, Walk};
+use super::chain::{CheckNotes, Walk};
 use super::{Authenticator, Count, Counted, Decision, Throttled, WaitPolicy};
 
 /// SMTP rules beyond the passdb, Postfix style (`smtpd_*_restrictions`).
