@@ -92,7 +92,7 @@ fn open_service(config: &Config) -> Result<Service, Vec<String>> {
         None => None,
         Some(r) => Some(
             Rehasher::start(r.clone(), config.default_scheme, &config.passdbs, &passdbs)
-                .map_err(|e| vec![e])?,
+                .map_err(|e| vec![e.to_string()])?,
         ),
     };
     let auth = Authenticator::new(policy, passdbs)?

@@ -18,7 +18,6 @@ use std::time::Duration;
 use crate::common::e2e::*;
 use crate::common::proc::wait_until;
 
-
 const TARGET: &str = "SHA512-CRYPT:rounds=20000";
 const UPGRADED: &str = "{SHA512-CRYPT}$6$rounds=20000$";
 

@@ -27,7 +27,9 @@
 //!   keeping everything but the one password field).
 
 mod passwd_file;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 mod sql;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 mod worker;
 
@@ -37,7 +39,9 @@ use std::str::FromStr;
 use crate::scheme::{Cost, Scheme, StoredPassword};
 
 pub use passwd_file::{rewrite_line, PasswdFileStore};
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub use sql::{SqlStore, BUILTIN_UPDATE_QUERY};
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use worker::{Rehasher, Store, StoreError};
 
@@ -125,6 +129,63 @@ impl fmt::Display for Target {
     }
 }
 
+/// A rehash setting that cannot be used, or a worker that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum RehashError {
+    /// `upgrade_scheme` itself.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// An Argon2 target the `argon2_max_memory` limit would refuse to verify.
+    #[error(
+        "upgrade_scheme {target}: m={m_kib} KiB is above argon2_max_memory ({max_kib} KiB); \
+         the new hashes would be refused"
+    )]
+    AboveMemoryLimit {
+        /// The target.
+        target: Target,
+        /// Its memory cost, KiB.
+        m_kib: u32,
+        /// `argon2_max_memory`, KiB.
+        max_kib: u32,
+    },
+    /// A companion setting without `upgrade_scheme`.
+    #[error("rehash_passwd_file, rehash_plain and update_query need upgrade_scheme")]
+    NeedsUpgradeScheme,
+    /// An `update_query` that cannot be bound.
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    #[error("update_query: {0}")]
+    Template(#[from] crate::passdb::sql::TemplateError),
+    /// An `update_query` without one of the hash variables.
+    #[error(
+        "update_query must use {0} (… SET password = %{{hash}} WHERE … AND password = \
+         %{{old_hash}}: the compare-and-set that lets a concurrent change win)"
+    )]
+    MissingVariable(&'static str),
+    /// An `update_query` in a build without SQL server passdbs.
+    #[error("update_query: this build has no PostgreSQL or MySQL passdbs")]
+    NoSqlPassdbs,
+    /// A SQL writer opened outside a tokio runtime.
+    #[error("rehash: passdb {0}: no tokio runtime for the SQL writer")]
+    NoRuntime(String),
+    /// The worker thread.
+    #[error("rehash: cannot start its thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Checks an `update_query` now (both dialects bind the same placeholders),
+/// so a bad template is a configuration error, not a failure later.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn check_update_query(q: &str) -> Result<(), RehashError> {
+    use crate::passdb::sql::{Dialect, Template, DEFAULT_PASSWORD_QUERY};
+    let lookup = Template::compile(DEFAULT_PASSWORD_QUERY, Dialect::Postgres)?;
+    sql::update_template(Some(q), &lookup, Dialect::Postgres).map(drop)
+}
+
+#[cfg(not(any(feature = "postgres", feature = "mysql")))]
+fn check_update_query(_: &str) -> Result<(), RehashError> {
+    Err(RehashError::NoSqlPassdbs)
+}
+
 /// What to do with one stored hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Judgement {
@@ -164,7 +225,7 @@ pub struct RehashPolicy {
     /// Also upgrade `{PLAIN}`, `{CLEAR}` and `{CRAM-MD5}` (`rehash_plain`).
     pub plain: bool,
     /// SQL server passdbs: the write as a template (`None`: the built-in
-    /// schema's, see [`BUILTIN_UPDATE_QUERY`]).
+    /// schema's, `BUILTIN_UPDATE_QUERY`).
     pub update_query: Option<String>,
 }
 
@@ -178,43 +239,46 @@ impl RehashPolicy {
         plain: bool,
         update_query: Option<&str>,
         argon2_max_memory_kib: u32,
-    ) -> Option<Result<RehashPolicy, String>> {
+    ) -> Option<Result<RehashPolicy, RehashError>> {
         let Some(text) = upgrade_scheme else {
-            return (passwd_file || plain || update_query.is_some()).then(|| {
-                Err(
-                    "rehash_passwd_file, rehash_plain and update_query need upgrade_scheme"
-                        .to_owned(),
-                )
-            });
+            return (passwd_file || plain || update_query.is_some())
+                .then_some(Err(RehashError::NeedsUpgradeScheme));
         };
+        Some(Self::checked(
+            text,
+            passwd_file,
+            plain,
+            update_query,
+            argon2_max_memory_kib,
+        ))
+    }
+
+    fn checked(
+        text: &str,
+        passwd_file: bool,
+        plain: bool,
+        update_query: Option<&str>,
+        argon2_max_memory_kib: u32,
+    ) -> Result<RehashPolicy, RehashError> {
         if let Some(q) = update_query {
-            // Checked now (both dialects compile the same placeholders), so
-            // a bad template is a configuration error, not a runtime one.
-            let any = crate::passdb::sql::Template::compile(
-                crate::passdb::sql::DEFAULT_PASSWORD_QUERY,
-                crate::passdb::sql::Dialect::Postgres,
-            )
-            .ok()?;
-            if let Err(e) =
-                sql::update_template(Some(q), &any, crate::passdb::sql::Dialect::Postgres)
-            {
-                return Some(Err(e));
+            check_update_query(q)?;
+        }
+        let target: Target = text.parse()?;
+        if let Cost::Argon2 { m_kib, .. } = target.cost {
+            if m_kib > argon2_max_memory_kib {
+                return Err(RehashError::AboveMemoryLimit {
+                    target,
+                    m_kib,
+                    max_kib: argon2_max_memory_kib,
+                });
             }
         }
-        Some(text.parse::<Target>().map_err(|e| e.to_string()).and_then(
-            |target| match target.cost {
-                Cost::Argon2 { m_kib, .. } if m_kib > argon2_max_memory_kib => Err(format!(
-                    "upgrade_scheme {target}: m={m_kib} KiB is above argon2_max_memory \
-                     ({argon2_max_memory_kib} KiB); the new hashes would be refused"
-                )),
-                _ => Ok(RehashPolicy {
-                    target,
-                    passwd_file,
-                    plain,
-                    update_query: update_query.map(str::to_owned),
-                }),
-            },
-        ))
+        Ok(RehashPolicy {
+            target,
+            passwd_file,
+            plain,
+            update_query: update_query.map(str::to_owned),
+        })
     }
 
     /// What check-config prints: the target, and per passdb URI what is
@@ -368,10 +432,7 @@ mod tests {
 
     #[test]
     fn policy_from_config() {
-        assert_eq!(
-            RehashPolicy::from_config(None, false, false, None, 1024),
-            None
-        );
+        assert!(RehashPolicy::from_config(None, false, false, None, 1024).is_none());
         assert!(RehashPolicy::from_config(None, true, false, None, 1024)
             .unwrap()
             .is_err());
@@ -384,7 +445,8 @@ mod tests {
         );
         let e = RehashPolicy::from_config(Some("ARGON2ID"), false, false, None, 1024)
             .unwrap()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("above argon2_max_memory"), "{e}");
         let e = RehashPolicy::from_config(
             Some("ARGON2ID:m=64"),
@@ -394,8 +456,13 @@ mod tests {
             1024,
         )
         .unwrap()
-        .unwrap_err();
-        assert!(e.contains("%{old_hash}"), "{e}");
+        .unwrap_err()
+        .to_string();
+        if cfg!(any(feature = "postgres", feature = "mysql")) {
+            assert!(e.contains("%{old_hash}"), "{e}");
+        } else {
+            assert!(e.contains("no PostgreSQL or MySQL"), "{e}");
+        }
     }
 
     #[test]

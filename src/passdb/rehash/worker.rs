@@ -7,8 +7,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{judge, Judgement, PasswdFileStore, RehashPolicy, SqlStore, SqliteStore};
-use crate::passdb::{parse_stored, redact_uri, AnyPassdb};
+use super::{judge, Judgement, PasswdFileStore, RehashError, RehashPolicy};
+use crate::passdb::{parse_stored, AnyPassdb};
 use crate::scheme::{hash_at, Scheme, StoredPassword};
 use crate::secret::Secret;
 
@@ -33,6 +33,7 @@ pub trait Store: Send + Sync + fmt::Debug {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// SQLite.
+    #[cfg(feature = "sqlite")]
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// A file operation on the passwd-file.
@@ -85,6 +86,35 @@ impl fmt::Debug for Rehasher {
     }
 }
 
+/// The writer of passdb `db` (opened from `uri`), if it has one.
+fn open_store(
+    uri: &str,
+    db: &AnyPassdb,
+    policy: &RehashPolicy,
+) -> Result<Option<Arc<dyn Store>>, RehashError> {
+    fn shared(s: impl Store + 'static) -> Arc<dyn Store> {
+        Arc::new(s)
+    }
+    Ok(match db {
+        #[cfg(feature = "sqlite")]
+        AnyPassdb::Sqlite(_) => uri
+            .strip_prefix("sqlite:")
+            .map(|p| shared(super::SqliteStore::new(p.as_ref()))),
+        AnyPassdb::PasswdFile(_) if policy.passwd_file => uri
+            .strip_prefix("passwd-file:")
+            .map(|p| shared(PasswdFileStore::new(p.as_ref()))),
+        #[cfg(feature = "postgres")]
+        AnyPassdb::Postgres(_) => {
+            super::SqlStore::for_passdb(db, uri, policy.update_query.as_deref())?.map(shared)
+        }
+        #[cfg(feature = "mysql")]
+        AnyPassdb::Mysql(_) => {
+            super::SqlStore::for_passdb(db, uri, policy.update_query.as_deref())?.map(shared)
+        }
+        _ => None,
+    })
+}
+
 /// Which writer serves `uri`, or why none does (for check-config).
 pub(super) fn store_kind(
     uri: &str,
@@ -122,7 +152,7 @@ impl Rehasher {
         default_scheme: Option<Scheme>,
         uris: &[String],
         passdbs: &[AnyPassdb],
-    ) -> Result<Rehasher, String> {
+    ) -> Result<Rehasher, RehashError> {
         Self::start_with_hook(policy, default_scheme, uris, passdbs, test_gate())
     }
 
@@ -133,23 +163,10 @@ impl Rehasher {
         uris: &[String],
         passdbs: &[AnyPassdb],
         hook: Option<Hook>,
-    ) -> Result<Rehasher, String> {
+    ) -> Result<Rehasher, RehashError> {
         let mut stores: Vec<Option<Arc<dyn Store>>> = Vec::new();
         for (uri, db) in uris.iter().zip(passdbs) {
-            let store: Option<Arc<dyn Store>> = match db {
-                AnyPassdb::Sqlite(_) => uri
-                    .strip_prefix("sqlite:")
-                    .map(|p| Arc::new(SqliteStore::new(p.as_ref())) as Arc<dyn Store>),
-                AnyPassdb::PasswdFile(_) if policy.passwd_file => uri
-                    .strip_prefix("passwd-file:")
-                    .map(|p| Arc::new(PasswdFileStore::new(p.as_ref())) as Arc<dyn Store>),
-                AnyPassdb::Postgres(_) | AnyPassdb::Mysql(_) => {
-                    SqlStore::for_passdb(db, policy.update_query.as_deref())
-                        .map_err(|e| format!("rehash: passdb {}: {e}", redact_uri(uri)))?
-                        .map(|s| Arc::new(s) as Arc<dyn Store>)
-                }
-                _ => None,
-            };
+            let store = open_store(uri, db, &policy)?;
             stores.push(store);
         }
         let stores = Arc::new(stores);
@@ -163,7 +180,7 @@ impl Rehasher {
         std::thread::Builder::new()
             .name("rehash".into())
             .spawn(move || worker.run(jobs))
-            .map_err(|e| format!("rehash: cannot start its thread: {e}"))?;
+            .map_err(RehashError::Thread)?;
         Ok(Rehasher {
             policy,
             stores,
@@ -306,11 +323,12 @@ fn test_gate() -> Option<Hook> {
     }))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use std::sync::mpsc::channel;
 
     use super::*;
+    use crate::passdb::rehash::SqliteStore;
     use crate::passdb::sqlite::Admin;
     use crate::scheme::{hash, hash_at, Cost};
 
