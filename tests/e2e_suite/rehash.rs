@@ -37,14 +37,8 @@ struct Sqlite(PathBuf);
 
 impl Stored for Sqlite {
     fn get(&self, user: &str) -> String {
-        rusqlite::Connection::open(&self.0)
-            .unwrap()
-            .query_row(
-                "SELECT password FROM users WHERE username = ?1",
-                [user],
-                |r| r.get(0),
-            )
-            .unwrap()
+        use nginx_auth_fcgi::passdb::rehash::{SqliteStore, Store as _};
+        SqliteStore::new(&self.0).current(user).unwrap().unwrap()
     }
     fn set(&self, user: &str, hash: &str) {
         // What `user passwd` does.

@@ -21,14 +21,8 @@ use nginx_auth_fcgi::upstream::Upstreams;
 use crate::common::policy::base_policy;
 
 fn stored(db: &std::path::Path, user: &str) -> String {
-    rusqlite::Connection::open(db)
-        .unwrap()
-        .query_row(
-            "SELECT password FROM users WHERE username = ?1",
-            [user],
-            |r| r.get(0),
-        )
-        .unwrap()
+    use nginx_auth_fcgi::passdb::rehash::{SqliteStore, Store as _};
+    SqliteStore::new(db).current(user).unwrap().unwrap()
 }
 
 async fn basic(auth: &Authenticator, http: &HttpAuth, user: &str, pw: &str) -> (bool, AuditRecord) {
