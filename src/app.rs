@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::authenticator::{Authenticator, Policy};
 use crate::cache::Cache;
 use crate::config::{Config, RawConfig};
+use crate::passdb::rehash::Rehasher;
 use crate::passdb::{AnyPassdb, PassdbOptions, PasswdFile};
 use crate::scheme;
 use crate::service::Service;
@@ -92,7 +93,15 @@ fn open_service(config: &Config) -> Result<Service, Vec<String>> {
         throttle,
         cache: config.cache.map(|c| Arc::new(Cache::new(c))),
     };
+    let rehash = match &config.rehash {
+        None => None,
+        Some(r) => Some(
+            Rehasher::start(r.clone(), config.default_scheme, &config.passdbs, &passdbs)
+                .map_err(|e| vec![e.to_string()])?,
+        ),
+    };
     let auth = Authenticator::new(policy, passdbs)?
+        .with_rehash(rehash)
         .with_trusted_proxies(config.trusted_proxies.clone())
         .with_verifier(Verifier::new(config.verifier))
         .with_master_user(config.master_user.clone())

@@ -133,6 +133,8 @@ pub struct AuditRecord {
     pub cache: Option<CacheUse>,
     /// The app password that matched (its name, never the secret).
     pub app_password: Option<String>,
+    /// The scheme a rehash of the stored hash was queued to (`upgrade_scheme`).
+    pub rehash: Option<crate::scheme::Scheme>,
 }
 
 impl AuditRecord {
@@ -173,6 +175,7 @@ impl AuditRecord {
             throttle: None,
             cache: None,
             app_password: None,
+            rehash: None,
         }
     }
 
@@ -240,6 +243,9 @@ impl fmt::Display for AuditRecord {
         }
         if let Some(name) = &self.app_password {
             write!(f, " app_password={}", quoted(name))?;
+        }
+        if let Some(s) = self.rehash {
+            write!(f, " rehash={s}")?;
         }
         write!(f, " latency_ms={:.3}", self.latency.as_secs_f64() * 1000.0)
     }

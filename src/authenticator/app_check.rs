@@ -14,7 +14,7 @@ use crate::passdb::{AnyPassdb, AppPasswords, Passdb, PassdbError, Principal, Rej
 use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 
-use super::chain::Checked;
+use super::chain::{CheckNotes, Checked};
 use super::Authenticator;
 
 impl Authenticator {
@@ -61,22 +61,30 @@ impl Authenticator {
             };
             return Ok(Checked {
                 verdict,
-                cache,
-                app_password: Some(app.name.clone()),
+                notes: CheckNotes {
+                    cache,
+                    rehash: None,
+                    app_password: Some(app.name.clone()),
+                },
             });
         }
         let (ok, cache) = self.check_stored(db, user, main, passwords).await?;
-        let verdict = if !ok {
-            Verdict::Rejected(Rejection::PasswordMismatch)
+        let (verdict, rehash) = if !ok {
+            (Verdict::Rejected(Rejection::PasswordMismatch), None)
         } else if self.main_password_refused(apps, login.service) {
-            Verdict::Rejected(Rejection::AppPasswordRequired)
+            (Verdict::Rejected(Rejection::AppPasswordRequired), None)
         } else {
-            Verdict::Accepted(principal)
+            // Only a main password that opened the account is worth upgrading.
+            let rehash = self.offer_rehash(db, user, main, passwords);
+            (Verdict::Accepted(principal), rehash)
         };
         Ok(Checked {
             verdict,
-            cache,
-            app_password: None,
+            notes: CheckNotes {
+                cache,
+                rehash,
+                app_password: None,
+            },
         })
     }
 }

@@ -9,10 +9,11 @@
 
 use std::future::Future;
 
+use crate::audit::AuditRecord;
 use crate::cache::{CacheUse, Cached};
 use crate::passdb::app_password::Login;
 use crate::passdb::{verify_any, AnyPassdb, Lookup, Passdb, PassdbError, Rejection, Verdict};
-use crate::scheme::StoredPassword;
+use crate::scheme::{Scheme, StoredPassword};
 use crate::secret::Secret;
 
 use super::Authenticator;
@@ -35,13 +36,30 @@ pub(crate) enum Walk<T> {
     Failed(PassdbError),
 }
 
-/// A plaintext check, with how the verification cache took part (`None`:
-/// not at all) for the audit line.
+/// What a plaintext check adds to the audit line.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CheckNotes {
+    /// How the verification cache took part (`None`: not at all).
+    pub cache: Option<CacheUse>,
+    /// The scheme a rehash was queued to (`upgrade_scheme`).
+    pub rehash: Option<Scheme>,
+    /// The app password that matched, if one did (its name).
+    pub app_password: Option<String>,
+}
+
+impl CheckNotes {
+    /// Copies the notes into `audit`.
+    pub fn record(self, audit: &mut AuditRecord) {
+        audit.cache = self.cache;
+        audit.rehash = self.rehash;
+        audit.app_password = self.app_password;
+    }
+}
+
+/// A plaintext check and its notes.
 pub(crate) struct Checked {
     pub verdict: Verdict,
-    pub cache: Option<CacheUse>,
-    /// The app password that matched, if one did.
-    pub app_password: Option<String>,
+    pub notes: CheckNotes,
 }
 
 impl Authenticator {
@@ -109,21 +127,33 @@ impl Authenticator {
                 }
                 Lookup::Rejected(r) => Checked {
                     verdict: Verdict::Rejected(r),
-                    cache: None,
-                    app_password: None,
+                    notes: CheckNotes::default(),
                 },
             }
         } else {
             Checked {
                 verdict: db.verify_plain(user, passwords).await?,
-                cache: None,
-                app_password: None,
+                notes: CheckNotes::default(),
             }
         };
         Ok(match checked.verdict {
             Verdict::Rejected(Rejection::UnknownUser) => Answer::Next,
             _ => Answer::Decide(checked),
         })
+    }
+
+    /// After a successful plaintext check against `stored`: queues a rehash
+    /// when `upgrade_scheme` asks for one (see [`crate::passdb::rehash`]).
+    pub(super) fn offer_rehash(
+        &self,
+        db: &AnyPassdb,
+        user: &str,
+        stored: &StoredPassword,
+        passwords: &[Secret],
+    ) -> Option<Scheme> {
+        let rehash = self.rehash.as_ref()?;
+        let index = self.passdbs.iter().position(|p| std::ptr::eq(p, db))?;
+        rehash.offer(index, user, stored, passwords)
     }
 
     /// Whether one of `passwords` matches `stored`, and how the cache helped.

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::audit::{AuditRecord, Outcome, Protocol, ThrottleAction};
-use crate::cache::CacheUse;
 use crate::http_auth::digest::{Credentials, NonceState};
 use crate::http_auth::{HttpAuth, HttpAuthRequest, HttpCredentials, HttpOutcome};
 use crate::passdb::app_password::{Login, Service};
@@ -16,7 +15,7 @@ use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 use crate::throttle::Scope;
 
-use super::chain::{Answer, Checked, Walk};
+use super::chain::{Answer, CheckNotes, Checked, Walk};
 use super::{Authenticator, Count, Counted, Throttled};
 
 /// The decision for one HTTP request.
@@ -71,10 +70,6 @@ enum DigestSecret {
     Rejected(Rejection),
 }
 
-/// Where a Basic check reports how the cache took part and which app
-/// password matched (for the audit line).
-type Used<'a> = (&'a mut Option<CacheUse>, &'a mut Option<String>);
-
 /// The login an HTTP request is, for app password scopes.
 fn login(req: &HttpAuthRequest, ip: Option<IpAddr>) -> Login<'_> {
     Login {
@@ -121,18 +116,16 @@ impl Authenticator {
             HttpCredentials::Digest(c) if !c.userhash => c.username.clone(),
             _ => String::new(),
         };
-        let mut cache = None;
-        let mut app_password = None;
+        let mut checked = CheckNotes::default();
         let judgement = self
             .within(
-                self.judge_http(req, state, ip, &mut user, (&mut cache, &mut app_password)),
+                self.judge_http(req, state, ip, &mut user, &mut checked),
                 Judgement::Temporary,
             )
             .await;
         let mut audit = AuditRecord::new(Protocol::Http, req.credentials.scheme(), user, ip);
         audit.uri = Some(req.uri.clone());
-        audit.cache = cache;
-        audit.app_password = app_password;
+        checked.record(&mut audit);
         let outcome = conclude(judgement, &mut audit);
         if let Some(k) = repeat {
             state.repeats.remember(k, &outcome);
@@ -150,7 +143,7 @@ impl Authenticator {
         state: &HttpAuth,
         ip: Option<IpAddr>,
         user: &mut String,
-        used: Used<'_>,
+        checked: &mut CheckNotes,
     ) -> Judgement {
         let throttled = match &req.credentials {
             HttpCredentials::None => return Judgement::Challenge,
@@ -161,7 +154,7 @@ impl Authenticator {
                     ip,
                     user.as_bytes(),
                     Some(password.expose()),
-                    self.judge_basic(user, password, &login(req, ip), used),
+                    self.judge_basic(user, password, &login(req, ip), checked),
                 )
                 .await
             }
@@ -210,23 +203,15 @@ impl Authenticator {
         user: &str,
         password: &Secret,
         login: &Login<'_>,
-        (cache, app): Used<'_>,
+        checked: &mut CheckNotes,
     ) -> Judgement {
         let passwords = std::slice::from_ref(password);
         match self
             .walk(|db| self.verify_plain(db, user, passwords, login))
             .await
         {
-            Walk::Decided(
-                Checked {
-                    verdict,
-                    cache: used,
-                    app_password,
-                },
-                passdb,
-            ) => {
-                *cache = used;
-                *app = app_password;
+            Walk::Decided(Checked { verdict, notes }, passdb) => {
+                *checked = notes;
                 match verdict {
                     Verdict::Accepted(p) => Judgement::Allow {
                         user: if p.user.is_empty() {

@@ -8,7 +8,6 @@ use crate::audit::{AuditRecord, Outcome, ThrottleAction};
 use crate::auth_http::{
     AuthMethod, ClientHost, Failure, FailureKind, MailAuthRequest, MailAuthResponse, MailProtocol,
 };
-use crate::cache::CacheUse;
 use crate::mech::external::NoMatch;
 use crate::mech::{apop, cram_md5, Mechanism};
 use crate::passdb::app_password::Login;
@@ -17,7 +16,7 @@ use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 use crate::throttle::Scope;
 
-use super::chain::Walk;
+use super::chain::{CheckNotes, Walk};
 use super::{Authenticator, Count, Counted, Decision, Throttled, WaitPolicy};
 
 /// SMTP rules beyond the passdb, Postfix style (`smtpd_*_restrictions`).
@@ -130,13 +129,12 @@ impl Counted for Relay {
 struct Notes {
     /// The throttle's `Auth-Wait` for a counted failure.
     throttle_wait: Option<u32>,
-    cache: Option<CacheUse>,
+    /// The cache, rehash and app password notes of a plaintext check.
+    checked: CheckNotes,
     /// The effective client address (see [`crate::client_ip::TrustedProxies`]).
     client_ip: Option<IpAddr>,
     /// EXTERNAL: the user the certificate mapped to (for the audit line).
     mapped_user: Option<String>,
-    /// The app password that matched, if one did (for the audit line).
-    app_password: Option<String>,
 }
 
 /// The judgement for a walk that found nobody (or only failures).
@@ -280,8 +278,7 @@ impl Authenticator {
             .await;
         match walk {
             Walk::Decided(checked, passdb) => {
-                notes.cache = checked.cache;
-                notes.app_password = checked.app_password;
+                notes.checked = checked.notes;
                 match checked.verdict {
                     Verdict::Accepted(principal) => Judgement::Accept {
                         principal,
@@ -386,8 +383,7 @@ impl Authenticator {
         started: Instant,
     ) -> Decision {
         let mut audit = AuditRecord::mail(req);
-        audit.cache = notes.cache;
-        audit.app_password = notes.app_password;
+        notes.checked.record(&mut audit);
         audit.client_ip = notes.client_ip;
         if let Some(user) = notes.mapped_user {
             audit.user = user;

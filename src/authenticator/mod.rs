@@ -38,6 +38,7 @@ use crate::client_ip::TrustedProxies;
 use crate::master_user::MasterUser;
 use crate::mech::external::Rules;
 use crate::mech::{plain::Plain, Mechanism, Need};
+use crate::passdb::rehash::Rehasher;
 use crate::passdb::{AnyPassdb, Passdb};
 use crate::throttle::{Check, Scope, Throttle};
 use crate::upstream::Upstreams;
@@ -143,6 +144,8 @@ pub struct Authenticator {
     smtp: mail::SmtpRules,
     /// Protocols for which main passwords are refused (`require_app_password`).
     require_app: crate::passdb::app_password::Services,
+    /// Transparent rehash (`upgrade_scheme`; `None`: off).
+    rehash: Option<Rehasher>,
 }
 
 /// What the throttle learns from a judgement.
@@ -203,6 +206,7 @@ impl Authenticator {
                 verifier: Verifier::default(),
                 smtp: mail::SmtpRules::default(),
                 require_app: Default::default(),
+                rehash: None,
             })
         } else {
             Err(problems)
@@ -220,6 +224,12 @@ impl Authenticator {
     /// per CPU, see [`crate::verifier::VerifierPolicy`]).
     pub fn with_verifier(mut self, verifier: Verifier) -> Self {
         self.verifier = verifier;
+        self
+    }
+
+    /// Upgrades stored hashes after plaintext logins (`upgrade_scheme`).
+    pub fn with_rehash(mut self, rehash: Option<Rehasher>) -> Self {
+        self.rehash = rehash;
         self
     }
 

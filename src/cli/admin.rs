@@ -114,6 +114,13 @@ pub fn check_config(args: ServeArgs) -> CmdResult {
         "  argon2 max memory: {} per verification",
         config::format_size_kib(scheme::argon2_max_memory_kib())
     );
+    match &config.rehash {
+        None => println!("  rehash: off (upgrade_scheme not set)"),
+        Some(r) => r
+            .explain(&config.passdbs, config.password_query.as_deref())
+            .iter()
+            .for_each(|l| println!("  {l}")),
+    }
     let mut mechs: Vec<_> = config.mechanisms.iter().map(|m| m.as_str()).collect();
     mechs.sort_unstable();
     println!("  mechanisms: {}", mechs.join(", "));

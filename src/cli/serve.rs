@@ -68,6 +68,23 @@ pub struct ServeArgs {
     /// allocates that much; hashes above it are refused at load.
     #[arg(long, value_name = "SIZE")]
     pub argon2_max_memory: Option<String>,
+    /// Rehash stored passwords after plaintext logins to ARGON2ID, BLF-CRYPT
+    /// or SHA512-CRYPT, optionally with a cost: ARGON2ID:m=65536,t=3,p=1,
+    /// BLF-CRYPT:cost=12, SHA512-CRYPT:rounds=500000 (default: off).
+    #[arg(long, value_name = "SCHEME[:COST]")]
+    pub upgrade_scheme: Option<String>,
+    /// With --upgrade-scheme: also rewrite passwd-files (atomic rename).
+    #[arg(long)]
+    pub rehash_passwd_file: bool,
+    /// With --upgrade-scheme: also upgrade {PLAIN}, {CLEAR} and {CRAM-MD5}
+    /// (those users lose CRAM-MD5, APOP and HTTP Digest).
+    #[arg(long)]
+    pub rehash_plain: bool,
+    /// With --upgrade-scheme: the SQL passdbs' write, like --password-query
+    /// with %{hash} (the new hash) and %{old_hash} (required: compare-and-set)
+    /// bound too. Default: the built-in schema's UPDATE users.
+    #[arg(long)]
+    pub update_query: Option<String>,
     /// Enabled mechanisms: plain, cram-md5, apop (repeatable; default all).
     #[arg(long = "mechanism")]
     pub mechanisms: Vec<String>,
@@ -204,6 +221,10 @@ impl ServeArgs {
             password_query: self.password_query.clone(),
             app_password_query: self.app_password_query.clone(),
             argon2_max_memory: self.argon2_max_memory.clone(),
+            upgrade_scheme: self.upgrade_scheme.clone(),
+            rehash_passwd_file: self.rehash_passwd_file.then_some(true),
+            rehash_plain: self.rehash_plain.then_some(true),
+            update_query: self.update_query.clone(),
             mechanisms: self.mechanisms.clone(),
             upstream: self.upstream.clone(),
             upstream_domain: self.upstream_domain.clone(),

@@ -93,6 +93,8 @@ pub struct Config {
     pub password_query: Option<String>,
     /// App passwords' query of the SQL server passdbs (`None`: none there).
     pub app_password_query: Option<String>,
+    /// Transparent rehash after plaintext logins (`None`: off).
+    pub rehash: Option<crate::passdb::rehash::RehashPolicy>,
     /// Largest Argon2 memory cost (KiB) of a stored hash; see
     /// [`crate::scheme::set_argon2_max_memory_kib`].
     pub argon2_max_memory_kib: u32,

@@ -39,6 +39,21 @@ pub struct RawConfig {
     /// like `password_query` returning `name`, `password`, `scopes` and
     /// optionally `networks` and `expires_at`, one row each.
     pub app_password_query: Option<String>,
+    /// `--upgrade-scheme`: rehash stored passwords after plaintext logins to
+    /// `ARGON2ID`, `BLF-CRYPT` or `SHA512-CRYPT`, optionally with a cost:
+    /// `ARGON2ID:m=65536,t=3,p=1`, `BLF-CRYPT:cost=12`,
+    /// `SHA512-CRYPT:rounds=500000` (default: off).
+    pub upgrade_scheme: Option<String>,
+    /// `--rehash-passwd-file`: with `upgrade_scheme`, also rewrite passwd-files.
+    pub rehash_passwd_file: Option<bool>,
+    /// `--rehash-plain`: with `upgrade_scheme`, also upgrade `{PLAIN}`,
+    /// `{CLEAR}` and `{CRAM-MD5}` (those users lose CRAM-MD5, APOP, Digest).
+    pub rehash_plain: Option<bool>,
+    /// `--update-query`: with `upgrade_scheme`, the SQL server passdbs'
+    /// write, a template like `password_query` whose `%{hash}` (new) and
+    /// `%{old_hash}` (replaced, required) are bound too (default: the
+    /// built-in schema's `UPDATE users …`).
+    pub update_query: Option<String>,
     /// `--argon2-max-memory`: the largest Argon2 memory cost a stored hash
     /// may ask for, as a size with a unit: `256M`, `1G`, `65536K` (K, M, G
     /// are KiB, MiB, GiB; default 256M). Hashes above it are refused.
@@ -307,6 +322,10 @@ impl RawConfig {
         self.password_query = cli.password_query.or(self.password_query);
         self.app_password_query = cli.app_password_query.or(self.app_password_query);
         self.argon2_max_memory = cli.argon2_max_memory.or(self.argon2_max_memory);
+        self.upgrade_scheme = cli.upgrade_scheme.or(self.upgrade_scheme);
+        self.rehash_passwd_file = cli.rehash_passwd_file.or(self.rehash_passwd_file);
+        self.rehash_plain = cli.rehash_plain.or(self.rehash_plain);
+        self.update_query = cli.update_query.or(self.update_query);
         self.smtp_pass = cli.smtp_pass.or(self.smtp_pass);
         self.reject_unknown_client = cli.reject_unknown_client.or(self.reject_unknown_client);
         self.log = cli.log.or(self.log);

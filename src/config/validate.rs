@@ -342,6 +342,14 @@ impl Config {
             )
         });
         let argon2_max_memory_kib = argon2_max_memory(raw.argon2_max_memory.as_deref(), &mut p);
+        let rehash = crate::passdb::rehash::RehashPolicy::from_config(
+            raw.upgrade_scheme.as_deref(),
+            raw.rehash_passwd_file.unwrap_or(false),
+            raw.rehash_plain.unwrap_or(false),
+            raw.update_query.as_deref(),
+            argon2_max_memory_kib,
+        )
+        .and_then(|r| p.check(r));
         let mut mechanisms: HashSet<Mechanism> = raw
             .mechanisms
             .iter()
@@ -426,6 +434,7 @@ impl Config {
             default_scheme,
             password_query: raw.password_query.clone(),
             app_password_query: raw.app_password_query.clone(),
+            rehash,
             argon2_max_memory_kib,
             mechanisms,
             upstreams,

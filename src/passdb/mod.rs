@@ -20,6 +20,7 @@ pub mod htdigest;
 pub mod ldap;
 pub mod passwd_file;
 pub mod private_file;
+pub mod rehash;
 pub mod saslauthd;
 pub mod socket;
 #[cfg(any(feature = "postgres", feature = "mysql"))]

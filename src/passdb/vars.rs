@@ -11,6 +11,10 @@ pub enum Var {
     Local,
     /// `%d`, `%{domain}`: the part after the last `@` (empty without `@`).
     Domain,
+    /// `%{hash}`, `update_query` only: the new hash a rehash writes.
+    NewHash,
+    /// `%{old_hash}`, `update_query` only: the stored value it replaces.
+    OldHash,
 }
 
 impl Var {
@@ -22,6 +26,8 @@ impl Var {
             (Var::Local, None) => user,
             (Var::Domain, Some((_, domain))) => domain,
             (Var::Domain, None) => "",
+            // Refused outside `update_query`, whose binding supplies them.
+            (Var::NewHash | Var::OldHash, _) => "",
         }
     }
 }
@@ -66,6 +72,8 @@ pub fn placeholder(after: &[char], place: &'static str) -> Result<(Option<Var>, 
                 "user" => Var::User,
                 "username" => Var::Local,
                 "domain" => Var::Domain,
+                "hash" if place == "update_query" => Var::NewHash,
+                "old_hash" if place == "update_query" => Var::OldHash,
                 _ => {
                     return Err(VarError::Unknown {
                         name: format!("{{{name}}}"),

@@ -28,23 +28,23 @@ fn salt_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// Work factors for the expensive schemes.
-struct Costs {
+pub(super) struct Costs {
     /// bcrypt cost (log2 of the rounds).
-    bcrypt: u32,
+    pub(super) bcrypt: u32,
     /// SHA-crypt rounds.
-    sha_crypt: u32,
+    pub(super) sha_crypt: u32,
     /// Argon2i memory (KiB), passes, lanes.
-    argon2i: (u32, u32, u32),
+    pub(super) argon2i: (u32, u32, u32),
     /// Argon2id memory (KiB), passes, lanes.
-    argon2id: (u32, u32, u32),
+    pub(super) argon2id: (u32, u32, u32),
     /// PBKDF2-HMAC-SHA1 rounds.
-    pbkdf2: u32,
+    pub(super) pbkdf2: u32,
 }
 
 impl Costs {
     /// What `doveadm pw` (Dovecot 2.3) uses, except bcrypt: Dovecot's cost 5
     /// is weak today, so cost 10.
-    const DEFAULT: Costs = Costs {
+    pub(super) const DEFAULT: Costs = Costs {
         bcrypt: 10,
         sha_crypt: 5000,
         argon2i: (32768, 4, 1),
@@ -62,7 +62,11 @@ pub fn hash(scheme: Scheme, password: &[u8]) -> Result<String, SchemeError> {
     hash_with(scheme, password, &Costs::DEFAULT)
 }
 
-fn hash_with(scheme: Scheme, password: &[u8], costs: &Costs) -> Result<String, SchemeError> {
+pub(super) fn hash_with(
+    scheme: Scheme,
+    password: &[u8],
+    costs: &Costs,
+) -> Result<String, SchemeError> {
     let fail = || SchemeError::Hash(scheme);
     let data = match scheme {
         Scheme::Plain | Scheme::Clear => {

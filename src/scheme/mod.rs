@@ -24,11 +24,14 @@
 //! - `cram`: Dovecot's `{CRAM-MD5}` HMAC-MD5 contexts and CRAM-MD5 responses;
 //! - `md5_crypt`: MD5-crypt (`$1$`, `$apr1$`), which no crate in use provides;
 //! - `hash`: [`hash()`], `doveadm pw`'s formats and work factors;
+//! - `cost`: [`Cost`], the work factor a stored hash was made with, and
+//!   [`hash_at`], hashing with a chosen one;
 //! - `test_vectors` (tests only): `doveadm pw` output the tests share.
 
 use std::fmt;
 
 mod argon2_limit;
+mod cost;
 mod cram;
 mod hash;
 mod md5_crypt;
@@ -37,6 +40,7 @@ mod stored;
 pub use argon2_limit::{
     argon2_max_memory_kib, set_argon2_max_memory_kib, DEFAULT_ARGON2_MAX_MEMORY_KIB,
 };
+pub use cost::{hash_at, Cost};
 pub use hash::hash;
 pub use stored::StoredPassword;
 

@@ -16,7 +16,7 @@ use sha2::{Sha256, Sha512};
 use zeroize::Zeroize;
 
 use super::argon2_limit::argon2_hash;
-use super::{cram, malformed, md5_crypt, unknown, Scheme, SchemeError};
+use super::{cram, malformed, md5_crypt, unknown, Cost, Scheme, SchemeError};
 use crate::secret::ct_eq;
 
 /// A stored password: scheme plus data, validated at parse time.
@@ -223,6 +223,15 @@ impl StoredPassword {
         h.update([0u8]);
         h.update(&self.data);
         h.finalize().into()
+    }
+
+    /// The work factor this hash was made with ([`Cost::Fixed`] for schemes
+    /// without one).
+    pub fn cost(&self) -> Cost {
+        self.text()
+            .ok()
+            .and_then(|t| super::cost::cost_of(self.scheme, t))
+            .unwrap_or(Cost::Fixed)
     }
 
     /// The plaintext, for `{PLAIN}`/`{CLEAR}` only.

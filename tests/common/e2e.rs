@@ -187,6 +187,8 @@ pub struct Extras {
     pub passdb: Option<String>,
     /// A configuration file for the daemon (`--config`), as TOML text.
     pub daemon_config: Option<String>,
+    /// Environment variables of the daemon.
+    pub daemon_env: Vec<(String, String)>,
 }
 
 impl Extras {
@@ -481,6 +483,7 @@ impl Stack {
         };
         cmd.args(self.daemon_args());
         cmd.args(&self.extras.daemon_args);
+        cmd.envs(self.extras.daemon_env.iter().cloned());
         self.daemon = Some(Proc::spawn(
             "nginx-auth-fcgi",
             &mut cmd,

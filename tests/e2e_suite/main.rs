@@ -10,4 +10,5 @@ mod directory;
 mod http;
 mod mail;
 mod master;
+mod rehash;
 mod sql;

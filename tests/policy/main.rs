@@ -11,6 +11,7 @@ mod http_auth;
 mod http_policy;
 mod mail_auth;
 mod master_external;
+mod rehash;
 mod smtp_policy;
 mod verification_cache;
 

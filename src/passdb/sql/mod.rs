@@ -213,6 +213,20 @@ pub struct Template {
 impl Template {
     /// Compiles `text` for `dialect`.
     pub fn compile(text: &str, dialect: Dialect) -> Result<Template, TemplateError> {
+        Template::compile_in(text, dialect, "password_query")
+    }
+
+    /// Compiles a rehash `update_query`: `%{hash}` (the new hash) and
+    /// `%{old_hash}` (the value it replaces) are bound too.
+    pub fn compile_update(text: &str, dialect: Dialect) -> Result<Template, TemplateError> {
+        Template::compile_in(text, dialect, "update_query")
+    }
+
+    fn compile_in(
+        text: &str,
+        dialect: Dialect,
+        place: &'static str,
+    ) -> Result<Template, TemplateError> {
         let chars: Vec<char> = text.chars().collect();
         let mut sql = String::with_capacity(text.len());
         let mut params: Vec<Var> = Vec::new();
@@ -231,7 +245,7 @@ impl Template {
                 i += 1;
                 continue;
             }
-            let (var, len) = match placeholder(&chars[i + 1..], "password_query")? {
+            let (var, len) = match placeholder(&chars[i + 1..], place)? {
                 (None, _) => {
                     sql.push('%');
                     i += 2;
@@ -276,6 +290,17 @@ impl Template {
     /// The parameter values for `user`, in binding order.
     pub fn values<'u>(&self, user: &'u str) -> Vec<&'u str> {
         self.params.iter().map(|v| v.value(user)).collect()
+    }
+
+    /// The parameter values of an `update_query` for `user`, writing `new`
+    /// over `old`, in binding order.
+    pub fn update_values<'a>(&self, user: &'a str, new: &'a str, old: &'a str) -> Vec<&'a str> {
+        let value = |v: &Var| match v {
+            Var::NewHash => new,
+            Var::OldHash => old,
+            v => v.value(user),
+        };
+        self.params.iter().map(value).collect()
     }
 }
 

@@ -127,6 +127,11 @@ impl Mysql {
         })
     }
 
+    /// The pool and the lookup, for the rehash writer.
+    pub(crate) fn rehash_parts(&self) -> (Pool, Template) {
+        (self.pool.clone(), self.query.clone())
+    }
+
     async fn conn(&self) -> Result<Conn, PassdbError> {
         match tokio::time::timeout(self.opts.connect_timeout, self.pool.get_conn()).await {
             Ok(conn) => conn.map_err(my_error),

@@ -223,6 +223,11 @@ impl Postgres {
         })
     }
 
+    /// The pool and the lookup, for the rehash writer.
+    pub(crate) fn rehash_parts(&self) -> (Pool, Template) {
+        (self.pool.clone(), self.query.clone())
+    }
+
     async fn entry(&self, user: &str) -> Result<Option<Entry>, PassdbError> {
         if user.contains('\0') {
             // PostgreSQL text cannot hold NUL, so no such user can exist.
