@@ -51,6 +51,16 @@ async fn serves_as_nobody_after_binding_as_root() {
         ],
     );
     let mut stream = UnixStream::connect(daemon.sock()).await.unwrap();
+    let pairs = fcgi::mail_pairs(b"alice", b"wonderland", b"192.0.2.1");
+    stream
+        .write_all(&fcgi::request(1, 0, &pairs, b""))
+        .await
+        .unwrap();
+    let reply = fcgi::read_reply(&mut stream, 1).await;
+    assert_eq!(reply.header("Auth-Status").as_deref(), Some("OK"));
+    assert_eq!(reply.header("Auth-Port").as_deref(), Some("143"));
+    // The socket exists (and takes connections into its backlog) before the
+    // daemon drops privileges; it answers only after: check the ids now.
     let pid = daemon.pid();
     assert_eq!(
         status_ids(pid, "Uid:"),
@@ -66,15 +76,6 @@ async fn serves_as_nobody_after_binding_as_root() {
         status_ids(pid, "Groups:").is_empty(),
         "supplementary groups cleared"
     );
-
-    let pairs = fcgi::mail_pairs(b"alice", b"wonderland", b"192.0.2.1");
-    stream
-        .write_all(&fcgi::request(1, 0, &pairs, b""))
-        .await
-        .unwrap();
-    let reply = fcgi::read_reply(&mut stream, 1).await;
-    assert_eq!(reply.header("Auth-Status").as_deref(), Some("OK"));
-    assert_eq!(reply.header("Auth-Port").as_deref(), Some("143"));
 
     let status = daemon.terminate();
     let log = daemon.log();
