@@ -32,15 +32,31 @@ CREATE TABLE IF NOT EXISTS app_passwords (
 
 /// Adds the table, and the users' `require_app_password` column, to a
 /// database that lacks them.
+///
+/// Under the write lock (`BEGIN IMMEDIATE`, waiting out the busy timeout):
+/// the daemon and a `user` command opening a new database at the same time
+/// must not both add the column.
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(SCHEMA)?;
-    let has_column = conn
-        .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'require_app_password'")?
-        .exists([])?;
-    if !has_column {
-        conn.execute_batch("ALTER TABLE users ADD COLUMN require_app_password TEXT")?;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let migrated = (|| {
+        conn.execute_batch(SCHEMA)?;
+        let has_column = conn
+            .prepare(
+                "SELECT 1 FROM pragma_table_info('users') WHERE name = 'require_app_password'",
+            )?
+            .exists([])?;
+        if !has_column {
+            conn.execute_batch("ALTER TABLE users ADD COLUMN require_app_password TEXT")?;
+        }
+        Ok(())
+    })();
+    match migrated {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
     }
-    Ok(())
 }
 
 const LOOKUP: &str = "SELECT u.require_app_password, a.name, a.password, a.scopes, a.networks, \
@@ -302,6 +318,30 @@ fn write_batch(conn: &mut Connection, batch: &[Use]) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
     use crate::passdb::sqlite::{open_rw, Admin};
+
+    /// The README's quick start opens a new database from the daemon and
+    /// from `user add` at once: every opener succeeds, none adds the column
+    /// twice ("duplicate column name").
+    #[test]
+    fn openers_racing_on_a_new_database_all_succeed() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("race-{round}.db"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let openers: Vec<_> = (0..6)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        open_rw(&path).map(drop).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for o in openers {
+                assert_eq!(o.join().unwrap(), Ok(()), "round {round}");
+            }
+        }
+    }
 
     /// A database made before app passwords existed gets the table and the
     /// column on open; its users are kept.
