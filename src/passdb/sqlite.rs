@@ -91,6 +91,26 @@ pub fn open_rw(path: &Path) -> Result<Connection, SqliteError> {
         path: path.to_owned(),
         source,
     })?;
+    // Openers racing on a new database (the daemon and a `user` command)
+    // can meet SQLITE_BUSY where SQLite does not call the busy handler (the
+    // switch to WAL, WAL recovery): try again for up to the busy timeout.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match open_schema(path) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
+fn open_schema(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
