@@ -264,14 +264,9 @@ fn upstreams(raw: &RawConfig, p: &mut Problems, warnings: &mut Vec<String>) -> U
 /// exists and we may hand the socket to it (we run as root).
 fn default_socket_group() -> Option<String> {
     const GROUP: &str = "www-data";
-    let root = {
-        use std::os::unix::fs::MetadataExt;
-        // /proc/self belongs to our effective user.
-        std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-    };
-    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let exists = groups.lines().any(|l| l.split(':').next() == Some(GROUP));
-    (root && exists).then(|| GROUP.to_owned())
+    // Looked up as the socket's group is when it is applied (NSS included).
+    let root = nix::unistd::geteuid().is_root();
+    (root && crate::listen::lookup_gid(GROUP).is_ok()).then(|| GROUP.to_owned())
 }
 
 fn socket(raw: &RawConfig, p: &mut Problems) -> SocketOptions {
