@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::authenticator::{Authenticator, Policy};
 use crate::cache::Cache;
 use crate::config::{Config, RawConfig};
+use crate::lookup_cache::LookupCache;
 use crate::passdb::rehash::Rehasher;
 use crate::passdb::{AnyPassdb, PassdbOptions, PasswdFile};
 use crate::scheme;
@@ -107,6 +108,11 @@ fn open_service(config: &Config) -> Result<Service, Vec<String>> {
         .with_master_user(config.master_user.clone())
         .with_reject_unknown_client(config.reject_unknown_client)
         .with_require_app_password(config.require_app_password)
+        .with_lookup_cache(
+            config
+                .lookup_cache
+                .map(|c| Arc::new(LookupCache::new(c, Clock::system()))),
+        )
         .with_external(config.external.clone())
         .map_err(|e| vec![e.to_string()])?;
     Ok(Service::new(auth, config.required.clone()))

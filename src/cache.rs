@@ -92,6 +92,9 @@ pub enum CacheUse {
     NegativeHit,
     /// Not known: verified for real, and the outcome stored (`miss`).
     Miss,
+    /// The passdb failed and the credential lookup cache answered with a
+    /// stale record ([`crate::lookup_cache`]), checked against it (`stale`).
+    Stale,
 }
 
 impl CacheUse {
@@ -101,6 +104,7 @@ impl CacheUse {
             CacheUse::Hit => "hit",
             CacheUse::NegativeHit => "negative-hit",
             CacheUse::Miss => "miss",
+            CacheUse::Stale => "stale",
         }
     }
 }

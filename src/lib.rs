@@ -48,6 +48,7 @@ pub mod fastcgi;
 pub(crate) mod file_watch;
 pub mod http_auth;
 pub mod listen;
+pub mod lookup_cache;
 pub mod master_user;
 pub mod mech;
 pub mod metrics;

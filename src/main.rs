@@ -1,5 +1,5 @@
 //! `nginx-auth-fcgi`: command line. `serve` runs the FastCGI responder;
-//! `check-config`, `hash`, `auth test`, `user …`, `status` and `throttle …`
+//! `check-config`, `hash`, `auth test`, `user …`, `status`, `throttle …` and `cache flush`
 //! are admin tools. Each subcommand lives in [`cli`]; the service itself is
 //! built by the library ([`nginx_auth_fcgi::app`]).
 
@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use cli::admin::{self, AuthCommand, UserCommand};
 use cli::man;
 use cli::serve::{self, ServeArgs};
-use cli::status::{self, ThrottleCommand};
+use cli::status::{self, CacheCommand, ConnArgs, ThrottleCommand};
 use nginx_auth_fcgi::config;
 
 #[derive(Parser)]
@@ -54,13 +54,23 @@ enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
-    /// Manage users in the embedded SQLite database.
+    /// Manage users in the embedded SQLite database. After a change the
+    /// running service is told to forget its cached record of the user
+    /// (over the socket of --config/--listen, by default its default one).
     User {
         /// Database path (or `sqlite:PATH`); before or after the subcommand.
         #[arg(long, global = true, default_value = config::DEFAULT_PASSDB)]
         db: String,
+        #[command(flatten)]
+        conn: ConnArgs,
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Forget the running service's cached passdb records over its socket
+    /// (same flags and config as serve).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
     },
 }
 
@@ -83,7 +93,8 @@ fn main() -> ExitCode {
                     serve,
                 },
         } => admin::auth_test(&login, &protocol, &method, &client_ip, serve),
-        Command::User { db, command } => admin::user(&db, command),
+        Command::User { db, conn, command } => admin::user(&db, &conn, command),
+        Command::Cache { command } => status::cache(command),
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,7 @@ use crate::audit::{Method, Outcome, Protocol};
 use crate::auth_http::{AuthMethod, MailProtocol};
 use crate::cache::CacheUse;
 use crate::http_auth::HttpScheme;
+use crate::lookup_cache::LookupUse;
 use crate::throttle::Scope;
 
 const PROTOCOLS: [&str; 4] = ["imap", "pop3", "smtp", "http"];
@@ -40,6 +41,8 @@ pub struct Metrics {
     cache_negative_hits: AtomicU64,
     cache_misses: AtomicU64,
     verify_shed: AtomicU64,
+    /// Lookup cache: hits, misses (the backend was asked), stale answers.
+    lookup_cache: [AtomicU64; 3],
     /// New blocks, by scope (`ip`, `ip-user`).
     throttle_blocks: [AtomicU64; 2],
 }
@@ -68,6 +71,7 @@ impl Metrics {
             cache_negative_hits: ZERO,
             cache_misses: ZERO,
             verify_shed: ZERO,
+            lookup_cache: [ZERO; 3],
             throttle_blocks: [ZERO; 2],
         }
     }
@@ -152,7 +156,8 @@ impl Metrics {
             Some(CacheUse::Hit) => Some(&self.cache_hits),
             Some(CacheUse::NegativeHit) => Some(&self.cache_negative_hits),
             Some(CacheUse::Miss) => Some(&self.cache_misses),
-            None => None,
+            // Counted by the lookup cache itself (`lookup_cache`).
+            Some(CacheUse::Stale) | None => None,
         };
         if let Some(c) = cache {
             c.fetch_add(1, Relaxed);
@@ -171,6 +176,16 @@ impl Metrics {
     /// Counts a block the throttle set.
     pub fn throttle_block(&self, scope: Scope) {
         self.throttle_blocks[scope_index(scope)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts how the credential lookup cache answered one lookup.
+    pub fn lookup_cache(&self, used: LookupUse) {
+        let i = match used {
+            LookupUse::Hit => 0,
+            LookupUse::Miss => 1,
+            LookupUse::Stale => 2,
+        };
+        self.lookup_cache[i].fetch_add(1, Relaxed);
     }
 
     /// Counts a verification refused because the verifier's queue was full.
@@ -272,6 +287,21 @@ impl Metrics {
                 "verify_shed_total",
                 "Expensive verifications refused at once (temporary failure) because the verifier's queue was full.",
                 &self.verify_shed,
+            ),
+            (
+                "lookup_cache_hits_total",
+                "Passdb lookups answered by the credential lookup cache (no backend round trip).",
+                &self.lookup_cache[0],
+            ),
+            (
+                "lookup_cache_misses_total",
+                "Passdb lookups the credential lookup cache could not answer (the backend was asked).",
+                &self.lookup_cache[1],
+            ),
+            (
+                "lookup_cache_stale_total",
+                "Passdb lookups answered from a stale cached record because the backend failed (down or timed out).",
+                &self.lookup_cache[2],
             ),
         ] {
             header(&mut s, name, "counter", help);

@@ -5,7 +5,8 @@
 //! It decides only what comes before a login decision: a request without
 //! the shared secret, or one nginx sent malformed, is refused (403, or a
 //! mail temporary failure without `Auth-Wait`) and counted as a protocol
-//! error. It also serves the metrics and the throttle admin requests.
+//! error. It also serves the metrics and the throttle and cache admin
+//! requests.
 
 use crate::audit::quoted;
 use crate::auth_http::{Failure, FailureKind, MailAuthRequest, MailAuthResponse};
@@ -85,6 +86,10 @@ pub const METRICS_PARAM: &str = "AUTH_METRICS";
 /// `AUTH_THROTTLE_IP` and `AUTH_THROTTLE_USER`; sent by `nginx-auth-fcgi
 /// throttle` over the socket, never by nginx.
 pub const THROTTLE_PARAM: &str = "AUTH_THROTTLE";
+/// The param of the caches' admin request (`flush`), with `AUTH_CACHE_USER`
+/// to flush one user; sent by `nginx-auth-fcgi cache flush` and the `user`
+/// commands over the socket, never by nginx.
+pub const CACHE_PARAM: &str = "AUTH_CACHE";
 
 impl Service {
     /// A handler deciding with `auth`, requiring `required` headers.
@@ -126,7 +131,13 @@ impl Service {
         let mail = MailAuthRequest::is_mail_request(params);
         let metrics = params.get(METRICS_PARAM) == Some(b"on");
         let admin = params.get(THROTTLE_PARAM).map(<[u8]>::to_vec);
-        if !mail && !metrics && admin.is_none() && params.get(http_auth::REALM_PARAM).is_none() {
+        let cache_admin = params.get(CACHE_PARAM).map(<[u8]>::to_vec);
+        if !mail
+            && !metrics
+            && admin.is_none()
+            && cache_admin.is_none()
+            && params.get(http_auth::REALM_PARAM).is_none()
+        {
             METRICS.protocol_error();
             log::warn!("request without Auth-Method/Auth-Protocol or AUTH_REALM refused (400)");
             return NOT_MAIL.to_vec();
@@ -157,6 +168,9 @@ impl Service {
         }
         if let (Some(action), false) = (&admin, mail) {
             return self.throttle_admin(action, params).await;
+        }
+        if let (Some(action), false) = (&cache_admin, mail) {
+            return self.cache_admin(action, params);
         }
         if !mail {
             return self.respond_http(params).await;
@@ -249,6 +263,47 @@ impl Service {
                 "unknown throttle action (show, unblock)\n",
             ),
         }
+    }
+}
+
+impl Service {
+    /// `nginx-auth-fcgi cache flush [--user U]`: forgets the records the
+    /// credential lookup cache holds of one user (every passdb), or of
+    /// everyone together with the verification cache.
+    fn cache_admin(&self, action: &[u8], params: &Params) -> Vec<u8> {
+        if action != b"flush" {
+            return plain("400 Bad Request", "unknown cache action (flush)\n");
+        }
+        let user = params
+            .get("AUTH_CACHE_USER")
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .filter(|v| !v.is_empty());
+        let lookups = self
+            .auth
+            .lookup_cache()
+            .map(|c| c.flush(user.as_deref()));
+        let body = match (&user, lookups) {
+            (Some(u), Some(n)) => {
+                log::info!("cache flush: {n} cached record(s) of user {} forgotten", quoted(u));
+                format!("lookup cache: {n} record(s) of {u} forgotten\n")
+            }
+            (Some(_), None) => "lookup cache: off\n".to_owned(),
+            (None, lookups) => {
+                let verified = self.auth.policy().cache.as_ref().map(|c| {
+                    let n = c.len();
+                    c.clear();
+                    n
+                });
+                let shown = |n: Option<usize>, what: &str| {
+                    n.map_or(format!("{what}: off\n"), |n| {
+                        format!("{what}: {n} entries forgotten\n")
+                    })
+                };
+                log::info!("cache flush: every cached record and verification forgotten");
+                shown(lookups, "lookup cache") + &shown(verified, "verification cache")
+            }
+        };
+        plain("200 OK", &body)
     }
 }
 

@@ -5,12 +5,15 @@
 //! user: an unknown user (or a passdb that cannot serve the question) moves
 //! on to the next one, an error is remembered and the walk goes on, and the
 //! first real answer decides. Mail PLAIN/LOGIN, CRAM-MD5/APOP, EXTERNAL, HTTP Basic, Digest and
-//! Digest `userhash` all ask their question through it.
+//! Digest `userhash` all ask their question through it, and every stored
+//! record it asks for comes through [`Authenticator::fetch`] (the credential
+//! lookup cache).
 
 use std::future::Future;
 
 use crate::audit::AuditRecord;
 use crate::cache::{CacheUse, Cached};
+use crate::lookup_cache::{lookup_through, LookupUse};
 use crate::passdb::app_password::Login;
 use crate::passdb::{verify_any, AnyPassdb, Lookup, Passdb, PassdbError, Rejection, Verdict};
 use crate::scheme::{Scheme, StoredPassword};
@@ -56,6 +59,24 @@ impl CheckNotes {
     }
 }
 
+/// Set when a lookup of the walk was answered from a stale cached record
+/// (the passdb failed): the audit line says `cache=stale`.
+#[derive(Debug, Default)]
+pub(crate) struct StaleNote(std::sync::atomic::AtomicBool);
+
+impl StaleNote {
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `Some(CacheUse::Stale)` when a stale record answered.
+    pub fn cache_use(&self) -> Option<CacheUse> {
+        self.0
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(CacheUse::Stale)
+    }
+}
+
 /// A plaintext check and its notes.
 pub(crate) struct Checked {
     pub verdict: Verdict,
@@ -86,17 +107,40 @@ impl Authenticator {
         }
     }
 
+    /// The stored credential of `user` in `db`, through the credential
+    /// lookup cache where the lookup is a round trip ([`crate::lookup_cache`]):
+    /// the one place the chain asks a passdb for a record.
+    pub(crate) async fn fetch(
+        &self,
+        db: &AnyPassdb,
+        user: &str,
+    ) -> Result<(Lookup, Option<LookupUse>), PassdbError> {
+        let cache = self.lookup_cache.as_deref().filter(|_| db.lookup_is_remote());
+        let index = self.passdbs.iter().position(|p| std::ptr::eq(p, db));
+        let (cache, index) = match (cache, index) {
+            (Some(c), Some(i)) => (Some(c), i),
+            _ => (None, 0),
+        };
+        lookup_through(cache, index, db.name(), user, db.lookup_credentials(user)).await
+    }
+
     /// The stored credential of `user` in `db`, for the walk: an unknown
-    /// user, or a passdb that cannot hand credentials out, moves on.
+    /// user, or a passdb that cannot hand credentials out, moves on. A
+    /// stale record (the passdb failed) is noted in `stale`.
     pub(crate) async fn lookup(
         &self,
         db: &AnyPassdb,
         user: &str,
+        stale: &StaleNote,
     ) -> Result<Answer<Lookup>, PassdbError> {
         if !db.capabilities().lookup_credentials {
             return Ok(Answer::Next);
         }
-        Ok(match db.lookup_credentials(user).await? {
+        let (found, used) = self.fetch(db, user).await?;
+        if used == Some(LookupUse::Stale) {
+            stale.set();
+        }
+        Ok(match found {
             Lookup::Rejected(Rejection::UnknownUser) => Answer::Next,
             found => Answer::Decide(found),
         })
@@ -116,7 +160,8 @@ impl Authenticator {
         login: &Login<'_>,
     ) -> Result<Answer<Checked>, PassdbError> {
         let checked = if db.capabilities().lookup_credentials {
-            match db.lookup_credentials(user).await? {
+            let (found, used) = self.fetch(db, user).await?;
+            let mut checked = match found {
                 Lookup::Found {
                     principal,
                     secret,
@@ -129,7 +174,11 @@ impl Authenticator {
                     verdict: Verdict::Rejected(r),
                     notes: CheckNotes::default(),
                 },
+            };
+            if used == Some(LookupUse::Stale) {
+                checked.notes.cache = Some(CacheUse::Stale);
             }
+            checked
         } else {
             Checked {
                 verdict: db.verify_plain(user, passwords).await?,

@@ -15,7 +15,7 @@ use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 use crate::throttle::Scope;
 
-use super::chain::{Answer, CheckNotes, Checked, Walk};
+use super::chain::{Answer, CheckNotes, Checked, StaleNote, Walk};
 use super::{Authenticator, Count, Counted, Throttled};
 
 /// The decision for one HTTP request.
@@ -183,7 +183,7 @@ impl Authenticator {
                     ip,
                     who.as_bytes(),
                     None,
-                    self.judge_digest(req, &c, &who, state),
+                    self.judge_digest(req, &c, &who, state, checked),
                 )
                 .await
             }
@@ -258,6 +258,7 @@ impl Authenticator {
         c: &Credentials,
         user: &str,
         state: &HttpAuth,
+        checked: &mut CheckNotes,
     ) -> Judgement {
         let s = &req.settings;
         if c.realm != s.realm {
@@ -278,6 +279,8 @@ impl Authenticator {
         if self.required_app_password().contains(Service::Http) {
             return rejected(Rejection::AppPasswordRequired, None);
         }
+        let stale = StaleNote::default();
+        let stale = &stale;
         let walk = self
             .walk(|db| async move {
                 if c.md5_family() {
@@ -285,7 +288,7 @@ impl Authenticator {
                         return Ok(Answer::Decide(DigestSecret::Ha1(ha1)));
                     }
                 }
-                Ok(match self.lookup(db, user).await? {
+                Ok(match self.lookup(db, user, stale).await? {
                     // Digest answers with the main password's plaintext:
                     // not where HTTP is kept for app passwords.
                     Answer::Decide(Lookup::Found { apps, .. })
@@ -303,6 +306,7 @@ impl Authenticator {
                 })
             })
             .await;
+        checked.cache = stale.cache_use();
         let (ok, passdb) = match walk {
             Walk::Decided(DigestSecret::Ha1(ha1), passdb) => {
                 (c.matches(&c.expected_from_ha1(&ha1, &req.method)), passdb)

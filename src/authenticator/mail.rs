@@ -16,7 +16,7 @@ use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 use crate::throttle::Scope;
 
-use super::chain::{CheckNotes, Walk};
+use super::chain::{CheckNotes, StaleNote, Walk};
 use super::{Authenticator, Count, Counted, Decision, Throttled, WaitPolicy};
 
 /// SMTP rules beyond the passdb, Postfix style (`smtpd_*_restrictions`).
@@ -240,7 +240,7 @@ impl Authenticator {
         }
         match mech {
             Mechanism::Plain => self.judge_plain(req, notes).await,
-            Mechanism::CramMd5 | Mechanism::Apop => self.judge_challenge(req, mech).await,
+            Mechanism::CramMd5 | Mechanism::Apop => self.judge_challenge(req, mech, notes).await,
         }
     }
 
@@ -292,7 +292,12 @@ impl Authenticator {
         }
     }
 
-    async fn judge_challenge(&self, req: &MailAuthRequest, mech: Mechanism) -> Judgement {
+    async fn judge_challenge(
+        &self,
+        req: &MailAuthRequest,
+        mech: Mechanism,
+        notes: &mut Notes,
+    ) -> Judgement {
         let Ok(user) = std::str::from_utf8(&req.user) else {
             return Judgement::Malformed("user name is not UTF-8".into());
         };
@@ -301,7 +306,10 @@ impl Authenticator {
         }
         let salt = req.salt.as_deref().unwrap_or_default();
         let response = req.pass.expose();
-        let (principal, stored, passdb) = match self.walk(|db| self.lookup(db, user)).await {
+        let stale = StaleNote::default();
+        let walk = self.walk(|db| self.lookup(db, user, &stale)).await;
+        notes.checked.cache = stale.cache_use();
+        let (principal, stored, passdb) = match walk {
             // The main password's plaintext answers the challenge: not for
             // a protocol kept for app passwords.
             Walk::Decided(Lookup::Found { apps, .. }, passdb)
@@ -352,7 +360,10 @@ impl Authenticator {
             Err(e) => return Judgement::Unmapped(e),
         };
         notes.mapped_user = Some(user.clone());
-        match self.walk(|db| self.lookup(db, &user)).await {
+        let stale = StaleNote::default();
+        let walk = self.walk(|db| self.lookup(db, &user, &stale)).await;
+        notes.checked.cache = stale.cache_use();
+        match walk {
             Walk::Decided(
                 Lookup::Found {
                     mut principal,

@@ -35,6 +35,7 @@ use crate::audit::AuditRecord;
 use crate::auth_http::MailAuthResponse;
 use crate::cache::Cache;
 use crate::client_ip::TrustedProxies;
+use crate::lookup_cache::LookupCache;
 use crate::master_user::MasterUser;
 use crate::mech::external::Rules;
 use crate::mech::{plain::Plain, Mechanism, Need};
@@ -146,6 +147,8 @@ pub struct Authenticator {
     require_app: crate::passdb::app_password::Services,
     /// Transparent rehash (`upgrade_scheme`; `None`: off).
     rehash: Option<Rehasher>,
+    /// Credential lookup cache (`lookup_cache_ttl`; `None`: off).
+    lookup_cache: Option<Arc<LookupCache>>,
 }
 
 /// What the throttle learns from a judgement.
@@ -207,6 +210,7 @@ impl Authenticator {
                 smtp: mail::SmtpRules::default(),
                 require_app: Default::default(),
                 rehash: None,
+                lookup_cache: None,
             })
         } else {
             Err(problems)
@@ -231,6 +235,18 @@ impl Authenticator {
     pub fn with_rehash(mut self, rehash: Option<Rehasher>) -> Self {
         self.rehash = rehash;
         self
+    }
+
+    /// Remembers the records the passdbs return (`lookup_cache_ttl`; see
+    /// [`crate::lookup_cache`]).
+    pub fn with_lookup_cache(mut self, cache: Option<Arc<LookupCache>>) -> Self {
+        self.lookup_cache = cache;
+        self
+    }
+
+    /// The credential lookup cache in force, if any.
+    pub fn lookup_cache(&self) -> Option<&LookupCache> {
+        self.lookup_cache.as_deref()
     }
 
     /// Answers users verified without a plaintext ({CRAM-MD5}, EXTERNAL)

@@ -402,7 +402,41 @@ fn unix_time() -> u64 {
 
 /// `user …`: the embedded SQLite database's users.
 #[cfg(feature = "sqlite")]
-pub fn user(db: &str, command: UserCommand) -> CmdResult {
+pub fn user(db: &str, conn: &super::status::ConnArgs, command: UserCommand) -> CmdResult {
+    let changed = command.changes().map(str::to_owned);
+    let done = user_command(db, command)?;
+    if let Some(user) = changed {
+        super::status::user_changed(conn, &user);
+    }
+    Ok(done)
+}
+
+#[cfg(feature = "sqlite")]
+impl UserCommand {
+    /// The user whose cached record this command makes wrong (`None`: it
+    /// only reads, or adds a user, whom the cache never holds as unknown).
+    fn changes(&self) -> Option<&str> {
+        use super::app_password::AppPasswordCommand as App;
+        match self {
+            UserCommand::Passwd { user, .. }
+            | UserCommand::Del { user }
+            | UserCommand::Disable { user }
+            | UserCommand::Enable { user }
+            | UserCommand::RequireAppPassword { user, .. }
+            | UserCommand::AppPassword {
+                command: App::Add { user, .. } | App::Del { user, .. },
+            } => Some(user),
+            UserCommand::Add { .. }
+            | UserCommand::List
+            | UserCommand::AppPassword {
+                command: App::List { .. },
+            } => None,
+        }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+fn user_command(db: &str, command: UserCommand) -> CmdResult {
     let path = config::sqlite_path(db).unwrap_or_else(|| PathBuf::from(db));
     let admin = Admin::open(&path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
     let err = |e: nginx_auth_fcgi::passdb::sqlite::SqliteError| vec![e.to_string()];
@@ -493,7 +527,7 @@ pub fn user(db: &str, command: UserCommand) -> CmdResult {
 
 /// `user …` in a binary built without SQLite: refused, naming the feature.
 #[cfg(not(feature = "sqlite"))]
-pub fn user(_: &str, _: UserCommand) -> CmdResult {
+pub fn user(_: &str, _: &super::status::ConnArgs, _: UserCommand) -> CmdResult {
     Err(vec![
         "the `user` commands manage the SQLite passdb and need the `sqlite` feature; \
          this binary was built without it"

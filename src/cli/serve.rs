@@ -188,6 +188,15 @@ pub struct ServeArgs {
     /// With --external-subject: only certificates issued by this DN (RFC 2253).
     #[arg(long)]
     pub external_issuer: Option<String>,
+    /// Seconds a record a passdb returned (SQLite, PostgreSQL, MySQL, LDAP)
+    /// answers without asking it again (default 60; 0: off). A password
+    /// changed in the database directly takes effect within this time.
+    #[arg(long, value_name = "SECS")]
+    pub lookup_cache_ttl: Option<u64>,
+    /// Seconds after it was fetched a cached record still answers while its
+    /// passdb is down or times out (default 3600; 0: never).
+    #[arg(long, value_name = "SECS")]
+    pub lookup_cache_stale_ttl: Option<u64>,
 }
 
 /// `--trusted-network`: none given keeps the file's (or the loopback
@@ -273,6 +282,8 @@ impl ServeArgs {
             external: RawExternal {
                 rule: self.external_rules()?,
             },
+            lookup_cache_ttl: self.lookup_cache_ttl,
+            lookup_cache_stale_ttl: self.lookup_cache_stale_ttl,
         };
         Ok(file.overlay(cli))
     }
@@ -396,8 +407,9 @@ pub fn serve(args: ServeArgs) -> CmdResult {
 }
 
 /// On every SIGHUP, re-reads the config file and reopens the passdbs exactly
-/// like start-up, and swaps the new service in if that succeeds; otherwise
-/// logs why and keeps the old one. Requests are served throughout. The
+/// like start-up, and swaps the new service in if that succeeds (with an
+/// empty credential lookup cache); otherwise logs why and keeps the old one,
+/// its lookup cache emptied. Requests are served throughout. The
 /// listeners, socket settings, `user`/`group`, `[limits]` and the log target
 /// and level are fixed at start-up (a change to them needs a restart).
 async fn reload_on_sighup(
@@ -429,6 +441,10 @@ async fn reload_on_sighup(
                     "reload rejected ({} problem(s)); still serving the previous configuration",
                     problems.len()
                 );
+                // A SIGHUP forgets the cached passdb records all the same.
+                if let Some(c) = handler.current().authenticator().lookup_cache() {
+                    c.flush(None);
+                }
             }
             Err(e) => {
                 log::error!("reload rejected ({e}); still serving the previous configuration")

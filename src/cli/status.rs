@@ -1,5 +1,6 @@
 //! Commands that ask the running service over its socket: `status` (the
-//! metrics) and `throttle show|unblock`.
+//! metrics), `throttle show|unblock` and `cache flush`, and the note the
+//! `user` commands send it after a change.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,14 +41,60 @@ pub struct ThrottleArgs {
 #[derive(Args, Clone)]
 pub struct ConnArgs {
     /// TOML configuration file (its listen and require_header are used).
-    #[arg(long, short = 'c')]
+    #[arg(long, short = 'c', global = true)]
     config: Option<PathBuf>,
     /// The service's socket: unix:PATH or tcp:HOST:PORT.
-    #[arg(long)]
+    #[arg(long, global = true)]
     listen: Vec<String>,
     /// NAME=VALUE shared secret the service requires (repeatable).
-    #[arg(long)]
+    #[arg(long, global = true)]
     require_header: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum CacheCommand {
+    /// Forget cached passdb records (the credential lookup cache) of one
+    /// user (--user), or every record and verification.
+    Flush {
+        /// Only this user's records (every passdb; ASCII case ignored).
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+/// `cache flush [--user U]` over the socket.
+pub fn cache(command: CacheCommand) -> CmdResult {
+    let CacheCommand::Flush { user, conn } = command;
+    let user = user.unwrap_or_default();
+    print!("{}", flush(&conn.serve_args(), &user)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn flush(args: &ServeArgs, user: &str) -> Result<String, Vec<String>> {
+    ask_service(
+        args,
+        &[(b"AUTH_CACHE", b"flush"), (b"AUTH_CACHE_USER", user.as_bytes())],
+    )
+}
+
+/// After a `user` command changed `user` in the SQLite database: tells the
+/// running service (reached as `conn` says, by default its default socket)
+/// to forget its cached record, so the change takes effect at once. Best
+/// effort: a service that cannot be reached is named, with what to do.
+pub fn user_changed(conn: &ConnArgs, user: &str) {
+    let args = conn.clone().serve_args();
+    match flush(&args, user) {
+        Ok(_) => eprintln!("the running service forgot its cached record of {user}"),
+        Err(problems) => eprintln!(
+            "note: could not tell the running service to forget its cached record of {user} \
+             ({}). If a service serves this database, the change takes effect within its \
+             lookup_cache_ttl (default 60 s), or at once with `nginx-auth-fcgi cache flush \
+             --user {user}` (with the service's --config or --listen) or a SIGHUP.",
+            problems.join("; ")
+        ),
+    }
 }
 
 impl ConnArgs {

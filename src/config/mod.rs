@@ -140,6 +140,8 @@ pub struct Config {
     /// left on its default upstream): logged at start-up, printed by
     /// check-config.
     pub warnings: Vec<String>,
+    /// Credential lookup cache settings (`None`: off).
+    pub lookup_cache: Option<crate::lookup_cache::LookupPolicy>,
 }
 
 /// A size in KiB from `256M`, `1G`, `65536K` (also `256MiB`, `1 GiB`; case

@@ -127,6 +127,14 @@ pub struct RawConfig {
     /// `[external]`: client-certificate rules (none: EXTERNAL not offered).
     #[serde(default)]
     pub external: RawExternal,
+    /// `--lookup-cache-ttl`: seconds a record a passdb returned answers
+    /// without asking it again (default 60; 0: the credential lookup cache
+    /// is off).
+    pub lookup_cache_ttl: Option<u64>,
+    /// `--lookup-cache-stale-ttl`: seconds after it was fetched a cached
+    /// record still answers while its passdb is down (default 3600; 0:
+    /// never).
+    pub lookup_cache_stale_ttl: Option<u64>,
 }
 
 /// `[master_user]`.
@@ -368,6 +376,8 @@ impl RawConfig {
             m.separator = cm.separator.or(m.separator.take());
         }
         self.external.rule.extend(cli.external.rule);
+        self.lookup_cache_ttl = cli.lookup_cache_ttl.or(self.lookup_cache_ttl);
+        self.lookup_cache_stale_ttl = cli.lookup_cache_stale_ttl.or(self.lookup_cache_stale_ttl);
         self
     }
 }

@@ -12,6 +12,7 @@ use crate::audit::LogTarget;
 use crate::auth_http::MailProtocol;
 use crate::authenticator::WaitPolicy;
 use crate::cache::CachePolicy;
+use crate::lookup_cache::LookupPolicy;
 use crate::client_ip::TrustedProxies;
 use crate::fastcgi::Limits;
 use crate::listen::{ListenSpec, SocketOptions};
@@ -178,6 +179,23 @@ fn cache(c: &RawCache) -> Option<CachePolicy> {
         max_entries: c.max_entries.unwrap_or(d.max_entries),
     };
     (!cache.ttl.is_zero() && cache.max_entries > 0).then_some(cache)
+}
+
+/// `lookup_cache_ttl` and `lookup_cache_stale_ttl` (`None`: the credential
+/// lookup cache is off).
+fn lookup_cache(raw: &RawConfig, p: &mut Problems) -> Option<LookupPolicy> {
+    let d = LookupPolicy::default();
+    let policy = LookupPolicy {
+        ttl: raw.lookup_cache_ttl.map_or(d.ttl, Duration::from_secs),
+        stale_ttl: raw
+            .lookup_cache_stale_ttl
+            .map_or(d.stale_ttl, Duration::from_secs),
+        ..d
+    };
+    if !policy.stale_ttl.is_zero() && policy.stale_ttl < policy.ttl {
+        p.push("lookup_cache_stale_ttl must be 0 (off) or at least lookup_cache_ttl");
+    }
+    (!policy.ttl.is_zero()).then_some(policy)
 }
 
 fn master_user(m: &RawMasterUser, p: &mut Problems) -> Option<MasterUser> {
@@ -413,6 +431,7 @@ impl Config {
                     .map_err(|e| format!("require_app_password: {e}")),
             )
             .unwrap_or_default();
+        let lookup_cache = lookup_cache(&raw, &mut p);
         let passdbs = if raw.passdb.is_empty() {
             vec![DEFAULT_PASSDB.to_owned()]
         } else {
@@ -451,6 +470,7 @@ impl Config {
             master_user,
             external,
             warnings,
+            lookup_cache,
         })
     }
 }

@@ -145,6 +145,25 @@ impl AnyPassdb {
     }
 }
 
+impl AnyPassdb {
+    /// Whether a lookup here is a round trip to a server or a database file
+    /// (SQLite, PostgreSQL, MySQL, LDAP), worth the credential lookup cache;
+    /// passwd-files and htdigest are held in memory already.
+    pub fn lookup_is_remote(&self) -> bool {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyPassdb::Sqlite(_) => true,
+            #[cfg(feature = "postgres")]
+            AnyPassdb::Postgres(_) => true,
+            #[cfg(feature = "mysql")]
+            AnyPassdb::Mysql(_) => true,
+            #[cfg(feature = "ldap")]
+            AnyPassdb::Ldap(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// The passdb a URI names, whether or not this binary includes its backend.
 enum Kind<'a> {
     Postgres,

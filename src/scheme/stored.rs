@@ -225,6 +225,11 @@ impl StoredPassword {
         h.finalize().into()
     }
 
+    /// Bytes of the stored value (for the lookup cache's memory bound).
+    pub fn stored_len(&self) -> usize {
+        self.data.len()
+    }
+
     /// The work factor this hash was made with ([`Cost::Fixed`] for schemes
     /// without one).
     pub fn cost(&self) -> Cost {

@@ -1,0 +1,346 @@
+//! Credential lookup cache, after Dovecot's auth cache: the stored record a
+//! passdb returned for a user (the hash and its scheme, the app passwords,
+//! the `enabled` flag and the routing fields) is remembered per passdb and
+//! user, so a login within `lookup_cache_ttl` of the last costs no backend
+//! round trip. It never holds a password a client sent: only what the
+//! passdb stored.
+//!
+//! The policy layer asks it in one place ([`crate::authenticator`]'s chain),
+//! for mail and HTTP alike, and only for the passdbs whose lookup is a round
+//! trip (SQLite, PostgreSQL, MySQL, LDAP in search mode); passwd-files and
+//! htdigest are held in memory already.
+//!
+//! - **Fresh** (fetched less than `ttl` ago): answers without the backend.
+//! - **Stale** (older, but fetched less than `stale_ttl` ago): the backend is
+//!   asked; only when it fails temporarily (unavailable, timed out) is the
+//!   login verified against the remembered record (`cache=stale` in the audit
+//!   line). Every other answer replaces or drops the entry.
+//! - **Not cached**: temporary failures (never), and unknown users (unlike
+//!   Dovecot's `auth_cache_negative_ttl`): a user just added logs in at once,
+//!   and a sprayer's random names cannot push real users' records out. An
+//!   unknown-user answer drops the entry, so a deleted user is never served
+//!   stale. Disabled accounts are cached (their record says so).
+//!
+//! Bounds: at most [`MAX_ENTRIES`] entries and about [`MAX_BYTES`] of
+//! records; when full, the oldest-fetched entries go first (they expire
+//! first). It is per process: a restart or a SIGHUP reload empties it, and
+//! `nginx-auth-fcgi cache flush [--user U]` empties it over the socket (the
+//! `user` commands send that themselves after a change).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::metrics::METRICS;
+use crate::passdb::{Lookup, PassdbError};
+use crate::throttle::Clock;
+
+/// Most entries held (all passdbs together).
+pub const MAX_ENTRIES: usize = 100_000;
+/// Most bytes of records held (an estimate of the heap they use).
+pub const MAX_BYTES: usize = 64 << 20;
+
+/// Bookkeeping bytes counted per entry besides its strings.
+const ENTRY_OVERHEAD: usize = 160;
+
+/// The lookup cache's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupPolicy {
+    /// How long a record answers without asking the backend.
+    pub ttl: Duration,
+    /// How long after it was fetched a record may still answer while the
+    /// backend fails (zero: never).
+    pub stale_ttl: Duration,
+    /// Most entries.
+    pub max_entries: usize,
+    /// Most bytes of records (estimated).
+    pub max_bytes: usize,
+}
+
+impl Default for LookupPolicy {
+    fn default() -> Self {
+        LookupPolicy {
+            ttl: Duration::from_secs(60),
+            stale_ttl: Duration::from_secs(3600),
+            max_entries: MAX_ENTRIES,
+            max_bytes: MAX_BYTES,
+        }
+    }
+}
+
+/// How a lookup was answered (the metrics, and `cache=stale` in the audit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupUse {
+    /// A fresh cached record answered.
+    Hit,
+    /// The backend answered.
+    Miss,
+    /// The backend failed; a stale cached record answered.
+    Stale,
+}
+
+/// A remembered record.
+struct Entry {
+    lookup: Lookup,
+    fetched_ms: u64,
+    seq: u64,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Per passdb (its index in the chain): user → record.
+    users: Vec<HashMap<String, Entry>>,
+    /// Insertion order (`seq`) → (passdb, user): oldest first.
+    order: BTreeMap<u64, (usize, String)>,
+    bytes: usize,
+    next_seq: u64,
+}
+
+impl Inner {
+    fn remove(&mut self, db: usize, user: &str) -> bool {
+        let Some(e) = self.users.get_mut(db).and_then(|m| m.remove(user)) else {
+            return false;
+        };
+        self.order.remove(&e.seq);
+        self.bytes -= e.bytes;
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Drops the oldest entry; false when empty.
+    fn evict_oldest(&mut self) -> bool {
+        let Some((_, (db, user))) = self.order.pop_first() else {
+            return false;
+        };
+        if let Some(e) = self.users[db].remove(&user) {
+            self.bytes -= e.bytes;
+        }
+        true
+    }
+}
+
+/// The cache.
+pub struct LookupCache {
+    policy: LookupPolicy,
+    clock: Clock,
+    inner: Mutex<Inner>,
+}
+
+impl fmt::Debug for LookupCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LookupCache")
+            .field("policy", &self.policy)
+            .field("entries", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh record, or whether the backend must be asked.
+pub enum Probe {
+    /// Fetched less than `ttl` ago.
+    Fresh(Lookup),
+    /// Not held, or too old: ask the backend.
+    Ask,
+}
+
+impl LookupCache {
+    /// An empty cache on `clock`.
+    pub fn new(policy: LookupPolicy, clock: Clock) -> Self {
+        LookupCache {
+            policy,
+            clock,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &LookupPolicy {
+        &self.policy
+    }
+
+    fn age_ms(&self, e: &Entry) -> u64 {
+        self.clock.now_ms().saturating_sub(e.fetched_ms)
+    }
+
+    /// The record of `user` in passdb number `db`, if it is fresh (counted
+    /// as a hit; otherwise the caller asks the backend, a miss).
+    pub fn get(&self, db: usize, user: &str) -> Probe {
+        let inner = crate::sync::lock(&self.inner);
+        if let Some(e) = inner.users.get(db).and_then(|m| m.get(user)) {
+            if u128::from(self.age_ms(e)) < self.policy.ttl.as_millis() {
+                METRICS.lookup_cache(LookupUse::Hit);
+                return Probe::Fresh(e.lookup.clone());
+            }
+        }
+        METRICS.lookup_cache(LookupUse::Miss);
+        Probe::Ask
+    }
+
+    /// After the backend failed with `error`: the remembered record of
+    /// `user`, with its age, when the failure is temporary and the record
+    /// was fetched less than `stale_ttl` ago (counted as stale).
+    pub fn stale(&self, db: usize, user: &str, error: &PassdbError) -> Option<(Lookup, Duration)> {
+        if !matches!(error, PassdbError::Unavailable(_) | PassdbError::Timeout) {
+            return None;
+        }
+        let inner = crate::sync::lock(&self.inner);
+        let e = inner.users.get(db).and_then(|m| m.get(user))?;
+        let age = self.age_ms(e);
+        if u128::from(age) >= self.policy.stale_ttl.as_millis() {
+            return None;
+        }
+        METRICS.lookup_cache(LookupUse::Stale);
+        Some((e.lookup.clone(), Duration::from_millis(age)))
+    }
+
+    /// Remembers what the backend answered for `user` in passdb `db`: a
+    /// found or disabled record is stored; an unknown user drops the entry.
+    pub fn put(&self, db: usize, user: &str, lookup: &Lookup) {
+        use crate::passdb::Rejection;
+        let mut inner = crate::sync::lock(&self.inner);
+        inner.remove(db, user);
+        match lookup {
+            Lookup::Found { .. } | Lookup::Rejected(Rejection::Disabled) => {}
+            Lookup::Rejected(_) => return,
+        }
+        let bytes = ENTRY_OVERHEAD + 2 * user.len() + heap_bytes(lookup);
+        if self.policy.max_entries == 0 || bytes > self.policy.max_bytes {
+            return;
+        }
+        let now = self.clock.now_ms();
+        // The oldest first: past their stale time, then as the bounds need.
+        let keep_ms = self.policy.ttl.max(self.policy.stale_ttl).as_millis();
+        while let Some((_, (d, u))) = inner.order.first_key_value() {
+            let old = inner.users[*d]
+                .get(u)
+                .is_some_and(|e| u128::from(now.saturating_sub(e.fetched_ms)) >= keep_ms);
+            let full = inner.len() >= self.policy.max_entries
+                || inner.bytes + bytes > self.policy.max_bytes;
+            if !(old || full) || !inner.evict_oldest() {
+                break;
+            }
+        }
+        if inner.users.len() <= db {
+            inner.users.resize_with(db + 1, HashMap::new);
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.order.insert(seq, (db, user.to_owned()));
+        inner.bytes += bytes;
+        inner.users[db].insert(
+            user.to_owned(),
+            Entry {
+                lookup: lookup.clone(),
+                fetched_ms: now,
+                seq,
+                bytes,
+            },
+        );
+    }
+
+    /// Forgets `user` (in every passdb, ASCII case ignored, as SQL
+    /// collations and LDAP compare names), or everything; returns how many
+    /// entries went.
+    pub fn flush(&self, user: Option<&str>) -> usize {
+        let mut inner = crate::sync::lock(&self.inner);
+        let Some(user) = user else {
+            let n = inner.len();
+            *inner = Inner::default();
+            return n;
+        };
+        let gone: Vec<(usize, String)> = inner
+            .order
+            .values()
+            .filter(|(_, u)| u.eq_ignore_ascii_case(user))
+            .cloned()
+            .collect();
+        for (db, u) in &gone {
+            inner.remove(*db, u);
+        }
+        gone.len()
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        crate::sync::lock(&self.inner).len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Estimated bytes of the records held.
+    pub fn bytes(&self) -> usize {
+        crate::sync::lock(&self.inner).bytes
+    }
+}
+
+/// An estimate of the heap a record uses (its strings and hashes).
+fn heap_bytes(lookup: &Lookup) -> usize {
+    let Lookup::Found {
+        principal,
+        secret,
+        apps,
+    } = lookup
+    else {
+        return 0;
+    };
+    let strings = principal.user.len() + principal.backend_user.as_ref().map_or(0, String::len);
+    let apps: usize = apps
+        .list
+        .iter()
+        .map(|a| {
+            96 + a.name.len()
+                + a.stored.stored_len()
+                + 24 * a.scopes.len()
+                + 24 * a.networks.len()
+        })
+        .sum();
+    strings + secret.stored_len() + apps
+}
+
+/// The lookup of `user` in passdb number `db` of a chain, through `cache`
+/// when there is one: a fresh record, else the backend (`ask`), else, when
+/// the backend failed temporarily, a stale record (logged). The second
+/// value says whether the cache answered, and how.
+pub async fn lookup_through<F>(
+    cache: Option<&LookupCache>,
+    db: usize,
+    passdb: &str,
+    user: &str,
+    ask: F,
+) -> Result<(Lookup, Option<LookupUse>), PassdbError>
+where
+    F: std::future::Future<Output = Result<Lookup, PassdbError>>,
+{
+    let Some(cache) = cache else {
+        return Ok((ask.await?, None));
+    };
+    if let Probe::Fresh(l) = cache.get(db, user) {
+        return Ok((l, Some(LookupUse::Hit)));
+    }
+    match ask.await {
+        Ok(l) => {
+            cache.put(db, user, &l);
+            Ok((l, Some(LookupUse::Miss)))
+        }
+        Err(e) => match cache.stale(db, user, &e) {
+            Some((l, age)) => {
+                log::warn!(
+                    "passdb {passdb}: {e}; user {} answered from the lookup cache \
+                     (stale: fetched {} s ago)",
+                    crate::audit::quoted(user),
+                    age.as_secs()
+                );
+                Ok((l, Some(LookupUse::Stale)))
+            }
+            None => Err(e),
+        },
+    }
+}
