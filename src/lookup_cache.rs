@@ -344,3 +344,202 @@ where
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passdb::{AppPasswords, Principal, Rejection};
+    use crate::scheme::{Scheme, StoredPassword};
+
+    fn found(password: &str) -> Lookup {
+        Lookup::Found {
+            principal: Principal::default(),
+            secret: StoredPassword::parse(&format!("{{PLAIN}}{password}"), Scheme::Plain).unwrap(),
+            apps: AppPasswords::default(),
+        }
+    }
+
+    fn plaintext(l: &Lookup) -> Vec<u8> {
+        match l {
+            Lookup::Found { secret, .. } => secret.plaintext().unwrap().to_vec(),
+            Lookup::Rejected(r) => r.as_str().as_bytes().to_vec(),
+        }
+    }
+
+    fn fresh(c: &LookupCache, db: usize, user: &str) -> Option<Vec<u8>> {
+        match c.get(db, user) {
+            Probe::Fresh(l) => Some(plaintext(&l)),
+            Probe::Ask => None,
+        }
+    }
+
+    fn cache(clock: &Clock) -> LookupCache {
+        LookupCache::new(LookupPolicy::default(), clock.clone())
+    }
+
+    const DOWN: fn() -> PassdbError = || PassdbError::Unavailable("connection refused".into());
+
+    #[test]
+    fn fresh_for_the_ttl_then_stale_only_on_temporary_failures_until_the_stale_ttl() {
+        let clock = Clock::manual(1_000_000);
+        let c = cache(&clock);
+        c.put(0, "alice", &found("one"));
+        assert_eq!(fresh(&c, 0, "alice").as_deref(), Some(&b"one"[..]));
+        assert_eq!(fresh(&c, 1, "alice"), None, "per passdb");
+        assert_eq!(fresh(&c, 0, "bob"), None);
+        clock.advance(Duration::from_millis(59_999));
+        assert!(fresh(&c, 0, "alice").is_some());
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(fresh(&c, 0, "alice"), None, "past the ttl the backend is asked");
+        // The backend down or slow: the stale record answers, with its age.
+        let (l, age) = c.stale(0, "alice", &DOWN()).unwrap();
+        assert_eq!((plaintext(&l), age), (b"one".to_vec(), Duration::from_secs(60)));
+        assert!(c.stale(0, "alice", &PassdbError::Timeout).is_some());
+        // Not for an answer that is not the backend's absence.
+        let bad = PassdbError::BadStoredPassword("malformed".into());
+        assert!(c.stale(0, "alice", &bad).is_none());
+        assert!(c.stale(0, "bob", &DOWN()).is_none(), "never seen: no record");
+        clock.advance(Duration::from_secs(3600 - 60) - Duration::from_millis(1));
+        assert!(c.stale(0, "alice", &DOWN()).is_some());
+        clock.advance(Duration::from_millis(1));
+        assert!(c.stale(0, "alice", &DOWN()).is_none(), "past the stale ttl");
+        // A new answer starts the record's time again.
+        c.put(0, "alice", &found("two"));
+        assert_eq!(fresh(&c, 0, "alice").as_deref(), Some(&b"two"[..]));
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn disabled_is_kept_unknown_drops_the_record() {
+        let clock = Clock::manual(0);
+        let c = cache(&clock);
+        c.put(0, "alice", &found("one"));
+        c.put(0, "alice", &Lookup::Rejected(Rejection::Disabled));
+        assert_eq!(fresh(&c, 0, "alice").as_deref(), Some(&b"disabled"[..]));
+        c.put(0, "alice", &Lookup::Rejected(Rejection::UnknownUser));
+        assert!(c.is_empty(), "deleted: neither fresh nor stale");
+        assert!(c.stale(0, "alice", &DOWN()).is_none());
+        c.put(0, "ghost", &Lookup::Rejected(Rejection::UnknownUser));
+        assert!(c.is_empty(), "unknown users are not cached");
+        assert_eq!(c.bytes(), 0);
+    }
+
+    #[test]
+    fn bounded_in_entries_and_bytes_oldest_first() {
+        let clock = Clock::manual(0);
+        let c = LookupCache::new(
+            LookupPolicy {
+                max_entries: 3,
+                ..LookupPolicy::default()
+            },
+            clock.clone(),
+        );
+        for u in ["a", "b", "c", "d"] {
+            c.put(0, u, &found("pw"));
+            clock.advance(Duration::from_secs(1));
+        }
+        assert_eq!(c.len(), 3);
+        assert_eq!(fresh(&c, 0, "a"), None, "the oldest went");
+        assert!(fresh(&c, 0, "d").is_some());
+        // Refetching b makes it the newest: c goes next.
+        c.put(0, "b", &found("pw"));
+        c.put(0, "e", &found("pw"));
+        assert!(fresh(&c, 0, "b").is_some());
+        assert_eq!(fresh(&c, 0, "c"), None);
+
+        let one = ENTRY_OVERHEAD + 2 + heap_bytes(&found("x".repeat(100).as_str()));
+        let c = LookupCache::new(
+            LookupPolicy {
+                max_bytes: 2 * one + one / 2,
+                ..LookupPolicy::default()
+            },
+            clock.clone(),
+        );
+        let big = found(&"x".repeat(100));
+        for u in ["a", "b", "c"] {
+            c.put(0, u, &big);
+        }
+        assert_eq!(c.len(), 2);
+        assert!(c.bytes() <= 2 * one + one / 2);
+        assert_eq!(fresh(&c, 0, "a"), None);
+        // One record larger than the whole bound is not kept at all.
+        c.put(0, "huge", &found(&"x".repeat(4 * one)));
+        assert_eq!(fresh(&c, 0, "huge"), None);
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn entries_past_their_stale_time_are_swept_on_insert() {
+        let clock = Clock::manual(0);
+        let c = cache(&clock);
+        c.put(0, "old", &found("pw"));
+        clock.advance(Duration::from_secs(3600));
+        c.put(0, "new", &found("pw"));
+        assert_eq!(c.len(), 1);
+        assert!(fresh(&c, 0, "new").is_some());
+    }
+
+    #[test]
+    fn flush_one_user_in_every_passdb_ignoring_case_or_everyone() {
+        let clock = Clock::manual(0);
+        let c = cache(&clock);
+        c.put(0, "Alice@example.org", &found("pw"));
+        c.put(1, "alice@example.org", &found("pw"));
+        c.put(0, "bob@example.org", &found("pw"));
+        assert_eq!(c.flush(Some("ALICE@example.org")), 2);
+        assert_eq!(c.len(), 1);
+        assert!(c.stale(0, "Alice@example.org", &DOWN()).is_none());
+        assert_eq!(c.flush(None), 1);
+        assert!(c.is_empty());
+        assert_eq!(c.bytes(), 0);
+    }
+
+    /// Run on a current-thread runtime: the futures here never wait.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn through_the_cache_temporary_failures_are_never_cached() {
+        let clock = Clock::manual(0);
+        let c = cache(&clock);
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let ask = |answer: Result<Lookup, PassdbError>| {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { answer }
+        };
+        let through = |answer| block_on(lookup_through(Some(&c), 0, "sqlite", "alice", ask(answer)));
+        // Never seen and the backend down: the failure, as without a cache.
+        assert!(matches!(through(Err(DOWN())), Err(PassdbError::Unavailable(_))));
+        assert!(c.is_empty(), "a failure is not remembered");
+        let (l, used) = through(Ok(found("one"))).unwrap();
+        assert_eq!((plaintext(&l), used), (b"one".to_vec(), Some(LookupUse::Miss)));
+        // Fresh: the backend is not asked (its answer would be an error).
+        let before = asked.load(std::sync::atomic::Ordering::SeqCst);
+        let (_, used) = block_on(lookup_through(Some(&c), 0, "sqlite", "alice", async {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(DOWN())
+        }))
+        .unwrap();
+        assert_eq!(used, Some(LookupUse::Hit));
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), before);
+        clock.advance(Duration::from_secs(61));
+        let (l, used) = through(Err(PassdbError::Timeout)).unwrap();
+        assert_eq!((plaintext(&l), used), (b"one".to_vec(), Some(LookupUse::Stale)));
+        // Serving stale did not refresh the record: still stale, still there.
+        assert_eq!(fresh(&c, 0, "alice"), None);
+        // A real answer after the outage replaces it.
+        let (l, used) = through(Ok(found("two"))).unwrap();
+        assert_eq!((plaintext(&l), used), (b"two".to_vec(), Some(LookupUse::Miss)));
+        assert_eq!(fresh(&c, 0, "alice").as_deref(), Some(&b"two"[..]));
+        // Without a cache: the backend, always.
+        let (_, used) = block_on(lookup_through(None, 0, "sqlite", "alice", async {
+            Ok(found("x"))
+        }))
+        .unwrap();
+        assert_eq!(used, None);
+    }
+}
