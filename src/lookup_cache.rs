@@ -69,6 +69,30 @@ impl Default for LookupPolicy {
     }
 }
 
+impl LookupPolicy {
+    /// One line for start-up and `check-config`; `None`: off.
+    pub fn describe(policy: Option<&LookupPolicy>) -> String {
+        let Some(p) = policy else {
+            return "lookup cache: off (every login asks the passdb)".to_owned();
+        };
+        let stale = if p.stale_ttl.is_zero() {
+            "never answers while a passdb is down".to_owned()
+        } else {
+            format!(
+                "answers up to {} s after a fetch while a passdb is down",
+                p.stale_ttl.as_secs()
+            )
+        };
+        format!(
+            "lookup cache: {} s for SQLite, SQL server and LDAP records ({stale}; at most {} \
+             records, {} MiB)",
+            p.ttl.as_secs(),
+            p.max_entries,
+            p.max_bytes >> 20
+        )
+    }
+}
+
 /// How a lookup was answered (the metrics, and `cache=stale` in the audit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LookupUse {
@@ -296,10 +320,7 @@ fn heap_bytes(lookup: &Lookup) -> usize {
         .list
         .iter()
         .map(|a| {
-            96 + a.name.len()
-                + a.stored.stored_len()
-                + 24 * a.scopes.len()
-                + 24 * a.networks.len()
+            96 + a.name.len() + a.stored.stored_len() + 24 * a.scopes.len() + 24 * a.networks.len()
         })
         .sum();
     strings + secret.stored_len() + apps
@@ -390,15 +411,25 @@ mod tests {
         clock.advance(Duration::from_millis(59_999));
         assert!(fresh(&c, 0, "alice").is_some());
         clock.advance(Duration::from_millis(1));
-        assert_eq!(fresh(&c, 0, "alice"), None, "past the ttl the backend is asked");
+        assert_eq!(
+            fresh(&c, 0, "alice"),
+            None,
+            "past the ttl the backend is asked"
+        );
         // The backend down or slow: the stale record answers, with its age.
         let (l, age) = c.stale(0, "alice", &DOWN()).unwrap();
-        assert_eq!((plaintext(&l), age), (b"one".to_vec(), Duration::from_secs(60)));
+        assert_eq!(
+            (plaintext(&l), age),
+            (b"one".to_vec(), Duration::from_secs(60))
+        );
         assert!(c.stale(0, "alice", &PassdbError::Timeout).is_some());
         // Not for an answer that is not the backend's absence.
         let bad = PassdbError::BadStoredPassword("malformed".into());
         assert!(c.stale(0, "alice", &bad).is_none());
-        assert!(c.stale(0, "bob", &DOWN()).is_none(), "never seen: no record");
+        assert!(
+            c.stale(0, "bob", &DOWN()).is_none(),
+            "never seen: no record"
+        );
         clock.advance(Duration::from_secs(3600 - 60) - Duration::from_millis(1));
         assert!(c.stale(0, "alice", &DOWN()).is_some());
         clock.advance(Duration::from_millis(1));
@@ -511,12 +542,19 @@ mod tests {
             asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             async move { answer }
         };
-        let through = |answer| block_on(lookup_through(Some(&c), 0, "sqlite", "alice", ask(answer)));
+        let through =
+            |answer| block_on(lookup_through(Some(&c), 0, "sqlite", "alice", ask(answer)));
         // Never seen and the backend down: the failure, as without a cache.
-        assert!(matches!(through(Err(DOWN())), Err(PassdbError::Unavailable(_))));
+        assert!(matches!(
+            through(Err(DOWN())),
+            Err(PassdbError::Unavailable(_))
+        ));
         assert!(c.is_empty(), "a failure is not remembered");
         let (l, used) = through(Ok(found("one"))).unwrap();
-        assert_eq!((plaintext(&l), used), (b"one".to_vec(), Some(LookupUse::Miss)));
+        assert_eq!(
+            (plaintext(&l), used),
+            (b"one".to_vec(), Some(LookupUse::Miss))
+        );
         // Fresh: the backend is not asked (its answer would be an error).
         let before = asked.load(std::sync::atomic::Ordering::SeqCst);
         let (_, used) = block_on(lookup_through(Some(&c), 0, "sqlite", "alice", async {
@@ -528,12 +566,18 @@ mod tests {
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), before);
         clock.advance(Duration::from_secs(61));
         let (l, used) = through(Err(PassdbError::Timeout)).unwrap();
-        assert_eq!((plaintext(&l), used), (b"one".to_vec(), Some(LookupUse::Stale)));
+        assert_eq!(
+            (plaintext(&l), used),
+            (b"one".to_vec(), Some(LookupUse::Stale))
+        );
         // Serving stale did not refresh the record: still stale, still there.
         assert_eq!(fresh(&c, 0, "alice"), None);
         // A real answer after the outage replaces it.
         let (l, used) = through(Ok(found("two"))).unwrap();
-        assert_eq!((plaintext(&l), used), (b"two".to_vec(), Some(LookupUse::Miss)));
+        assert_eq!(
+            (plaintext(&l), used),
+            (b"two".to_vec(), Some(LookupUse::Miss))
+        );
         assert_eq!(fresh(&c, 0, "alice").as_deref(), Some(&b"two"[..]));
         // Without a cache: the backend, always.
         let (_, used) = block_on(lookup_through(None, 0, "sqlite", "alice", async {

@@ -278,13 +278,13 @@ impl Service {
             .get("AUTH_CACHE_USER")
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .filter(|v| !v.is_empty());
-        let lookups = self
-            .auth
-            .lookup_cache()
-            .map(|c| c.flush(user.as_deref()));
+        let lookups = self.auth.lookup_cache().map(|c| c.flush(user.as_deref()));
         let body = match (&user, lookups) {
             (Some(u), Some(n)) => {
-                log::info!("cache flush: {n} cached record(s) of user {} forgotten", quoted(u));
+                log::info!(
+                    "cache flush: {n} cached record(s) of user {} forgotten",
+                    quoted(u)
+                );
                 format!("lookup cache: {n} record(s) of {u} forgotten\n")
             }
             (Some(_), None) => "lookup cache: off\n".to_owned(),

@@ -115,7 +115,10 @@ impl Authenticator {
         db: &AnyPassdb,
         user: &str,
     ) -> Result<(Lookup, Option<LookupUse>), PassdbError> {
-        let cache = self.lookup_cache.as_deref().filter(|_| db.lookup_is_remote());
+        let cache = self
+            .lookup_cache
+            .as_deref()
+            .filter(|_| db.lookup_is_remote());
         let index = self.passdbs.iter().position(|p| std::ptr::eq(p, db));
         let (cache, index) = match (cache, index) {
             (Some(c), Some(i)) => (Some(c), i),

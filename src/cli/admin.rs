@@ -121,6 +121,10 @@ pub fn check_config(args: ServeArgs) -> CmdResult {
             .iter()
             .for_each(|l| println!("  {l}")),
     }
+    println!(
+        "  {}",
+        nginx_auth_fcgi::lookup_cache::LookupPolicy::describe(config.lookup_cache.as_ref())
+    );
     let mut mechs: Vec<_> = config.mechanisms.iter().map(|m| m.as_str()).collect();
     mechs.sort_unstable();
     println!("  mechanisms: {}", mechs.join(", "));

@@ -377,6 +377,10 @@ pub fn serve(args: ServeArgs) -> CmdResult {
             .cache
             .map_or_else(|| "off".to_owned(), |c| format!("{} s", c.ttl.as_secs()))
     );
+    log::info!(
+        "{}",
+        nginx_auth_fcgi::lookup_cache::LookupPolicy::describe(config.lookup_cache.as_ref())
+    );
     let handler = Arc::new(Reloadable::new(service));
     // Registered before READY=1, so an early SIGHUP cannot kill us.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

@@ -75,7 +75,10 @@ pub fn cache(command: CacheCommand) -> CmdResult {
 fn flush(args: &ServeArgs, user: &str) -> Result<String, Vec<String>> {
     ask_service(
         args,
-        &[(b"AUTH_CACHE", b"flush"), (b"AUTH_CACHE_USER", user.as_bytes())],
+        &[
+            (b"AUTH_CACHE", b"flush"),
+            (b"AUTH_CACHE_USER", user.as_bytes()),
+        ],
     )
 }
 

@@ -8,5 +8,6 @@ mod common;
 mod bench_sql;
 mod dovecot_auth;
 mod ldap;
+mod lookup_cache;
 mod saslauthd;
 mod sql;

@@ -15,7 +15,7 @@ use nginx_auth_fcgi::passdb::{
 use nginx_auth_fcgi::scheme::{self, Scheme};
 use nginx_auth_fcgi::secret::Secret;
 
-const BUILT_IN_DB: &str = "auth";
+pub(crate) const BUILT_IN_DB: &str = "auth";
 
 /// Runs admin statements as the superuser, in order.
 async fn admin(server: &Server, statements: &[String]) {
@@ -55,7 +55,7 @@ fn schema(kind: Kind) -> &'static str {
 }
 
 /// A database `auth` with the built-in schema and some users.
-async fn built_in(kind: Kind) -> Server {
+pub(crate) async fn built_in(kind: Kind) -> Server {
     let server = Server::start(kind);
     admin(&server, &[format!("CREATE DATABASE {BUILT_IN_DB}")]).await;
     let mut statements: Vec<String> = schema(kind)

@@ -1,0 +1,190 @@
+//! The credential lookup cache in process against a real PostgreSQL whose
+//! log counts the passdb's queries (`log_statement = 'all'`), on a manual
+//! clock: a cached record and a cached verification cost no query and no
+//! hash; past the TTL the database is asked again; with the server killed a
+//! user seen before is verified against the stale record (`cache=stale`,
+//! counted in the metrics), a wrong password still fails, a user never seen
+//! gets the temporary failure; past the stale TTL nobody logs in; restarted,
+//! a password changed in the table takes effect within the TTL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::policy::{base_policy, local_upstreams};
+use crate::common::sql::{Kind, Server};
+use crate::sql::{built_in, BUILT_IN_DB};
+use nginx_auth_fcgi::audit::Outcome;
+use nginx_auth_fcgi::auth_http::MailAuthRequest;
+use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy};
+use nginx_auth_fcgi::cache::{Cache, CachePolicy, CacheUse};
+use nginx_auth_fcgi::fastcgi::Params;
+use nginx_auth_fcgi::lookup_cache::{LookupCache, LookupPolicy};
+use nginx_auth_fcgi::mech::Mechanism;
+use nginx_auth_fcgi::metrics::METRICS;
+use nginx_auth_fcgi::passdb::{AnyPassdb, PassdbOptions};
+use nginx_auth_fcgi::throttle::Clock;
+
+/// The bcrypt user of [`built_in`] (an expensive scheme: the verification
+/// cache takes part) and a user this test never logs in before the outage.
+const BLF: (&str, &str) = ("blf@example.org", "blf-pw");
+const NEVER_SEEN: (&str, &str) = ("sha@example.org", "sha-pw");
+
+async fn login(auth: &Authenticator, user: &str, pass: &str) -> Decision {
+    let pairs = [
+        ("HTTP_AUTH_METHOD", "plain"),
+        ("HTTP_AUTH_USER", user),
+        ("HTTP_AUTH_PASS", pass),
+        ("HTTP_AUTH_PROTOCOL", "imap"),
+        ("HTTP_AUTH_LOGIN_ATTEMPT", "1"),
+        ("HTTP_CLIENT_IP", "198.51.100.1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+    .collect();
+    let req = MailAuthRequest::from_params(&Params::from_pairs(pairs)).unwrap();
+    auth.authenticate(&req).await
+}
+
+/// The passdb's lookups so far, from the server's statement log.
+fn queries(server: &Server) -> usize {
+    server
+        .logs()
+        .lines()
+        .filter(|l| l.contains("execute") && l.contains("FROM users WHERE username"))
+        .count()
+}
+
+fn metric(name: &str) -> u64 {
+    let page = METRICS.render();
+    let line = page
+        .lines()
+        .find(|l| l.starts_with(&format!("nginx_auth_fcgi_{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing:\n{page}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[track_caller]
+fn expect(d: &Decision, outcome: Outcome, cache: Option<CacheUse>) {
+    assert_eq!(
+        (d.audit.outcome, d.audit.cache),
+        (outcome, cache),
+        "{}",
+        d.audit
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_is_served_from_the_lookup_cache() {
+    let mut server = built_in(Kind::Postgres).await;
+    server
+        .execute(
+            None,
+            &[format!(
+                "ALTER DATABASE {BUILT_IN_DB} SET log_statement = 'all'"
+            )],
+        )
+        .await;
+    let db = AnyPassdb::open_with(
+        &server.uri(BUILT_IN_DB, "connect_timeout=1&query_timeout=2"),
+        &PassdbOptions::default(),
+    )
+    .unwrap();
+    let clock = Clock::manual(1_700_000_000_000);
+    let policy = Policy {
+        cache: Some(Arc::new(Cache::new(CachePolicy::default()))),
+        ..base_policy([Mechanism::Plain], local_upstreams())
+    };
+    let auth = Authenticator::new(policy, vec![db])
+        .unwrap()
+        .with_lookup_cache(Some(Arc::new(LookupCache::new(
+            LookupPolicy::default(),
+            clock.clone(),
+        ))));
+    let (user, pw) = BLF;
+
+    expect(
+        &login(&auth, user, pw).await,
+        Outcome::Ok,
+        Some(CacheUse::Miss),
+    );
+    assert_eq!(queries(&server), 1);
+    // A cached record and a cached verification: no query, no hash.
+    expect(
+        &login(&auth, user, pw).await,
+        Outcome::Ok,
+        Some(CacheUse::Hit),
+    );
+    expect(
+        &login(&auth, user, pw).await,
+        Outcome::Ok,
+        Some(CacheUse::Hit),
+    );
+    assert_eq!(queries(&server), 1, "{}", server.logs());
+    // A wrong password is checked against the cached record: no query.
+    expect(
+        &login(&auth, user, "wrong").await,
+        Outcome::Fail,
+        Some(CacheUse::Miss),
+    );
+    assert_eq!(queries(&server), 1);
+    // Past the TTL the database is asked again.
+    clock.advance(Duration::from_secs(61));
+    expect(
+        &login(&auth, user, pw).await,
+        Outcome::Ok,
+        Some(CacheUse::Hit),
+    );
+    assert_eq!(queries(&server), 2);
+
+    // The server goes away; the record is past its TTL.
+    server.kill();
+    clock.advance(Duration::from_secs(61));
+    let stale_before = metric("lookup_cache_stale_total");
+    let d = login(&auth, user, pw).await;
+    expect(&d, Outcome::Ok, Some(CacheUse::Stale));
+    assert!(d.audit.to_string().contains(" cache=stale "), "{}", d.audit);
+    let d = login(&auth, user, "wrong").await;
+    expect(&d, Outcome::Fail, Some(CacheUse::Stale));
+    assert_eq!(d.audit.reason, "password-mismatch", "{}", d.audit);
+    assert_eq!(metric("lookup_cache_stale_total"), stale_before + 2);
+    // Never seen: the temporary failure, as without a cache.
+    let d = login(&auth, NEVER_SEEN.0, NEVER_SEEN.1).await;
+    expect(&d, Outcome::TempFail, None);
+    // Past the stale TTL (an hour after the fetch) the seen user too.
+    clock.advance(Duration::from_secs(3600));
+    expect(&login(&auth, user, pw).await, Outcome::TempFail, None);
+
+    // Back: fresh lookups again.
+    server.restart();
+    let before = queries(&server);
+    expect(
+        &login(&auth, NEVER_SEEN.0, NEVER_SEEN.1).await,
+        Outcome::Ok,
+        Some(CacheUse::Miss),
+    );
+    expect(
+        &login(&auth, user, pw).await,
+        Outcome::Ok,
+        Some(CacheUse::Hit),
+    );
+    assert_eq!(queries(&server), before + 2);
+    // A password changed in the table takes effect within the TTL.
+    server
+        .execute(
+            Some(BUILT_IN_DB),
+            &[format!(
+                "UPDATE users SET password = '{{PLAIN}}changed' WHERE username = '{user}'"
+            )],
+        )
+        .await;
+    expect(
+        &login(&auth, user, pw).await,
+        Outcome::Ok,
+        Some(CacheUse::Hit),
+    );
+    clock.advance(Duration::from_secs(61));
+    // ({PLAIN} is cheap: the verification cache does not take part.)
+    expect(&login(&auth, user, pw).await, Outcome::Fail, None);
+    expect(&login(&auth, user, "changed").await, Outcome::Ok, None);
+    assert_eq!(queries(&server), before + 3);
+}
