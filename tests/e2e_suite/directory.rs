@@ -103,8 +103,9 @@ const LDAP_USERS: [(&str, &str); 3] = [
 ];
 
 /// Search mode: every mail protocol, CRAM-MD5 from a `{PLAIN}` entry,
-/// rejections that read alike (also for a filter-injection name), and a
-/// temporary failure once slapd is gone.
+/// rejections that read alike (also for a filter-injection name), and once
+/// slapd is gone a cached user still logs in and others get a temporary
+/// failure.
 #[test]
 fn ldap_search_mode_through_nginx() {
     let mut slapd = ldap::Slapd::start();
@@ -141,9 +142,13 @@ fn ldap_search_mode_through_nginx() {
     let r = stack.client("imap", "login", "*)(uid=*", &["alice-pw"], &[]);
     assert_invalid(&r, "IMAP LOGIN with a filter-injection name");
 
-    // The directory goes away: a temporary failure, not a rejection.
+    // The directory goes away: alice, looked up within lookup_cache_ttl,
+    // logs in from the cached record; a user not looked up before gets a
+    // temporary failure, not a rejection.
     slapd.kill();
     let r = stack.client("imap", "login", "alice", &["alice-pw"], &[]);
+    assert_ok(&r, "IMAP LOGIN alice (cached) while slapd is down");
+    let r = stack.client("imap", "login", "dave", &["dave-pw"], &[]);
     assert_temporary(&r, "IMAP LOGIN while slapd is down");
 
     assert_no_passwords_logged(&stack, &["alice-pw", "bob-pw", "carol-pw", "reader-pw"]);

@@ -10,5 +10,6 @@ mod directory;
 mod http;
 mod mail;
 mod master;
+mod outage;
 mod rehash;
 mod sql;

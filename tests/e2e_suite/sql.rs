@@ -12,7 +12,7 @@ use crate::common::sql::{Kind, Server};
 
 /// The database the passdb reads: PostgreSQL's admin database, a database
 /// of its own on MariaDB (the admin URI points at `mysql`).
-fn database(kind: Kind) -> &'static str {
+pub(crate) fn database(kind: Kind) -> &'static str {
     match kind {
         Kind::Postgres => "postgres",
         Kind::Mariadb => "auth",
@@ -20,7 +20,7 @@ fn database(kind: Kind) -> &'static str {
 }
 
 /// Loads the harness's users (Dovecot-made hashes) into the built-in schema.
-fn load_users(server: &Server) {
+pub(crate) fn load_users(server: &Server) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -89,12 +89,16 @@ fn logins_and_rejections(stack: &Stack, what: &str) {
 
 /// The mail cases through nginx with a `kind` passdb: logins of several
 /// schemes, CRAM-MD5 from the stored plaintext, POP3, rejections that all
-/// read alike, the server killed (temporary failure) and restarted.
+/// read alike, the server killed (temporary failure: the lookup cache is off
+/// here; `outage.rs` has it on) and restarted.
 fn mail_logins_through_nginx(kind: Kind) {
     let mut db = Server::start(kind);
     load_users(&db);
     let passdb = db.uri(database(kind), "connect_timeout=1&query_timeout=2");
-    let stack = Stack::start_with_extras(Launch::Direct, Extras::passdb(passdb, &[]));
+    let stack = Stack::start_with_extras(
+        Launch::Direct,
+        Extras::passdb(passdb, &["--lookup-cache-ttl", "0"]),
+    );
 
     logins_and_rejections(&stack, &format!("{kind:?}"));
 
@@ -133,7 +137,7 @@ fn mail_logins_through_nginx_with_a_mariadb_passdb() {
 }
 
 /// Runs the daemon binary with `args`, `stdin` as its input.
-fn run_cli(args: &[String], stdin: &str) -> (bool, String) {
+pub(crate) fn run_cli(args: &[String], stdin: &str) -> (bool, String) {
     let out = crate::common::daemon::run_cli(args, stdin);
     let text = format!(
         "{}{}",
@@ -243,18 +247,42 @@ fn mail_logins_through_nginx_with_the_sqlite_default() {
             .unwrap();
     }
     let passdb = format!("sqlite:{}", db.display());
-    let stack = Stack::start_with_extras(Launch::Direct, Extras::passdb(passdb, &[]));
+    let stack = Stack::start_with_extras(Launch::Direct, Extras::passdb(passdb.clone(), &[]));
 
     logins_and_rejections(&stack, "sqlite");
-    // `user disable` while the service runs: refused on the next login.
-    admin.set_enabled(BLF_USER.name, false).unwrap();
+    // `user disable` while the service runs (its lookup cache holds the
+    // record): the command tells the service, refused on the next login.
+    let listen = format!("unix:{}", stack.socket.display());
+    let user_cmd = |action: &str| {
+        let args: Vec<String> = [
+            "user",
+            "--db",
+            &passdb,
+            "--listen",
+            &listen,
+            "--require-header",
+            &format!("X-Auth-Key={AUTH_KEY}"),
+            action,
+            BLF_USER.name,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let (ok, out) = run_cli(&args, "");
+        assert!(ok, "user {action}: {out}");
+        assert!(
+            out.contains("the running service forgot its cached record"),
+            "user {action}: {out}"
+        );
+    };
+    user_cmd("disable");
     let r = stack.client("imap", "login", BLF_USER.name, &[BLF_USER.password], &[]);
     assert_eq!(
         r.attempts[0].response,
         format!("NO {INVALID_LOGIN}"),
         "{r:#?}"
     );
-    admin.set_enabled(BLF_USER.name, true).unwrap();
+    user_cmd("enable");
     let r = stack.client("imap", "login", BLF_USER.name, &[BLF_USER.password], &[]);
     assert!(r.ok, "re-enabled: {r:#?}");
     let log = stack.daemon_log();
