@@ -267,6 +267,11 @@ impl LookupCache {
         );
     }
 
+    /// Forgets the record of `user` in passdb `db` (exactly that name).
+    pub fn forget(&self, db: usize, user: &str) {
+        crate::sync::lock(&self.inner).remove(db, user);
+    }
+
     /// Forgets `user` (in every passdb, ASCII case ignored, as SQL
     /// collations and LDAP compare names), or everything; returns how many
     /// entries went.

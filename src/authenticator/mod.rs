@@ -234,13 +234,23 @@ impl Authenticator {
     /// Upgrades stored hashes after plaintext logins (`upgrade_scheme`).
     pub fn with_rehash(mut self, rehash: Option<Rehasher>) -> Self {
         self.rehash = rehash;
+        self.link_rehash_to_lookup_cache();
         self
+    }
+
+    /// The rehash worker drops the records it rewrote (or found changed)
+    /// from the lookup cache.
+    fn link_rehash_to_lookup_cache(&self) {
+        if let (Some(r), Some(c)) = (&self.rehash, &self.lookup_cache) {
+            r.forget_in(Arc::clone(c));
+        }
     }
 
     /// Remembers the records the passdbs return (`lookup_cache_ttl`; see
     /// [`crate::lookup_cache`]).
     pub fn with_lookup_cache(mut self, cache: Option<Arc<LookupCache>>) -> Self {
         self.lookup_cache = cache;
+        self.link_rehash_to_lookup_cache();
         self
     }
 

@@ -21,7 +21,9 @@
 //!   never take the bounded verifier's slots. It reads the stored value again,
 //!   checks it is still the one the login verified, hashes, and writes with a
 //!   compare-and-set on the old value: a concurrent `user passwd` wins. A
-//!   failure is logged and never touches the login.
+//!   failure is logged and never touches the login. Afterwards it drops the
+//!   user's record from the credential lookup cache ([`crate::lookup_cache`]),
+//!   so the next login reads what is stored now.
 //! - **Writers**: `sqlite` (the built-in schema), `sql` (PostgreSQL and
 //!   MySQL, the built-in schema's `UPDATE`), `passwd_file` (atomic rename,
 //!   keeping everything but the one password field).

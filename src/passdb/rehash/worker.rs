@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::{judge, Judgement, PasswdFileStore, RehashError, RehashPolicy};
+use crate::lookup_cache::LookupCache;
 use crate::passdb::{parse_stored, AnyPassdb};
 use crate::scheme::{hash_at, Scheme, StoredPassword};
 use crate::secret::Secret;
@@ -75,6 +76,9 @@ pub struct Rehasher {
     stores: Arc<Vec<Option<Arc<dyn Store>>>>,
     queue: SyncSender<Job>,
     recent: Mutex<HashMap<(usize, String), Instant>>,
+    /// The credential lookup cache whose record of a user the worker drops
+    /// once it has looked at the stored value again (written or changed).
+    forget: Arc<OnceLock<Arc<LookupCache>>>,
 }
 
 impl fmt::Debug for Rehasher {
@@ -171,11 +175,13 @@ impl Rehasher {
         }
         let stores = Arc::new(stores);
         let (queue, jobs) = sync_channel(QUEUE);
+        let forget = Arc::new(OnceLock::new());
         let worker = Worker {
             policy: policy.clone(),
             default_scheme,
             stores: Arc::clone(&stores),
             hook,
+            forget: Arc::clone(&forget),
         };
         std::thread::Builder::new()
             .name("rehash".into())
@@ -186,7 +192,14 @@ impl Rehasher {
             stores,
             queue,
             recent: Mutex::new(HashMap::new()),
+            forget,
         })
+    }
+
+    /// After each job the worker drops the user's record from `cache`: the
+    /// stored value was just rewritten, or found changed.
+    pub fn forget_in(&self, cache: Arc<LookupCache>) {
+        let _ = self.forget.set(cache);
     }
 
     /// After `passwords` of `user` matched `stored` in passdb number `db`:
@@ -250,6 +263,7 @@ struct Worker {
     default_scheme: Option<Scheme>,
     stores: Arc<Vec<Option<Arc<dyn Store>>>>,
     hook: Option<Hook>,
+    forget: Arc<OnceLock<Arc<LookupCache>>>,
 }
 
 impl Worker {
@@ -261,6 +275,9 @@ impl Worker {
             match self.rehash(store.as_ref(), &job) {
                 Ok(msg) => log::info!("rehash: {}: {msg}", job.user),
                 Err(e) => log::error!("rehash: {}: failed: {e}", job.user),
+            }
+            if let Some(cache) = self.forget.get() {
+                cache.forget(job.db, &job.user);
             }
         }
     }
