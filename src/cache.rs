@@ -7,8 +7,10 @@
 //! Neither the password nor anything that could test a guess offline is kept:
 //! without the process's key a cache entry says nothing. Because the stored
 //! hash is part of the key, changing a password (or disabling the account,
-//! which the lookup before the cache sees) takes effect at once; a restart
-//! empties the cache and makes a new key.
+//! which the lookup before the cache sees) takes effect as soon as that
+//! lookup sees it: at once, or, through the credential lookup cache
+//! ([`crate::lookup_cache`]), within its TTL for a change made behind the
+//! daemon's back. A restart empties the cache and makes a new key.
 //!
 //! The policy layer ([`crate::authenticator`]) consults it for mail and HTTP
 //! alike, before handing a check to the bounded verifier. Only expensive

@@ -515,6 +515,7 @@ fn man_page_covers_every_subcommand() {
         "HASH",
         "AUTH",
         "USER",
+        "CACHE",
     ] {
         assert!(
             page.contains(&format!(".SH \"NGINX-AUTH-FCGI {sub}\"")),
