@@ -221,6 +221,40 @@ mod tests {
     }
 
     #[test]
+    fn lookup_cache_ttls_from_the_file_and_the_flags() {
+        use crate::lookup_cache::LookupPolicy;
+        let d = Config::validate(RawConfig::default()).unwrap();
+        assert_eq!(d.lookup_cache, Some(LookupPolicy::default()));
+        assert_eq!(d.lookup_cache.unwrap().ttl, Duration::from_secs(60));
+        assert_eq!(d.lookup_cache.unwrap().stale_ttl, Duration::from_secs(3600));
+        let file: RawConfig =
+            toml::from_str("lookup_cache_ttl = 30\nlookup_cache_stale_ttl = 600\n").unwrap();
+        let cli = RawConfig {
+            lookup_cache_ttl: Some(20),
+            ..RawConfig::default()
+        };
+        let c = Config::validate(file.overlay(cli))
+            .unwrap()
+            .lookup_cache
+            .unwrap();
+        assert_eq!(
+            (c.ttl, c.stale_ttl),
+            (Duration::from_secs(20), Duration::from_secs(600))
+        );
+        let off: RawConfig = toml::from_str("lookup_cache_ttl = 0\n").unwrap();
+        assert_eq!(Config::validate(off).unwrap().lookup_cache, None);
+        let never_stale: RawConfig = toml::from_str("lookup_cache_stale_ttl = 0\n").unwrap();
+        let c = Config::validate(never_stale).unwrap().lookup_cache.unwrap();
+        assert!(c.stale_ttl.is_zero());
+        let short: RawConfig = toml::from_str("lookup_cache_stale_ttl = 10\n").unwrap();
+        let problems = Config::validate(short).unwrap_err();
+        assert_eq!(
+            problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["lookup_cache_stale_ttl must be 0 (off) or at least lookup_cache_ttl"]
+        );
+    }
+
+    #[test]
     fn throttle_cache_and_state() {
         let file: RawConfig = toml::from_str(
             r#"
