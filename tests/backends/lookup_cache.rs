@@ -14,10 +14,8 @@ use crate::common::policy::{base_policy, local_upstreams};
 use crate::common::sql::{Kind, Server};
 use crate::sql::{built_in, BUILT_IN_DB};
 use nginx_auth_fcgi::audit::Outcome;
-use nginx_auth_fcgi::auth_http::MailAuthRequest;
 use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy};
 use nginx_auth_fcgi::cache::{Cache, CachePolicy, CacheUse};
-use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::lookup_cache::{LookupCache, LookupPolicy};
 use nginx_auth_fcgi::mech::Mechanism;
 use nginx_auth_fcgi::metrics::METRICS;
@@ -29,21 +27,7 @@ use nginx_auth_fcgi::throttle::Clock;
 const BLF: (&str, &str) = ("blf@example.org", "blf-pw");
 const NEVER_SEEN: (&str, &str) = ("sha@example.org", "sha-pw");
 
-async fn login(auth: &Authenticator, user: &str, pass: &str) -> Decision {
-    let pairs = [
-        ("HTTP_AUTH_METHOD", "plain"),
-        ("HTTP_AUTH_USER", user),
-        ("HTTP_AUTH_PASS", pass),
-        ("HTTP_AUTH_PROTOCOL", "imap"),
-        ("HTTP_AUTH_LOGIN_ATTEMPT", "1"),
-        ("HTTP_CLIENT_IP", "198.51.100.1"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-    .collect();
-    let req = MailAuthRequest::from_params(&Params::from_pairs(pairs)).unwrap();
-    auth.authenticate(&req).await
-}
+use crate::common::policy::imap_login as login;
 
 /// The passdb's lookups so far, from the server's statement log.
 fn queries(server: &Server) -> usize {

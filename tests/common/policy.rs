@@ -47,6 +47,30 @@ pub fn fixed_throttle() -> ThrottlePolicy {
     }
 }
 
+/// An IMAP LOGIN (`plain`) of `user` with `pass` from 198.51.100.1, attempt
+/// 1, decided by `auth` in process.
+pub async fn imap_login(
+    auth: &nginx_auth_fcgi::authenticator::Authenticator,
+    user: &str,
+    pass: &str,
+) -> nginx_auth_fcgi::authenticator::Decision {
+    use nginx_auth_fcgi::auth_http::MailAuthRequest;
+    use nginx_auth_fcgi::fastcgi::Params;
+    let pairs = [
+        ("HTTP_AUTH_METHOD", "plain"),
+        ("HTTP_AUTH_USER", user),
+        ("HTTP_AUTH_PASS", pass),
+        ("HTTP_AUTH_PROTOCOL", "imap"),
+        ("HTTP_AUTH_LOGIN_ATTEMPT", "1"),
+        ("HTTP_CLIENT_IP", "198.51.100.1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+    .collect();
+    let req = MailAuthRequest::from_params(&Params::from_pairs(pairs)).unwrap();
+    auth.authenticate(&req).await
+}
+
 /// IMAP, POP3 and SMTP upstreams on 127.0.0.1 ports 1143, 1110 and 1025.
 pub fn local_upstreams() -> Upstreams {
     let mut upstreams = Upstreams::default();

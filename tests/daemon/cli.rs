@@ -359,20 +359,7 @@ fn status_reads_metrics_from_the_running_service() {
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
     std::fs::write(&users, "alice:{PLAIN}a::::::\n").unwrap();
-    let passdb = format!("passwd-file:{}", users.display());
-    let daemon = Daemon::start(
-        dir,
-        [
-            "--passdb",
-            &passdb,
-            "--log",
-            "stderr",
-            "--require-header",
-            "X-Auth-Key=k",
-            "--upstream",
-            "imap=127.0.0.1:1143",
-        ],
-    );
+    let daemon = admin_target(dir, &format!("passwd-file:{}", users.display()));
     let listen = format!("unix:{}", daemon.sock().display());
     let out = run(
         &[
@@ -482,6 +469,24 @@ fn status_reads_metrics_from_the_running_service() {
         "{}",
         text(&bad.stderr)
     );
+}
+
+/// A daemon on `passdb` for the admin commands to ask: shared secret
+/// `X-Auth-Key=k` (what [`mail_login`] sends), audit lines in its log.
+pub(crate) fn admin_target(dir: tempfile::TempDir, passdb: &str) -> Daemon {
+    Daemon::start(
+        dir,
+        [
+            "--passdb",
+            passdb,
+            "--log",
+            "stderr",
+            "--require-header",
+            "X-Auth-Key=k",
+            "--upstream",
+            "imap=127.0.0.1:1143",
+        ],
+    )
 }
 
 /// One mail login over FastCGI, as nginx sends it; the Auth-Status.

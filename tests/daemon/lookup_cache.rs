@@ -6,7 +6,7 @@
 
 use std::process::Output;
 
-use crate::cli::mail_login;
+use crate::cli::{admin_target, mail_login};
 use crate::common::daemon::{run_cli, Daemon};
 
 const OK: &str = "OK";
@@ -83,19 +83,7 @@ fn user_commands_and_cache_flush_reach_the_running_service() {
         "{err}"
     );
 
-    let daemon = Daemon::start(
-        dir,
-        [
-            "--passdb",
-            &db_arg,
-            "--log",
-            "stderr",
-            "--require-header",
-            "X-Auth-Key=k",
-            "--upstream",
-            "imap=127.0.0.1:1143",
-        ],
-    );
+    let daemon = admin_target(dir, &db_arg);
     let listen = format!("unix:{}", daemon.sock().display());
     let conn = [
         "--listen",

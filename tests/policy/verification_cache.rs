@@ -5,12 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::policy::base_policy;
+use crate::common::policy::{base_policy, imap_login};
 use nginx_auth_fcgi::audit::Outcome;
-use nginx_auth_fcgi::auth_http::MailAuthRequest;
 use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy};
 use nginx_auth_fcgi::cache::{Cache, CachePolicy, CacheUse};
-use nginx_auth_fcgi::fastcgi::Params;
 use nginx_auth_fcgi::mech::Mechanism;
 use nginx_auth_fcgi::passdb::AnyPassdb;
 use nginx_auth_fcgi::scheme::{self, Scheme};
@@ -60,19 +58,7 @@ impl Fixture {
     }
 
     async fn login(&self, user: &str, pass: &str) -> Decision {
-        let pairs = [
-            ("HTTP_AUTH_METHOD", "plain"),
-            ("HTTP_AUTH_USER", user),
-            ("HTTP_AUTH_PASS", pass),
-            ("HTTP_AUTH_PROTOCOL", "imap"),
-            ("HTTP_AUTH_LOGIN_ATTEMPT", "1"),
-            ("HTTP_CLIENT_IP", "198.51.100.1"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect();
-        let req = MailAuthRequest::from_params(&Params::from_pairs(pairs)).unwrap();
-        self.auth.authenticate(&req).await
+        imap_login(&self.auth, user, pass).await
     }
 }
 
