@@ -12,9 +12,9 @@
 //!    [`http_auth::HttpAuthRequest`]. All string → value conversion happens
 //!    there.
 //! 3. **Decide** — [`authenticator`] is the one policy layer for both kinds:
-//!    one walk over the passdb chain ([`passdb`], [`scheme`]), the
-//!    verification [`cache`] and the bounded [`verifier`] for expensive
-//!    hashes, brute-force limits ([`throttle`]) on typed outcomes, the
+//!    one walk over the passdb chain ([`passdb`], [`scheme`]) through the
+//!    credential [`lookup_cache`], the verification [`cache`] and the bounded
+//!    [`verifier`] for expensive hashes, brute-force limits ([`throttle`]) on typed outcomes, the
 //!    decision timeout, the effective client address ([`client_ip`]) and one
 //!    audit record ([`audit`], which also feeds [`metrics`]). Mail adds the
 //!    mechanism ([`mech`]) and the upstream choice ([`upstream`]: pools,

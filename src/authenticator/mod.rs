@@ -3,8 +3,9 @@
 //! [`crate::service`] only refuses requests without the shared secret or
 //! malformed ones before).
 //!
-//! - `chain`: the one walk over the passdb chain, and password checks
-//!   through the verification [`Cache`] and the bounded [`Verifier`].
+//! - `chain`: the one walk over the passdb chain (every stored record
+//!   through the credential [`LookupCache`]), and password checks through
+//!   the verification [`Cache`] and the bounded [`Verifier`].
 //! - `mail`: mail logins: mechanism, SMTP relay, upstream choice,
 //!   `Auth-Wait`.
 //! - `http`: HTTP Basic and Digest.
