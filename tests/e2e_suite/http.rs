@@ -15,13 +15,17 @@ use std::time::Duration;
 
 use crate::common::daemon::Daemon;
 use crate::common::e2e::{free_ports, repo_root, require, run_toml};
-use crate::common::proc::{port_open, require_file, run_lines, try_wait_until, Proc};
+use crate::common::proc::{
+    port_open, require_file, require_python_module, run_lines, try_wait_until, Proc,
+};
 use serde::Deserialize;
 
 const KEY: &str = "http-e2e-key-0815";
 const ALICE_PW: &str = "Circle of Life";
 /// What `www/private/index.html` shows (`document.body.innerText`).
 const INDEX_TEXT: &str = "the private index";
+/// What `www/members/index.html` (Basic only) shows.
+const MEMBERS_TEXT: &str = "the members page";
 
 struct Site {
     port: u16,
@@ -66,7 +70,7 @@ fn render(dir: &Path, port: u16, sock: &Path) -> String {
         (
             "\"CHANGE-ME-shared-secret\"".into(),
             format!("\"{KEY}\""),
-            2,
+            3,
         ),
     ];
     let mut out = String::new();
@@ -111,14 +115,20 @@ impl Site {
         // nginx's workers run as www-data: they must reach the content.
         chmod(dir.path(), 0o755);
         let p = |rel: &str| dir.path().join(rel);
-        for sub in ["www/private", "www/legacy"] {
+        for sub in ["www/private", "www/legacy", "www/members"] {
             fs::create_dir_all(p(sub)).unwrap();
         }
         chmod(&p("www"), 0o755);
         chmod(&p("www/private"), 0o755);
         chmod(&p("www/legacy"), 0o755);
+        chmod(&p("www/members"), 0o755);
         fs::write(p("www/private/secret.txt"), "the private page\n").unwrap();
         fs::write(p("www/legacy/old.txt"), "the legacy page\n").unwrap();
+        fs::write(
+            p("www/members/index.html"),
+            format!("<!doctype html><title>Members</title><p>{MEMBERS_TEXT}</p>\n"),
+        )
+        .unwrap();
         fs::write(
             p("www/private/index.html"),
             format!("<!doctype html><title>Private</title><p>{INDEX_TEXT}</p>\n"),
@@ -128,6 +138,7 @@ impl Site {
             "www/private/secret.txt",
             "www/private/index.html",
             "www/legacy/old.txt",
+            "www/members/index.html",
         ] {
             chmod(&p(f), 0o644);
         }
@@ -538,13 +549,15 @@ fn shipped_http_conf_keeps_its_test_markers() {
     let rendered = render(dir.path(), 1, &PathBuf::from("/tmp/x.sock"));
     assert!(rendered.contains("fastcgi_param AUTH_REALM \"Private area\";"));
     assert!(rendered.contains(&format!("fastcgi_param HTTP_X_AUTH_KEY \"{KEY}\";")));
-    // Both auth locations: internal redirects re-run auth_request with the
+    // Every auth location: internal redirects re-run auth_request with the
     // same $request_id (one client request, one decision).
+    let auth_locations = rendered.matches("location = /_auth/").count();
+    assert_eq!(auth_locations, 3, "private, legacy, members");
     assert_eq!(
         rendered
             .matches("fastcgi_param AUTH_REQUEST_ID $request_id;")
             .count(),
-        2
+        auth_locations
     );
 }
 
@@ -697,6 +710,84 @@ fn headless_chromium_directory_url() {
             "Chromium {}: {} 401s: {hits:?}",
             r.path,
             count_401(&hits, &r.path)
+        );
+    }
+}
+
+/// What `tests/e2e/browser_selenium.py` prints: one table per page.
+#[derive(Debug, Deserialize)]
+struct BrowserOut {
+    results: Vec<BrowserPage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BrowserPage {
+    path: String,
+    title: String,
+    body: String,
+    screenshot: PathBuf,
+    url: String,
+}
+
+/// A real browser as a web team drives it: Selenium (PyPI) through Debian's
+/// chromedriver and headless Chromium, answering the challenges with the
+/// test's credentials through WebDriver BiDi. It reads a Digest page
+/// (`/private/secret.txt`, SHA-256 Digest first in the challenge) and a
+/// Basic-only page (`/members/`), and saves a screenshot of each in the
+/// test's temp dir. The daemon's audit shows which scheme served which.
+#[test]
+fn selenium_chromium_reads_digest_and_basic_pages() {
+    let chromium = require("chromium", "chromium");
+    let driver = require("chromedriver", "chromium-driver");
+    let python = require_python_module("selenium");
+    let site = Site::start();
+    let shots = site.daemon.path("browser");
+    fs::create_dir_all(&shots).unwrap();
+    let out: BrowserOut = run_toml(
+        Command::new(python)
+            .arg(repo_root().join("tests/e2e/browser_selenium.py"))
+            .arg(driver)
+            .arg(chromium)
+            .arg(site.url(""))
+            .args(["alice", ALICE_PW, "e2e-selenium"])
+            .arg(&shots)
+            .args(["/private/secret.txt", "/members/"])
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        "browser_selenium.py",
+    );
+    let pages: Vec<(&str, &str, &str)> = out
+        .results
+        .iter()
+        .map(|r| (r.path.as_str(), r.title.as_str(), r.body.trim()))
+        .collect();
+    assert_eq!(
+        pages,
+        [
+            ("/private/secret.txt", "", "the private page"),
+            ("/members/", "Members", MEMBERS_TEXT),
+        ],
+        "what Chromium showed: {out:?}"
+    );
+    for r in &out.results {
+        assert_eq!(r.url, site.url(&r.path), "Chromium ended up elsewhere");
+        let png = fs::read(&r.screenshot).unwrap_or_else(|e| {
+            panic!("screenshot of {}: {}: {e}", r.path, r.screenshot.display())
+        });
+        assert!(
+            r.screenshot.starts_with(&shots) && png.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "screenshot of {} is no PNG in the temp dir: {}",
+            r.path,
+            r.screenshot.display()
+        );
+    }
+    for method in ["digest", "basic"] {
+        let oks = site.daemon_lines(&format!(
+            "auth result=ok protocol=http method={method} user=alice "
+        ));
+        assert!(
+            !oks.is_empty(),
+            "no {method} login for alice in the daemon's audit:\n{}",
+            site.log("daemon.log")
         );
     }
 }
