@@ -188,6 +188,11 @@ pub struct ServeArgs {
     /// With --external-subject: only certificates issued by this DN (RFC 2253).
     #[arg(long)]
     pub external_issuer: Option<String>,
+    /// HTTP Digest nonce key shared by several instances: a 0600 file of at
+    /// least 64 hex digits (`nonce-key init` makes one). Default: a random
+    /// key per process.
+    #[arg(long)]
+    pub nonce_key_file: Option<PathBuf>,
 }
 
 /// `--trusted-network`: none given keeps the file's (or the loopback
@@ -273,6 +278,7 @@ impl ServeArgs {
             external: RawExternal {
                 rule: self.external_rules()?,
             },
+            nonce_key_file: self.nonce_key_file.clone(),
         };
         Ok(file.overlay(cli))
     }

@@ -140,6 +140,9 @@ pub struct Config {
     /// left on its default upstream): logged at start-up, printed by
     /// check-config.
     pub warnings: Vec<String>,
+    /// The HTTP Digest nonce key file (`None`: a random key per process);
+    /// read when the service is built, so check-config and reloads check it.
+    pub nonce_key_file: Option<std::path::PathBuf>,
 }
 
 /// A size in KiB from `256M`, `1G`, `65536K` (also `256MiB`, `1 GiB`; case

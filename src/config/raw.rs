@@ -127,6 +127,10 @@ pub struct RawConfig {
     /// `[external]`: client-certificate rules (none: EXTERNAL not offered).
     #[serde(default)]
     pub external: RawExternal,
+    /// `--nonce-key-file`: the HTTP Digest nonce key (hex, see
+    /// [`crate::http_auth::nonce_key`]) shared by several instances; none:
+    /// a random key per process.
+    pub nonce_key_file: Option<PathBuf>,
 }
 
 /// `[master_user]`.
@@ -368,6 +372,7 @@ impl RawConfig {
             m.separator = cm.separator.or(m.separator.take());
         }
         self.external.rule.extend(cli.external.rule);
+        self.nonce_key_file = cli.nonce_key_file.or(self.nonce_key_file);
         self
     }
 }

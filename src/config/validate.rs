@@ -451,6 +451,7 @@ impl Config {
             master_user,
             external,
             warnings,
+            nonce_key_file: raw.nonce_key_file.clone(),
         })
     }
 }
