@@ -1,6 +1,6 @@
 //! `nginx-auth-fcgi`: command line. `serve` runs the FastCGI responder;
-//! `check-config`, `hash`, `auth test`, `user …`, `status` and `throttle …`
-//! are admin tools. Each subcommand lives in [`cli`]; the service itself is
+//! `check-config`, `hash`, `auth test`, `user …`, `status`, `throttle …`
+//! and `nonce-key init` are admin tools. Each subcommand lives in [`cli`]; the service itself is
 //! built by the library ([`nginx_auth_fcgi::app`]).
 
 mod cli;
@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use cli::admin::{self, AuthCommand, UserCommand};
 use cli::man;
+use cli::nonce_key::{self, NonceKeyCommand};
 use cli::serve::{self, ServeArgs};
 use cli::status::{self, ThrottleCommand};
 use nginx_auth_fcgi::config;
@@ -62,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// The HTTP Digest nonce key file several instances share.
+    NonceKey {
+        #[command(subcommand)]
+        command: NonceKeyCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
                 },
         } => admin::auth_test(&login, &protocol, &method, &client_ip, serve),
         Command::User { db, command } => admin::user(&db, command),
+        Command::NonceKey { command } => nonce_key::nonce_key(command),
     };
     match result {
         Ok(code) => code,

@@ -378,3 +378,59 @@ impl Repeats {
         m.current.insert(key.0, (Instant::now(), outcome.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> HttpSettings {
+        let p = Params::from_pairs(vec![(REALM_PARAM.into(), b"R".to_vec())]);
+        HttpSettings::from_params(&p).unwrap()
+    }
+
+    fn allow(http: &HttpAuth, cnonce: &str, next_nonce: bool) -> String {
+        let outcome = HttpOutcome::Allow {
+            user: "alice".into(),
+            info: Some(AuthInfo {
+                rspauth: "00ff".into(),
+                nc: "0000000a".into(),
+                cnonce: cnonce.into(),
+                next_nonce,
+            }),
+        };
+        String::from_utf8(http.render(&outcome, &settings())).unwrap()
+    }
+
+    #[test]
+    fn authentication_info_is_rendered_with_the_200() {
+        let http = HttpAuth::new();
+        assert_eq!(
+            allow(&http, "c\"n\\x", false),
+            "Status: 200 OK\r\nX-Auth-User: alice\r\nAuthentication-Info: rspauth=\"00ff\", \
+             qop=auth, nc=0000000a, cnonce=\"c\\\"n\\\\x\"\r\n\r\n"
+        );
+        let with_next = allow(&http, "cn", true);
+        let line = with_next
+            .lines()
+            .find(|l| l.starts_with("Authentication-Info: "))
+            .unwrap();
+        let next = line
+            .split_once(", nextnonce=\"")
+            .map(|(_, n)| n.trim_end_matches('"'))
+            .expect("a nextnonce");
+        assert!(http.nonces.check(next, "R", 300).fresh(), "{next}");
+        assert_eq!(
+            HttpAuth::new().nonces.check(next, "R", 300),
+            digest::NonceState::Invalid
+        );
+        // A cnonce that cannot be quoted back: no header rather than a broken one.
+        let bad = allow(&http, "c\u{1}n", false);
+        assert!(!bad.contains("Authentication-Info"), "{bad}");
+        let basic = HttpOutcome::Allow {
+            user: "bob".into(),
+            info: None,
+        };
+        let text = String::from_utf8(HttpAuth::new().render(&basic, &settings())).unwrap();
+        assert_eq!(text, "Status: 200 OK\r\nX-Auth-User: bob\r\n\r\n");
+    }
+}
