@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -20,7 +20,8 @@ use crate::common::proc::{
 };
 use serde::Deserialize;
 
-const KEY: &str = "http-e2e-key-0815";
+/// The shared secret `render` writes into the nginx config.
+pub(super) const KEY: &str = "http-e2e-key-0815";
 const ALICE_PW: &str = "Circle of Life";
 /// What `www/private/index.html` shows (`document.body.innerText`).
 const INDEX_TEXT: &str = "the private index";
@@ -40,7 +41,8 @@ fn chmod(path: &Path, mode: u32) {
 
 /// The shipped file with each TEST: value replaced; every pattern must occur
 /// exactly as often as stated, so drift in the shipped file fails here.
-fn render(dir: &Path, port: u16, sock: &Path) -> String {
+/// `socks` are the upstream's servers (round-robin, in this order).
+pub(super) fn render(dir: &Path, port: u16, socks: &[&Path]) -> String {
     let shipped = fs::read_to_string(repo_root().join("nginx-conf/http-auth.conf")).unwrap();
     let d = dir.display();
     let subs: Vec<(String, String, usize)> = vec![
@@ -62,7 +64,11 @@ fn render(dir: &Path, port: u16, sock: &Path) -> String {
         ("/var/lib/nginx/".into(), format!("{d}/tmp-"), 5),
         (
             "unix:/run/nginx-auth-fcgi/auth.sock".into(),
-            format!("unix:{}", sock.display()),
+            socks
+                .iter()
+                .map(|s| format!("unix:{}", s.display()))
+                .collect::<Vec<_>>()
+                .join("; server "),
             1,
         ),
         ("listen 80;".into(), format!("listen 127.0.0.1:{port};"), 1),
@@ -154,7 +160,7 @@ impl Site {
             .expect("fastcgi_params (nginx-common)");
         let sock = p("auth.sock");
         let [port] = free_ports::<1>();
-        fs::write(p("nginx.conf"), render(dir.path(), port, &sock)).unwrap();
+        fs::write(p("nginx.conf"), render(dir.path(), port, &[&sock])).unwrap();
 
         let mut args = vec![
             "--socket-mode".to_owned(),
@@ -278,15 +284,20 @@ impl Site {
     /// `tests/e2e/http_clients.py MODE ARGS…` (system interpreter: Debian's
     /// python3-requests lives there), its TOML output parsed.
     fn http_clients(&self, mode: &str, args: &[&str]) -> ClientsOut {
-        run_toml(
-            Command::new(require_file("/usr/bin/python3", "python3"))
-                .arg(repo_root().join("tests/e2e/http_clients.py"))
-                .arg(mode)
-                .args(args)
-                .env("PYTHONDONTWRITEBYTECODE", "1"),
-            &format!("http_clients.py {mode}"),
-        )
+        http_clients(mode, args)
     }
+}
+
+/// `tests/e2e/http_clients.py MODE ARGS…`, its TOML output parsed.
+pub(super) fn http_clients(mode: &str, args: &[&str]) -> ClientsOut {
+    run_toml(
+        Command::new(require_file("/usr/bin/python3", "python3"))
+            .arg(repo_root().join("tests/e2e/http_clients.py"))
+            .arg(mode)
+            .args(args)
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        &format!("http_clients.py {mode}"),
+    )
 }
 
 /// One request in nginx's access log.
@@ -304,31 +315,40 @@ fn count_401(hits: &[Hit], path: &str) -> usize {
 
 /// What `tests/e2e/http_clients.py` prints.
 #[derive(Debug, Deserialize)]
-struct ClientsOut {
+pub(super) struct ClientsOut {
     /// requests: all 401s the session saw.
     #[serde(default)]
-    challenges: usize,
-    results: Vec<Fetched>,
+    pub(super) challenges: usize,
+    pub(super) results: Vec<Fetched>,
 }
 
 /// One page fetched by `tests/e2e/http_clients.py`.
 #[derive(Debug, Deserialize)]
-struct Fetched {
-    path: String,
+pub(super) struct Fetched {
+    pub(super) path: String,
     /// Absent when Chromium got no document (a net error).
-    status: Option<u16>,
+    pub(super) status: Option<u16>,
     /// Chromium's net error.
     error: Option<String>,
-    body: String,
+    pub(super) body: String,
     /// requests: the 401s of this fetch (history plus a final 401).
     #[serde(default)]
-    challenges: usize,
+    pub(super) challenges: usize,
     /// requests: HTTP requests this fetch made.
     #[serde(default)]
     requests: usize,
     /// Chromium: how often it asked for credentials.
     #[serde(default)]
     auth_prompts: usize,
+    /// requests: the `Authorization` header of its last request.
+    #[serde(default)]
+    pub(super) authorization: String,
+    /// requests, on a 200 with Digest: `ok` when `Authentication-Info`'s
+    /// rspauth is the one the client computed, `bad`, or `missing`.
+    pub(super) rspauth: Option<String>,
+    /// requests: `Authentication-Info` carried a `nextnonce`.
+    #[serde(default)]
+    pub(super) nextnonce: bool,
 }
 
 impl Drop for Site {
@@ -546,7 +566,7 @@ fn malformed_authorization_headers_get_401_and_service_goes_on() {
 #[test]
 fn shipped_http_conf_keeps_its_test_markers() {
     let dir = tempfile::tempdir().unwrap();
-    let rendered = render(dir.path(), 1, &PathBuf::from("/tmp/x.sock"));
+    let rendered = render(dir.path(), 1, &[Path::new("/tmp/x.sock")]);
     assert!(rendered.contains("fastcgi_param AUTH_REALM \"Private area\";"));
     assert!(rendered.contains(&format!("fastcgi_param HTTP_X_AUTH_KEY \"{KEY}\";")));
     // Every auth location: internal redirects re-run auth_request with the
