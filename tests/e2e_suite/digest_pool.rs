@@ -269,6 +269,38 @@ fn two_instances_behind_one_upstream_act_as_one() {
     let served = pool.counts(OK_LINE);
     assert_eq!(served.iter().sum::<usize>(), 100, "{served:?}");
 
+    // nginx passes Authentication-Info on for Digest, and adds no (empty)
+    // header for Basic: `add_header` skips an empty value.
+    let headers = |auth: &str| {
+        let out = Command::new(require("curl", "curl"))
+            .args(["-s", "-i", "--max-time", "10", auth, "-u"])
+            .arg(format!("alice:{PW}"))
+            .arg(format!("{}/private/c1.txt", pool.base()))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let last = text.rsplit("HTTP/1.1 ").next().unwrap_or_default().to_owned();
+        last
+    };
+    let digest = headers("--digest");
+    assert!(digest.starts_with("200"), "{digest}");
+    let info: Vec<&str> = digest
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("authentication-info:"))
+        .collect();
+    assert_eq!(info.len(), 1, "{digest}");
+    assert!(
+        info[0].contains("rspauth=\"") && info[0].contains("qop=auth, nc=00000001, cnonce=\""),
+        "{}",
+        info[0]
+    );
+    let basic = headers("--basic");
+    assert!(basic.starts_with("200"), "{basic}");
+    assert!(
+        !basic.to_ascii_lowercase().contains("authentication-info"),
+        "no empty header for Basic: {basic}"
+    );
+
     // The counts are in Redis, under hashed keys of one size.
     let keys = pool.redis.cmd(&["KEYS", "nginx-auth-fcgi:digest-nc:*"]);
     let n: usize = keys.trim_start_matches('*').parse().unwrap();
