@@ -231,10 +231,7 @@ impl HttpAuth {
                 if !user.contains(['\r', '\n', '\0']) {
                     out.push_str(&format!("X-Auth-User: {user}\r\n"));
                 }
-                if let Some(v) = info
-                    .as_ref()
-                    .and_then(|i| self.authentication_info(i, s))
-                {
+                if let Some(v) = info.as_ref().and_then(|i| self.authentication_info(i, s)) {
                     out.push_str(&format!("Authentication-Info: {v}\r\n"));
                 }
             }
@@ -274,7 +271,10 @@ fn quoted_string(v: &str) -> Option<String> {
     if v.chars().any(char::is_control) {
         return None;
     }
-    Some(format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+    Some(format!(
+        "\"{}\"",
+        v.replace('\\', "\\\\").replace('"', "\\\"")
+    ))
 }
 
 /// How long a decision is remembered for repeats of its client request.

@@ -337,7 +337,10 @@ mod tests {
     fn the_combined_rule() {
         use SharedVerdict::*;
         assert!(accepted(true, Some(New)));
-        assert!(accepted(true, None), "Redis unreachable: this process decides");
+        assert!(
+            accepted(true, None),
+            "Redis unreachable: this process decides"
+        );
         assert!(!accepted(true, Some(Seen)), "another instance saw it");
         assert!(!accepted(true, Some(Malformed)), "never fail open");
         for shared in [None, Some(New), Some(Seen), Some(Malformed)] {

@@ -251,7 +251,10 @@ mod tests {
     #[test]
     fn malformed_keys_are_refused() {
         let short = &GOOD[..62];
-        assert!(matches!(parse(short.as_bytes()), Err(ParseError::TooShort(31))));
+        assert!(matches!(
+            parse(short.as_bytes()),
+            Err(ParseError::TooShort(31))
+        ));
         for bad in [
             String::new(),
             "\n".to_owned(),
@@ -298,7 +301,12 @@ mod tests {
                 short.display()
             )
         );
-        let text = write(dir.path(), "text.key", b"my secret passphrase, long enough!!\n", 0o600);
+        let text = write(
+            dir.path(),
+            "text.key",
+            b"my secret passphrase, long enough!!\n",
+            0o600,
+        );
         let e = NonceKey::read(&text).unwrap_err();
         assert!(e.to_string().contains("other than hex digits"), "{e}");
         assert!(e.to_string().contains(&text.display().to_string()), "{e}");

@@ -8,6 +8,7 @@ mod common;
 mod bad_input;
 mod cli;
 mod files;
+mod nonce_key;
 mod privileges;
 mod reload;
 mod soak_short;

@@ -8,7 +8,6 @@
 //! Redis killed mid-run.
 
 use std::fs;
-use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -161,12 +160,7 @@ impl Pool {
             (b"HTTP_X_AUTH_KEY", KEY.as_bytes()),
             (b"HTTP_AUTHORIZATION", header.as_bytes()),
         ];
-        let mut s = std::os::unix::net::UnixStream::connect(self.daemons[i].sock()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&fcgi::request(1, 0, &pairs, b"")).unwrap();
-        let mut reply = Vec::new();
-        s.read_to_end(&mut reply).unwrap();
-        let reply = fcgi::reply_from_bytes(&reply, 1);
+        let reply = fcgi::exchange(self.daemons[i].sock(), &pairs);
         (
             reply.header("Status").unwrap_or_default(),
             reply.header("WWW-Authenticate").unwrap_or_default(),
@@ -197,7 +191,11 @@ impl Pool {
                     .any(|l| l.contains(OK_LINE) && l.contains(&format!(" uri={path}")))
             })
             .collect();
-        assert_eq!(who.len(), 1, "{path} accepted by exactly one instance: {who:?}");
+        assert_eq!(
+            who.len(),
+            1,
+            "{path} accepted by exactly one instance: {who:?}"
+        );
         who[0]
     }
 }
@@ -216,7 +214,9 @@ impl Drop for Pool {
 }
 
 fn paths(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("/private/{prefix}{i}.txt")).collect()
+    (0..n)
+        .map(|i| format!("/private/{prefix}{i}.txt"))
+        .collect()
 }
 
 /// Two instances act as one for Digest: requests reuses one nonce across
@@ -279,7 +279,11 @@ fn two_instances_behind_one_upstream_act_as_one() {
             .output()
             .expect("run curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let last = text.rsplit("HTTP/1.1 ").next().unwrap_or_default().to_owned();
+        let last = text
+            .rsplit("HTTP/1.1 ")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         last
     };
     let digest = headers("--digest");
@@ -315,7 +319,10 @@ fn two_instances_behind_one_upstream_act_as_one() {
         )
     );
     for i in 0..2 {
-        assert!(pool.direct(i, "/private/p0.txt", &basic, &format!("basic-{i}")).0.starts_with("200"));
+        assert!(pool
+            .direct(i, "/private/p0.txt", &basic, &format!("basic-{i}"))
+            .0
+            .starts_with("200"));
     }
     // Every header requests used, replayed to BOTH instances (one of which
     // never saw it): refused everywhere.
@@ -329,11 +336,15 @@ fn two_instances_behind_one_upstream_act_as_one() {
     replay.arg(format!("Authorization: {}", got[7].authorization));
     replay.args(["-w", "%{http_code}\\n"]);
     for _ in 0..6 {
-        replay.args(["-o", "/dev/null"]).arg(format!("{}{}", pool.base(), got[7].path));
+        replay
+            .args(["-o", "/dev/null"])
+            .arg(format!("{}{}", pool.base(), got[7].path));
     }
     let out = replay.output().expect("run curl");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).lines().collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
         vec!["401"; 6],
         "a captured header replayed through nginx"
     );

@@ -18,21 +18,38 @@ async fn counts_are_shared_and_a_malformed_one_refuses() {
     let (a, b) = (instance(&redis), instance(&redis));
     let nonce = a.issue("R");
     assert!(a.accept(&nonce, "c", 1, 300).await);
-    assert!(!b.accept(&nonce, "c", 1, 300).await, "a's count, replayed to b");
+    assert!(
+        !b.accept(&nonce, "c", 1, 300).await,
+        "a's count, replayed to b"
+    );
     assert!(b.accept(&nonce, "c", 2, 300).await);
-    assert!(!a.accept(&nonce, "c", 2, 300).await, "b's count, replayed to a");
+    assert!(
+        !a.accept(&nonce, "c", 2, 300).await,
+        "b's count, replayed to a"
+    );
     assert!(!a.accept(&nonce, "c", 1, 300).await, "lower than stored");
     assert!(a.accept(&nonce, "c", 3, 300).await);
     let key = shared_nc::key(&nonce, "c");
-    assert_eq!(redis.cmd(&["GET", &key]), "$1", "the highest count is stored");
-    let ttl: u64 = redis.cmd(&["PTTL", &key]).trim_start_matches(':').parse().unwrap();
+    assert_eq!(
+        redis.cmd(&["GET", &key]),
+        "$1",
+        "the highest count is stored"
+    );
+    let ttl: u64 = redis
+        .cmd(&["PTTL", &key])
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
     assert!(
         (300_000..=360_000).contains(&ttl),
         "kept about the nonce lifetime plus a minute: {ttl} ms"
     );
 
     // Values no instance writes: the request is refused, the value kept.
-    for (i, bad) in ["x", "-1", "1e9", "0x10", "99999999999", "", " 5"].iter().enumerate() {
+    for (i, bad) in ["x", "-1", "1e9", "0x10", "99999999999", "", " 5"]
+        .iter()
+        .enumerate()
+    {
         let cnonce = format!("bad-{i}");
         let key = shared_nc::key(&nonce, &cnonce);
         assert_eq!(redis.cmd(&["SET", &key, bad]), "+OK");
@@ -43,12 +60,21 @@ async fn counts_are_shared_and_a_malformed_one_refuses() {
     }
     let key = shared_nc::key(&nonce, "hash");
     assert_eq!(redis.cmd(&["HSET", &key, "f", "1"]), ":1");
-    assert!(!a.accept(&nonce, "hash", 1, 300).await, "a key of another type");
+    assert!(
+        !a.accept(&nonce, "hash", 1, 300).await,
+        "a key of another type"
+    );
 
     // Redis killed: each instance's own memory decides; what it saw stays refused.
     redis.stop();
     assert!(!a.accept(&nonce, "c", 3, 300).await, "seen by a itself");
-    assert!(a.accept(&nonce, "fresh", 1, 300).await, "a fresh count still passes");
+    assert!(
+        a.accept(&nonce, "fresh", 1, 300).await,
+        "a fresh count still passes"
+    );
     assert!(!a.accept(&nonce, "fresh", 1, 300).await);
-    assert!(b.accept(&nonce, "fresh", 1, 300).await, "b never saw it: its own memory");
+    assert!(
+        b.accept(&nonce, "fresh", 1, 300).await,
+        "b never saw it: its own memory"
+    );
 }
