@@ -23,6 +23,13 @@ fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// Exit code 2 with `message` on stderr.
+#[track_caller]
+fn refused(out: &std::process::Output, message: &str) {
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains(message), "{}", text(&out.stderr));
+}
+
 #[test]
 fn init_check_config_and_serve_refusals() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,14 +64,9 @@ fn init_check_config_and_serve_refusals() {
     let ok = check();
     assert!(ok.status.success(), "{ok:?}");
     chmod(&key, 0o640);
-    let exposed = check();
-    assert_eq!(exposed.status.code(), Some(2), "{exposed:?}");
-    assert!(
-        text(&exposed.stderr).contains(&format!(
-            "nonce_key_file {k}: mode 0640 lets group or others read or write the key"
-        )),
-        "{}",
-        text(&exposed.stderr)
+    refused(
+        &check(),
+        &format!("nonce_key_file {k}: mode 0640 lets group or others read or write the key"),
     );
     let short = dir.path().join("short.key");
     std::fs::write(&short, "00112233445566778899aabbccddeeff\n").unwrap();
@@ -83,13 +85,9 @@ fn init_check_config_and_serve_refusals() {
         ],
         "",
     );
-    assert_eq!(serve.status.code(), Some(2), "{serve:?}");
-    assert!(
-        text(&serve.stderr).contains(&format!(
-            "nonce_key_file {s}: the key is 16 bytes; at least 32 are needed"
-        )),
-        "{}",
-        text(&serve.stderr)
+    refused(
+        &serve,
+        &format!("nonce_key_file {s}: the key is 16 bytes; at least 32 are needed"),
     );
     assert!(!dir.path().join("auth.sock").exists());
 }

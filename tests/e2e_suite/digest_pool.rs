@@ -19,7 +19,7 @@ use crate::common::fcgi;
 use crate::common::proc::{port_open, require_file, Proc};
 use crate::common::redis::Redis;
 
-use super::http::{http_clients, render, Fetched, KEY};
+use super::http::{daemon_args, http_clients, render, Fetched, KEY};
 
 const PW: &str = "Circle of Life";
 const REALM: &str = "Private area";
@@ -74,23 +74,14 @@ impl Pool {
         assert!(init.status.success(), "nonce-key init: {init:?}");
         let daemons: Vec<Daemon> = (0..2)
             .map(|_| {
-                Daemon::start(
-                    Daemon::open_dir(),
-                    [
-                        "--socket-mode".to_owned(),
-                        "0666".into(),
-                        "--log".into(),
-                        "stderr".into(),
-                        "--require-header".into(),
-                        format!("X-Auth-Key={KEY}"),
-                        "--passdb".into(),
-                        format!("passwd-file:{}", p("users").display()),
-                        "--nonce-key-file".into(),
-                        key.display().to_string(),
-                        "--state".into(),
-                        redis.url(),
-                    ],
-                )
+                let mut args = daemon_args(&p("users"));
+                args.extend([
+                    "--nonce-key-file".into(),
+                    key.display().to_string(),
+                    "--state".into(),
+                    redis.url(),
+                ]);
+                Daemon::start(Daemon::open_dir(), args)
             })
             .collect();
         let [port] = free_ports::<1>();

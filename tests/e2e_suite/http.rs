@@ -39,6 +39,21 @@ fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// A site daemon's flags: a socket nginx's workers reach, the log on
+/// stderr, the shared secret of the rendered config, `users` as passwd-file.
+pub(super) fn daemon_args(users: &Path) -> Vec<String> {
+    vec![
+        "--socket-mode".to_owned(),
+        "0666".into(),
+        "--log".into(),
+        "stderr".into(),
+        "--require-header".into(),
+        format!("X-Auth-Key={KEY}"),
+        "--passdb".into(),
+        format!("passwd-file:{}", users.display()),
+    ]
+}
+
 /// The shipped file with each TEST: value replaced; every pattern must occur
 /// exactly as often as stated, so drift in the shipped file fails here.
 /// `socks` are the upstream's servers (round-robin, in this order).
@@ -162,16 +177,7 @@ impl Site {
         let [port] = free_ports::<1>();
         fs::write(p("nginx.conf"), render(dir.path(), port, &[&sock])).unwrap();
 
-        let mut args = vec![
-            "--socket-mode".to_owned(),
-            "0666".into(),
-            "--log".into(),
-            "stderr".into(),
-            "--require-header".into(),
-            format!("X-Auth-Key={KEY}"),
-            "--passdb".into(),
-            format!("passwd-file:{}", p("users").display()),
-        ];
+        let mut args = daemon_args(&p("users"));
         if !daemon_toml.is_empty() {
             fs::write(p("daemon.toml"), daemon_toml).unwrap();
             args.extend(["--config".into(), p("daemon.toml").display().to_string()]);
