@@ -248,8 +248,22 @@ mod tests {
         assert_eq!(t.block_ip, ThrottlePolicy::default().block_ip);
         assert_eq!(t.trusted, vec!["2001:db8::/32".parse().unwrap()]);
         assert_eq!(c.cache.unwrap().ttl, Duration::from_secs(60));
+        let digest_warning = |w: &[String]| w.iter().any(|w| w.contains("nonce_key_file"));
+        assert!(digest_warning(&c.warnings), "{:?}", c.warnings);
+        assert_eq!(c.nonce_key_file, None);
+        let keyed: RawConfig = toml::from_str(
+            "state = \"redis://127.0.0.1:6379/0\"\nnonce_key_file = \"/k/nonce.key\"\n",
+        )
+        .unwrap();
+        let keyed = Config::validate(keyed).unwrap();
+        assert!(!digest_warning(&keyed.warnings), "{:?}", keyed.warnings);
+        assert_eq!(
+            keyed.nonce_key_file.as_deref(),
+            Some(std::path::Path::new("/k/nonce.key"))
+        );
 
         let d = Config::validate(RawConfig::default()).unwrap();
+        assert!(!digest_warning(&d.warnings), "no state, no warning");
         assert_eq!(d.state, None);
         assert_eq!(d.throttle, Some(ThrottlePolicy::default()));
         assert_eq!(d.cache, Some(CachePolicy::default()));

@@ -395,6 +395,13 @@ impl Config {
         }
         let verifier = verifier(&raw.verifier, &mut p);
         let state = state(raw.state.as_deref(), &mut p);
+        if state.is_some() && raw.nonce_key_file.is_none() {
+            // Shared state means several instances; Digest needs one key too.
+            warnings.push(
+                "state is shared in Redis but nonce_key_file is not set: HTTP Digest nonces                  are signed with a per-process key, so a nonce one instance issued is refused                  by the others (make one with `nginx-auth-fcgi nonce-key init` and give every                  instance the same file; ignore this if no location uses Digest)"
+                    .to_owned(),
+            );
+        }
         let throttle = throttle(&raw.throttle, &raw.auth_wait, &mut p);
         let master_user = raw
             .master_user
