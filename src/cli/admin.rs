@@ -163,6 +163,7 @@ pub fn check_config(args: ServeArgs) -> CmdResult {
     for line in config.upstreams.describe() {
         println!("  {line}");
     }
+    println!("  {}", super::nonce_key::describe(&config));
     if !config.require_app_password.is_empty() {
         println!(
             "  require_app_password: {} (main passwords refused there; app passwords only)",

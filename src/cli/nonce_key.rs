@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use nginx_auth_fcgi::config::Config;
 use nginx_auth_fcgi::http_auth::nonce_key::{self, Init};
 
 use super::CmdResult;
@@ -47,4 +48,18 @@ pub fn nonce_key(command: NonceKeyCommand) -> CmdResult {
             Err(e) => Err(vec![format!("cannot create {}: {e}", path.display())]),
         },
     }
+}
+
+/// Where Digest nonces come from and where their counts live, for
+/// `check-config` and the start-up log.
+pub fn describe(config: &Config) -> String {
+    let key = match &config.nonce_key_file {
+        Some(p) => format!("key from {}", p.display()),
+        None => "random key per process".to_owned(),
+    };
+    let counts = match config.state {
+        Some(_) => "highest nc in this process and in Redis",
+        None => "highest nc in this process",
+    };
+    format!("digest nonces: {key}; {counts}")
 }

@@ -361,6 +361,7 @@ pub fn serve(args: ServeArgs) -> CmdResult {
     if let Some(t) = &config.throttle {
         log::info!("throttle: {}", trusted_line(t));
     }
+    log::info!("{}", super::nonce_key::describe(&config));
     log::info!(
         "throttle: {}; verification cache: {}",
         match (&config.throttle, &config.state) {

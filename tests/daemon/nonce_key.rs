@@ -63,6 +63,13 @@ fn init_check_config_and_serve_refusals() {
     };
     let ok = check();
     assert!(ok.status.success(), "{ok:?}");
+    assert!(
+        text(&ok.stdout).contains(&format!(
+            "  digest nonces: key from {k}; highest nc in this process\n"
+        )),
+        "{}",
+        text(&ok.stdout)
+    );
     chmod(&key, 0o640);
     refused(
         &check(),
