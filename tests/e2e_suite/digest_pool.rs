@@ -19,9 +19,8 @@ use crate::common::fcgi;
 use crate::common::proc::{port_open, require_file, Proc};
 use crate::common::redis::Redis;
 
-use super::http::{daemon_args, http_clients, render, Fetched, KEY};
+use super::http::{daemon_args, http_clients, render, Fetched, ALICE_PW as PW, KEY};
 
-const PW: &str = "Circle of Life";
 const REALM: &str = "Private area";
 /// The fallback line of the Digest counts (src/http_auth/shared_nc.rs).
 const LOST: &str = "digest: shared nonce counts unreachable";

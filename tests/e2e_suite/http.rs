@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 /// The shared secret `render` writes into the nginx config.
 pub(super) const KEY: &str = "http-e2e-key-0815";
-const ALICE_PW: &str = "Circle of Life";
+pub(super) const ALICE_PW: &str = "Circle of Life";
 /// What `www/private/index.html` shows (`document.body.innerText`).
 const INDEX_TEXT: &str = "the private index";
 /// What `www/members/index.html` (Basic only) shows.
