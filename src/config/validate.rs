@@ -12,6 +12,7 @@ use crate::audit::LogTarget;
 use crate::auth_http::MailProtocol;
 use crate::authenticator::WaitPolicy;
 use crate::cache::CachePolicy;
+use crate::shared_state::{SharedStateError, Target, TlsFiles};
 use crate::client_ip::TrustedProxies;
 use crate::fastcgi::Limits;
 use crate::listen::{ListenSpec, SocketOptions};
@@ -112,25 +113,27 @@ fn verifier(v: &RawVerifier, p: &mut Problems) -> VerifierPolicy {
     }
 }
 
-/// `state`: `None` for memory, else a Redis URL.
-fn state(state: Option<&str>, p: &mut Problems) -> Option<String> {
-    match state {
-        None | Some("memory") => None,
-        Some(url)
-            if ["redis://", "redis+unix://", "unix://"]
-                .iter()
-                .any(|s| url.starts_with(s)) =>
-        {
-            Some(url.to_owned())
+/// `state`: `None` for memory, else Redis (its URL and TLS files).
+fn state(raw: &RawConfig, p: &mut Problems) -> Option<Target> {
+    let tls = TlsFiles {
+        ca_file: raw.state_ca_file.clone(),
+        cert_file: raw.state_cert_file.clone(),
+        key_file: raw.state_key_file.clone(),
+    };
+    match raw.state.as_deref() {
+        None | Some("memory") => {
+            if !tls.is_empty() {
+                p.push(SharedStateError::TlsWithoutRediss.to_string());
+            }
+            None
         }
         Some(url) => {
-            // Never echo the URL: it may hold a password.
-            let scheme = url.split(':').next().unwrap_or_default();
-            p.push(format!(
-                "state: `{scheme}:…` is not memory, redis://… or redis+unix://… \
-                 (TLS to Redis is not built in)"
-            ));
-            None
+            let target = Target {
+                url: url.to_owned(),
+                tls,
+            };
+            // The errors never echo the URL: it may hold a password.
+            p.check(target.check()).map(|()| target)
         }
     }
 }
@@ -394,7 +397,7 @@ impl Config {
             p.push("timeout_ms must be at least 1");
         }
         let verifier = verifier(&raw.verifier, &mut p);
-        let state = state(raw.state.as_deref(), &mut p);
+        let state = state(&raw, &mut p);
         let throttle = throttle(&raw.throttle, &raw.auth_wait, &mut p);
         let master_user = raw
             .master_user

@@ -41,7 +41,8 @@ fn instance_with(redis: &Redis, clock: &Clock, throttle: ThrottlePolicy) -> Inst
         "alice:{PLAIN}alice-pw::::::\nbob:{PLAIN}bob-pw::::::\n",
     );
     let db = AnyPassdb::open(&format!("passwd-file:{}", passwd.display()), None).unwrap();
-    let throttle = Throttle::with_redis(throttle, clock.clone(), &redis.url()).unwrap();
+    let target = nginx_auth_fcgi::shared_state::Target::new(redis.url());
+    let throttle = Throttle::with_redis(throttle, clock.clone(), &target).unwrap();
     Instance {
         _dir: dir,
         auth: authenticator(vec![db], Some(Arc::new(throttle))),
