@@ -57,7 +57,6 @@ pub use sql::Postgres;
 #[cfg(feature = "sqlite")]
 pub use sqlite::Sqlite;
 pub use uri::redact_uri;
-pub(crate) use uri::credentials_end;
 
 /// What a backend can do; checked against the enabled mechanisms at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -482,9 +482,61 @@ mod tests {
         assert_eq!(s.shown(), "redis://user:***@127.0.0.1:1/0");
         let s = SharedState::open(&Target::new("redis+unix:///run/r.sock?pass=p@ss"), FALLBACK).unwrap();
         assert_eq!(s.shown(), "redis+unix:///run/r.sock?pass=***");
-        let e = SharedState::open(&Target::new("nope://x"), FALLBACK).unwrap_err();
-        assert!(e.to_string().starts_with("state `nope://x`: "), "{e}");
+        let e = SharedState::open(&Target::new("nope://:hunter2@x"), FALLBACK).unwrap_err();
+        assert!(e.to_string().starts_with("state: `nope:…` is not memory"), "{e}");
+        let s = SharedState::open(
+            &Target::new("redis+sentinel://:p@ss@127.0.0.1:1/m?sentinel_password=hunter2"),
+            FALLBACK,
+        )
+        .unwrap();
+        assert_eq!(
+            s.shown(),
+            "redis+sentinel://:***@127.0.0.1:1/m?sentinel_password=***"
+        );
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn tls_files_are_read_when_opened_and_need_rediss() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _in = runtime.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let target = |url: &str| Target {
+            url: url.into(),
+            tls: TlsFiles {
+                ca_file: Some(dir.path().join("ca.pem")),
+                ..TlsFiles::default()
+            },
+        };
+        let e = SharedState::open(&target("rediss://127.0.0.1:1"), FALLBACK).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("state_ca_file ") && text.contains("ca.pem"), "{e}");
         assert!(std::error::Error::source(&e).is_some());
+        let e = SharedState::open(&target("redis://127.0.0.1:1"), FALLBACK).unwrap_err();
+        assert!(matches!(e, SharedStateError::TlsWithoutRediss), "{e}");
+        // Without files, rediss:// verifies against the system's roots.
+        SharedState::open(&Target::new("rediss://127.0.0.1:1/0"), FALLBACK).unwrap();
+        SharedState::open(&Target::new("rediss+sentinel://127.0.0.1:1/m"), FALLBACK).unwrap();
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn sentinels_that_are_not_there_are_a_bounded_failure() {
+        // Port 1: refused at once; 192.0.2.1 (TEST-NET-1): never answers.
+        let s = SharedState::open(
+            &Target::new("redis+sentinel://127.0.0.1:1,192.0.2.1:26379/mymaster"),
+            FALLBACK,
+        )
+        .unwrap();
+        let e = s.query::<String>(&redis::cmd("PING")).await.unwrap_err();
+        assert!(
+            e.to_string().starts_with("Sentinel: no usable master `mymaster`: "),
+            "{e}"
+        );
+        assert!(matches!(e, SharedStateError::NoMaster { .. }), "{e}");
     }
 
     #[cfg(not(feature = "redis"))]

@@ -5,8 +5,8 @@
 //! The user and password before `@` are the data servers' (`requirepass`,
 //! the same on master and replicas); `sentinel_username` and
 //! `sentinel_password` are the sentinels' own (Sentinel's `requirepass`),
-//! none by default. A port left out is 26379; reserved characters in
-//! passwords are percent-encoded.
+//! none by default. A port left out is 26379; `/`, `?`, `#`, `&` and `%`
+//! in a password are percent-encoded (`%2F`…).
 //!
 //! [`Follower`] asks every sentinel at once (`SENTINEL
 //! get-master-addr-by-name MASTER`), takes the first answer in the order
@@ -107,8 +107,10 @@ impl SentinelUrl {
             "rediss+sentinel" => true,
             _ => return Err(SentinelUrlError::Scheme),
         };
-        // The credentials end where the log's masking says they do.
-        let (userinfo, rest) = match crate::passdb::credentials_end(rest) {
+        // The credentials end at the last `@` before the path or query
+        // (`/`, `?` and `#` in a password are percent-encoded).
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (userinfo, rest) = match rest[..authority_end].rfind('@') {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
