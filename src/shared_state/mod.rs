@@ -409,7 +409,7 @@ impl SharedState {
     #[cfg(feature = "redis")]
     async fn run<T, F, Fut>(&self, exchange: F) -> Result<T, SharedStateError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         match &self.conn {

@@ -266,20 +266,26 @@ impl Follower {
     }
 
     /// `exchange` with the master, looked up first when there is none; a
-    /// failure that means the master moved drops it.
+    /// failure that means the master moved drops it. A `READONLY` answer
+    /// (nothing was written: the server is a replica now) is asked of the
+    /// master looked up at once, a failover that already happened.
     pub(super) async fn run<T, F, Fut>(&self, exchange: F) -> Result<T, SharedStateError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let master = self.master().await?;
         let r = timed(exchange(master.conn)).await;
-        if let Err(e) = &r {
-            if master_lost(e) {
-                self.lose(&master.addr, e);
-            }
+        let Err(e) = &r else { return r };
+        if !master_lost(e) {
+            return r;
         }
-        r
+        self.lose(&master.addr, e);
+        if !read_only(e) {
+            return r;
+        }
+        let now = self.master().await?;
+        timed(exchange(now.conn)).await
     }
 
     /// The master in use, or one looked up now.
@@ -482,6 +488,20 @@ async fn ask(
         Ok(Err(e)) => Err(SharedStateError::Redis(e)),
         Err(_) => Err(SharedStateError::TimedOut),
     }
+}
+
+/// True when `e` is a server's `READONLY` (or the `EXECABORT` of a
+/// transaction it refused): a replica that wrote nothing.
+#[cfg(feature = "redis")]
+fn read_only(e: &SharedStateError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    let SharedStateError::Redis(e) = e else {
+        return false;
+    };
+    matches!(
+        e.kind(),
+        ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::ExecAbort)
+    ) || e.code() == Some("READONLY")
 }
 
 /// True when `e` means the master is gone or no longer the master.

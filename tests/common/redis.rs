@@ -292,6 +292,22 @@ impl Sentinel {
             .try_wait_for("its port", START_TIMEOUT, || port_open(port))
     }
 
+    /// SIGKILL.
+    pub fn stop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill();
+        }
+    }
+
+    /// Starts again on its port, now watching the master on `master`.
+    pub fn restart_watching(&mut self, master: u16) {
+        self.stop();
+        let port = self.port;
+        if let Err(e) = self.try_spawn(port, master) {
+            panic!("redis-sentinel on port {port}: {e}");
+        }
+    }
+
     /// `SENTINEL ARGS…` through redis-cli; its output.
     pub fn cmd(&self, args: &[&str]) -> String {
         run_stdout(
@@ -313,9 +329,7 @@ impl Sentinel {
 
 impl Drop for Sentinel {
     fn drop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.kill();
-        }
+        self.stop();
         if std::thread::panicking() && self.port != 0 {
             eprintln!("--- redis-sentinel {} log ---\n{}", self.port, self.log());
         }
@@ -388,6 +402,35 @@ impl SentinelSet {
         let server = self.servers.iter_mut().find(|r| r.port == port).unwrap();
         server.stop();
         port
+    }
+
+    /// Starts the killed server on `port` again: the sentinels make it a
+    /// replica of the master; returns once it is in sync.
+    pub fn restart(&mut self, port: u16) {
+        let server = self.servers.iter_mut().find(|r| r.port == port).unwrap();
+        server.spawn(port);
+        let server = self.servers.iter().find(|r| r.port == port).unwrap();
+        wait_until(
+            &format!("{port} to be made a replica in sync"),
+            Duration::from_secs(60),
+            || {
+                let info = server.info("replication");
+                info.contains("role:slave") && info.contains("master_link_status:up")
+            },
+        );
+    }
+
+    /// `SENTINEL FAILOVER`: the replica is promoted and the master demoted
+    /// without a failure (retried while the sentinel finds no good replica
+    /// yet); the old master's port.
+    pub fn failover(&self) -> u16 {
+        let old = self.master().port;
+        wait_until("SENTINEL FAILOVER to be accepted", Duration::from_secs(60), || {
+            let said = self.sentinels[0].cmd(&["failover", MASTER_NAME]);
+            std::thread::sleep(Duration::from_millis(200));
+            said.trim() == "OK"
+        });
+        old
     }
 
     /// Waits (at most `timeout`) until every sentinel names another master

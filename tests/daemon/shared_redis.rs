@@ -292,4 +292,26 @@ fn sentinel_failover_is_followed_and_blocks_keep_working() {
     assert_blocked(&a, "bob", "b", "203.0.113.10");
     assert_eq!(set.master().port, new);
     assert!(set.master().our_keys().len() > before);
+
+    // The old master comes back as a replica; a manual failover promotes
+    // it again and demotes the master the daemons use, which does not die
+    // but refuses writes (READONLY) or drops its clients: followed too.
+    set.restart(old);
+    set.wait_replicated();
+    assert_eq!(set.failover(), new);
+    let (back, promoted) = set.wait_for_failover(new, WAIT);
+    assert_eq!(back, old);
+    println!("sentinels promoted 127.0.0.1:{old} again {promoted:?} after SENTINEL FAILOVER");
+    let moved = format!("moved from 127.0.0.1:{new} to 127.0.0.1:{old}");
+    for d in [&a, &b] {
+        wait_until(&format!("the daemon to log `{moved}`"), WAIT, || {
+            guess(d, "carol", "203.0.113.11");
+            std::thread::sleep(Duration::from_millis(200));
+            !lines(d, &moved).is_empty()
+        });
+        let failed = lines(d, &format!("at 127.0.0.1:{new} failed ("));
+        println!("{}\n{}", failed[0], lines(d, &moved)[0]);
+    }
+    assert_blocked(&a, "carol", "c", "203.0.113.11");
+    assert_blocked(&b, "bob", "b", "203.0.113.10");
 }
