@@ -238,7 +238,7 @@ enum Conn {
     /// One server (plain, TLS or unix socket), reconnected by the library.
     Direct(ConnectionManager),
     /// The master the sentinels name, looked up again when it fails.
-    Sentinel(sentinel::Follower),
+    Sentinel(Box<sentinel::Follower>),
 }
 
 /// A lazily connecting Redis/Valkey connection with short timeouts, and
@@ -294,7 +294,7 @@ impl SharedState {
         };
         let conn = if target.is_sentinel() {
             let url = SentinelUrl::parse(&target.url)?;
-            Conn::Sentinel(sentinel::Follower::new(url, certs))
+            Conn::Sentinel(Box::new(sentinel::Follower::new(url, certs)))
         } else {
             let client = match certs {
                 Some(certs) => redis::Client::build_with_tls(target.url.as_str(), certs),
@@ -475,15 +475,21 @@ mod tests {
     #[cfg(feature = "redis")]
     #[tokio::test]
     async fn the_password_is_not_shown() {
-        let s = SharedState::open(&Target::new("redis://:hunter2@127.0.0.1:1/0"), FALLBACK).unwrap();
+        let s =
+            SharedState::open(&Target::new("redis://:hunter2@127.0.0.1:1/0"), FALLBACK).unwrap();
         assert_eq!(s.shown(), "redis://:***@127.0.0.1:1/0");
         // An `@` in the password does not leak its tail.
-        let s = SharedState::open(&Target::new("redis://user:p@ss@127.0.0.1:1/0"), FALLBACK).unwrap();
+        let s =
+            SharedState::open(&Target::new("redis://user:p@ss@127.0.0.1:1/0"), FALLBACK).unwrap();
         assert_eq!(s.shown(), "redis://user:***@127.0.0.1:1/0");
-        let s = SharedState::open(&Target::new("redis+unix:///run/r.sock?pass=p@ss"), FALLBACK).unwrap();
+        let s = SharedState::open(&Target::new("redis+unix:///run/r.sock?pass=p@ss"), FALLBACK)
+            .unwrap();
         assert_eq!(s.shown(), "redis+unix:///run/r.sock?pass=***");
         let e = SharedState::open(&Target::new("nope://:hunter2@x"), FALLBACK).unwrap_err();
-        assert!(e.to_string().starts_with("state: `nope:…` is not memory"), "{e}");
+        assert!(
+            e.to_string().starts_with("state: `nope:…` is not memory"),
+            "{e}"
+        );
         let s = SharedState::open(
             &Target::new("redis+sentinel://:p@ss@127.0.0.1:1/m?sentinel_password=hunter2"),
             FALLBACK,
@@ -513,7 +519,10 @@ mod tests {
         };
         let e = SharedState::open(&target("rediss://127.0.0.1:1"), FALLBACK).unwrap_err();
         let text = e.to_string();
-        assert!(text.starts_with("state_ca_file ") && text.contains("ca.pem"), "{e}");
+        assert!(
+            text.starts_with("state_ca_file ") && text.contains("ca.pem"),
+            "{e}"
+        );
         assert!(std::error::Error::source(&e).is_some());
         let e = SharedState::open(&target("redis://127.0.0.1:1"), FALLBACK).unwrap_err();
         assert!(matches!(e, SharedStateError::TlsWithoutRediss), "{e}");
@@ -533,7 +542,8 @@ mod tests {
         .unwrap();
         let e = s.query::<String>(&redis::cmd("PING")).await.unwrap_err();
         assert!(
-            e.to_string().starts_with("Sentinel: no usable master `mymaster`: "),
+            e.to_string()
+                .starts_with("Sentinel: no usable master `mymaster`: "),
             "{e}"
         );
         assert!(matches!(e, SharedStateError::NoMaster { .. }), "{e}");
@@ -542,7 +552,8 @@ mod tests {
     #[cfg(not(feature = "redis"))]
     #[test]
     fn without_the_feature_a_redis_url_is_refused_by_name() {
-        let e = SharedState::open(&Target::new("redis://:hunter2@127.0.0.1:6379/0"), FALLBACK).unwrap_err();
+        let e = SharedState::open(&Target::new("redis://:hunter2@127.0.0.1:6379/0"), FALLBACK)
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "redis:// state needs the `redis` feature; this binary was built without it"

@@ -566,9 +566,18 @@ mod tests {
     fn bad_sentinel_urls_are_refused_without_the_password() {
         let refused = |url: &str| SentinelUrl::parse(url).unwrap_err();
         assert_eq!(refused("redis://h/m"), SentinelUrlError::Scheme);
-        assert_eq!(refused("redis+sentinel://:pw@/m"), SentinelUrlError::NoSentinel);
-        assert_eq!(refused("redis+sentinel://h1:26379"), SentinelUrlError::NoMaster);
-        assert_eq!(refused("redis+sentinel://h1:26379/"), SentinelUrlError::NoMaster);
+        assert_eq!(
+            refused("redis+sentinel://:pw@/m"),
+            SentinelUrlError::NoSentinel
+        );
+        assert_eq!(
+            refused("redis+sentinel://h1:26379"),
+            SentinelUrlError::NoMaster
+        );
+        assert_eq!(
+            refused("redis+sentinel://h1:26379/"),
+            SentinelUrlError::NoMaster
+        );
         assert_eq!(
             refused("redis+sentinel://h1:0/m"),
             SentinelUrlError::BadAddress("h1:0".into())

@@ -10,7 +10,9 @@
 //! connection like a server that is down: logged once, and the instance
 //! goes on with its own state.
 
-use std::path::{Path, PathBuf};
+#[cfg(feature = "redis")]
+use std::path::Path;
+use std::path::PathBuf;
 
 #[cfg(feature = "redis")]
 use rustls::pki_types::pem::PemObject;
@@ -90,7 +92,10 @@ impl TlsFiles {
 }
 
 #[cfg(feature = "redis")]
-fn failure<'a>(option: &'static str, path: &'a Path) -> impl Fn(TlsFileError) -> SharedStateError + 'a {
+fn failure<'a>(
+    option: &'static str,
+    path: &'a Path,
+) -> impl Fn(TlsFileError) -> SharedStateError + 'a {
     move |source| SharedStateError::TlsFile {
         option,
         path: path.to_owned(),
@@ -118,7 +123,8 @@ fn certificates(option: &'static str, path: &Path) -> Result<Vec<u8>, SharedStat
 /// The PEM file at `path`, checked to hold a private key.
 fn private_key(path: &Path) -> Result<Vec<u8>, SharedStateError> {
     let fail = failure("state_key_file", path);
-    let pem = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| fail(TlsFileError::Read(e)))?);
+    let pem =
+        zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| fail(TlsFileError::Read(e)))?);
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| fail(TlsFileError::Pem(e)))?;
     Ok(pem.to_vec())
 }
@@ -162,7 +168,10 @@ mod tests {
             ..TlsFiles::default()
         };
         let e = missing.certificates().unwrap_err().to_string();
-        assert!(e.starts_with("state_ca_file ") && e.contains("nope.pem"), "{e}");
+        assert!(
+            e.starts_with("state_ca_file ") && e.contains("nope.pem"),
+            "{e}"
+        );
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "hello\n").unwrap();
         let e = TlsFiles {

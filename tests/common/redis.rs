@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::proc::{port_open, require, retry_on_clash, run_stdout, try_wait_until, wait_until, Proc};
+use super::proc::{
+    port_open, require, retry_on_clash, run_stdout, try_wait_until, wait_until, Proc,
+};
 use super::sql::{make_ca, make_named_leaf};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,7 +100,11 @@ impl Redis {
         wait_until(
             &format!("replica {} to sync with {master}", replica.port),
             START_TIMEOUT * 3,
-            || replica.info("replication").contains("master_link_status:up"),
+            || {
+                replica
+                    .info("replication")
+                    .contains("master_link_status:up")
+            },
         );
         replica
     }
@@ -141,10 +147,13 @@ impl Redis {
                     .arg(key)
                     .arg("--tls-ca-cert-file")
                     .arg(ca)
-                    .args(["--tls-auth-clients", match auth {
-                        ClientAuth::Required => "yes",
-                        ClientAuth::Optional => "optional",
-                    }]);
+                    .args([
+                        "--tls-auth-clients",
+                        match auth {
+                            ClientAuth::Required => "yes",
+                            ClientAuth::Optional => "optional",
+                        },
+                    ]);
             }
         }
         cmd.args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -262,9 +271,7 @@ impl Sentinel {
             dir: tempfile::tempdir().expect("tempdir"),
             port: 0,
         };
-        retry_on_clash("redis-sentinel", |[port]| {
-            sentinel.try_spawn(port, master)
-        });
+        retry_on_clash("redis-sentinel", |[port]| sentinel.try_spawn(port, master));
         sentinel
     }
 
@@ -354,7 +361,10 @@ impl SentinelSet {
             wait_until(
                 &format!("sentinel {} to know the replica", s.port),
                 Duration::from_secs(30),
-                || s.cmd(&["replicas", MASTER_NAME]).contains(&replica.port.to_string()),
+                || {
+                    s.cmd(&["replicas", MASTER_NAME])
+                        .contains(&replica.port.to_string())
+                },
             );
         }
         SentinelSet {
@@ -387,7 +397,11 @@ impl SentinelSet {
     pub fn wait_replicated(&self) {
         let master = self.master();
         let keys = master.cli(&["DBSIZE"]);
-        for r in self.servers.iter().filter(|r| r.port != master.port && r.running()) {
+        for r in self
+            .servers
+            .iter()
+            .filter(|r| r.port != master.port && r.running())
+        {
             wait_until(
                 &format!("replica {} to hold {} keys", r.port, keys.trim()),
                 Duration::from_secs(30),
@@ -425,11 +439,15 @@ impl SentinelSet {
     /// yet); the old master's port.
     pub fn failover(&self) -> u16 {
         let old = self.master().port;
-        wait_until("SENTINEL FAILOVER to be accepted", Duration::from_secs(60), || {
-            let said = self.sentinels[0].cmd(&["failover", MASTER_NAME]);
-            std::thread::sleep(Duration::from_millis(200));
-            said.trim() == "OK"
-        });
+        wait_until(
+            "SENTINEL FAILOVER to be accepted",
+            Duration::from_secs(60),
+            || {
+                let said = self.sentinels[0].cmd(&["failover", MASTER_NAME]);
+                std::thread::sleep(Duration::from_millis(200));
+                said.trim() == "OK"
+            },
+        );
         old
     }
 

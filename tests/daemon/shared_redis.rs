@@ -49,7 +49,10 @@ fn start(state: &[&str]) -> Daemon {
 /// Ten different wrong passwords: the pair (ip, user) is blocked.
 fn guess(d: &Daemon, user: &str, ip: &str) {
     for i in 0..10 {
-        assert_eq!(mail_login(d.sock(), user, &format!("guess{i}"), ip), REFUSED);
+        assert_eq!(
+            mail_login(d.sock(), user, &format!("guess{i}"), ip),
+            REFUSED
+        );
     }
 }
 
@@ -71,7 +74,11 @@ fn show(d: &Daemon, user: &str, ip: &str) -> String {
         ],
         "",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -131,7 +138,11 @@ fn rediss_with_a_client_certificate_carries_blocks_between_instances() {
     }
     // check-config reads the same files and finds nothing to refuse.
     let out = run_cli([&["check-config"][..], &state].concat(), "");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -179,7 +190,11 @@ fn a_server_that_does_not_verify_is_refused_and_memory_is_used() {
         let lost = lines(&d, "throttle: shared state unreachable (");
         assert_eq!(lost.len(), 1, "logged once: {}", d.log());
         assert!(lost[0].contains(reason), "{}", lost[0]);
-        assert!(lost[0].contains("using this instance's own counts"), "{}", lost[0]);
+        assert!(
+            lost[0].contains("using this instance's own counts"),
+            "{}",
+            lost[0]
+        );
         println!("{state:?}: {}", lost[0]);
     }
     assert!(redis.our_keys().is_empty());
@@ -221,7 +236,11 @@ fn check_config_warns_about_a_key_others_can_read() {
         )
     };
     let out = check(&key);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("warning: state key file"), "{said}");
     let out = check(&tls.client.0);
@@ -240,7 +259,10 @@ fn check_config_warns_about_a_key_others_can_read() {
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("state_cert_file needs state_key_file"), "{err}");
+    assert!(
+        err.contains("state_cert_file needs state_key_file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -275,8 +297,17 @@ fn sentinel_failover_is_followed_and_blocks_keep_working() {
             killed.elapsed(),
             lines(d, &moved)[0]
         );
-        assert!(lines(d, &moved)[0].contains(" s after 127.0.0.1:"), "{}", d.log());
-        assert_eq!(lines(d, "throttle: shared state unreachable (").len(), 1, "{}", d.log());
+        assert!(
+            lines(d, &moved)[0].contains(" s after 127.0.0.1:"),
+            "{}",
+            d.log()
+        );
+        assert_eq!(
+            lines(d, "throttle: shared state unreachable (").len(),
+            1,
+            "{}",
+            d.log()
+        );
         assert_eq!(
             lines(d, "throttle: shared state reachable again").len(),
             1,

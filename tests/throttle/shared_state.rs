@@ -261,7 +261,9 @@ async fn a_write_refused_as_readonly_goes_to_the_new_master_at_once() {
 
     let () = state.query(&write("2")).await.unwrap();
     assert_eq!(
-        set.servers[1].cli(&["GET", "nginx-auth-fcgi:readonly-test"]).trim(),
+        set.servers[1]
+            .cli(&["GET", "nginx-auth-fcgi:readonly-test"])
+            .trim(),
         "2"
     );
     let lines = |what: &str| -> Vec<String> {
