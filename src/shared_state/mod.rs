@@ -23,8 +23,8 @@
 //!   `ROLE`; when it fails or answers `READONLY`, the sentinels are asked
 //!   again and the new master is logged with the time the move took.
 //!
-//! Connecting, one answer and one Sentinel lookup are each bounded by
-//! [`TIMEOUT`]; a whole exchange by twice that.
+//! Connecting, one answer and each sentinel's are bounded by [`TIMEOUT`]; a
+//! whole exchange, and a whole Sentinel lookup, by twice that.
 //!
 //! Every key starts with [`PREFIX`] ([`key`]); the names after it belong to
 //! the users: the throttle's hashed counter and block keys and
@@ -53,8 +53,9 @@ pub use tls::{TlsFileError, TlsFiles};
 
 /// Prefix of every key this program keeps in Redis.
 pub const PREFIX: &str = "nginx-auth-fcgi:";
-/// Connecting, one response, and one Sentinel lookup may each take this
-/// long; a whole exchange twice that before the local state is used.
+/// Connecting, one response, and one sentinel's answer may each take this
+/// long; a whole exchange or Sentinel lookup twice that before the local
+/// state is used.
 pub const TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The Redis key of `name` (`nginx-auth-fcgi:NAME`).
@@ -289,7 +290,12 @@ impl SharedState {
             source,
         };
         let certs = match target.is_tls() {
-            true => Some(target.tls.certificates()?),
+            true => {
+                // The client library builds its TLS config on the process's
+                // provider: ring, as everywhere in this program.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                Some(target.tls.certificates()?)
+            }
             false => None,
         };
         let conn = if target.is_sentinel() {
