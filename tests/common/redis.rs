@@ -70,11 +70,21 @@ pub struct Redis {
     tls: Option<(PathBuf, PathBuf, PathBuf, PathBuf, PathBuf, ClientAuth)>,
     /// More `redis-server` arguments (e.g. `--replicaof`).
     extra: Vec<String>,
+    /// `requirepass` (and `masterauth`), used by [`Redis::cli`] too.
+    password: Option<String>,
+}
+
+/// Passwords of a [`SentinelSet`]: the servers' (`requirepass`,
+/// `masterauth`, the sentinels' `auth-pass`) and the sentinels' own.
+#[derive(Clone, Default)]
+pub struct Passwords {
+    pub data: Option<String>,
+    pub sentinel: Option<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        Redis::start_inner(None, Vec::new())
+        Redis::start_inner(None, Vec::new(), None)
     }
 
     /// A server on a TLS port only (`port 0`), its certificate from `tls`.
@@ -87,16 +97,21 @@ impl Redis {
             tls.client.0.clone(),
             auth,
         );
-        Redis::start_inner(Some(files), Vec::new())
+        Redis::start_inner(Some(files), Vec::new(), None)
     }
 
     /// A replica of the plain server on `master`; returns once it is in
     /// sync with it.
     pub fn start_replica_of(master: u16) -> Redis {
+        Redis::start_replica_with(master, None)
+    }
+
+    /// [`Redis::start_replica_of`] with `password` on both.
+    fn start_replica_with(master: u16, password: Option<String>) -> Redis {
         let extra = ["--replicaof", "127.0.0.1", &master.to_string()]
             .map(str::to_owned)
             .to_vec();
-        let replica = Redis::start_inner(None, extra);
+        let replica = Redis::start_inner(None, extra, password);
         wait_until(
             &format!("replica {} to sync with {master}", replica.port),
             START_TIMEOUT * 3,
@@ -112,6 +127,7 @@ impl Redis {
     fn start_inner(
         tls: Option<(PathBuf, PathBuf, PathBuf, PathBuf, PathBuf, ClientAuth)>,
         extra: Vec<String>,
+        password: Option<String>,
     ) -> Redis {
         let mut redis = Redis {
             proc: None,
@@ -119,6 +135,7 @@ impl Redis {
             port: 0,
             tls,
             extra,
+            password,
         };
         retry_on_clash("redis-server", |[port]| redis.try_spawn(port));
         redis
@@ -161,6 +178,9 @@ impl Redis {
             .arg(self.dir.path())
             .args(&self.extra)
             .stdin(Stdio::null());
+        if let Some(pw) = &self.password {
+            cmd.args(["--requirepass", pw, "--masterauth", pw]);
+        }
         let log = self.dir.path().join(format!("redis.{port}.log"));
         self.port = port;
         self.proc
@@ -213,7 +233,7 @@ impl Redis {
     /// One command through `redis-cli` (over TLS with the client
     /// certificate when the server speaks TLS); its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let mut cmd = cli_command(self.port);
+        let mut cmd = cli_command(self.port, self.password.as_deref());
         if let Some((ca, _, _, cert, key, _)) = &self.tls {
             cmd.arg("--tls")
                 .arg("--cacert")
@@ -240,9 +260,12 @@ impl Redis {
     }
 }
 
-fn cli_command(port: u16) -> Command {
+fn cli_command(port: u16, password: Option<&str>) -> Command {
     let mut cmd = Command::new(require("redis-cli", "redis-tools"));
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(pw) = password {
+        cmd.args(["--no-auth-warning", "-a", pw]);
+    }
     cmd
 }
 
@@ -260,16 +283,23 @@ pub struct Sentinel {
     proc: Option<Proc>,
     dir: tempfile::TempDir,
     pub port: u16,
+    passwords: Passwords,
 }
 
 impl Sentinel {
     /// Watches the master on `master` with quorum 1, finding it down after
     /// 1 s without an answer.
     pub fn start(master: u16) -> Sentinel {
+        Sentinel::start_with(master, Passwords::default())
+    }
+
+    /// [`Sentinel::start`] with `passwords`.
+    pub fn start_with(master: u16, passwords: Passwords) -> Sentinel {
         let mut sentinel = Sentinel {
             proc: None,
             dir: tempfile::tempdir().expect("tempdir"),
             port: 0,
+            passwords,
         };
         retry_on_clash("redis-sentinel", |[port]| sentinel.try_spawn(port, master));
         sentinel
@@ -285,8 +315,9 @@ impl Sentinel {
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 1\n\
                  sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                  sentinel failover-timeout {MASTER_NAME} 10000\n\
-                 sentinel parallel-syncs {MASTER_NAME} 1\n",
-                dir = self.dir.path().display()
+                 sentinel parallel-syncs {MASTER_NAME} 1\n{auth}",
+                dir = self.dir.path().display(),
+                auth = self.auth_lines(),
             ),
         )
         .expect("write sentinel.conf");
@@ -297,6 +328,20 @@ impl Sentinel {
         self.proc
             .insert(Proc::spawn("redis-sentinel", &mut cmd, &log))
             .try_wait_for("its port", START_TIMEOUT, || port_open(port))
+    }
+
+    /// The configuration lines for [`Passwords`].
+    fn auth_lines(&self) -> String {
+        let mut lines = String::new();
+        if let Some(pw) = &self.passwords.data {
+            lines.push_str(&format!("sentinel auth-pass {MASTER_NAME} {pw}\n"));
+        }
+        if let Some(pw) = &self.passwords.sentinel {
+            lines.push_str(&format!(
+                "requirepass \"{pw}\"\nsentinel sentinel-pass {pw}\n"
+            ));
+        }
+        lines
     }
 
     /// SIGKILL.
@@ -318,7 +363,9 @@ impl Sentinel {
     /// `SENTINEL ARGS…` through redis-cli; its output.
     pub fn cmd(&self, args: &[&str]) -> String {
         run_stdout(
-            cli_command(self.port).arg("SENTINEL").args(args),
+            cli_command(self.port, self.passwords.sentinel.as_deref())
+                .arg("SENTINEL")
+                .args(args),
             "redis-cli SENTINEL",
         )
     }
@@ -353,9 +400,16 @@ pub struct SentinelSet {
 
 impl SentinelSet {
     pub fn start(n: usize) -> SentinelSet {
-        let master = Redis::start();
-        let replica = Redis::start_replica_of(master.port);
-        let sentinels: Vec<_> = (0..n).map(|_| Sentinel::start(master.port)).collect();
+        SentinelSet::start_with(n, Passwords::default())
+    }
+
+    /// [`SentinelSet::start`] with `passwords` on servers and sentinels.
+    pub fn start_with(n: usize, passwords: Passwords) -> SentinelSet {
+        let master = Redis::start_inner(None, Vec::new(), passwords.data.clone());
+        let replica = Redis::start_replica_with(master.port, passwords.data.clone());
+        let sentinels: Vec<_> = (0..n)
+            .map(|_| Sentinel::start_with(master.port, passwords.clone()))
+            .collect();
         for s in &sentinels {
             // The sentinel learns the replica from the master's INFO.
             wait_until(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::cli::mail_login;
 use crate::common::daemon::{run_cli, Daemon};
 use crate::common::proc::wait_until;
-use crate::common::redis::{ClientAuth, Redis, RedisTls, SentinelSet};
+use crate::common::redis::{ClientAuth, Passwords, Redis, RedisTls, SentinelSet};
 
 /// A guesser's address (never trusted).
 const GUESSER: &str = "203.0.113.9";
@@ -344,4 +344,47 @@ fn sentinel_failover_is_followed_and_blocks_keep_working() {
     }
     assert_blocked(&a, "carol", "c", "203.0.113.11");
     assert_blocked(&b, "bob", "b", "203.0.113.10");
+}
+
+#[test]
+fn sentinel_and_servers_with_passwords_of_their_own() {
+    let set = SentinelSet::start_with(
+        1,
+        Passwords {
+            data: Some("p@ss/w".into()),
+            sentinel: Some("s&cret".into()),
+        },
+    );
+    let port = set.sentinels[0].port;
+    // Percent-encoded as the URL needs; database 1.
+    let url = format!(
+        "redis+sentinel://:p%40ss%2Fw@127.0.0.1:{port}/mymaster/1?sentinel_password=s%26cret"
+    );
+    let d = start(&["--state", &url]);
+    guess(&d, "alice", GUESSER);
+    assert_blocked(&d, "alice", "a", GUESSER);
+    let master = set.master();
+    assert!(master.our_keys().is_empty(), "database 0 is not ours");
+    let in_db1 = master.cli(&["-n", "1", "--scan", "--pattern", "nginx-auth-fcgi:*"]);
+    assert!(in_db1.contains("nginx-auth-fcgi:dedup-key"), "{in_db1}");
+    assert!(lines(&d, "unreachable").is_empty(), "{}", d.log());
+    assert!(
+        !d.log().contains("p@ss") && !d.log().contains("s&cret"),
+        "{}",
+        d.log()
+    );
+
+    // A wrong sentinel password: no master, the fallback, still decisions.
+    let wrong =
+        format!("redis+sentinel://:p%40ss%2Fw@127.0.0.1:{port}/mymaster/1?sentinel_password=nope");
+    let d = start(&["--state", &wrong]);
+    assert_eq!(mail_login(d.sock(), "bob", "b", CLIENT), "OK");
+    guess(&d, "carol", GUESSER);
+    assert_blocked(&d, "carol", "c", GUESSER);
+    let lost = lines(
+        &d,
+        "throttle: shared state unreachable (Sentinel: no usable master `mymaster`: ",
+    );
+    assert_eq!(lost.len(), 1, "{}", d.log());
+    println!("{}", lost[0]);
 }
