@@ -129,7 +129,7 @@ fn http_state(config: &Config) -> Result<HttpAuth, Vec<String>> {
     let nonces = match &config.state {
         None => nonces,
         // Without the `redis` feature the URL was refused above already.
-        Some(url) => match SharedCounts::open(url) {
+        Some(target) => match SharedCounts::open(target) {
             Ok(shared) => nonces.with_shared(shared),
             Err(e) if cfg!(feature = "redis") => return Err(vec![e.to_string()]),
             Err(_) => nonces,

@@ -124,9 +124,9 @@ impl Service {
     }
 
     /// Starts the upstream pools' health checks (inside a tokio runtime),
-    /// sharing findings through `redis` (the `state` URL) when given. They
+    /// sharing findings through `redis` (the `state`) when given. They
     /// run as long as this service exists.
-    pub fn start_upstream_checks(&mut self, redis: Option<&str>) {
+    pub fn start_upstream_checks(&mut self, redis: Option<&crate::shared_state::Target>) {
         self.checks = self.auth.policy().upstreams.spawn_checks(redis);
     }
 

@@ -142,9 +142,20 @@ pub struct ServeArgs {
     #[arg(long)]
     pub max_attempts: Option<u32>,
     /// Where throttle state lives: memory (default) or redis://HOST[:PORT][/DB]
-    /// to share one limit between instances.
+    /// to share one limit between instances (also rediss://…,
+    /// redis+sentinel://HOST[:PORT],…/MASTER[/DB]).
     #[arg(long)]
     pub state: Option<String>,
+    /// CA certificates (PEM) that a rediss:// state's server must chain to
+    /// (default: the system's roots).
+    #[arg(long)]
+    pub state_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a rediss:// state (needs --state-key-file).
+    #[arg(long)]
+    pub state_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --state-cert-file.
+    #[arg(long)]
+    pub state_key_file: Option<PathBuf>,
     /// Network (CIDR) never throttled, e.g. a webmail host (repeatable;
     /// default loopback, 127.0.0.0/8 and ::1; `none`: nobody).
     #[arg(long = "trusted-network")]
@@ -252,6 +263,9 @@ impl ServeArgs {
             },
             limits: Default::default(),
             state: self.state.clone(),
+            state_ca_file: self.state_ca_file.clone(),
+            state_cert_file: self.state_cert_file.clone(),
+            state_key_file: self.state_key_file.clone(),
             throttle: RawThrottle {
                 enabled: self.no_throttle.then_some(false),
                 trusted_networks: trusted_networks(&self.trusted_networks)?,
@@ -335,7 +349,7 @@ pub fn serve(args: ServeArgs) -> CmdResult {
     for w in &config.warnings {
         log::warn!("{w}");
     }
-    service.start_upstream_checks(config.state.as_deref());
+    service.start_upstream_checks(config.state.as_ref());
     let listeners = match listen::open(&config.listen, &config.socket) {
         Ok(l) => l,
         Err(e) if config.listen.is_empty() => {
@@ -420,7 +434,7 @@ async fn reload_on_sighup(
         // off the request workers.
         match tokio::task::spawn_blocking(move || args.build()).await {
             Ok(Ok((config, mut service))) => {
-                service.start_upstream_checks(config.state.as_deref());
+                service.start_upstream_checks(config.state.as_ref());
                 handler.replace(service);
                 log::info!(
                     "configuration reloaded; passdbs: {} (listeners, user, limits and log \

@@ -109,9 +109,16 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: RawLimits,
     /// `--state`: where throttle state lives: `memory` (default) or
-    /// `redis://[:password@]host[:port][/db]` / `redis+unix:///path` to share
-    /// it between instances.
+    /// `redis://[:password@]host[:port][/db]` / `redis+unix:///path` /
+    /// `rediss://…` (TLS) / `redis+sentinel://…` to share it between
+    /// instances.
     pub state: Option<String>,
+    /// `--state-ca-file`: CA certificates (PEM) for a `rediss://` state.
+    pub state_ca_file: Option<PathBuf>,
+    /// `--state-cert-file`: client certificate (PEM) for a `rediss://` state.
+    pub state_cert_file: Option<PathBuf>,
+    /// `--state-key-file`: its private key (PEM).
+    pub state_key_file: Option<PathBuf>,
     /// Brute-force throttling.
     #[serde(default)]
     pub throttle: RawThrottle,
@@ -341,6 +348,9 @@ impl RawConfig {
         w.max_attempts = cw.max_attempts.or(w.max_attempts);
         w.temporary = cw.temporary.or(w.temporary);
         self.state = cli.state.or(self.state);
+        self.state_ca_file = cli.state_ca_file.or(self.state_ca_file);
+        self.state_cert_file = cli.state_cert_file.or(self.state_cert_file);
+        self.state_key_file = cli.state_key_file.or(self.state_key_file);
         let (t, ct) = (&mut self.throttle, cli.throttle);
         t.enabled = ct.enabled.or(t.enabled);
         t.window_secs = ct.window_secs.or(t.window_secs);

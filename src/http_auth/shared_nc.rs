@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use crate::shared_state::{Fallback, SharedState, SharedStateError};
+use crate::shared_state::{Fallback, SharedState, SharedStateError, Target};
 
 /// What Redis said about a count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,11 +81,11 @@ pub fn key(nonce: &str, cnonce: &str) -> String {
 }
 
 impl SharedCounts {
-    /// Opens `url` the way the throttle opens its store (lazily; inside a
+    /// Opens `target` the way the throttle opens its store (lazily; inside a
     /// tokio runtime).
-    pub fn open(url: &str) -> Result<Self, SharedStateError> {
+    pub fn open(target: &Target) -> Result<Self, SharedStateError> {
         Ok(SharedCounts {
-            state: SharedState::open(url, FALLBACK)?,
+            state: SharedState::open(target, FALLBACK)?,
             #[cfg(feature = "redis")]
             raise: redis::Script::new(RAISE),
         })

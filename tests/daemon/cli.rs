@@ -485,7 +485,7 @@ fn status_reads_metrics_from_the_running_service() {
 }
 
 /// One mail login over FastCGI, as nginx sends it; the Auth-Status.
-fn mail_login(sock: &std::path::Path, user: &str, pass: &str, ip: &str) -> String {
+pub(crate) fn mail_login(sock: &std::path::Path, user: &str, pass: &str, ip: &str) -> String {
     use std::io::Read;
     let mut pairs = fcgi::mail_pairs(user.as_bytes(), pass.as_bytes(), ip.as_bytes());
     pairs.push((b"HTTP_X_AUTH_KEY", b"k"));

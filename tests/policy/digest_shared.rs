@@ -9,7 +9,9 @@ use nginx_auth_fcgi::http_auth::shared_nc::{self, SharedCounts};
 use crate::common::redis::Redis;
 
 fn instance(redis: &Redis) -> Nonces {
-    Nonces::new().with_shared(SharedCounts::open(&redis.url()).unwrap())
+    Nonces::new().with_shared(
+        SharedCounts::open(&nginx_auth_fcgi::shared_state::Target::new(redis.url())).unwrap(),
+    )
 }
 
 #[tokio::test]
