@@ -334,7 +334,13 @@ impl Authenticator {
             refuse("nonce expired", true)
         } else if !state
             .nonces
-            .accept(&c.nonce, &c.cnonce, c.nc, s.nonce_lifetime)
+            .accept(
+                &c.nonce,
+                &c.cnonce,
+                c.nc,
+                req.request_id.as_deref(),
+                s.nonce_lifetime,
+            )
             .await
         {
             refuse("nc replayed", true)

@@ -87,11 +87,13 @@ fn now_secs() -> u64 {
 }
 
 /// The combined rule: a count is new only when this process's memory says
-/// so and Redis, when it answered, says so too. A malformed value in Redis
+/// so and Redis, when it answered, says so too (or that this same client
+/// request raised it, on another instance). A malformed value in Redis
 /// refuses; no answer (`None`: down, slow, resting) leaves it to this
 /// process.
 pub fn accepted(local: bool, shared: Option<SharedVerdict>) -> bool {
-    local && matches!(shared, None | Some(SharedVerdict::New))
+    use SharedVerdict::{New, SameRequest};
+    local && matches!(shared, None | Some(New | SameRequest))
 }
 
 impl Nonces {
@@ -228,14 +230,22 @@ impl Nonces {
     }
 
     /// Whether `nc` is new for (nonce, cnonce), by [`accepted`]: recorded
-    /// here always, and in Redis (kept `lifetime` plus a minute) when
-    /// configured, even when this process already refuses it, so the other
-    /// instances learn the count too.
-    pub async fn accept(&self, nonce: &str, cnonce: &str, nc: u32, lifetime: u64) -> bool {
+    /// here always, and in Redis (kept `lifetime` plus a minute, with the
+    /// client request's `request_id`) when configured, even when this
+    /// process already refuses it, so the other instances learn the count
+    /// too.
+    pub async fn accept(
+        &self,
+        nonce: &str,
+        cnonce: &str,
+        nc: u32,
+        request_id: Option<&str>,
+        lifetime: u64,
+    ) -> bool {
         let local = self.accept_nc(nonce, cnonce, nc);
         let shared = match &self.shared {
             None => None,
-            Some(s) => s.record(nonce, cnonce, nc, lifetime + 60).await,
+            Some(s) => s.record(nonce, cnonce, nc, request_id, lifetime + 60).await,
         };
         accepted(local, shared)
     }
@@ -343,7 +353,17 @@ mod tests {
         );
         assert!(!accepted(true, Some(Seen)), "another instance saw it");
         assert!(!accepted(true, Some(Malformed)), "never fail open");
-        for shared in [None, Some(New), Some(Seen), Some(Malformed)] {
+        assert!(
+            accepted(true, Some(SameRequest)),
+            "nginx repeating one client request's subrequest on another instance"
+        );
+        for shared in [
+            None,
+            Some(New),
+            Some(Seen),
+            Some(Malformed),
+            Some(SameRequest),
+        ] {
             assert!(!accepted(false, shared), "seen here: {shared:?}");
         }
     }
@@ -352,9 +372,9 @@ mod tests {
     async fn without_redis_accept_is_this_process_memory() {
         let n = Nonces::new();
         let nonce = n.issue("R");
-        assert!(n.accept(&nonce, "c", 1, 300).await);
-        assert!(!n.accept(&nonce, "c", 1, 300).await);
-        assert!(n.accept(&nonce, "c", 3, 300).await);
-        assert!(!n.accept(&nonce, "c", 2, 300).await);
+        assert!(n.accept(&nonce, "c", 1, None, 300).await);
+        assert!(!n.accept(&nonce, "c", 1, None, 300).await);
+        assert!(n.accept(&nonce, "c", 3, None, 300).await);
+        assert!(!n.accept(&nonce, "c", 2, None, 300).await);
     }
 }

@@ -4,6 +4,15 @@
 //! only when the new count is greater, and expiring a minute after the
 //! nonce's lifetime.
 //!
+//! Beside the count the value holds a hash of the nginx `AUTH_REQUEST_ID`
+//! ($request_id) that raised it: nginx repeats the `auth_request`
+//! subrequest of one client request after an internal redirect (an index
+//! file, `try_files`), with the same header and id, and its upstream may send
+//! the repeat to another instance. That repeat is
+//! [`SharedVerdict::SameRequest`], answered as the first was; a replay in
+//! another client request has another id (nginx makes it; a client cannot
+//! set it) and stays [`SharedVerdict::Seen`].
+//!
 //! The key is `nginx-auth-fcgi:digest-nc:` and 32 hex digits of SHA-256
 //! over the length-prefixed nonce and cnonce: both are client-chosen, so
 //! neither goes into a key raw and every key has the same size. A value that
@@ -27,6 +36,10 @@ pub enum SharedVerdict {
     New,
     /// Not above the stored one: a replay (possibly to another instance).
     Seen,
+    /// The stored count, raised by this same client request (its
+    /// `AUTH_REQUEST_ID`): nginx repeating the subrequest, maybe to another
+    /// instance.
+    SameRequest,
     /// The stored value is not a count: refuse.
     Malformed,
 }
@@ -41,17 +54,25 @@ const FALLBACK: Fallback = Fallback {
     retry_after: Duration::from_secs(5),
 };
 
-/// Raises KEYS[1] to ARGV[1] (expiring in ARGV[2] ms) when greater:
-/// 1 stored, 0 not greater, -1 the stored value is not a count.
+/// Raises KEYS[1] to ARGV[1] (expiring in ARGV[2] ms) when greater, storing
+/// `COUNT` or `COUNT REQUEST-HASH` (ARGV[3], empty without a request id):
+/// 1 stored, 0 not greater, 2 equal and raised by the same request, -1 the
+/// stored value is malformed.
 #[cfg(feature = "redis")]
 const RAISE: &str = "\
 local cur = redis.pcall('GET', KEYS[1])
 if type(cur) == 'table' and cur.err then return -1 end
 if cur then
-  if string.len(cur) > 10 or not string.match(cur, '^[0-9]+$') then return -1 end
-  if tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+  local n, rid = string.match(cur, '^([0-9]+) ([0-9a-f]+)$')
+  if not n then n = string.match(cur, '^([0-9]+)$') end
+  if not n or string.len(n) > 10 then return -1 end
+  local stored, want = tonumber(n), tonumber(ARGV[1])
+  if stored == want and rid and ARGV[3] ~= '' and rid == ARGV[3] then return 2 end
+  if stored >= want then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local v = ARGV[1]
+if ARGV[3] ~= '' then v = v .. ' ' .. ARGV[3] end
+redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
 return 1";
 
 /// The highest Digest counts in Redis.
@@ -69,15 +90,20 @@ impl std::fmt::Debug for SharedCounts {
     }
 }
 
-/// The Redis key of (nonce, cnonce).
-pub fn key(nonce: &str, cnonce: &str) -> String {
+/// 32 hex digits of SHA-256 over the length-prefixed `parts`.
+fn hash(parts: &[&str]) -> String {
     use sha2::{Digest as _, Sha256};
     let mut h = Sha256::new();
-    for part in [nonce, cnonce] {
+    for part in parts {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
-    crate::shared_state::key(&format!("digest-nc:{}", hex::encode(&h.finalize()[..16])))
+    hex::encode(&h.finalize()[..16])
+}
+
+/// The Redis key of (nonce, cnonce).
+pub fn key(nonce: &str, cnonce: &str) -> String {
+    crate::shared_state::key(&format!("digest-nc:{}", hash(&[nonce, cnonce])))
 }
 
 impl SharedCounts {
@@ -91,19 +117,22 @@ impl SharedCounts {
         })
     }
 
-    /// Stores `nc` for (nonce, cnonce) if it is above the stored count, kept
-    /// `ttl_secs`; `None` when Redis did not answer (or is being left alone
-    /// after a failure).
+    /// Stores `nc` for (nonce, cnonce), raised by the client request
+    /// `request_id`, if it is above the stored count, kept `ttl_secs`;
+    /// `None` when Redis did not answer (or is being left alone after a
+    /// failure).
     #[cfg(feature = "redis")]
     pub async fn record(
         &self,
         nonce: &str,
         cnonce: &str,
         nc: u32,
+        request_id: Option<&str>,
         ttl_secs: u64,
     ) -> Option<SharedVerdict> {
         let mut inv = self.raise.key(key(nonce, cnonce));
-        inv.arg(nc).arg(ttl_secs.saturating_mul(1000));
+        let rid = request_id.map(|id| hash(&[id])).unwrap_or_default();
+        inv.arg(nc).arg(ttl_secs.saturating_mul(1000)).arg(rid);
         let verdict = self
             .state
             .attempt(now_ms, async {
@@ -111,6 +140,7 @@ impl SharedCounts {
                 Ok(match r {
                     1 => SharedVerdict::New,
                     0 => SharedVerdict::Seen,
+                    2 => SharedVerdict::SameRequest,
                     _ => SharedVerdict::Malformed,
                 })
             })
@@ -126,7 +156,14 @@ impl SharedCounts {
 
     /// Never called: without the `redis` feature no `SharedCounts` exists.
     #[cfg(not(feature = "redis"))]
-    pub async fn record(&self, _: &str, _: &str, _: u32, _: u64) -> Option<SharedVerdict> {
+    pub async fn record(
+        &self,
+        _: &str,
+        _: &str,
+        _: u32,
+        _: Option<&str>,
+        _: u64,
+    ) -> Option<SharedVerdict> {
         self.state.unreachable()
     }
 }
@@ -159,7 +196,7 @@ mod tests {
     #[test]
     fn without_the_feature_open_refuses() {
         assert!(matches!(
-            SharedCounts::open("redis://127.0.0.1:6379/"),
+            SharedCounts::open(&Target::new("redis://127.0.0.1:6379/")),
             Err(SharedStateError::NotBuilt)
         ));
     }

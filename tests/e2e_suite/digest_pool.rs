@@ -61,6 +61,12 @@ impl Pool {
                 chmod(&f, 0o644);
             }
         }
+        // `/private/` is served by its index file through an internal
+        // redirect, which runs the auth subrequest again: nginx may send
+        // the second to the other instance.
+        let index = p("www/private/index.html");
+        fs::write(&index, "the private index\n").unwrap();
+        chmod(&index, 0o644);
         fs::write(p("users"), format!("alice:{{PLAIN}}{PW}::::::\n")).unwrap();
         fs::copy("/etc/nginx/fastcgi_params", p("fastcgi_params"))
             .expect("fastcgi_params (nginx-common)");
@@ -258,6 +264,39 @@ fn two_instances_behind_one_upstream_act_as_one() {
     assert_eq!(codes, vec!["200"; 50], "curl --digest: {out:?}");
     let served = pool.counts(OK_LINE);
     assert_eq!(served.iter().sum::<usize>(), 100, "{served:?}");
+
+    // A directory URL: its two auth subrequests (one client request, one
+    // AUTH_REQUEST_ID) may land on both instances; the second must get the
+    // first's verdict, not a replay refusal. Ten times, so both orders occur.
+    let mut curl = Command::new(require("curl", "curl"));
+    curl.args(["-s", "--max-time", "20", "--digest", "-u"])
+        .arg(format!("alice:{PW}"))
+        .args(["-w", "%{http_code}\\n"]);
+    for _ in 0..10 {
+        curl.args(["-o", "/dev/null"])
+            .arg(format!("{}/private/", pool.base()));
+    }
+    let out = curl.output().expect("run curl");
+    let codes: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(codes, vec!["200"; 10], "curl --digest /private/: {out:?}");
+    let dir_pages = pool.requests(&vec!["/private/".to_owned(); 10]);
+    for f in &dir_pages {
+        assert_eq!(f.status, Some(200), "requests /private/: {f:?}");
+        assert_eq!(f.body, "the private index\n");
+    }
+    let dir_served = pool.counts(OK_LINE);
+    assert!(
+        dir_served.iter().sum::<usize>() >= 120,
+        "every directory request decided: {dir_served:?}"
+    );
+    assert_eq!(
+        pool.counts("nc replayed"),
+        [0, 0],
+        "no subrequest of one client request refused as a replay"
+    );
 
     // nginx passes Authentication-Info on for Digest, and adds no (empty)
     // header for Basic: `add_header` skips an empty value.
