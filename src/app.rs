@@ -7,6 +7,10 @@ use std::sync::Arc;
 use crate::authenticator::{Authenticator, Policy};
 use crate::cache::Cache;
 use crate::config::{Config, RawConfig};
+use crate::http_auth::digest::Nonces;
+use crate::http_auth::nonce_key::NonceKey;
+use crate::http_auth::shared_nc::SharedCounts;
+use crate::http_auth::HttpAuth;
 use crate::lookup_cache::LookupCache;
 use crate::passdb::rehash::Rehasher;
 use crate::passdb::{AnyPassdb, PassdbOptions, PasswdFile};
@@ -81,6 +85,7 @@ fn open_service(config: &Config) -> Result<Service, Vec<String>> {
     if config.throttle.is_none() && config.state.is_some() {
         problems.push(crate::shared_state::SharedStateError::NotBuilt.to_string());
     }
+    let http = http_state(config).map_err(|p| problems.extend(p)).ok();
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -115,7 +120,28 @@ fn open_service(config: &Config) -> Result<Service, Vec<String>> {
         )
         .with_external(config.external.clone())
         .map_err(|e| vec![e.to_string()])?;
-    Ok(Service::new(auth, config.required.clone()))
+    let http = http.expect("no problems, so the HTTP state was built");
+    Ok(Service::new(auth, config.required.clone()).with_http(http))
+}
+
+/// The HTTP auth state of `config`: the Digest nonce key from
+/// `nonce_key_file` (else random), and the nonce counts shared in Redis
+/// when `state` is a Redis URL, opened as the throttle opens its store.
+fn http_state(config: &Config) -> Result<HttpAuth, Vec<String>> {
+    let nonces = match &config.nonce_key_file {
+        None => Nonces::new(),
+        Some(path) => Nonces::with_key(NonceKey::read(path).map_err(|e| vec![e.to_string()])?),
+    };
+    let nonces = match &config.state {
+        None => nonces,
+        // Without the `redis` feature the URL was refused above already.
+        Some(target) => match SharedCounts::open(target) {
+            Ok(shared) => nonces.with_shared(shared),
+            Err(e) if cfg!(feature = "redis") => return Err(vec![e.to_string()]),
+            Err(_) => nonces,
+        },
+    };
+    Ok(HttpAuth::with_nonces(nonces))
 }
 
 /// A new SQLite database of `uri` is created 0600 (its directory 0700),

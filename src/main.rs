@@ -1,7 +1,7 @@
 //! `nginx-auth-fcgi`: command line. `serve` runs the FastCGI responder;
-//! `check-config`, `hash`, `auth test`, `user …`, `status`, `throttle …` and `cache flush`
-//! are admin tools. Each subcommand lives in [`cli`]; the service itself is
-//! built by the library ([`nginx_auth_fcgi::app`]).
+//! `check-config`, `hash`, `auth test`, `user …`, `status`, `throttle …`,
+//! `cache flush` and `nonce-key init` are admin tools. Each subcommand lives
+//! in [`cli`]; the service itself is built by the library ([`nginx_auth_fcgi::app`]).
 
 mod cli;
 
@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use cli::admin::{self, AuthCommand, UserCommand};
 use cli::man;
+use cli::nonce_key::{self, NonceKeyCommand};
 use cli::serve::{self, ServeArgs};
 use cli::status::{self, CacheCommand, ConnArgs, ThrottleCommand};
 use nginx_auth_fcgi::config;
@@ -72,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// The HTTP Digest nonce key file several instances share.
+    NonceKey {
+        #[command(subcommand)]
+        command: NonceKeyCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,6 +101,7 @@ fn main() -> ExitCode {
         } => admin::auth_test(&login, &protocol, &method, &client_ip, serve),
         Command::User { db, conn, command } => admin::user(&db, &conn, command),
         Command::Cache { command } => status::cache(command),
+        Command::NonceKey { command } => nonce_key::nonce_key(command),
     };
     match result {
         Ok(code) => code,

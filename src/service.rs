@@ -69,7 +69,8 @@ impl std::str::FromStr for RequiredHeader {
 #[derive(Debug)]
 pub struct Service {
     auth: Authenticator,
-    /// Shared so a reloaded service keeps the Digest nonce key and `nc` state.
+    /// Digest nonces and counts, recent decisions; a reloaded service
+    /// inherits the memories ([`HttpAuth::inherit`]).
     http: std::sync::Arc<HttpAuth>,
     required: Vec<RequiredHeader>,
     /// The upstream health checks, stopped when this service is dropped.
@@ -102,11 +103,24 @@ impl Service {
         }
     }
 
-    /// Takes over `old`'s per-process HTTP auth state (Digest nonce key and
-    /// seen `nc` values), so a config reload does not invalidate the nonces
-    /// clients already hold.
+    /// With this HTTP auth state (the nonce key file and shared counts of
+    /// the configuration).
+    pub fn with_http(mut self, http: HttpAuth) -> Self {
+        self.http = std::sync::Arc::new(http);
+        self
+    }
+
+    /// Takes over `old`'s per-process HTTP auth state (seen `nc` values,
+    /// recent decisions, and the random nonce key when no key file is set),
+    /// so a config reload does not invalidate the nonces clients already
+    /// hold. A key file is read afresh by the new configuration.
     pub fn inherit_state(&mut self, old: &Service) {
-        self.http = std::sync::Arc::clone(&old.http);
+        match std::sync::Arc::get_mut(&mut self.http) {
+            Some(http) => http.inherit(&old.http),
+            // Already shared (it never is before the service serves): the
+            // old state whole.
+            None => self.http = std::sync::Arc::clone(&old.http),
+        }
         // Backends found down stay down across the reload.
         self.auth
             .policy()
@@ -115,9 +129,9 @@ impl Service {
     }
 
     /// Starts the upstream pools' health checks (inside a tokio runtime),
-    /// sharing findings through `redis` (the `state` URL) when given. They
+    /// sharing findings through `redis` (the `state`) when given. They
     /// run as long as this service exists.
-    pub fn start_upstream_checks(&mut self, redis: Option<&str>) {
+    pub fn start_upstream_checks(&mut self, redis: Option<&crate::shared_state::Target>) {
         self.checks = self.auth.policy().upstreams.spawn_checks(redis);
     }
 

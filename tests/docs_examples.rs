@@ -312,17 +312,33 @@ fn shell_serve_invocations_pass_check_config() {
         let text = fs::read_to_string(&script).expect("read example");
         let what = script.display().to_string();
         run_ok(Command::new("bash").arg("-n").arg(&script), &what);
+        // A bare system path as an argument goes under the root too.
+        let reroot_arg =
+            |a: &String| match ["/etc/", "/var/", "/run/"].iter().any(|p| a.starts_with(p)) {
+                true => format!("{}{a}", root.path().display()),
+                false => reroot(a, root.path()),
+            };
         for words in shell_commands(&text) {
+            // `nonce-key init PATH` makes the key a later `serve` names.
+            if words
+                .first()
+                .is_some_and(|w| w.ends_with("nginx-auth-fcgi"))
+                && words.get(1).is_some_and(|w| w == "nonce-key")
+            {
+                let args: Vec<String> = words[1..].iter().map(reroot_arg).collect();
+                run_ok(Command::new(daemon_bin()).args(&args), &what);
+            }
             if let Some(args) = serve_args(&words) {
-                let args: Vec<String> = args.iter().map(|a| reroot(a, root.path())).collect();
+                let args: Vec<String> = args.iter().map(reroot_arg).collect();
                 let what = format!("{}: serve {}", script.display(), args.join(" "));
                 check_config(&args, root.path(), &what);
                 checked += 1;
             }
         }
     }
-    // first-commands.sh, quickstart.sh, spawn-fcgi.sh, upstream-pools.sh.
-    assert!(checked >= 4, "only {checked} serve invocations found");
+    // first-commands.sh, nonce-key.sh, quickstart.sh, spawn-fcgi.sh,
+    // upstream-pools.sh.
+    assert!(checked >= 5, "only {checked} serve invocations found");
 }
 
 /// Where a fragment goes in the harness, from its `# context: …` line.

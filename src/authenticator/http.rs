@@ -6,9 +6,11 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
+use zeroize::Zeroizing;
+
 use crate::audit::{AuditRecord, Outcome, Protocol, ThrottleAction};
 use crate::http_auth::digest::{Credentials, NonceState};
-use crate::http_auth::{HttpAuth, HttpAuthRequest, HttpCredentials, HttpOutcome};
+use crate::http_auth::{AuthInfo, HttpAuth, HttpAuthRequest, HttpCredentials, HttpOutcome};
 use crate::passdb::app_password::{Login, Service};
 use crate::passdb::{Lookup, Passdb, Rejection, Verdict};
 use crate::scheme::StoredPassword;
@@ -33,6 +35,8 @@ enum Judgement {
     Allow {
         user: String,
         passdb: &'static str,
+        /// Digest's `Authentication-Info`.
+        info: Option<AuthInfo>,
     },
     /// Wrong credentials: counted by the throttle.
     Reject {
@@ -220,6 +224,7 @@ impl Authenticator {
                             p.user
                         },
                         passdb,
+                        info: None,
                     },
                     Verdict::Rejected(r) => rejected(r, Some(passdb)),
                 }
@@ -307,12 +312,12 @@ impl Authenticator {
             })
             .await;
         checked.cache = stale.cache_use();
-        let (ok, passdb) = match walk {
-            Walk::Decided(DigestSecret::Ha1(ha1), passdb) => {
-                (c.matches(&c.expected_from_ha1(&ha1, &req.method)), passdb)
-            }
+        // HA1 from the stored HA1 or the plaintext: the response and
+        // `rspauth` are computed from it alike.
+        let (ha1, passdb) = match walk {
+            Walk::Decided(DigestSecret::Ha1(ha1), passdb) => (Zeroizing::new(ha1), passdb),
             Walk::Decided(DigestSecret::Stored(stored), passdb) => match stored.plaintext() {
-                Some(plain) => (c.matches(&c.expected(plain, &req.method)), passdb),
+                Some(plain) => (c.ha1(plain), passdb),
                 None => {
                     return Judgement::Temporary(format!(
                         "stored scheme {} cannot serve Digest",
@@ -325,17 +330,34 @@ impl Authenticator {
             Walk::Failed(e) => return Judgement::Temporary(e.to_string()),
         };
         // A right answer with an expired nonce is `stale` (the client
-        // retries silently); a count already used is a replay.
-        if !ok {
+        // retries silently); a count already used (here, or by another
+        // instance when the counts are shared) is a replay.
+        if !c.matches(&c.expected_from_ha1(&ha1, &req.method)) {
             rejected(Rejection::PasswordMismatch, Some(passdb))
         } else if nonce == NonceState::Stale {
             refuse("nonce expired", true)
-        } else if !state.nonces.accept_nc(&c.nonce, &c.cnonce, c.nc) {
+        } else if !state
+            .nonces
+            .accept(
+                &c.nonce,
+                &c.cnonce,
+                c.nc,
+                req.request_id.as_deref(),
+                s.nonce_lifetime,
+            )
+            .await
+        {
             refuse("nc replayed", true)
         } else {
             Judgement::Allow {
                 user: user.to_owned(),
                 passdb,
+                info: Some(AuthInfo {
+                    rspauth: c.rspauth(&ha1),
+                    nc: c.nc_text.clone(),
+                    cnonce: c.cnonce.clone(),
+                    next_nonce: nonce == NonceState::Fresh { ending: true },
+                }),
             }
         }
     }
@@ -344,11 +366,11 @@ impl Authenticator {
 /// The outcome for nginx, with the audit record filled in.
 fn conclude(j: Judgement, audit: &mut AuditRecord) -> HttpOutcome {
     match j {
-        Judgement::Allow { user, passdb } => {
+        Judgement::Allow { user, passdb, info } => {
             audit.outcome = Outcome::Ok;
             audit.passdb = passdb;
             audit.user = user.clone();
-            HttpOutcome::Allow { user }
+            HttpOutcome::Allow { user, info }
         }
         Judgement::Reject { rejection, passdb } => {
             audit.reason = rejection.as_str().to_owned();

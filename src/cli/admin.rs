@@ -167,6 +167,7 @@ pub fn check_config(args: ServeArgs) -> CmdResult {
     for line in config.upstreams.describe() {
         println!("  {line}");
     }
+    println!("  {}", super::nonce_key::describe(&config));
     if !config.require_app_password.is_empty() {
         println!(
             "  require_app_password: {} (main passwords refused there; app passwords only)",
@@ -244,6 +245,13 @@ fn file_warnings(args: &ServeArgs, config: &Config) -> Vec<String> {
     }
     if let Some(f) = &args.master_password_file {
         w.extend(private_file::readable_by_others(f, "master password file"));
+    }
+    if let Some(f) = config
+        .state
+        .as_ref()
+        .and_then(|s| s.tls.key_file.as_deref())
+    {
+        w.extend(private_file::readable_by_others(f, "state key file"));
     }
     for uri in &config.passdbs {
         if let Some(f) = private_file::passdb_file(uri) {

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod app_password;
 pub mod man;
+pub mod nonce_key;
 pub mod serve;
 pub mod status;
 

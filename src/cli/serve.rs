@@ -142,9 +142,20 @@ pub struct ServeArgs {
     #[arg(long)]
     pub max_attempts: Option<u32>,
     /// Where throttle state lives: memory (default) or redis://HOST[:PORT][/DB]
-    /// to share one limit between instances.
+    /// to share one limit between instances (also rediss://…,
+    /// redis+sentinel://HOST[:PORT],…/MASTER[/DB]).
     #[arg(long)]
     pub state: Option<String>,
+    /// CA certificates (PEM) that a rediss:// state's server must chain to
+    /// (default: the system's roots).
+    #[arg(long)]
+    pub state_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a rediss:// state (needs --state-key-file).
+    #[arg(long)]
+    pub state_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --state-cert-file.
+    #[arg(long)]
+    pub state_key_file: Option<PathBuf>,
     /// Network (CIDR) never throttled, e.g. a webmail host (repeatable;
     /// default loopback, 127.0.0.0/8 and ::1; `none`: nobody).
     #[arg(long = "trusted-network")]
@@ -197,6 +208,11 @@ pub struct ServeArgs {
     /// passdb is down or times out (default 3600; 0: never).
     #[arg(long, value_name = "SECS")]
     pub lookup_cache_stale_ttl: Option<u64>,
+    /// HTTP Digest nonce key shared by several instances: a 0600 file of at
+    /// least 64 hex digits (`nonce-key init` makes one). Default: a random
+    /// key per process.
+    #[arg(long)]
+    pub nonce_key_file: Option<PathBuf>,
 }
 
 /// `--trusted-network`: none given keeps the file's (or the loopback
@@ -256,6 +272,9 @@ impl ServeArgs {
             },
             limits: Default::default(),
             state: self.state.clone(),
+            state_ca_file: self.state_ca_file.clone(),
+            state_cert_file: self.state_cert_file.clone(),
+            state_key_file: self.state_key_file.clone(),
             throttle: RawThrottle {
                 enabled: self.no_throttle.then_some(false),
                 trusted_networks: trusted_networks(&self.trusted_networks)?,
@@ -284,6 +303,7 @@ impl ServeArgs {
             },
             lookup_cache_ttl: self.lookup_cache_ttl,
             lookup_cache_stale_ttl: self.lookup_cache_stale_ttl,
+            nonce_key_file: self.nonce_key_file.clone(),
         };
         Ok(file.overlay(cli))
     }
@@ -340,7 +360,7 @@ pub fn serve(args: ServeArgs) -> CmdResult {
     for w in &config.warnings {
         log::warn!("{w}");
     }
-    service.start_upstream_checks(config.state.as_deref());
+    service.start_upstream_checks(config.state.as_ref());
     let listeners = match listen::open(&config.listen, &config.socket) {
         Ok(l) => l,
         Err(e) if config.listen.is_empty() => {
@@ -366,6 +386,7 @@ pub fn serve(args: ServeArgs) -> CmdResult {
     if let Some(t) = &config.throttle {
         log::info!("throttle: {}", trusted_line(t));
     }
+    log::info!("{}", super::nonce_key::describe(&config));
     log::info!(
         "throttle: {}; verification cache: {}",
         match (&config.throttle, &config.state) {
@@ -429,7 +450,7 @@ async fn reload_on_sighup(
         // off the request workers.
         match tokio::task::spawn_blocking(move || args.build()).await {
             Ok(Ok((config, mut service))) => {
-                service.start_upstream_checks(config.state.as_deref());
+                service.start_upstream_checks(config.state.as_ref());
                 handler.replace(service);
                 log::info!(
                     "configuration reloaded; passdbs: {} (listeners, user, limits and log \

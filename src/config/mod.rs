@@ -124,8 +124,8 @@ pub struct Config {
     pub timeout: Duration,
     /// Transport limits.
     pub limits: Limits,
-    /// Redis URL for shared throttle state (`None`: in memory).
-    pub state: Option<String>,
+    /// Redis for shared state (`None`: in memory): the URL and TLS files.
+    pub state: Option<crate::shared_state::Target>,
     /// Throttle settings (`None`: off).
     pub throttle: Option<ThrottlePolicy>,
     /// Cache settings (`None`: off).
@@ -142,6 +142,9 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// Credential lookup cache settings (`None`: off).
     pub lookup_cache: Option<crate::lookup_cache::LookupPolicy>,
+    /// The HTTP Digest nonce key file (`None`: a random key per process);
+    /// read when the service is built, so check-config and reloads check it.
+    pub nonce_key_file: Option<std::path::PathBuf>,
 }
 
 /// A size in KiB from `256M`, `1G`, `65536K` (also `256MiB`, `1 GiB`; case
@@ -275,14 +278,31 @@ mod tests {
             ..RawConfig::default()
         };
         let c = Config::validate(file.overlay(cli)).unwrap();
-        assert_eq!(c.state.as_deref(), Some("redis://:pw@127.0.0.1:6379/2"));
+        assert_eq!(
+            c.state.as_ref().map(|s| s.url.as_str()),
+            Some("redis://:pw@127.0.0.1:6379/2")
+        );
         let t = c.throttle.unwrap();
         assert_eq!(t.block_ip_user, 3);
         assert_eq!(t.block_ip, ThrottlePolicy::default().block_ip);
         assert_eq!(t.trusted, vec!["2001:db8::/32".parse().unwrap()]);
         assert_eq!(c.cache.unwrap().ttl, Duration::from_secs(60));
+        let digest_warning = |w: &[String]| w.iter().any(|w| w.contains("nonce_key_file"));
+        assert!(digest_warning(&c.warnings), "{:?}", c.warnings);
+        assert_eq!(c.nonce_key_file, None);
+        let keyed: RawConfig = toml::from_str(
+            "state = \"redis://127.0.0.1:6379/0\"\nnonce_key_file = \"/k/nonce.key\"\n",
+        )
+        .unwrap();
+        let keyed = Config::validate(keyed).unwrap();
+        assert!(!digest_warning(&keyed.warnings), "{:?}", keyed.warnings);
+        assert_eq!(
+            keyed.nonce_key_file.as_deref(),
+            Some(std::path::Path::new("/k/nonce.key"))
+        );
 
         let d = Config::validate(RawConfig::default()).unwrap();
+        assert!(!digest_warning(&d.warnings), "no state, no warning");
         assert_eq!(d.state, None);
         assert_eq!(d.throttle, Some(ThrottlePolicy::default()));
         assert_eq!(d.cache, Some(CachePolicy::default()));
@@ -307,6 +327,72 @@ mod tests {
         let problems = Config::validate(bad).unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:#?}");
         assert!(problems.iter().all(|p| !p.to_string().contains("hunter2")));
+    }
+
+    #[test]
+    fn state_over_tls_and_sentinel() {
+        let parse = |text: &str| Config::validate(toml::from_str(text).unwrap());
+        let c = parse(
+            "state = \"rediss://:pw@redis.example:6380/1\"\n\
+             state_ca_file = \"/etc/ca.pem\"\n\
+             state_cert_file = \"/etc/c.pem\"\n\
+             state_key_file = \"/etc/k.pem\"\n",
+        )
+        .unwrap();
+        let s = c.state.unwrap();
+        assert!(s.is_tls() && !s.is_sentinel());
+        assert_eq!(s.tls.ca_file.as_deref(), Some("/etc/ca.pem".as_ref()));
+        assert_eq!(s.tls.key_file.as_deref(), Some("/etc/k.pem".as_ref()));
+        let c = parse("state = \"redis+sentinel://:pw@h1:26379,h2/mymaster/3\"\n").unwrap();
+        assert!(c.state.unwrap().is_sentinel());
+        // The CLI's files land beside the file's URL.
+        let cli = RawConfig {
+            state_ca_file: Some("/cli/ca.pem".into()),
+            ..RawConfig::default()
+        };
+        let file: RawConfig = toml::from_str("state = \"rediss://h\"\n").unwrap();
+        let c = Config::validate(file.overlay(cli)).unwrap();
+        assert_eq!(
+            c.state.unwrap().tls.ca_file.as_deref(),
+            Some("/cli/ca.pem".as_ref())
+        );
+
+        for (text, expected) in [
+            (
+                "state = \"rediss://:hunter2@h\"\nstate_cert_file = \"/c.pem\"\n",
+                "state_cert_file needs state_key_file as well",
+            ),
+            (
+                "state = \"rediss://:hunter2@h\"\nstate_key_file = \"/k.pem\"\n",
+                "state_key_file needs state_cert_file as well",
+            ),
+            (
+                "state = \"redis://:hunter2@h\"\nstate_ca_file = \"/ca.pem\"\n",
+                "need a rediss:// or rediss+sentinel:// state",
+            ),
+            (
+                "state_ca_file = \"/ca.pem\"\n",
+                "need a rediss:// or rediss+sentinel:// state",
+            ),
+            (
+                "state = \"redis+sentinel://:hunter2@h1,h2\"\n",
+                "needs the master name",
+            ),
+            (
+                "state = \"redis+sentinel://h1/m?sentinel_pass=hunter2\"\n",
+                "unknown parameter `sentinel_pass`",
+            ),
+            (
+                "state = \"valkey://:hunter2@h\"\n",
+                "`valkey:…` is not memory",
+            ),
+        ] {
+            let problems = parse(text).unwrap_err();
+            assert_eq!(problems.len(), 1, "{text}: {problems:#?}");
+            let p = problems[0].to_string();
+            assert!(p.contains(expected), "{text}: {p}");
+            assert!(!p.contains("hunter2"), "{p}");
+        }
     }
 
     #[test]

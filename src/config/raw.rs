@@ -109,9 +109,16 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: RawLimits,
     /// `--state`: where throttle state lives: `memory` (default) or
-    /// `redis://[:password@]host[:port][/db]` / `redis+unix:///path` to share
-    /// it between instances.
+    /// `redis://[:password@]host[:port][/db]` / `redis+unix:///path` /
+    /// `rediss://…` (TLS) / `redis+sentinel://…` to share it between
+    /// instances.
     pub state: Option<String>,
+    /// `--state-ca-file`: CA certificates (PEM) for a `rediss://` state.
+    pub state_ca_file: Option<PathBuf>,
+    /// `--state-cert-file`: client certificate (PEM) for a `rediss://` state.
+    pub state_cert_file: Option<PathBuf>,
+    /// `--state-key-file`: its private key (PEM).
+    pub state_key_file: Option<PathBuf>,
     /// Brute-force throttling.
     #[serde(default)]
     pub throttle: RawThrottle,
@@ -135,6 +142,10 @@ pub struct RawConfig {
     /// record still answers while its passdb is down (default 3600; 0:
     /// never).
     pub lookup_cache_stale_ttl: Option<u64>,
+    /// `--nonce-key-file`: the HTTP Digest nonce key (hex, see
+    /// [`crate::http_auth::nonce_key`]) shared by several instances; none:
+    /// a random key per process.
+    pub nonce_key_file: Option<PathBuf>,
 }
 
 /// `[master_user]`.
@@ -345,6 +356,9 @@ impl RawConfig {
         w.max_attempts = cw.max_attempts.or(w.max_attempts);
         w.temporary = cw.temporary.or(w.temporary);
         self.state = cli.state.or(self.state);
+        self.state_ca_file = cli.state_ca_file.or(self.state_ca_file);
+        self.state_cert_file = cli.state_cert_file.or(self.state_cert_file);
+        self.state_key_file = cli.state_key_file.or(self.state_key_file);
         let (t, ct) = (&mut self.throttle, cli.throttle);
         t.enabled = ct.enabled.or(t.enabled);
         t.window_secs = ct.window_secs.or(t.window_secs);
@@ -378,6 +392,7 @@ impl RawConfig {
         self.external.rule.extend(cli.external.rule);
         self.lookup_cache_ttl = cli.lookup_cache_ttl.or(self.lookup_cache_ttl);
         self.lookup_cache_stale_ttl = cli.lookup_cache_stale_ttl.or(self.lookup_cache_stale_ttl);
+        self.nonce_key_file = cli.nonce_key_file.or(self.nonce_key_file);
         self
     }
 }

@@ -21,6 +21,7 @@ use crate::mech::external::{Rule, Rules};
 use crate::mech::Mechanism;
 use crate::scheme::{Scheme, DEFAULT_ARGON2_MAX_MEMORY_KIB};
 use crate::service::RequiredHeader;
+use crate::shared_state::{SharedStateError, Target, TlsFiles};
 use crate::throttle::{Cidr, ThrottlePolicy};
 use crate::upstream::Upstreams;
 use crate::verifier::VerifierPolicy;
@@ -113,25 +114,27 @@ fn verifier(v: &RawVerifier, p: &mut Problems) -> VerifierPolicy {
     }
 }
 
-/// `state`: `None` for memory, else a Redis URL.
-fn state(state: Option<&str>, p: &mut Problems) -> Option<String> {
-    match state {
-        None | Some("memory") => None,
-        Some(url)
-            if ["redis://", "redis+unix://", "unix://"]
-                .iter()
-                .any(|s| url.starts_with(s)) =>
-        {
-            Some(url.to_owned())
+/// `state`: `None` for memory, else Redis (its URL and TLS files).
+fn state(raw: &RawConfig, p: &mut Problems) -> Option<Target> {
+    let tls = TlsFiles {
+        ca_file: raw.state_ca_file.clone(),
+        cert_file: raw.state_cert_file.clone(),
+        key_file: raw.state_key_file.clone(),
+    };
+    match raw.state.as_deref() {
+        None | Some("memory") => {
+            if !tls.is_empty() {
+                p.push(SharedStateError::TlsWithoutRediss.to_string());
+            }
+            None
         }
         Some(url) => {
-            // Never echo the URL: it may hold a password.
-            let scheme = url.split(':').next().unwrap_or_default();
-            p.push(format!(
-                "state: `{scheme}:…` is not memory, redis://… or redis+unix://… \
-                 (TLS to Redis is not built in)"
-            ));
-            None
+            let target = Target {
+                url: url.to_owned(),
+                tls,
+            };
+            // The errors never echo the URL: it may hold a password.
+            p.check(target.check()).map(|()| target)
         }
     }
 }
@@ -412,7 +415,17 @@ impl Config {
             p.push("timeout_ms must be at least 1");
         }
         let verifier = verifier(&raw.verifier, &mut p);
-        let state = state(raw.state.as_deref(), &mut p);
+        let state = state(&raw, &mut p);
+        if state.is_some() && raw.nonce_key_file.is_none() {
+            // Shared state means several instances; Digest needs one key too.
+            warnings.push(
+                "state is shared in Redis but nonce_key_file is not set: HTTP Digest nonces \
+                 are signed with a per-process key, so a nonce one instance issued is refused \
+                 by the others (make one with `nginx-auth-fcgi nonce-key init` and give every \
+                 instance the same file; ignore this if no location uses Digest)"
+                    .to_owned(),
+            );
+        }
         let throttle = throttle(&raw.throttle, &raw.auth_wait, &mut p);
         let master_user = raw
             .master_user
@@ -471,6 +484,7 @@ impl Config {
             external,
             warnings,
             lookup_cache,
+            nonce_key_file: raw.nonce_key_file.clone(),
         })
     }
 }

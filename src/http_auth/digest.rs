@@ -1,18 +1,15 @@
-//! HTTP Digest (RFC 7616): credential parsing, stateless nonces, replay
-//! protection, and the response computation. Pure except for the replay memory.
+//! HTTP Digest (RFC 7616): credential parsing, the response computation
+//! and `rspauth` for `Authentication-Info`. Pure; the nonces and the replay
+//! memory are [`super::nonce`]'s.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use base64::Engine as _;
-use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest as _, Md5};
-use rand::RngCore as _;
 use sha2::Sha256;
 
+use zeroize::Zeroizing;
+
 use crate::secret::ct_eq;
+
+pub use super::nonce::{NonceState, Nonces};
 
 /// A Digest algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,7 +250,11 @@ impl Credentials {
 
     /// The expected `response` for `password` and `method` (qop=auth).
     pub fn expected(&self, password: &[u8], method: &str) -> String {
-        let a = self.algorithm;
+        self.expected_from_ha1(&self.ha1(password), method)
+    }
+
+    /// HA1 = H(`user:realm:password`), lower-case hex (before `-sess`).
+    pub fn ha1(&self, password: &[u8]) -> Zeroizing<String> {
         let mut a1 =
             Vec::with_capacity(self.username.len() + self.realm.len() + password.len() + 2);
         a1.extend_from_slice(self.username.as_bytes());
@@ -261,9 +262,15 @@ impl Credentials {
         a1.extend_from_slice(self.realm.as_bytes());
         a1.push(b':');
         a1.extend_from_slice(password);
-        let ha1 = a.h(&a1);
+        let ha1 = self.algorithm.h(&a1);
         zeroize::Zeroize::zeroize(&mut a1);
-        self.expected_from_ha1(&ha1, method)
+        Zeroizing::new(ha1)
+    }
+
+    /// `rspauth` of `Authentication-Info` (RFC 7616 §3.5): the response
+    /// computation with A2 = `:` uri (no method), from the same HA1.
+    pub fn rspauth(&self, ha1: &str) -> String {
+        self.expected_from_ha1(ha1, "")
     }
 
     /// The expected `response` from a stored HA1 (lower-case hex of
@@ -300,136 +307,6 @@ fn digest_len(a: Algorithm) -> usize {
     }
 }
 
-/// What a nonce check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NonceState {
-    /// Ours, for this realm, not expired.
-    Fresh,
-    /// Ours, but older than the lifetime: answer `stale=true`.
-    Stale,
-    /// Not ours (or for another realm).
-    Invalid,
-}
-
-/// Makes and checks self-validating nonces:
-/// `base64url(time ‖ random ‖ HMAC-SHA256(key, time ‖ random ‖ realm)[..16])`.
-/// No server-side state, so any instance sharing the key accepts them.
-pub struct Nonces {
-    key: [u8; 32],
-    seen: Mutex<Replay>,
-}
-
-impl std::fmt::Debug for Nonces {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Nonces")
-    }
-}
-
-/// Highest `nc` seen per (nonce, cnonce), in two generations so memory stays
-/// bounded: when the current one is full it becomes the previous one.
-#[derive(Default)]
-struct Replay {
-    current: HashMap<String, u32>,
-    previous: HashMap<String, u32>,
-}
-
-/// Entries per replay generation.
-const REPLAY_GENERATION: usize = 50_000;
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-impl Nonces {
-    /// With a random key (nonces die with the process).
-    pub fn new() -> Self {
-        let mut key = [0u8; 32];
-        rand::rng().fill_bytes(&mut key);
-        Nonces {
-            key,
-            seen: Mutex::new(Replay::default()),
-        }
-    }
-
-    fn mac(&self, body: &[u8], realm: &str) -> [u8; 16] {
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("any key length");
-        m.update(body);
-        m.update(realm.as_bytes());
-        let full = m.finalize().into_bytes();
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&full[..16]);
-        out
-    }
-
-    /// A fresh nonce for `realm`, issued at `now` (seconds since the epoch).
-    pub fn issue_at(&self, realm: &str, now: u64) -> String {
-        let mut body = [0u8; 16];
-        body[..8].copy_from_slice(&now.to_be_bytes());
-        rand::rng().fill_bytes(&mut body[8..]);
-        let mut raw = body.to_vec();
-        raw.extend_from_slice(&self.mac(&body, realm));
-        B64URL.encode(raw)
-    }
-
-    /// A fresh nonce for `realm`.
-    pub fn issue(&self, realm: &str) -> String {
-        self.issue_at(realm, now_secs())
-    }
-
-    /// Checks a nonce at `now` with `lifetime` seconds.
-    pub fn check_at(&self, nonce: &str, realm: &str, lifetime: u64, now: u64) -> NonceState {
-        let Ok(raw) = B64URL.decode(nonce) else {
-            return NonceState::Invalid;
-        };
-        if raw.len() != 32 || !ct_eq(&self.mac(&raw[..16], realm), &raw[16..]) {
-            return NonceState::Invalid;
-        }
-        let issued = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
-        if issued > now + 60 {
-            NonceState::Invalid
-        } else if now.saturating_sub(issued) > lifetime {
-            NonceState::Stale
-        } else {
-            NonceState::Fresh
-        }
-    }
-
-    /// Checks a nonce now.
-    pub fn check(&self, nonce: &str, realm: &str, lifetime: u64) -> NonceState {
-        self.check_at(nonce, realm, lifetime, now_secs())
-    }
-
-    /// Records `nc` for (nonce, cnonce); false when it is not above the last
-    /// one seen (a replay).
-    pub fn accept_nc(&self, nonce: &str, cnonce: &str, nc: u32) -> bool {
-        let key = format!("{nonce}\u{0}{cnonce}");
-        let mut r = crate::sync::lock(&self.seen);
-        let last = r
-            .current
-            .get(&key)
-            .or_else(|| r.previous.get(&key))
-            .copied()
-            .unwrap_or(0);
-        if nc <= last {
-            return false;
-        }
-        if r.current.len() >= REPLAY_GENERATION {
-            r.previous = std::mem::take(&mut r.current);
-        }
-        r.current.insert(key, nc);
-        true
-    }
-}
-
-impl Default for Nonces {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,9 +327,9 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn rfc2617_and_rfc7616_vectors() {
-        let c = creds(
+    /// The RFC 2617 §3.5 example request.
+    fn rfc2617_mufasa() -> Credentials {
+        creds(
             "MD5",
             "testrealm@host.com",
             "dcd98b7102dd2f0e8b11d0f600bfb0c093",
@@ -460,7 +337,12 @@ mod tests {
             "/dir/index.html",
             "6629fae49393a05397450978507c4ef1",
             "Mufasa",
-        );
+        )
+    }
+
+    #[test]
+    fn rfc2617_and_rfc7616_vectors() {
+        let c = rfc2617_mufasa();
         assert!(c.matches(&c.expected(b"Circle Of Life", "GET")));
         assert!(!c.matches(&c.expected(b"Circle of Life", "GET")));
         assert!(!c.matches(&c.expected(b"Circle Of Life", "POST")));
@@ -486,6 +368,46 @@ mod tests {
             "Mufasa",
         );
         assert!(c.matches(&c.expected(b"Circle of Life", "GET")));
+    }
+
+    /// `rspauth` (RFC 7616 §3.5) for the RFC 2617 and RFC 7616 example
+    /// credentials, pinned to values computed independently (Python's
+    /// hashlib: H(HA1:nonce:nc:cnonce:auth:H(":" uri))); the same from the
+    /// stored HA1 as from the plaintext.
+    #[test]
+    fn rspauth_uses_a2_without_the_method() {
+        let c = rfc2617_mufasa();
+        let ha1 = c.ha1(b"Circle Of Life");
+        assert_eq!(c.rspauth(&ha1), "376602cfd2f4e8e5e78b948a85263e85");
+        assert_eq!(c.rspauth(&ha1.to_ascii_uppercase()), c.rspauth(&ha1));
+        assert_ne!(c.rspauth(&ha1), c.expected(b"Circle Of Life", "GET"));
+        let c = creds(
+            "SHA-256",
+            "http-auth@example.org",
+            "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
+            "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+            "/dir/index.html",
+            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
+            "Mufasa",
+        );
+        assert_eq!(
+            c.rspauth(&c.ha1(b"Circle of Life")),
+            "86d3b25618d41854ca5039a5d7e53ff6355d5134a9b1fb088a78ac3c462195a0"
+        );
+        // -sess: HA1 takes the nonces in, as for the response.
+        let s = creds(
+            "SHA-256-sess",
+            "R",
+            "n0nce",
+            "cn",
+            "/x",
+            &"0".repeat(64),
+            "u",
+        );
+        let a = Algorithm::Sha256Sess;
+        let ha1 = a.h(format!("{}:n0nce:cn", a.h(b"u:R:pw")).as_bytes());
+        let want = a.h(format!("{ha1}:n0nce:00000001:cn:auth:{}", a.h(b":/x")).as_bytes());
+        assert_eq!(s.rspauth(&s.ha1(b"pw")), want);
     }
 
     #[test]
@@ -589,32 +511,6 @@ mod tests {
         assert_eq!(Credentials::parse(&star).unwrap().username, "Jäger");
         let hashed = Credentials::parse(&format!("{ok}, userhash=true")).unwrap();
         assert!(hashed.userhash);
-    }
-
-    #[test]
-    fn nonces_expire_bind_realm_and_refuse_replays() {
-        let n = Nonces::new();
-        let t = 1_800_000_000;
-        let nonce = n.issue_at("R", t);
-        assert_eq!(n.check_at(&nonce, "R", 300, t + 10), NonceState::Fresh);
-        assert_eq!(n.check_at(&nonce, "R", 300, t + 301), NonceState::Stale);
-        assert_eq!(n.check_at(&nonce, "other", 300, t), NonceState::Invalid);
-        assert_eq!(
-            Nonces::new().check_at(&nonce, "R", 300, t),
-            NonceState::Invalid,
-            "another key"
-        );
-        let mut tampered = nonce.clone().into_bytes();
-        tampered[3] ^= 1;
-        let tampered = String::from_utf8(tampered).unwrap();
-        assert_ne!(n.check_at(&tampered, "R", 300, t), NonceState::Fresh);
-        assert_eq!(n.check_at("!!", "R", 300, t), NonceState::Invalid);
-
-        assert!(n.accept_nc(&nonce, "c", 1));
-        assert!(!n.accept_nc(&nonce, "c", 1), "replay");
-        assert!(n.accept_nc(&nonce, "c", 2));
-        assert!(!n.accept_nc(&nonce, "c", 2));
-        assert!(n.accept_nc(&nonce, "other-cnonce", 1));
     }
 
     /// Fuzz-style: random mutations of a valid header and random bytes never

@@ -8,18 +8,23 @@
 //! 403 into 403 and anything else into 500 (reference §6).
 //!
 //! This module holds only what is HTTP: the typed request ([`request`]),
-//! Basic/Digest parsing, the Digest maths and nonces ([`digest`]), the
-//! memory of recent decisions per client request ([`Repeats`]) and the
-//! rendering. Deciding is the policy layer's
+//! Basic/Digest parsing, the Digest maths ([`digest`]), nonces and their
+//! counts ([`nonce`], with the key file in [`nonce_key`] and the counts
+//! shared through Redis in [`shared_nc`]), the memory of recent decisions
+//! per client request ([`Repeats`]) and the rendering of every reply header
+//! ([`HttpAuth::render`]). Deciding is the policy layer's
 //! ([`crate::authenticator::Authenticator::authenticate_http`]), shared
 //! with mail.
 
 pub mod digest;
+pub mod nonce;
+pub mod nonce_key;
 pub mod request;
+pub mod shared_nc;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -141,6 +146,8 @@ pub enum HttpOutcome {
     Allow {
         /// The user as the passdb names them (sent as `X-Auth-User`).
         user: String,
+        /// For Digest: what `Authentication-Info` carries.
+        info: Option<AuthInfo>,
     },
     /// 401 with challenges; `stale` marks a Digest nonce that only expired
     /// (or a count already used), so the client retries silently.
@@ -155,14 +162,29 @@ pub enum HttpOutcome {
     Unavailable,
 }
 
-/// HTTP state that outlives one request (and a configuration reload): the
-/// Digest nonce key and counts, and recent decisions.
+/// What a successful Digest check sends back in `Authentication-Info`
+/// (RFC 7616 §3.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthInfo {
+    /// H(HA1:nonce:nc:cnonce:auth:H(`:` uri)), proving we know the password.
+    pub rspauth: String,
+    /// The client's `nc`, as sent.
+    pub nc: String,
+    /// The client's `cnonce`.
+    pub cnonce: String,
+    /// The nonce is in the last quarter of its lifetime: send a `nextnonce`.
+    pub next_nonce: bool,
+}
+
+/// HTTP state that outlives one request: the Digest nonce key and counts,
+/// and recent decisions. A reload builds a new one from the configuration
+/// (key file, Redis) that [`inherits`](HttpAuth::inherit) the memories.
 #[derive(Debug, Default)]
 pub struct HttpAuth {
     /// Digest nonces and the highest `nc` seen.
     pub nonces: Nonces,
     /// Recent decisions per client request.
-    pub repeats: Repeats,
+    pub repeats: Arc<Repeats>,
 }
 
 impl HttpAuth {
@@ -171,14 +193,46 @@ impl HttpAuth {
         HttpAuth::default()
     }
 
+    /// A decider with these nonces (key file, shared counts).
+    pub fn with_nonces(nonces: Nonces) -> Self {
+        HttpAuth {
+            nonces,
+            repeats: Arc::default(),
+        }
+    }
+
+    /// After a reload: keeps `old`'s memories of counts and decisions (and
+    /// its nonce key, unless this one has a key file).
+    pub fn inherit(&mut self, old: &HttpAuth) {
+        self.nonces.inherit(&old.nonces);
+        self.repeats = Arc::clone(&old.repeats);
+    }
+
+    /// The `Authentication-Info` value, or `None` when the client's
+    /// `cnonce` cannot be sent back as a quoted string (control bytes).
+    fn authentication_info(&self, info: &AuthInfo, s: &HttpSettings) -> Option<String> {
+        let cnonce = quoted_string(&info.cnonce)?;
+        let mut v = format!(
+            "rspauth=\"{}\", qop=auth, nc={}, cnonce={cnonce}",
+            info.rspauth, info.nc
+        );
+        if info.next_nonce {
+            v.push_str(&format!(", nextnonce=\"{}\"", self.nonces.issue(&s.realm)));
+        }
+        Some(v)
+    }
+
     /// Renders the CGI reply.
     pub fn render(&self, outcome: &HttpOutcome, s: &HttpSettings) -> Vec<u8> {
         let mut out = String::new();
         match outcome {
-            HttpOutcome::Allow { user } => {
+            HttpOutcome::Allow { user, info } => {
                 out.push_str("Status: 200 OK\r\n");
                 if !user.contains(['\r', '\n', '\0']) {
                     out.push_str(&format!("X-Auth-User: {user}\r\n"));
+                }
+                if let Some(v) = info.as_ref().and_then(|i| self.authentication_info(i, s)) {
+                    out.push_str(&format!("Authentication-Info: {v}\r\n"));
                 }
             }
             HttpOutcome::Challenge { stale, .. } => {
@@ -210,6 +264,17 @@ impl HttpAuth {
         out.push_str("\r\n");
         out.into_bytes()
     }
+}
+
+/// `"v"` with `\\` and `"` escaped; `None` when `v` holds a control byte.
+fn quoted_string(v: &str) -> Option<String> {
+    if v.chars().any(char::is_control) {
+        return None;
+    }
+    Some(format!(
+        "\"{}\"",
+        v.replace('\\', "\\\\").replace('"', "\\\"")
+    ))
 }
 
 /// How long a decision is remembered for repeats of its client request.
@@ -311,5 +376,61 @@ impl Repeats {
             m.previous = std::mem::take(&mut m.current);
         }
         m.current.insert(key.0, (Instant::now(), outcome.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> HttpSettings {
+        let p = Params::from_pairs(vec![(REALM_PARAM.into(), b"R".to_vec())]);
+        HttpSettings::from_params(&p).unwrap()
+    }
+
+    fn allow(http: &HttpAuth, cnonce: &str, next_nonce: bool) -> String {
+        let outcome = HttpOutcome::Allow {
+            user: "alice".into(),
+            info: Some(AuthInfo {
+                rspauth: "00ff".into(),
+                nc: "0000000a".into(),
+                cnonce: cnonce.into(),
+                next_nonce,
+            }),
+        };
+        String::from_utf8(http.render(&outcome, &settings())).unwrap()
+    }
+
+    #[test]
+    fn authentication_info_is_rendered_with_the_200() {
+        let http = HttpAuth::new();
+        assert_eq!(
+            allow(&http, "c\"n\\x", false),
+            "Status: 200 OK\r\nX-Auth-User: alice\r\nAuthentication-Info: rspauth=\"00ff\", \
+             qop=auth, nc=0000000a, cnonce=\"c\\\"n\\\\x\"\r\n\r\n"
+        );
+        let with_next = allow(&http, "cn", true);
+        let line = with_next
+            .lines()
+            .find(|l| l.starts_with("Authentication-Info: "))
+            .unwrap();
+        let next = line
+            .split_once(", nextnonce=\"")
+            .map(|(_, n)| n.trim_end_matches('"'))
+            .expect("a nextnonce");
+        assert!(http.nonces.check(next, "R", 300).fresh(), "{next}");
+        assert_eq!(
+            HttpAuth::new().nonces.check(next, "R", 300),
+            digest::NonceState::Invalid
+        );
+        // A cnonce that cannot be quoted back: no header rather than a broken one.
+        let bad = allow(&http, "c\u{1}n", false);
+        assert!(!bad.contains("Authentication-Info"), "{bad}");
+        let basic = HttpOutcome::Allow {
+            user: "bob".into(),
+            info: None,
+        };
+        let text = String::from_utf8(HttpAuth::new().render(&basic, &settings())).unwrap();
+        assert_eq!(text, "Status: 200 OK\r\nX-Auth-User: bob\r\n\r\n");
     }
 }

@@ -14,7 +14,7 @@
 //!   everything between their first `:` and that `@` is masked, whatever it
 //!   contains;
 //! - `password=` (libpq), `pass=` (Redis, whose `redis+unix://` URLs carry
-//!   their password there) and `bindpw=` (LDAP, split as its parser splits)
+//!   their password there), `sentinel_password=` (Redis Sentinel) and `bindpw=` (LDAP, split as its parser splits)
 //!   query values are masked, the query read both from the first `?` and
 //!   from the first `?` after the credentials.
 //!
@@ -37,7 +37,9 @@ pub fn redact_uri(uri: &str) -> String {
     };
     let is = |s: &str| scheme.eq_ignore_ascii_case(s);
     let ldap = is("ldap") || is("ldaps");
-    let keys: &[&str] = if is("redis") || is("rediss") || is("redis+unix") || is("unix") {
+    let keys: &[&str] = if is("redis+sentinel") || is("rediss+sentinel") {
+        &["password", "pass", "sentinel_password"]
+    } else if is("redis") || is("rediss") || is("redis+unix") || is("unix") {
         &["password", "pass"]
     } else {
         &["password"]
@@ -175,6 +177,10 @@ mod tests {
         assert_eq!(
             redact_uri("redis+unix:///run/redis/redis.sock?db=1&pass=p@ss&user=u"),
             "redis+unix:///run/redis/redis.sock?db=1&pass=***&user=u"
+        );
+        assert_eq!(
+            redact_uri("redis+sentinel://:p@ss@h1:26379,h2/m/1?sentinel_password=s3&x=1"),
+            "redis+sentinel://:***@h1:26379,h2/m/1?sentinel_password=***&x=1"
         );
         assert_eq!(
             redact_uri("redis+unix:///run/redis/redis.sock?db=1"),

@@ -87,7 +87,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::metrics::METRICS;
-use crate::shared_state::SharedStateError;
+use crate::shared_state::{SharedStateError, Target};
 use keys::{tag, Keys, Moment};
 use memory::MemoryStore;
 use redis::RedisStore;
@@ -127,17 +127,17 @@ impl Throttle {
         }
     }
 
-    /// A throttle sharing its state through Redis at `url`
-    /// (`redis://[:password@]host[:port][/db]`, `redis+unix:///path`). The
-    /// connection is made lazily, so this works without Redis running; it
-    /// must be called inside a tokio runtime.
+    /// A throttle sharing its state through Redis at `target` (see
+    /// [`crate::shared_state`] for the URLs). The connection is made
+    /// lazily, so this works without Redis running; it must be called
+    /// inside a tokio runtime.
     pub fn with_redis(
         policy: ThrottlePolicy,
         clock: Clock,
-        url: &str,
+        target: &Target,
     ) -> Result<Self, SharedStateError> {
         let mut t = Throttle::in_memory(policy, clock);
-        t.redis = Some(RedisStore::open(url)?);
+        t.redis = Some(RedisStore::open(target)?);
         Ok(t)
     }
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::shared_state::{SharedState, SharedStateError};
+use crate::shared_state::{SharedState, SharedStateError, Target};
 
 type Result<T> = std::result::Result<T, SharedStateError>;
 
@@ -16,7 +16,7 @@ pub(super) struct RedisStore {
 }
 
 impl RedisStore {
-    pub(super) fn open(_: &str) -> Result<Self> {
+    pub(super) fn open(_: &Target) -> Result<Self> {
         Err(SharedStateError::NotBuilt)
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::shared_state::{self, Fallback, SharedState, SharedStateError};
+use crate::shared_state::{self, Fallback, SharedState, SharedStateError, Target};
 
 type Result<T> = std::result::Result<T, SharedStateError>;
 
@@ -33,9 +33,9 @@ pub(super) struct RedisStore {
 }
 
 impl RedisStore {
-    pub(super) fn open(url: &str) -> Result<Self> {
+    pub(super) fn open(target: &Target) -> Result<Self> {
         Ok(RedisStore {
-            state: SharedState::open(url, FALLBACK)?,
+            state: SharedState::open(target, FALLBACK)?,
             // Compare-and-delete, so one instance logs the unblock.
             unblock: redis::Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then \

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 #[cfg(feature = "redis")]
 use crate::shared_state;
-use crate::shared_state::{Fallback, SharedState, SharedStateError};
+use crate::shared_state::{Fallback, SharedState, SharedStateError, Target};
 use crate::sync::{read, write};
 
 /// Longest a check's TCP connect may take.
@@ -132,13 +132,13 @@ impl Drop for Checks {
 
 impl Checks {
     /// Starts one task per address, each checking at once and then every
-    /// `interval`. Must run inside a tokio runtime. `redis` is the `state`
-    /// URL, if any; a URL the client refuses is logged and Redis is not used.
+    /// `interval`. Must run inside a tokio runtime. `redis` is the `state`,
+    /// if any; one the client refuses is logged and Redis is not used.
     pub fn spawn(
         health: &Health,
         addrs: &[SocketAddr],
         interval: Duration,
-        redis: Option<&str>,
+        redis: Option<&Target>,
     ) -> Checks {
         if interval.is_zero() || addrs.is_empty() {
             return Checks::default();
@@ -199,8 +199,8 @@ struct SharedHealth {
 }
 
 impl SharedHealth {
-    fn open(url: &str) -> Result<Self, SharedStateError> {
-        let state = SharedState::open(url, FALLBACK)?;
+    fn open(target: &Target) -> Result<Self, SharedStateError> {
+        let state = SharedState::open(target, FALLBACK)?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         Ok(SharedHealth {
             state,

@@ -231,9 +231,9 @@ impl Upstreams {
     }
 
     /// Starts the health checks (one task per distinct member of a pool of
-    /// two or more; none when the interval is zero). `redis` is the `state` URL, to share findings.
+    /// two or more; none when the interval is zero). `redis` is the `state`, to share findings.
     /// Must run inside a tokio runtime; dropping the result stops them.
-    pub fn spawn_checks(&self, redis: Option<&str>) -> Checks {
+    pub fn spawn_checks(&self, redis: Option<&crate::shared_state::Target>) -> Checks {
         if self.check_interval.is_zero() {
             return Checks::default();
         }

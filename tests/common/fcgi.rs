@@ -304,3 +304,16 @@ pub async fn read_until_closed<R: AsyncRead + Unpin>(r: &mut R, within: Duration
         .await
         .unwrap_or_else(|_| panic!("connection still open after {within:?}"))
 }
+
+/// One request with `pairs` over a new connection to the Unix socket
+/// `sock` (blocking, 10 s at most), its reply.
+pub fn exchange(sock: &std::path::Path, pairs: &[(&[u8], &[u8])]) -> Reply {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&request(1, 0, pairs, b"")).unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    reply_from_bytes(&reply, 1)
+}

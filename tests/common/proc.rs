@@ -59,6 +59,36 @@ pub fn require_file(path: impl AsRef<Path>, package: &str) -> PathBuf {
     path.to_owned()
 }
 
+/// The Python interpreter of `tests/run`'s virtualenv (PyPI packages the
+/// tests need, e.g. `selenium`, over Debian's python3 and its site
+/// packages): `$NGINX_AUTH_FCGI_TEST_PYTHON`, else `TARGET/test-venv`, where
+/// TARGET is the cargo target directory this test binary was built in.
+/// Panics, naming the module, when that interpreter cannot import `module`.
+pub fn require_python_module(module: &str) -> PathBuf {
+    let python = std::env::var_os("NGINX_AUTH_FCGI_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // TARGET/debug/deps/<test binary>
+            let exe = std::env::current_exe().expect("the test binary's path");
+            let target = exe.ancestors().nth(3).expect("TARGET/debug/deps/binary");
+            target.join("test-venv/bin/python3")
+        });
+    let imported = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        imported,
+        "the Python package `{module}` (PyPI) is missing: {} cannot import it \
+         (`bash tests/run` installs it into the target dir's test-venv; or set \
+         NGINX_AUTH_FCGI_TEST_PYTHON to a python3 that has it)",
+        python.display()
+    );
+    python
+}
+
 /// Runs `cmd` to its end; its output, or a panic with what it printed when it
 /// could not start or failed.
 pub fn run(cmd: &mut Command, what: &str) -> Output {

@@ -463,11 +463,17 @@ pub fn make_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 /// A server certificate for `localhost` / `127.0.0.1` signed by the CA
 /// (key mode 0600): returns (key, certificate).
 pub fn make_leaf(dir: &Path, ca: &(PathBuf, PathBuf)) -> (PathBuf, PathBuf) {
+    make_named_leaf(dir, ca, "server")
+}
+
+/// [`make_leaf`] as `NAME.key` / `NAME.crt` (e.g. a client certificate,
+/// which may serve either way).
+pub fn make_named_leaf(dir: &Path, ca: &(PathBuf, PathBuf), name: &str) -> (PathBuf, PathBuf) {
     let (key, csr, cert, ext) = (
-        dir.join("server.key"),
-        dir.join("server.csr"),
-        dir.join("server.crt"),
-        dir.join("server.ext"),
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.csr")),
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.ext")),
     );
     run(
         openssl()

@@ -7,7 +7,11 @@ page fetched.
       one python3-requests Session with HTTPDigestAuth fetches every PATH, N
       rounds (default 1). Per fetch: path, status, body, challenges (the 401s
       requests saw: response.history plus a final 401) and requests (how
-      many it sent); top level: challenges = the total.
+      many it sent), authorization (the Digest header of its last request),
+      rspauth (for a 200: "ok" when Authentication-Info's rspauth equals the
+      one recomputed here from PASSWORD, "bad", or "missing"), nextnonce
+      (whether Authentication-Info carried one); top level: challenges =
+      the total.
 
   http_clients.py chromium CHROMIUM BASE USER PASSWORD USER_AGENT PATH...
       headless Chromium opens every PATH in turn in one tab and answers the
@@ -22,6 +26,7 @@ page fetched.
       401s in nginx's access log by USER_AGENT.
 """
 import fcntl
+import hashlib
 import json
 import os
 import select
@@ -48,10 +53,63 @@ def requests_mode(base, user, password, paths, rounds, agent):
             seen = [h.status_code for h in r.history] + [r.status_code]
             challenges = seen.count(401)
             total += challenges
+            sent = r.request.headers.get("Authorization", "")
+            info = r.headers.get("Authentication-Info")
+            rspauth = None
+            if r.status_code == 200 and sent.startswith("Digest "):
+                rspauth = check_rspauth(sent, info, password)
             results.append({"path": path, "status": r.status_code,
                             "body": r.text, "challenges": challenges,
-                            "requests": len(seen)})
+                            "requests": len(seen), "authorization": sent,
+                            "rspauth": rspauth,
+                            "nextnonce": bool(info and "nextnonce=" in info)})
     emit({"challenges": total}, results)
+
+
+def digest_params(h):
+    """The auth-params of a Digest header (quoted strings unescaped)."""
+    out, i = {}, 0
+    while i < len(h):
+        while i < len(h) and h[i] in " ,":
+            i += 1
+        j = h.index("=", i)
+        name = h[i:j].strip().lower()
+        i = j + 1
+        if h[i:i + 1] == '"':
+            i += 1
+            v = ""
+            while h[i] != '"':
+                if h[i] == "\\":
+                    i += 1
+                v += h[i]
+                i += 1
+            i += 1
+        else:
+            j = i
+            while i < len(h) and h[i] != ",":
+                i += 1
+            v = h[j:i].strip()
+        out[name] = v
+    return out
+
+
+def check_rspauth(sent, info, password):
+    """RFC 7616 §3.5, computed here independently of the daemon: rspauth =
+    H(HA1:nonce:nc:cnonce:auth:H(":" uri)), HA1 as for the request."""
+    if not info:
+        return "missing"
+    a = digest_params(sent[len("Digest "):])
+    got = digest_params(info)
+    alg = a.get("algorithm", "MD5").upper()
+    hf = hashlib.sha256 if alg.startswith("SHA-256") else hashlib.md5
+    H = lambda s: hf(s.encode()).hexdigest()
+    ha1 = H(f"{a['username']}:{a['realm']}:{password}")
+    if alg.endswith("-SESS"):
+        ha1 = H(f"{ha1}:{a['nonce']}:{a['cnonce']}")
+    want = H(f"{ha1}:{a['nonce']}:{a['nc']}:{a['cnonce']}:auth:{H(':' + a['uri'])}")
+    echoed = got.get("nc") == a["nc"] and got.get("cnonce") == a["cnonce"] \
+        and got.get("qop") == "auth"
+    return "ok" if got.get("rspauth") == want and echoed else "bad"
 
 
 def emit(top, results):

@@ -15,13 +15,18 @@ use std::time::Duration;
 
 use crate::common::daemon::Daemon;
 use crate::common::e2e::{free_ports, repo_root, require, run_toml};
-use crate::common::proc::{port_open, require_file, run_lines, try_wait_until, Proc};
+use crate::common::proc::{
+    port_open, require_file, require_python_module, run_lines, try_wait_until, Proc,
+};
 use serde::Deserialize;
 
-const KEY: &str = "http-e2e-key-0815";
-const ALICE_PW: &str = "Circle of Life";
+/// The shared secret `render` writes into the nginx config.
+pub(super) const KEY: &str = "http-e2e-key-0815";
+pub(super) const ALICE_PW: &str = "Circle of Life";
 /// What `www/private/index.html` shows (`document.body.innerText`).
 const INDEX_TEXT: &str = "the private index";
+/// What `www/members/index.html` (Basic only) shows.
+const MEMBERS_TEXT: &str = "the members page";
 
 struct Site {
     port: u16,
@@ -34,9 +39,25 @@ fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// A site daemon's flags: a socket nginx's workers reach, the log on
+/// stderr, the shared secret of the rendered config, `users` as passwd-file.
+pub(super) fn daemon_args(users: &Path) -> Vec<String> {
+    vec![
+        "--socket-mode".to_owned(),
+        "0666".into(),
+        "--log".into(),
+        "stderr".into(),
+        "--require-header".into(),
+        format!("X-Auth-Key={KEY}"),
+        "--passdb".into(),
+        format!("passwd-file:{}", users.display()),
+    ]
+}
+
 /// The shipped file with each TEST: value replaced; every pattern must occur
 /// exactly as often as stated, so drift in the shipped file fails here.
-fn render(dir: &Path, port: u16, sock: &Path) -> String {
+/// `socks` are the upstream's servers (round-robin, in this order).
+pub(super) fn render(dir: &Path, port: u16, socks: &[&Path]) -> String {
     let shipped = fs::read_to_string(repo_root().join("nginx-conf/http-auth.conf")).unwrap();
     let d = dir.display();
     let subs: Vec<(String, String, usize)> = vec![
@@ -58,7 +79,11 @@ fn render(dir: &Path, port: u16, sock: &Path) -> String {
         ("/var/lib/nginx/".into(), format!("{d}/tmp-"), 5),
         (
             "unix:/run/nginx-auth-fcgi/auth.sock".into(),
-            format!("unix:{}", sock.display()),
+            socks
+                .iter()
+                .map(|s| format!("unix:{}", s.display()))
+                .collect::<Vec<_>>()
+                .join("; server "),
             1,
         ),
         ("listen 80;".into(), format!("listen 127.0.0.1:{port};"), 1),
@@ -66,7 +91,7 @@ fn render(dir: &Path, port: u16, sock: &Path) -> String {
         (
             "\"CHANGE-ME-shared-secret\"".into(),
             format!("\"{KEY}\""),
-            2,
+            3,
         ),
     ];
     let mut out = String::new();
@@ -111,14 +136,20 @@ impl Site {
         // nginx's workers run as www-data: they must reach the content.
         chmod(dir.path(), 0o755);
         let p = |rel: &str| dir.path().join(rel);
-        for sub in ["www/private", "www/legacy"] {
+        for sub in ["www/private", "www/legacy", "www/members"] {
             fs::create_dir_all(p(sub)).unwrap();
         }
         chmod(&p("www"), 0o755);
         chmod(&p("www/private"), 0o755);
         chmod(&p("www/legacy"), 0o755);
+        chmod(&p("www/members"), 0o755);
         fs::write(p("www/private/secret.txt"), "the private page\n").unwrap();
         fs::write(p("www/legacy/old.txt"), "the legacy page\n").unwrap();
+        fs::write(
+            p("www/members/index.html"),
+            format!("<!doctype html><title>Members</title><p>{MEMBERS_TEXT}</p>\n"),
+        )
+        .unwrap();
         fs::write(
             p("www/private/index.html"),
             format!("<!doctype html><title>Private</title><p>{INDEX_TEXT}</p>\n"),
@@ -128,6 +159,7 @@ impl Site {
             "www/private/secret.txt",
             "www/private/index.html",
             "www/legacy/old.txt",
+            "www/members/index.html",
         ] {
             chmod(&p(f), 0o644);
         }
@@ -143,18 +175,9 @@ impl Site {
             .expect("fastcgi_params (nginx-common)");
         let sock = p("auth.sock");
         let [port] = free_ports::<1>();
-        fs::write(p("nginx.conf"), render(dir.path(), port, &sock)).unwrap();
+        fs::write(p("nginx.conf"), render(dir.path(), port, &[&sock])).unwrap();
 
-        let mut args = vec![
-            "--socket-mode".to_owned(),
-            "0666".into(),
-            "--log".into(),
-            "stderr".into(),
-            "--require-header".into(),
-            format!("X-Auth-Key={KEY}"),
-            "--passdb".into(),
-            format!("passwd-file:{}", p("users").display()),
-        ];
+        let mut args = daemon_args(&p("users"));
         if !daemon_toml.is_empty() {
             fs::write(p("daemon.toml"), daemon_toml).unwrap();
             args.extend(["--config".into(), p("daemon.toml").display().to_string()]);
@@ -267,15 +290,20 @@ impl Site {
     /// `tests/e2e/http_clients.py MODE ARGS…` (system interpreter: Debian's
     /// python3-requests lives there), its TOML output parsed.
     fn http_clients(&self, mode: &str, args: &[&str]) -> ClientsOut {
-        run_toml(
-            Command::new(require_file("/usr/bin/python3", "python3"))
-                .arg(repo_root().join("tests/e2e/http_clients.py"))
-                .arg(mode)
-                .args(args)
-                .env("PYTHONDONTWRITEBYTECODE", "1"),
-            &format!("http_clients.py {mode}"),
-        )
+        http_clients(mode, args)
     }
+}
+
+/// `tests/e2e/http_clients.py MODE ARGS…`, its TOML output parsed.
+pub(super) fn http_clients(mode: &str, args: &[&str]) -> ClientsOut {
+    run_toml(
+        Command::new(require_file("/usr/bin/python3", "python3"))
+            .arg(repo_root().join("tests/e2e/http_clients.py"))
+            .arg(mode)
+            .args(args)
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        &format!("http_clients.py {mode}"),
+    )
 }
 
 /// One request in nginx's access log.
@@ -293,31 +321,40 @@ fn count_401(hits: &[Hit], path: &str) -> usize {
 
 /// What `tests/e2e/http_clients.py` prints.
 #[derive(Debug, Deserialize)]
-struct ClientsOut {
+pub(super) struct ClientsOut {
     /// requests: all 401s the session saw.
     #[serde(default)]
-    challenges: usize,
-    results: Vec<Fetched>,
+    pub(super) challenges: usize,
+    pub(super) results: Vec<Fetched>,
 }
 
 /// One page fetched by `tests/e2e/http_clients.py`.
 #[derive(Debug, Deserialize)]
-struct Fetched {
-    path: String,
+pub(super) struct Fetched {
+    pub(super) path: String,
     /// Absent when Chromium got no document (a net error).
-    status: Option<u16>,
+    pub(super) status: Option<u16>,
     /// Chromium's net error.
     error: Option<String>,
-    body: String,
+    pub(super) body: String,
     /// requests: the 401s of this fetch (history plus a final 401).
     #[serde(default)]
-    challenges: usize,
+    pub(super) challenges: usize,
     /// requests: HTTP requests this fetch made.
     #[serde(default)]
     requests: usize,
     /// Chromium: how often it asked for credentials.
     #[serde(default)]
     auth_prompts: usize,
+    /// requests: the `Authorization` header of its last request.
+    #[serde(default)]
+    pub(super) authorization: String,
+    /// requests, on a 200 with Digest: `ok` when `Authentication-Info`'s
+    /// rspauth is the one the client computed, `bad`, or `missing`.
+    pub(super) rspauth: Option<String>,
+    /// requests: `Authentication-Info` carried a `nextnonce`.
+    #[serde(default)]
+    pub(super) nextnonce: bool,
 }
 
 impl Drop for Site {
@@ -535,16 +572,18 @@ fn malformed_authorization_headers_get_401_and_service_goes_on() {
 #[test]
 fn shipped_http_conf_keeps_its_test_markers() {
     let dir = tempfile::tempdir().unwrap();
-    let rendered = render(dir.path(), 1, &PathBuf::from("/tmp/x.sock"));
+    let rendered = render(dir.path(), 1, &[Path::new("/tmp/x.sock")]);
     assert!(rendered.contains("fastcgi_param AUTH_REALM \"Private area\";"));
     assert!(rendered.contains(&format!("fastcgi_param HTTP_X_AUTH_KEY \"{KEY}\";")));
-    // Both auth locations: internal redirects re-run auth_request with the
+    // Every auth location: internal redirects re-run auth_request with the
     // same $request_id (one client request, one decision).
+    let auth_locations = rendered.matches("location = /_auth/").count();
+    assert_eq!(auth_locations, 3, "private, legacy, members");
     assert_eq!(
         rendered
             .matches("fastcgi_param AUTH_REQUEST_ID $request_id;")
             .count(),
-        2
+        auth_locations
     );
 }
 
@@ -697,6 +736,84 @@ fn headless_chromium_directory_url() {
             "Chromium {}: {} 401s: {hits:?}",
             r.path,
             count_401(&hits, &r.path)
+        );
+    }
+}
+
+/// What `tests/e2e/browser_selenium.py` prints: one table per page.
+#[derive(Debug, Deserialize)]
+struct BrowserOut {
+    results: Vec<BrowserPage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BrowserPage {
+    path: String,
+    title: String,
+    body: String,
+    screenshot: PathBuf,
+    url: String,
+}
+
+/// A real browser as a web team drives it: Selenium (PyPI) through Debian's
+/// chromedriver and headless Chromium, answering the challenges with the
+/// test's credentials through WebDriver BiDi. It reads a Digest page
+/// (`/private/secret.txt`, SHA-256 Digest first in the challenge) and a
+/// Basic-only page (`/members/`), and saves a screenshot of each in the
+/// test's temp dir. The daemon's audit shows which scheme served which.
+#[test]
+fn selenium_chromium_reads_digest_and_basic_pages() {
+    let chromium = require("chromium", "chromium");
+    let driver = require("chromedriver", "chromium-driver");
+    let python = require_python_module("selenium");
+    let site = Site::start();
+    let shots = site.daemon.path("browser");
+    fs::create_dir_all(&shots).unwrap();
+    let out: BrowserOut = run_toml(
+        Command::new(python)
+            .arg(repo_root().join("tests/e2e/browser_selenium.py"))
+            .arg(driver)
+            .arg(chromium)
+            .arg(site.url(""))
+            .args(["alice", ALICE_PW, "e2e-selenium"])
+            .arg(&shots)
+            .args(["/private/secret.txt", "/members/"])
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        "browser_selenium.py",
+    );
+    let pages: Vec<(&str, &str, &str)> = out
+        .results
+        .iter()
+        .map(|r| (r.path.as_str(), r.title.as_str(), r.body.trim()))
+        .collect();
+    assert_eq!(
+        pages,
+        [
+            ("/private/secret.txt", "", "the private page"),
+            ("/members/", "Members", MEMBERS_TEXT),
+        ],
+        "what Chromium showed: {out:?}"
+    );
+    for r in &out.results {
+        assert_eq!(r.url, site.url(&r.path), "Chromium ended up elsewhere");
+        let png = fs::read(&r.screenshot).unwrap_or_else(|e| {
+            panic!("screenshot of {}: {}: {e}", r.path, r.screenshot.display())
+        });
+        assert!(
+            r.screenshot.starts_with(&shots) && png.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "screenshot of {} is no PNG in the temp dir: {}",
+            r.path,
+            r.screenshot.display()
+        );
+    }
+    for method in ["digest", "basic"] {
+        let oks = site.daemon_lines(&format!(
+            "auth result=ok protocol=http method={method} user=alice "
+        ));
+        assert!(
+            !oks.is_empty(),
+            "no {method} login for alice in the daemon's audit:\n{}",
+            site.log("daemon.log")
         );
     }
 }

@@ -6,6 +6,7 @@
 mod common;
 
 mod app_passwords;
+mod digest_pool;
 mod directory;
 mod http;
 mod mail;

@@ -70,7 +70,20 @@ async fn challenge_then_digest_then_replay() {
     let nonce = nonce_of(&first);
     let auth = digest_header(&nonce, "wonderland", "00000001", "/private/x");
     let ok = ask(&s, &[md5[0], ("HTTP_AUTHORIZATION", &auth)]).await;
-    assert_eq!(ok, "Status: 200 OK\r\nX-Auth-User: alice\r\n\r\n");
+    // rspauth (RFC 7616 §3.5): the response with A2 = ":" uri.
+    let h = |s: String| Algorithm::Md5.h(s.as_bytes());
+    let ha1 = h("alice:R:wonderland".into());
+    let rspauth = h(format!(
+        "{ha1}:{nonce}:00000001:cn:auth:{}",
+        h(":/private/x".into())
+    ));
+    assert_eq!(
+        ok,
+        format!(
+            "Status: 200 OK\r\nX-Auth-User: alice\r\nAuthentication-Info: rspauth=\"{rspauth}\", \
+             qop=auth, nc=00000001, cnonce=\"cn\"\r\n\r\n"
+        )
+    );
     let replay = ask(&s, &[md5[0], ("HTTP_AUTHORIZATION", &auth)]).await;
     assert!(
         replay.starts_with("Status: 401") && replay.contains("stale=true"),

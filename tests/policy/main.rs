@@ -7,6 +7,7 @@
 mod common;
 
 mod app_passwords;
+mod digest_shared;
 mod http_auth;
 mod http_policy;
 mod mail_auth;

@@ -41,7 +41,8 @@ fn instance_with(redis: &Redis, clock: &Clock, throttle: ThrottlePolicy) -> Inst
         "alice:{PLAIN}alice-pw::::::\nbob:{PLAIN}bob-pw::::::\n",
     );
     let db = AnyPassdb::open(&format!("passwd-file:{}", passwd.display()), None).unwrap();
-    let throttle = Throttle::with_redis(throttle, clock.clone(), &redis.url()).unwrap();
+    let target = nginx_auth_fcgi::shared_state::Target::new(redis.url());
+    let throttle = Throttle::with_redis(throttle, clock.clone(), &target).unwrap();
     Instance {
         _dir: dir,
         auth: authenticator(vec![db], Some(Arc::new(throttle))),
@@ -221,4 +222,59 @@ async fn a_repeated_wrong_password_counts_once_across_instances() {
         vec!["ip 203.0.113.120 user alice".to_owned()]
     );
     assert_ok(&a.try_login("alice", "alice-pw", phone).await);
+}
+
+/// A master demoted behind the sentinels' back (they were down, and came
+/// back knowing the new master) answers the next write `READONLY`: the
+/// sentinels are asked at once and the write goes to the new master, with
+/// no fallback.
+#[tokio::test]
+async fn a_write_refused_as_readonly_goes_to_the_new_master_at_once() {
+    use crate::common::redis::SentinelSet;
+    use nginx_auth_fcgi::shared_state::{Fallback, SharedState, Target};
+    capture_logs();
+    const FALLBACK: Fallback = Fallback {
+        lost: "readonly test: lost",
+        instead: "local",
+        back: "readonly test: back",
+        back_level: log::Level::Info,
+        retry_after: Duration::from_secs(5),
+    };
+    let mut set = SentinelSet::start(1);
+    let state = SharedState::open(&Target::new(set.url()), FALLBACK).unwrap();
+    let write = |v: &str| {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg("nginx-auth-fcgi:readonly-test").arg(v);
+        cmd
+    };
+    let () = state.query(&write("1")).await.unwrap();
+    let (old, new) = (set.servers[0].port, set.servers[1].port);
+    assert_eq!(set.master().port, old);
+    // The roles swap while the only sentinel is down.
+    set.sentinels[0].stop();
+    assert_eq!(set.servers[1].cli(&["REPLICAOF", "NO", "ONE"]).trim(), "OK");
+    let replicaof = ["REPLICAOF", "127.0.0.1", &new.to_string()].map(str::to_owned);
+    let replicaof: Vec<&str> = replicaof.iter().map(String::as_str).collect();
+    assert_eq!(set.servers[0].cli(&replicaof).trim(), "OK");
+    set.sentinels[0].restart_watching(new);
+    assert_eq!(set.master().port, new);
+
+    let () = state.query(&write("2")).await.unwrap();
+    assert_eq!(
+        set.servers[1]
+            .cli(&["GET", "nginx-auth-fcgi:readonly-test"])
+            .trim(),
+        "2"
+    );
+    let lines = |what: &str| -> Vec<String> {
+        let log = LOG.lock().unwrap();
+        log.iter().filter(|l| l.contains(what)).cloned().collect()
+    };
+    let failed = lines(&format!("at 127.0.0.1:{old} failed ("));
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].contains("read only replica"), "{}", failed[0]);
+    println!("{}", failed[0]);
+    let moved = lines(&format!("moved from 127.0.0.1:{old} to 127.0.0.1:{new}"));
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(log_lines("readonly test: lost"), 0, "no fallback");
 }
