@@ -15,6 +15,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -204,7 +205,10 @@ fn example_root() -> tempfile::TempDir {
     fs::create_dir_all(dir.path().join("var/lib/nginx-auth-fcgi")).expect("mkdir");
     // The Digest nonce key of several-instances.toml, private as check-config wants.
     let key = dir.path().join("var/lib/nginx-auth-fcgi/nonce.key");
-    fs::write(&key, format!("{}\n", "5a".repeat(32))).expect("write nonce.key");
+    let hex: String = (0u8..32)
+        .map(|b| format!("{:02x}", b.wrapping_mul(37)))
+        .collect();
+    fs::write(&key, format!("{hex}\n")).expect("write nonce.key");
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod nonce.key");
     dir
 }
@@ -441,6 +445,8 @@ fn nginx_examples_pass_nginx_t() {
         }
         for (from, to) in [
             ("server unix:/run/nginx-auth-fcgi/auth.sock;", "auth.sock;"),
+            ("server unix:/run/nginx-auth-fcgi/a.sock;", "a.sock;"),
+            ("server unix:/run/nginx-auth-fcgi/b.sock;", "b.sock;"),
             ("/etc/ssl/certs/ssl-cert-snakeoil.pem;", "cert.pem;"),
             ("/etc/ssl/private/ssl-cert-snakeoil.key;", "key.pem;"),
             ("/etc/nginx/mail-client-ca.pem;", "cert.pem;"),
