@@ -15,6 +15,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -202,6 +203,13 @@ fn example_root() -> tempfile::TempDir {
     fs::create_dir_all(secret.parent().unwrap()).expect("mkdir");
     fs::write(&secret, "a-long-random-master-secret\n").expect("write master.secret");
     fs::create_dir_all(dir.path().join("var/lib/nginx-auth-fcgi")).expect("mkdir");
+    // The Digest nonce key of several-instances.toml, private as check-config wants.
+    let key = dir.path().join("var/lib/nginx-auth-fcgi/nonce.key");
+    let hex: String = (0u8..32)
+        .map(|b| format!("{:02x}", b.wrapping_mul(37)))
+        .collect();
+    fs::write(&key, format!("{hex}\n")).expect("write nonce.key");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod nonce.key");
     dir
 }
 
@@ -345,6 +353,7 @@ fn shell_serve_invocations_pass_check_config() {
 enum Context {
     Main,
     Mail,
+    Http,
     Server,
     Location,
 }
@@ -354,19 +363,21 @@ fn context(text: &str) -> Context {
     match first.strip_prefix("# context: ") {
         None => Context::Main,
         Some(c) if c.starts_with("mail") => Context::Mail,
+        Some("http") => Context::Http,
         Some(c) if c.starts_with("http server") => Context::Server,
         Some(c) if c.contains("location") => Context::Location,
-        Some(c) => panic!("unknown context `{c}` (mail, http server, … location)"),
+        Some(c) => panic!("unknown context `{c}` (mail, http, http server, … location)"),
     }
 }
 
 /// A complete config holding `fragment` where its context says.
 fn harness(fragment: &str, context: Context) -> String {
-    let (mail, server, location) = match context {
+    let (mail, http, server, location) = match context {
         Context::Main => return fragment.to_owned(),
-        Context::Mail => (fragment, "", ""),
-        Context::Server => ("", fragment, ""),
-        Context::Location => ("", "", fragment),
+        Context::Mail => (fragment, "", "", ""),
+        Context::Http => ("", fragment, "", ""),
+        Context::Server => ("", "", fragment, ""),
+        Context::Location => ("", "", "", fragment),
     };
     format!(
         "load_module /usr/lib/nginx/modules/ngx_mail_module.so;\n\
@@ -379,6 +390,7 @@ fn harness(fragment: &str, context: Context) -> String {
          }}\n\
          http {{\n\
          upstream nginx_auth_fcgi {{ server unix:/run/nginx-auth-fcgi/auth.sock; }}\n\
+         {http}\n\
          server {{\n\
          listen 127.0.0.1:9189;\n\
          {server}\n\
@@ -433,6 +445,8 @@ fn nginx_examples_pass_nginx_t() {
         }
         for (from, to) in [
             ("server unix:/run/nginx-auth-fcgi/auth.sock;", "auth.sock;"),
+            ("server unix:/run/nginx-auth-fcgi/a.sock;", "a.sock;"),
+            ("server unix:/run/nginx-auth-fcgi/b.sock;", "b.sock;"),
             ("/etc/ssl/certs/ssl-cert-snakeoil.pem;", "cert.pem;"),
             ("/etc/ssl/private/ssl-cert-snakeoil.key;", "key.pem;"),
             ("/etc/nginx/mail-client-ca.pem;", "cert.pem;"),

@@ -8,8 +8,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use md5::{Digest as _, Md5};
+use nginx_auth_fcgi::http_auth::shared_nc;
+
 use crate::cli::mail_login;
 use crate::common::daemon::{run_cli, Daemon};
+use crate::common::fcgi;
 use crate::common::proc::wait_until;
 use crate::common::redis::{ClientAuth, Passwords, Redis, RedisTls, SentinelSet};
 
@@ -264,17 +268,115 @@ fn check_config_warns_about_a_key_others_can_read() {
     );
 }
 
+const REALM: &str = "Shared";
+
+/// An HTTP Digest `auth_request` for `/x` to `d`'s socket (MD5, the realm
+/// above), as nginx sends it with its own `AUTH_REQUEST_ID`; the status and
+/// the `WWW-Authenticate` of the reply.
+fn digest_request(d: &Daemon, authorization: Option<&str>, id: &str) -> (String, String) {
+    let mut pairs: Vec<(&[u8], &[u8])> = vec![
+        (b"REQUEST_METHOD", b"GET"),
+        (b"REQUEST_URI", b"/x"),
+        (b"REMOTE_ADDR", CLIENT.as_bytes()),
+        (b"AUTH_REALM", REALM.as_bytes()),
+        (b"AUTH_SCHEMES", b"digest"),
+        (b"AUTH_DIGEST_ALGORITHMS", b"MD5"),
+        (b"AUTH_REQUEST_ID", id.as_bytes()),
+        (b"HTTP_X_AUTH_KEY", b"k"),
+    ];
+    if let Some(a) = authorization {
+        pairs.push((b"HTTP_AUTHORIZATION", a.as_bytes()));
+    }
+    let reply = fcgi::exchange(d.sock(), &pairs);
+    (
+        reply.header("Status").unwrap_or_default(),
+        reply.header("WWW-Authenticate").unwrap_or_default(),
+    )
+}
+
+fn md5_hex(s: &str) -> String {
+    hex::encode(Md5::digest(s.as_bytes()))
+}
+
+/// A nonce from `d`'s challenge.
+fn nonce_from(d: &Daemon) -> String {
+    let (status, www) = digest_request(d, None, "challenge");
+    assert!(status.starts_with("401"), "{status} {www}");
+    let start = www.find("nonce=\"").expect("a nonce") + 7;
+    www[start..start + www[start..].find('"').unwrap()].to_owned()
+}
+
+/// alice's (password `a`) Authorization for `nonce`, `cnonce`, nc 1,
+/// computed here (RFC 7616 §3.4.1, MD5, qop=auth).
+fn alice_digest(nonce: &str, cnonce: &str) -> String {
+    let ha1 = md5_hex(&format!("alice:{REALM}:a"));
+    let ha2 = md5_hex("GET:/x");
+    let response = md5_hex(&format!("{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}"));
+    format!(
+        "Digest username=\"alice\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"/x\", \
+         algorithm=MD5, qop=auth, nc=00000001, cnonce=\"{cnonce}\", response=\"{response}\""
+    )
+}
+
+/// Whether `master` holds a Digest count of 1 for (nonce, cnonce): `1`, or
+/// `1 REQUEST-HASH` as the daemon stores it.
+fn count_in(master: &Redis, nonce: &str, cnonce: &str) -> bool {
+    let stored = master.cli(&["GET", &shared_nc::key(nonce, cnonce)]);
+    stored.split_whitespace().next() == Some("1")
+}
+
+/// A Digest login with a fresh `cnonce` on each of `a` and `b`, which must
+/// pass whatever Redis does. When both counts are in `master` (the Redis the
+/// sentinels name; both instances' Digest connections use it then), a's
+/// header is replayed to `b` in another client request and must be refused
+/// as a replay: true. False while a count is not there yet.
+fn digest_then_replay(a: &Daemon, b: &Daemon, nonce: &str, cnonce: &str, master: &Redis) -> bool {
+    let mut in_master = true;
+    let mut header = String::new();
+    for (d, tag) in [(b, "b"), (a, "a")] {
+        let cnonce = format!("{cnonce}-{tag}");
+        header = alice_digest(nonce, &cnonce);
+        let (status, www) = digest_request(d, Some(&header), &cnonce);
+        assert!(
+            status.starts_with("200"),
+            "Digest login on {tag}: {status} {www}"
+        );
+        in_master &= count_in(master, nonce, &cnonce);
+    }
+    if !in_master {
+        return false;
+    }
+    let (status, www) = digest_request(b, Some(&header), &format!("{cnonce}-replay"));
+    assert!(
+        status.starts_with("401") && www.contains("stale=true"),
+        "a's Digest header replayed to b: {status} {www}"
+    );
+    true
+}
+
 #[test]
 fn sentinel_failover_is_followed_and_blocks_keep_working() {
     let mut set = SentinelSet::start(2);
     let url = set.url();
-    let (a, b) = (start(&["--state", &url]), start(&["--state", &url]));
+    let keydir = tempfile::tempdir().unwrap();
+    let key = keydir.path().join("nonce.key");
+    let init = run_cli(["nonce-key", "init", key.to_str().unwrap()], "");
+    assert!(init.status.success(), "nonce-key init: {init:?}");
+    let flags = ["--state", &url, "--nonce-key-file", key.to_str().unwrap()];
+    let (a, b) = (start(&flags), start(&flags));
     guess(&a, "alice", GUESSER);
     assert_blocked(&b, "alice", "a", GUESSER);
+    // Digest counts are shared through the master too.
+    let nonce = nonce_from(&b);
+    assert!(
+        digest_then_replay(&a, &b, &nonce, "before", set.master()),
+        "the count is in the master"
+    );
     let old = set.master().port;
     assert!(!set.master().our_keys().is_empty());
     let first = format!("Sentinel master `mymaster` is 127.0.0.1:{old}");
-    assert_eq!(lines(&a, &first).len(), 1, "{}", a.log());
+    // One line per user of the state: the throttle and the Digest counts.
+    assert_eq!(lines(&a, &first).len(), 2, "{}", a.log());
 
     // What the master holds is on the replica too, then the master dies.
     set.wait_replicated();
@@ -322,6 +424,31 @@ fn sentinel_failover_is_followed_and_blocks_keep_working() {
     assert_blocked(&a, "bob", "b", "203.0.113.10");
     assert_eq!(set.master().port, new);
     assert!(set.master().our_keys().len() > before);
+
+    // Digest counts follow the failover too: every login passes meanwhile
+    // (each instance's own counts, logged once), and within the bound both
+    // instances' counts reach the new master and b refuses a's header.
+    let mut round = 0;
+    wait_until("Digest counts on the new master", WAIT, || {
+        round += 1;
+        let shared = digest_then_replay(&a, &b, &nonce, &format!("after-{round}"), set.master());
+        if !shared {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        shared
+    });
+    println!(
+        "Digest counts on the new master {:?} after the kill ({round} rounds)",
+        killed.elapsed()
+    );
+    for d in [&a, &b] {
+        // The throttle's connection and the Digest counts' each follow.
+        assert!(
+            lines(d, &moved).len() >= 2,
+            "both users of the state followed: {}",
+            d.log()
+        );
+    }
 
     // The old master comes back as a replica; a manual failover promotes
     // it again and demotes the master the daemons use, which does not die
