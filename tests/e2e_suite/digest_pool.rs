@@ -130,6 +130,25 @@ impl Pool {
         http_clients("requests", &args).results
     }
 
+    /// One `curl --digest` invocation fetching `paths` (a challenge per
+    /// URL): the final status of each, and curl's output.
+    fn curl_digest(&self, paths: &[String]) -> (Vec<String>, std::process::Output) {
+        let mut curl = Command::new(require("curl", "curl"));
+        curl.args(["-s", "--max-time", "20", "--digest", "-u"])
+            .arg(format!("alice:{PW}"))
+            .args(["-w", "%{http_code}\\n"]);
+        for path in paths {
+            curl.args(["-o", "/dev/null"])
+                .arg(format!("{}{path}", self.base()));
+        }
+        let out = curl.output().expect("run curl");
+        let codes = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        (codes, out)
+    }
+
     /// How often `what` occurs in each daemon's log.
     fn counts(&self, what: &str) -> Vec<usize> {
         self.daemons
@@ -248,19 +267,7 @@ fn two_instances_behind_one_upstream_act_as_one() {
     );
 
     // curl --digest: 50 URLs in one invocation, each challenged afresh.
-    let mut curl = Command::new(require("curl", "curl"));
-    curl.args(["-s", "--max-time", "20", "--digest", "-u"])
-        .arg(format!("alice:{PW}"))
-        .args(["-w", "%{http_code}\\n"]);
-    for path in paths("c", 50) {
-        curl.args(["-o", "/dev/null"])
-            .arg(format!("{}{path}", pool.base()));
-    }
-    let out = curl.output().expect("run curl");
-    let codes: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let (codes, out) = pool.curl_digest(&paths("c", 50));
     assert_eq!(codes, vec!["200"; 50], "curl --digest: {out:?}");
     let served = pool.counts(OK_LINE);
     assert_eq!(served.iter().sum::<usize>(), 100, "{served:?}");
@@ -268,19 +275,7 @@ fn two_instances_behind_one_upstream_act_as_one() {
     // A directory URL: its two auth subrequests (one client request, one
     // AUTH_REQUEST_ID) may land on both instances; the second must get the
     // first's verdict, not a replay refusal. Ten times, so both orders occur.
-    let mut curl = Command::new(require("curl", "curl"));
-    curl.args(["-s", "--max-time", "20", "--digest", "-u"])
-        .arg(format!("alice:{PW}"))
-        .args(["-w", "%{http_code}\\n"]);
-    for _ in 0..10 {
-        curl.args(["-o", "/dev/null"])
-            .arg(format!("{}/private/", pool.base()));
-    }
-    let out = curl.output().expect("run curl");
-    let codes: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let (codes, out) = pool.curl_digest(&vec!["/private/".to_owned(); 10]);
     assert_eq!(codes, vec!["200"; 10], "curl --digest /private/: {out:?}");
     let dir_pages = pool.requests(&vec!["/private/".to_owned(); 10]);
     for f in &dir_pages {
