@@ -120,6 +120,9 @@ struct Inner {
     order: BTreeMap<u64, (usize, String)>,
     bytes: usize,
     next_seq: u64,
+    /// Raised by every flush: a lookup that was asked before it does not
+    /// store what it read (it may predate the change the flush is for).
+    generation: u64,
 }
 
 impl Inner {
@@ -209,7 +212,7 @@ impl LookupCache {
     /// `user`, with its age, when the failure is temporary and the record
     /// was fetched less than `stale_ttl` ago (counted as stale).
     pub fn stale(&self, db: usize, user: &str, error: &PassdbError) -> Option<(Lookup, Duration)> {
-        if !matches!(error, PassdbError::Unavailable(_) | PassdbError::Timeout) {
+        if !is_temporary(error) {
             return None;
         }
         let inner = crate::sync::lock(&self.inner);
@@ -222,12 +225,24 @@ impl LookupCache {
         Some((e.lookup.clone(), Duration::from_millis(age)))
     }
 
-    /// Remembers what the backend answered for `user` in passdb `db`: a
-    /// found or disabled record is stored; an unknown user drops the entry.
-    pub fn put(&self, db: usize, user: &str, lookup: &Lookup) {
+    /// The flush generation, read before asking the backend and handed to
+    /// [`LookupCache::put`].
+    pub fn generation(&self) -> u64 {
+        crate::sync::lock(&self.inner).generation
+    }
+
+    /// Remembers what the backend answered for `user` in passdb `db`, asked
+    /// at flush `generation`: a found or disabled record is stored; an
+    /// unknown user drops the entry. Nothing is stored when a flush came in
+    /// between (the answer may predate what the flush was for: `user
+    /// disable` while the lookup was under way).
+    pub fn put(&self, generation: u64, db: usize, user: &str, lookup: &Lookup) {
         use crate::passdb::Rejection;
         let mut inner = crate::sync::lock(&self.inner);
         inner.remove(db, user);
+        if inner.generation != generation {
+            return;
+        }
         match lookup {
             Lookup::Found { .. } | Lookup::Rejected(Rejection::Disabled) => {}
             Lookup::Rejected(_) => return,
@@ -277,9 +292,13 @@ impl LookupCache {
     /// entries went.
     pub fn flush(&self, user: Option<&str>) -> usize {
         let mut inner = crate::sync::lock(&self.inner);
+        inner.generation += 1;
         let Some(user) = user else {
             let n = inner.len();
-            *inner = Inner::default();
+            *inner = Inner {
+                generation: inner.generation,
+                ..Inner::default()
+            };
             return n;
         };
         let gone: Vec<(usize, String)> = inner
@@ -331,6 +350,11 @@ fn heap_bytes(lookup: &Lookup) -> usize {
     strings + secret.stored_len() + apps
 }
 
+/// A failure a stale record may answer for: the backend down or slow.
+fn is_temporary(error: &PassdbError) -> bool {
+    matches!(error, PassdbError::Unavailable(_) | PassdbError::Timeout)
+}
+
 /// The lookup of `user` in passdb number `db` of a chain, through `cache`
 /// when there is one: a fresh record, else the backend (`ask`), else, when
 /// the backend failed temporarily, a stale record (logged). The second
@@ -351,10 +375,18 @@ where
     if let Probe::Fresh(l) = cache.get(db, user) {
         return Ok((l, Some(LookupUse::Hit)));
     }
+    let generation = cache.generation();
     match ask.await {
         Ok(l) => {
-            cache.put(db, user, &l);
+            cache.put(generation, db, user, &l);
             Ok((l, Some(LookupUse::Miss)))
+        }
+        // Not an outage (a stored password that became unusable, e.g. an
+        // account locked with `!`): what was remembered is no longer what
+        // is stored, so it must not answer in a later outage.
+        Err(e) if !is_temporary(&e) => {
+            cache.forget(db, user);
+            Err(e)
         }
         Err(e) => match cache.stale(db, user, &e) {
             Some((l, age)) => {
@@ -409,7 +441,7 @@ mod tests {
     fn fresh_for_the_ttl_then_stale_only_on_temporary_failures_until_the_stale_ttl() {
         let clock = Clock::manual(1_000_000);
         let c = cache(&clock);
-        c.put(0, "alice", &found("one"));
+        c.put(c.generation(), 0, "alice", &found("one"));
         assert_eq!(fresh(&c, 0, "alice").as_deref(), Some(&b"one"[..]));
         assert_eq!(fresh(&c, 1, "alice"), None, "per passdb");
         assert_eq!(fresh(&c, 0, "bob"), None);
@@ -440,7 +472,7 @@ mod tests {
         clock.advance(Duration::from_millis(1));
         assert!(c.stale(0, "alice", &DOWN()).is_none(), "past the stale ttl");
         // A new answer starts the record's time again.
-        c.put(0, "alice", &found("two"));
+        c.put(c.generation(), 0, "alice", &found("two"));
         assert_eq!(fresh(&c, 0, "alice").as_deref(), Some(&b"two"[..]));
         assert_eq!(c.len(), 1);
     }
@@ -449,13 +481,28 @@ mod tests {
     fn disabled_is_kept_unknown_drops_the_record() {
         let clock = Clock::manual(0);
         let c = cache(&clock);
-        c.put(0, "alice", &found("one"));
-        c.put(0, "alice", &Lookup::Rejected(Rejection::Disabled));
+        c.put(c.generation(), 0, "alice", &found("one"));
+        c.put(
+            c.generation(),
+            0,
+            "alice",
+            &Lookup::Rejected(Rejection::Disabled),
+        );
         assert_eq!(fresh(&c, 0, "alice").as_deref(), Some(&b"disabled"[..]));
-        c.put(0, "alice", &Lookup::Rejected(Rejection::UnknownUser));
+        c.put(
+            c.generation(),
+            0,
+            "alice",
+            &Lookup::Rejected(Rejection::UnknownUser),
+        );
         assert!(c.is_empty(), "deleted: neither fresh nor stale");
         assert!(c.stale(0, "alice", &DOWN()).is_none());
-        c.put(0, "ghost", &Lookup::Rejected(Rejection::UnknownUser));
+        c.put(
+            c.generation(),
+            0,
+            "ghost",
+            &Lookup::Rejected(Rejection::UnknownUser),
+        );
         assert!(c.is_empty(), "unknown users are not cached");
         assert_eq!(c.bytes(), 0);
     }
@@ -471,15 +518,15 @@ mod tests {
             clock.clone(),
         );
         for u in ["a", "b", "c", "d"] {
-            c.put(0, u, &found("pw"));
+            c.put(c.generation(), 0, u, &found("pw"));
             clock.advance(Duration::from_secs(1));
         }
         assert_eq!(c.len(), 3);
         assert_eq!(fresh(&c, 0, "a"), None, "the oldest went");
         assert!(fresh(&c, 0, "d").is_some());
         // Refetching b makes it the newest: c goes next.
-        c.put(0, "b", &found("pw"));
-        c.put(0, "e", &found("pw"));
+        c.put(c.generation(), 0, "b", &found("pw"));
+        c.put(c.generation(), 0, "e", &found("pw"));
         assert!(fresh(&c, 0, "b").is_some());
         assert_eq!(fresh(&c, 0, "c"), None);
 
@@ -493,13 +540,13 @@ mod tests {
         );
         let big = found(&"x".repeat(100));
         for u in ["a", "b", "c"] {
-            c.put(0, u, &big);
+            c.put(c.generation(), 0, u, &big);
         }
         assert_eq!(c.len(), 2);
         assert!(c.bytes() <= 2 * one + one / 2);
         assert_eq!(fresh(&c, 0, "a"), None);
         // One record larger than the whole bound is not kept at all.
-        c.put(0, "huge", &found(&"x".repeat(4 * one)));
+        c.put(c.generation(), 0, "huge", &found(&"x".repeat(4 * one)));
         assert_eq!(fresh(&c, 0, "huge"), None);
         assert_eq!(c.len(), 2);
     }
@@ -508,9 +555,9 @@ mod tests {
     fn entries_past_their_stale_time_are_swept_on_insert() {
         let clock = Clock::manual(0);
         let c = cache(&clock);
-        c.put(0, "old", &found("pw"));
+        c.put(c.generation(), 0, "old", &found("pw"));
         clock.advance(Duration::from_secs(3600));
-        c.put(0, "new", &found("pw"));
+        c.put(c.generation(), 0, "new", &found("pw"));
         assert_eq!(c.len(), 1);
         assert!(fresh(&c, 0, "new").is_some());
     }
@@ -519,9 +566,9 @@ mod tests {
     fn flush_one_user_in_every_passdb_ignoring_case_or_everyone() {
         let clock = Clock::manual(0);
         let c = cache(&clock);
-        c.put(0, "Alice@example.org", &found("pw"));
-        c.put(1, "alice@example.org", &found("pw"));
-        c.put(0, "bob@example.org", &found("pw"));
+        c.put(c.generation(), 0, "Alice@example.org", &found("pw"));
+        c.put(c.generation(), 1, "alice@example.org", &found("pw"));
+        c.put(c.generation(), 0, "bob@example.org", &found("pw"));
         assert_eq!(c.flush(Some("ALICE@example.org")), 2);
         assert_eq!(c.len(), 1);
         assert!(c.stale(0, "Alice@example.org", &DOWN()).is_none());
@@ -590,5 +637,58 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(used, None);
+    }
+
+    /// An account locked in the database (its stored password made unusable)
+    /// fails at its next login; the old good record must not answer for it
+    /// in a later outage.
+    #[test]
+    fn an_answer_that_is_not_an_outage_drops_the_record() {
+        let clock = Clock::manual(0);
+        let c = cache(&clock);
+        let through = |answer: Result<Lookup, PassdbError>| {
+            block_on(lookup_through(Some(&c), 0, "sqlite", "alice", async {
+                answer
+            }))
+        };
+        through(Ok(found("one"))).unwrap();
+        clock.advance(Duration::from_secs(61));
+        assert!(matches!(
+            through(Err(PassdbError::BadStoredPassword("locked".into()))),
+            Err(PassdbError::BadStoredPassword(_))
+        ));
+        assert!(c.is_empty(), "the old record is gone");
+        assert!(
+            matches!(through(Err(DOWN())), Err(PassdbError::Unavailable(_))),
+            "no stale answer for a locked account"
+        );
+    }
+
+    /// `user disable` flushes while a lookup that read the old row is under
+    /// way: that lookup's answer is used once but not stored, so the next
+    /// login reads the database again.
+    #[test]
+    fn a_flush_during_a_lookup_keeps_its_answer_out() {
+        let clock = Clock::manual(0);
+        let c = cache(&clock);
+        let (l, used) = block_on(lookup_through(Some(&c), 0, "sqlite", "alice", async {
+            // The row was read before the admin's change; the flush for it
+            // arrives before the answer.
+            c.flush(Some("alice"));
+            Ok(found("old"))
+        }))
+        .unwrap();
+        assert_eq!(
+            (plaintext(&l), used),
+            (b"old".to_vec(), Some(LookupUse::Miss))
+        );
+        assert!(c.is_empty(), "not stored");
+        let g = c.generation();
+        c.put(g, 0, "alice", &found("new"));
+        assert_eq!(fresh(&c, 0, "alice").as_deref(), Some(&b"new"[..]));
+        c.flush(None);
+        assert!(c.generation() > g, "a full flush raises it too");
+        c.put(g, 0, "alice", &found("old"));
+        assert!(c.is_empty(), "an answer asked before the full flush");
     }
 }

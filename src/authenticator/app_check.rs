@@ -74,9 +74,10 @@ impl Authenticator {
         } else if self.main_password_refused(apps, login.service) {
             (Verdict::Rejected(Rejection::AppPasswordRequired), None)
         } else {
-            // Only a main password that opened the account is worth upgrading.
-            let rehash = self.offer_rehash(db, user, main, passwords);
-            (Verdict::Accepted(principal), rehash)
+            // Only a main password that opened the account is worth
+            // upgrading: the caller offers the rehash (not for a stale
+            // record, whose passdb is down).
+            (Verdict::Accepted(principal), None)
         };
         Ok(Checked {
             verdict,

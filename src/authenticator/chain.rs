@@ -170,8 +170,18 @@ impl Authenticator {
                     secret,
                     apps,
                 } => {
-                    self.check_found(db, user, principal, &secret, &apps, passwords, login)
-                        .await?
+                    let mut checked = self
+                        .check_found(db, user, principal, &secret, &apps, passwords, login)
+                        .await?;
+                    // The main password opened the account: worth upgrading,
+                    // unless the record is stale (its passdb is down; the
+                    // worker could neither read nor write it).
+                    let main_ok = matches!(checked.verdict, Verdict::Accepted(_))
+                        && checked.notes.app_password.is_none();
+                    if main_ok && used != Some(LookupUse::Stale) {
+                        checked.notes.rehash = self.offer_rehash(db, user, &secret, passwords);
+                    }
+                    checked
                 }
                 Lookup::Rejected(r) => Checked {
                     verdict: Verdict::Rejected(r),

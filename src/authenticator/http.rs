@@ -288,11 +288,11 @@ impl Authenticator {
         let stale = &stale;
         let walk = self
             .walk(|db| async move {
-                if c.md5_family() {
-                    if let Some(ha1) = db.digest_ha1(user, &s.realm).await? {
-                        return Ok(Answer::Decide(DigestSecret::Ha1(ha1)));
-                    }
-                }
+                // The record first, through the credential lookup cache (so
+                // a Digest login costs no round trip while it is fresh and
+                // is served stale while the passdb is down), and its
+                // app-password rules; a stored HA1 only where the record
+                // holds no plaintext.
                 Ok(match self.lookup(db, user, stale).await? {
                     // Digest answers with the main password's plaintext:
                     // not where HTTP is kept for app passwords.
@@ -301,11 +301,28 @@ impl Authenticator {
                     {
                         Answer::Decide(DigestSecret::Rejected(Rejection::AppPasswordRequired))
                     }
+                    // A hashed password and an HA1 column (SQL `digest_ha1`).
+                    Answer::Decide(Lookup::Found { secret, .. })
+                        if secret.plaintext().is_none() && c.md5_family() =>
+                    {
+                        match db.digest_ha1(user, &s.realm).await? {
+                            Some(ha1) => Answer::Decide(DigestSecret::Ha1(ha1)),
+                            None => Answer::Decide(DigestSecret::Stored(secret)),
+                        }
+                    }
                     Answer::Decide(Lookup::Found { secret, .. }) => {
                         Answer::Decide(DigestSecret::Stored(secret))
                     }
                     Answer::Decide(Lookup::Rejected(r)) => {
                         Answer::Decide(DigestSecret::Rejected(r))
+                    }
+                    // A passdb of HA1s only (htdigest, in memory) hands out
+                    // no record.
+                    Answer::Next if c.md5_family() && !db.lookup_is_remote() => {
+                        match db.digest_ha1(user, &s.realm).await? {
+                            Some(ha1) => Answer::Decide(DigestSecret::Ha1(ha1)),
+                            None => Answer::Next,
+                        }
                     }
                     Answer::Next => Answer::Next,
                 })

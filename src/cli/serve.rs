@@ -466,16 +466,22 @@ async fn reload_on_sighup(
                     "reload rejected ({} problem(s)); still serving the previous configuration",
                     problems.len()
                 );
-                // A SIGHUP forgets the cached passdb records all the same.
-                if let Some(c) = handler.current().authenticator().lookup_cache() {
-                    c.flush(None);
-                }
+                forget_records(&handler);
             }
             Err(e) => {
-                log::error!("reload rejected ({e}); still serving the previous configuration")
+                log::error!("reload rejected ({e}); still serving the previous configuration");
+                forget_records(&handler);
             }
         }
         listen::notify_ready();
+    }
+}
+
+/// A SIGHUP forgets the cached passdb records even when the reload is
+/// rejected (the new configuration would have started with none).
+fn forget_records(handler: &Reloadable) {
+    if let Some(c) = handler.current().authenticator().lookup_cache() {
+        c.flush(None);
     }
 }
 

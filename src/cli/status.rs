@@ -67,6 +67,13 @@ pub enum CacheCommand {
 /// `cache flush [--user U]` over the socket.
 pub fn cache(command: CacheCommand) -> CmdResult {
     let CacheCommand::Flush { user, conn } = command;
+    // An empty name would mean "everything" on the wire: say so instead.
+    if user.as_deref().is_some_and(|u| u.trim().is_empty()) {
+        return Err(vec![
+            "cache flush --user: the user name is empty (leave --user out to forget everything)"
+                .to_owned(),
+        ]);
+    }
     let user = user.unwrap_or_default();
     print!("{}", flush(&conn.serve_args(), &user)?);
     Ok(ExitCode::SUCCESS)

@@ -87,6 +87,9 @@ pub struct Credentials {
     pub userhash: bool,
 }
 
+/// The longest `cnonce` accepted (bytes).
+pub const MAX_CNONCE: usize = 256;
+
 /// Why a Digest header was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {
@@ -233,6 +236,12 @@ impl Credentials {
         {
             return Err(DigestError::Invalid("response"));
         }
+        // The client nonce is kept (replay memory, repeats, Redis): clients
+        // send 8 to 64 characters; a longer one is refused, not stored.
+        let cnonce = need("cnonce")?;
+        if cnonce.is_empty() || cnonce.len() > MAX_CNONCE {
+            return Err(DigestError::Invalid("cnonce"));
+        }
         Ok(Credentials {
             username,
             realm: need("realm")?,
@@ -240,7 +249,7 @@ impl Credentials {
             uri: need("uri")?,
             response: response.to_ascii_lowercase(),
             algorithm,
-            cnonce: need("cnonce")?,
+            cnonce,
             nc,
             nc_text,
             opaque: get("opaque"),
@@ -338,6 +347,26 @@ mod tests {
             "6629fae49393a05397450978507c4ef1",
             "Mufasa",
         )
+    }
+
+    #[test]
+    fn a_client_nonce_is_bounded() {
+        let header = |cnonce: &str| {
+            format!(
+                "username=\"u\", realm=\"r\", nonce=\"n\", uri=\"/\", nc=00000001, \
+                 cnonce=\"{cnonce}\", qop=auth, response=\"{}\"",
+                "0".repeat(32)
+            )
+        };
+        assert!(Credentials::parse(&header(&"c".repeat(MAX_CNONCE))).is_ok());
+        for bad in ["".to_owned(), "c".repeat(MAX_CNONCE + 1)] {
+            assert_eq!(
+                Credentials::parse(&header(&bad)).unwrap_err(),
+                DigestError::Invalid("cnonce"),
+                "{} bytes",
+                bad.len()
+            );
+        }
     }
 
     #[test]

@@ -117,9 +117,12 @@ impl HttpSettings {
         };
         let nonce_lifetime = match text("AUTH_NONCE_LIFETIME")? {
             None => 300,
+            // A second to a day: the count is kept in Redis that long.
             Some(s) => s
-                .parse()
-                .map_err(|_| SettingsError("AUTH_NONCE_LIFETIME"))?,
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=86_400).contains(n))
+                .ok_or(SettingsError("AUTH_NONCE_LIFETIME"))?,
         };
         let userhash = match text("AUTH_USERHASH")?.as_deref() {
             None | Some("off") => false,

@@ -243,9 +243,14 @@ impl Nonces {
         lifetime: u64,
     ) -> bool {
         let local = self.accept_nc(nonce, cnonce, nc);
+        // Only a count this process accepts carries the request id: one it
+        // refused must not let nginx's repeat of that request pass on
+        // another instance (when Redis was behind this process's memory).
+        let request_id = request_id.filter(|_| local);
+        let keep = lifetime.saturating_add(60);
         let shared = match &self.shared {
             None => None,
-            Some(s) => s.record(nonce, cnonce, nc, request_id, lifetime + 60).await,
+            Some(s) => s.record(nonce, cnonce, nc, request_id, keep).await,
         };
         accepted(local, shared)
     }

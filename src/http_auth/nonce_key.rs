@@ -16,7 +16,7 @@
 //! SIGHUP reload read it; a reload that finds it broken is refused and the
 //! key in use stays.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -101,7 +101,13 @@ impl NonceKey {
             path: path.to_owned(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
+        // Non-blocking: a FIFO in its place must not hang start-up or a
+        // reload before the regular-file check refuses it.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
             return Err(NonceKeyError::NotAFile(path.to_owned()));
@@ -219,7 +225,9 @@ pub fn init(path: &Path) -> io::Result<Init> {
             .and_then(|d| std::fs::metadata(d).ok())
             .filter(|m| m.uid() != 0)
         {
-            std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))?;
+            // On the open file, not the path: the directory's owner could
+            // have swapped the name for a symlink meanwhile.
+            std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
         }
     }
     Ok(Init::Created)

@@ -25,7 +25,9 @@
 //!   again and the new master is logged with the time the move took.
 //!
 //! Connecting, one answer and each sentinel's are bounded by [`TIMEOUT`]; a
-//! whole exchange, and a whole Sentinel lookup, by twice that.
+//! whole exchange, and a whole Sentinel lookup, by twice that. Behind
+//! Sentinel one call may wait for another's lookup, then look up and
+//! exchange itself, and retry once after `READONLY`: a few seconds at most.
 //!
 //! Every key starts with [`PREFIX`] ([`key`]); the names after it belong to
 //! the users: the throttle's hashed counter and block keys and

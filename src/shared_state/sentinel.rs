@@ -96,6 +96,10 @@ pub enum SentinelUrlError {
     /// A `%` escape that is not UTF-8.
     #[error("a percent-encoded user or password is not UTF-8")]
     Encoding,
+    /// An `@` after the first `/`, `?` or `#`: a password holding one of
+    /// them unencoded (not shown: it would show part of the password).
+    #[error("the user or password holds `/`, `?` or `#`: percent-encode them (%2F, %3F, %23)")]
+    UnencodedCredentials,
 }
 
 impl SentinelUrl {
@@ -110,6 +114,9 @@ impl SentinelUrl {
         // The credentials end at the last `@` before the path or query
         // (`/`, `?` and `#` in a password are percent-encoded).
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if rest[authority_end..].contains('@') {
+            return Err(SentinelUrlError::UnencodedCredentials);
+        }
         let (userinfo, rest) = match rest[..authority_end].rfind('@') {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
@@ -601,6 +608,16 @@ mod tests {
             refused("redis+sentinel://:%ff@h/m"),
             SentinelUrlError::Encoding
         );
+        // A password with an unencoded `/`, `?` or `#`: said so, no part shown.
+        for url in [
+            "redis+sentinel://:hunter/2@h1/m",
+            "redis+sentinel://:hun?ter2@h1/m",
+            "redis+sentinel://:hun#ter2@h1/m",
+        ] {
+            let e = refused(url);
+            assert_eq!(e, SentinelUrlError::UnencodedCredentials, "{url}");
+            assert!(!e.to_string().contains("hun"), "{e}");
+        }
     }
 
     #[cfg(feature = "redis")]

@@ -172,3 +172,132 @@ async fn postgres_outage_is_served_from_the_lookup_cache() {
     expect(&login(&auth, user, "changed").await, Outcome::Ok, None);
     assert_eq!(queries(&server), before + 3);
 }
+
+/// Starts PostgreSQL with the users of [`built_in`] and its statement log on.
+async fn logged_server() -> Server {
+    let server = built_in(Kind::Postgres).await;
+    server
+        .execute(
+            None,
+            &[format!(
+                "ALTER DATABASE {BUILT_IN_DB} SET log_statement = 'all'"
+            )],
+        )
+        .await;
+    server
+}
+
+/// HTTP Digest (MD5) reads the same cached record: the second login of a
+/// plaintext user costs no query, and with PostgreSQL killed a Digest login
+/// is served stale like a Basic one (no live HA1 query stops it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_is_served_from_the_cached_record_and_stale() {
+    use base64::Engine as _;
+    use nginx_auth_fcgi::http_auth::digest::Algorithm;
+    let mut server = logged_server().await;
+    let db = AnyPassdb::open_with(
+        &server.uri(BUILT_IN_DB, "connect_timeout=1&query_timeout=2"),
+        &PassdbOptions::default(),
+    )
+    .unwrap();
+    let clock = Clock::manual(1_700_000_000_000);
+    let policy = Policy {
+        timeout: Duration::from_secs(5),
+        ..base_policy([Mechanism::Plain], local_upstreams())
+    };
+    let auth = Authenticator::new(policy, vec![db])
+        .unwrap()
+        .with_lookup_cache(Some(Arc::new(LookupCache::new(
+            LookupPolicy::default(),
+            clock.clone(),
+        ))));
+    let service = nginx_auth_fcgi::service::Service::new(auth, vec![]);
+    let params = |auth: Option<&str>| {
+        let mut p: Vec<(Vec<u8>, Vec<u8>)> = [
+            ("REQUEST_METHOD", "GET"),
+            ("REQUEST_URI", "/intranet/"),
+            ("AUTH_REALM", "Intranet"),
+            ("AUTH_DIGEST_ALGORITHMS", "MD5"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+        if let Some(a) = auth {
+            p.push((b"HTTP_AUTHORIZATION".to_vec(), a.as_bytes().to_vec()));
+        }
+        nginx_auth_fcgi::fastcgi::Params::from_pairs(p)
+    };
+    let respond = |auth: Option<String>| {
+        let service = &service;
+        let p = params(auth.as_deref());
+        async move { String::from_utf8(service.respond(&p).await).unwrap() }
+    };
+    let first = respond(None).await;
+    let i = first.find("nonce=\"").expect("a challenge") + 7;
+    let nonce = first[i..i + first[i..].find('"').unwrap()].to_owned();
+    let h = |s: String| Algorithm::Md5.h(s.as_bytes());
+    let user = "alice@example.org";
+    let ha1 = h(format!("{user}:Intranet:alice-pw"));
+    let answer = |nc: &str| {
+        let resp = h(format!(
+            "{ha1}:{nonce}:{nc}:cn:auth:{}",
+            h("GET:/intranet/".into())
+        ));
+        format!(
+            "Digest username=\"{user}\", realm=\"Intranet\", nonce=\"{nonce}\", \
+             uri=\"/intranet/\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"cn\", \
+             response=\"{resp}\""
+        )
+    };
+    let ok = respond(Some(answer("00000001"))).await;
+    assert!(ok.starts_with("Status: 200"), "{ok}");
+    let asked = queries(&server);
+    let ok = respond(Some(answer("00000002"))).await;
+    assert!(ok.starts_with("Status: 200"), "{ok}");
+    assert_eq!(queries(&server), asked, "the cached record answered");
+
+    server.kill();
+    clock.advance(Duration::from_secs(61));
+    let stale = respond(Some(answer("00000003"))).await;
+    assert!(stale.starts_with("Status: 200"), "Digest, stale: {stale}");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:alice-pw"))
+    );
+    let stale = respond(Some(basic)).await;
+    assert!(stale.starts_with("Status: 200"), "Basic, stale: {stale}");
+}
+
+/// With `upgrade_scheme` on and PostgreSQL down, a login answered by a
+/// stale record queues no rehash (its worker could neither read nor write,
+/// and used to drop the record after failing): the user keeps logging in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_login_queues_no_rehash() {
+    use nginx_auth_fcgi::passdb::rehash::{RehashPolicy, Rehasher};
+    let mut server = built_in(Kind::Postgres).await;
+    let uris = vec![server.uri(BUILT_IN_DB, "connect_timeout=1&query_timeout=2")];
+    let passdbs = vec![AnyPassdb::open_with(&uris[0], &PassdbOptions::default()).unwrap()];
+    let policy =
+        RehashPolicy::from_config(Some("SHA512-CRYPT:rounds=2000"), false, true, None, 1024)
+            .unwrap()
+            .unwrap();
+    let rehasher = Rehasher::start(policy, None, &uris, &passdbs).unwrap();
+    let clock = Clock::manual(1_700_000_000_000);
+    let cache = Arc::new(LookupCache::new(LookupPolicy::default(), clock.clone()));
+    let auth = Authenticator::new(base_policy([Mechanism::Plain], local_upstreams()), passdbs)
+        .unwrap()
+        .with_rehash(Some(rehasher))
+        .with_lookup_cache(Some(Arc::clone(&cache)));
+    let (user, pw) = ("alice@example.org", "alice-pw");
+    // A wrong password caches the record without queueing a rehash.
+    expect(&login(&auth, user, "wrong").await, Outcome::Fail, None);
+    assert_eq!(cache.len(), 1);
+    server.kill();
+    clock.advance(Duration::from_secs(61));
+    for round in 0..3 {
+        let d = login(&auth, user, pw).await;
+        expect(&d, Outcome::Ok, Some(CacheUse::Stale));
+        assert_eq!(d.audit.rehash, None, "round {round}: {}", d.audit);
+        assert_eq!(cache.len(), 1, "round {round}: the record stays");
+    }
+}

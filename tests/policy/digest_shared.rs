@@ -123,4 +123,16 @@ async fn one_client_requests_repeat_on_another_instance_is_accepted() {
         stored.starts_with("$34"),
         "count and request hash: {stored}"
     );
+
+    // Redis behind a's memory (it lost the count): a refuses a replay in
+    // a new client request X itself; nginx repeating request X on b must
+    // not pass because a's refusal wrote X beside the count.
+    assert!(a.accept(&nonce, "lost", 1, id, 300).await);
+    assert_eq!(redis.cmd(&["DEL", &shared_nc::key(&nonce, "lost")]), ":1");
+    let x = Some("0123456789abcdef0123456789abcdef");
+    assert!(!a.accept(&nonce, "lost", 1, x, 300).await, "seen by a");
+    assert!(
+        !b.accept(&nonce, "lost", 1, x, 300).await,
+        "the repeat of a request a refused"
+    );
 }

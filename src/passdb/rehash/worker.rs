@@ -273,11 +273,17 @@ impl Worker {
                 continue;
             };
             match self.rehash(store.as_ref(), &job) {
-                Ok(msg) => log::info!("rehash: {}: {msg}", job.user),
+                Ok(msg) => {
+                    log::info!("rehash: {}: {msg}", job.user);
+                    // Rewritten, changed or gone: the cached record is old.
+                    if let Some(cache) = self.forget.get() {
+                        cache.forget(job.db, &job.user);
+                    }
+                }
+                // Nothing was written: the cached record is still what is
+                // stored, and it may be all that answers while the passdb
+                // is down.
                 Err(e) => log::error!("rehash: {}: failed: {e}", job.user),
-            }
-            if let Some(cache) = self.forget.get() {
-                cache.forget(job.db, &job.user);
             }
         }
     }

@@ -433,7 +433,8 @@ async fn row_entry<R>(
             .into_entry(user, default_scheme)
             .await
             .map(Some),
-        more => Err(PassdbError::Unavailable(format!(
+        // The data, not the server: no cached record answers for it either.
+        more => Err(PassdbError::BadStoredPassword(format!(
             "{driver}: password_query returned {} rows for one user",
             more.len()
         ))),
