@@ -12,7 +12,7 @@ use crate::audit::{AuditRecord, Outcome, Protocol, ThrottleAction};
 use crate::http_auth::digest::{Credentials, NonceState};
 use crate::http_auth::{AuthInfo, HttpAuth, HttpAuthRequest, HttpCredentials, HttpOutcome};
 use crate::passdb::app_password::{Login, Service};
-use crate::passdb::{Lookup, Passdb, Rejection, Verdict};
+use crate::passdb::{Lookup, Passdb, PassdbError, Rejection, Verdict};
 use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 use crate::throttle::Scope;
@@ -293,7 +293,19 @@ impl Authenticator {
                 // is served stale while the passdb is down), and its
                 // app-password rules; a stored HA1 only where the record
                 // holds no plaintext.
-                Ok(match self.lookup(db, user, stale).await? {
+                let found = match self.lookup(db, user, stale).await {
+                    Ok(found) => found,
+                    // No usable password, but maybe an HA1 (an SQL
+                    // `digest_ha1` column beside a NULL password).
+                    Err(e @ PassdbError::BadStoredPassword(_)) if c.md5_family() => {
+                        return match db.digest_ha1(user, &s.realm).await? {
+                            Some(ha1) => Ok(Answer::Decide(DigestSecret::Ha1(ha1))),
+                            None => Err(e),
+                        };
+                    }
+                    Err(e) => return Err(e),
+                };
+                Ok(match found {
                     // Digest answers with the main password's plaintext:
                     // not where HTTP is kept for app passwords.
                     Answer::Decide(Lookup::Found { apps, .. })

@@ -530,6 +530,9 @@ fn master_lost(e: &SharedStateError) -> bool {
                             | ServerErrorKind::ExecAbort
                     )
                 )
+                // An old master cut off from its replicas refuses writes
+                // (`min-replicas-to-write`): ask the sentinels again.
+                || e.code() == Some("NOREPLICAS")
         }
         _ => false,
     }
