@@ -74,12 +74,20 @@ const INVALID_CREDENTIALS: u32 = 49;
 /// What one attempt found out.
 enum Outcome {
     NoUser,
+    /// The user filter matches more than one entry: the directory's data,
+    /// not an outage (so no cached record answers for it).
+    Ambiguous,
     /// Search mode: the entry with its attributes.
     Found(Box<SearchEntry>),
     /// Bind mode: the password was right.
     Bound(Box<SearchEntry>),
     /// Bind mode: no offered password was right.
     Mismatch,
+}
+
+/// The error of [`Outcome::Ambiguous`].
+fn ambiguous() -> PassdbError {
+    PassdbError::BadStoredPassword("ldap: the user filter matches more than one entry".into())
 }
 
 /// An LDAP passdb.
@@ -145,9 +153,7 @@ impl Ldap {
         let (entries, _) = result.success()?;
         let mut entries: Vec<_> = entries.into_iter().filter(|e| !e.is_ref()).collect();
         if entries.len() > 1 {
-            return Err(LdapError::AdapterInit(
-                "the user filter matches more than one entry".into(),
-            ));
+            return Ok(Outcome::Ambiguous);
         }
         let Some(raw) = entries.pop() else {
             return Ok(Outcome::NoUser);
@@ -253,6 +259,7 @@ impl Passdb for Ldap {
     async fn verify_plain(&self, user: &str, passwords: &[Secret]) -> Result<Verdict, PassdbError> {
         match self.perform(user, Some(passwords)).await? {
             Outcome::NoUser => Ok(Verdict::Rejected(Rejection::UnknownUser)),
+            Outcome::Ambiguous => Err(ambiguous()),
             Outcome::Mismatch => Ok(Verdict::Rejected(Rejection::PasswordMismatch)),
             Outcome::Bound(e) => Ok(Verdict::Accepted(self.principal(user, &e).await?)),
             Outcome::Found(e) => verify_entry(Some(self.entry(user, &e).await?), passwords).await,
@@ -267,6 +274,7 @@ impl Passdb for Ldap {
         }
         match self.perform(user, None).await? {
             Outcome::NoUser => Ok(Lookup::Rejected(Rejection::UnknownUser)),
+            Outcome::Ambiguous => Err(ambiguous()),
             Outcome::Found(e) => self.entry(user, &e).await?.lookup(),
             Outcome::Bound(_) | Outcome::Mismatch => Err(PassdbError::Unavailable(
                 "ldap: unexpected bind outcome".into(),
