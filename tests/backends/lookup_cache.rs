@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::common::policy::{base_policy, local_upstreams};
 use crate::common::sql::{Kind, Server};
-use crate::sql::{built_in, BUILT_IN_DB};
+use crate::sql::{built_in, DigestSite, BUILT_IN_DB};
 use nginx_auth_fcgi::audit::Outcome;
 use nginx_auth_fcgi::authenticator::{Authenticator, Decision, Policy};
 use nginx_auth_fcgi::cache::{Cache, CachePolicy, CacheUse};
@@ -59,31 +59,14 @@ fn expect(d: &Decision, outcome: Outcome, cache: Option<CacheUse>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_is_served_from_the_lookup_cache() {
-    let mut server = built_in(Kind::Postgres).await;
-    server
-        .execute(
-            None,
-            &[format!(
-                "ALTER DATABASE {BUILT_IN_DB} SET log_statement = 'all'"
-            )],
-        )
-        .await;
-    let db = AnyPassdb::open_with(
-        &server.uri(BUILT_IN_DB, "connect_timeout=1&query_timeout=2"),
-        &PassdbOptions::default(),
-    )
-    .unwrap();
-    let clock = Clock::manual(1_700_000_000_000);
-    let policy = Policy {
-        cache: Some(Arc::new(Cache::new(CachePolicy::default()))),
-        ..base_policy([Mechanism::Plain], local_upstreams())
-    };
-    let auth = Authenticator::new(policy, vec![db])
-        .unwrap()
-        .with_lookup_cache(Some(Arc::new(LookupCache::new(
-            LookupPolicy::default(),
-            clock.clone(),
-        ))));
+    let mut server = logged_server().await;
+    let (auth, clock) = cached(
+        &server,
+        Policy {
+            cache: Some(Arc::new(Cache::new(CachePolicy::default()))),
+            ..base_policy([Mechanism::Plain], local_upstreams())
+        },
+    );
     let (user, pw) = BLF;
 
     expect(
@@ -173,6 +156,24 @@ async fn postgres_outage_is_served_from_the_lookup_cache() {
     assert_eq!(queries(&server), before + 3);
 }
 
+/// `policy` over `server`'s passdb (short timeouts) with the lookup cache
+/// on a manual clock.
+fn cached(server: &Server, policy: Policy) -> (Authenticator, Clock) {
+    let db = AnyPassdb::open_with(
+        &server.uri(BUILT_IN_DB, "connect_timeout=1&query_timeout=2"),
+        &PassdbOptions::default(),
+    )
+    .unwrap();
+    let clock = Clock::manual(1_700_000_000_000);
+    let auth = Authenticator::new(policy, vec![db])
+        .unwrap()
+        .with_lookup_cache(Some(Arc::new(LookupCache::new(
+            LookupPolicy::default(),
+            clock.clone(),
+        ))));
+    (auth, clock)
+}
+
 /// Starts PostgreSQL with the users of [`built_in`] and its statement log on.
 async fn logged_server() -> Server {
     let server = built_in(Kind::Postgres).await;
@@ -193,78 +194,33 @@ async fn logged_server() -> Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digest_is_served_from_the_cached_record_and_stale() {
     use base64::Engine as _;
-    use nginx_auth_fcgi::http_auth::digest::Algorithm;
     let mut server = logged_server().await;
-    let db = AnyPassdb::open_with(
-        &server.uri(BUILT_IN_DB, "connect_timeout=1&query_timeout=2"),
-        &PassdbOptions::default(),
-    )
-    .unwrap();
-    let clock = Clock::manual(1_700_000_000_000);
-    let policy = Policy {
-        timeout: Duration::from_secs(5),
-        ..base_policy([Mechanism::Plain], local_upstreams())
-    };
-    let auth = Authenticator::new(policy, vec![db])
-        .unwrap()
-        .with_lookup_cache(Some(Arc::new(LookupCache::new(
-            LookupPolicy::default(),
-            clock.clone(),
-        ))));
-    let service = nginx_auth_fcgi::service::Service::new(auth, vec![]);
-    let params = |auth: Option<&str>| {
-        let mut p: Vec<(Vec<u8>, Vec<u8>)> = [
-            ("REQUEST_METHOD", "GET"),
-            ("REQUEST_URI", "/intranet/"),
-            ("AUTH_REALM", "Intranet"),
-            ("AUTH_DIGEST_ALGORITHMS", "MD5"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect();
-        if let Some(a) = auth {
-            p.push((b"HTTP_AUTHORIZATION".to_vec(), a.as_bytes().to_vec()));
-        }
-        nginx_auth_fcgi::fastcgi::Params::from_pairs(p)
-    };
-    let respond = |auth: Option<String>| {
-        let service = &service;
-        let p = params(auth.as_deref());
-        async move { String::from_utf8(service.respond(&p).await).unwrap() }
-    };
-    let first = respond(None).await;
-    let i = first.find("nonce=\"").expect("a challenge") + 7;
-    let nonce = first[i..i + first[i..].find('"').unwrap()].to_owned();
-    let h = |s: String| Algorithm::Md5.h(s.as_bytes());
+    let (auth, clock) = cached(
+        &server,
+        Policy {
+            timeout: Duration::from_secs(5),
+            ..base_policy([Mechanism::Plain], local_upstreams())
+        },
+    );
+    let site = DigestSite::new(nginx_auth_fcgi::service::Service::new(auth, vec![])).await;
     let user = "alice@example.org";
-    let ha1 = h(format!("{user}:Intranet:alice-pw"));
-    let answer = |nc: &str| {
-        let resp = h(format!(
-            "{ha1}:{nonce}:{nc}:cn:auth:{}",
-            h("GET:/intranet/".into())
-        ));
-        format!(
-            "Digest username=\"{user}\", realm=\"Intranet\", nonce=\"{nonce}\", \
-             uri=\"/intranet/\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"cn\", \
-             response=\"{resp}\""
-        )
-    };
-    let ok = respond(Some(answer("00000001"))).await;
+    let ha1 = DigestSite::ha1(user, "alice-pw");
+    let ok = site.respond(Some(&site.answer(user, &ha1, 1))).await;
     assert!(ok.starts_with("Status: 200"), "{ok}");
     let asked = queries(&server);
-    let ok = respond(Some(answer("00000002"))).await;
+    let ok = site.respond(Some(&site.answer(user, &ha1, 2))).await;
     assert!(ok.starts_with("Status: 200"), "{ok}");
     assert_eq!(queries(&server), asked, "the cached record answered");
 
     server.kill();
     clock.advance(Duration::from_secs(61));
-    let stale = respond(Some(answer("00000003"))).await;
+    let stale = site.respond(Some(&site.answer(user, &ha1, 3))).await;
     assert!(stale.starts_with("Status: 200"), "Digest, stale: {stale}");
     let basic = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:alice-pw"))
     );
-    let stale = respond(Some(basic)).await;
+    let stale = site.respond(Some(&basic)).await;
     assert!(stale.starts_with("Status: 200"), "Basic, stale: {stale}");
 }
 

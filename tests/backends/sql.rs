@@ -762,7 +762,7 @@ async fn digest_ha1_column(kind: Kind) {
         Kind::Postgres => "web_users",
         Kind::Mariadb => "auth.web_users",
     };
-    let ha1 = nginx_auth_fcgi::http_auth::digest::Algorithm::Md5.h(b"carol:Intranet:s3cret");
+    let ha1 = DigestSite::ha1("carol", "s3cret");
     admin(&server, &[format!("CREATE DATABASE {BUILT_IN_DB}")]).await;
     let create = format!("CREATE TABLE {table} (login VARCHAR(64), ha1 VARCHAR(32), active INT)");
     let rows = [
@@ -803,11 +803,47 @@ async fn digest_ha1_column(kind: Kind) {
         throttle: None,
         cache: None,
     };
-    let service = nginx_auth_fcgi::service::Service::new(
+    let site = DigestSite::new(nginx_auth_fcgi::service::Service::new(
         nginx_auth_fcgi::authenticator::Authenticator::new(policy, vec![db]).unwrap(),
         vec![],
-    );
-    let params = |auth: Option<&str>| {
+    ))
+    .await;
+    let ok = site.respond(Some(&site.answer("carol", &ha1, 1))).await;
+    assert!(ok.starts_with("Status: 200"), "{ok}");
+    let wrong_ha1 = md5_hex("carol:Intranet:guess");
+    let no = site
+        .respond(Some(&site.answer("carol", &wrong_ha1, 2)))
+        .await;
+    assert!(no.starts_with("Status: 401"), "{no}");
+    let dan = site.respond(Some(&site.answer("dan", &ha1, 3))).await;
+    assert!(dan.starts_with("Status: 401"), "disabled: {dan}");
+}
+
+fn md5_hex(s: &str) -> String {
+    nginx_auth_fcgi::http_auth::digest::Algorithm::Md5.h(s.as_bytes())
+}
+
+/// An HTTP `auth_request` location (realm `Intranet`, MD5 Digest) on an
+/// in-process service, with the nonce of its first challenge.
+pub(crate) struct DigestSite {
+    service: nginx_auth_fcgi::service::Service,
+    nonce: String,
+}
+
+impl DigestSite {
+    pub(crate) async fn new(service: nginx_auth_fcgi::service::Service) -> DigestSite {
+        let mut site = DigestSite {
+            service,
+            nonce: String::new(),
+        };
+        let first = site.respond(None).await;
+        let i = first.find("nonce=\"").expect("a challenge") + 7;
+        site.nonce = first[i..i + first[i..].find('"').unwrap()].to_owned();
+        site
+    }
+
+    /// The reply to a GET of `/intranet/` with `authorization`.
+    pub(crate) async fn respond(&self, authorization: Option<&str>) -> String {
         let mut p: Vec<(Vec<u8>, Vec<u8>)> = [
             ("REQUEST_METHOD", "GET"),
             ("REQUEST_URI", "/intranet/"),
@@ -817,39 +853,32 @@ async fn digest_ha1_column(kind: Kind) {
         .iter()
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
-        if let Some(a) = auth {
+        if let Some(a) = authorization {
             p.push((b"HTTP_AUTHORIZATION".to_vec(), a.as_bytes().to_vec()));
         }
-        nginx_auth_fcgi::fastcgi::Params::from_pairs(p)
-    };
-    let first = String::from_utf8(service.respond(&params(None)).await).unwrap();
-    let i = first.find("nonce=\"").expect("challenge") + 7;
-    let nonce = &first[i..i + first[i..].find('"').unwrap()];
-    let h = |s: String| nginx_auth_fcgi::http_auth::digest::Algorithm::Md5.h(s.as_bytes());
-    let answer = |user: &str, ha1: &str| {
-        let resp = h(format!(
-            "{ha1}:{nonce}:00000001:cn:auth:{}",
-            h("GET:/intranet/".into())
+        let params = nginx_auth_fcgi::fastcgi::Params::from_pairs(p);
+        String::from_utf8(self.service.respond(&params).await).unwrap()
+    }
+
+    /// `user`'s Digest answer with `ha1` and count `nc` (RFC 7616 §3.4.1,
+    /// computed here).
+    pub(crate) fn answer(&self, user: &str, ha1: &str, nc: u32) -> String {
+        let nonce = &self.nonce;
+        let resp = md5_hex(&format!(
+            "{ha1}:{nonce}:{nc:08x}:cn:auth:{}",
+            md5_hex("GET:/intranet/")
         ));
         format!(
-            "Digest username=\"{user}\", realm=\"Intranet\", nonce=\"{nonce}\", uri=\"/intranet/\", \
-             algorithm=MD5, qop=auth, nc=00000001, cnonce=\"cn\", response=\"{resp}\""
+            "Digest username=\"{user}\", realm=\"Intranet\", nonce=\"{nonce}\", \
+             uri=\"/intranet/\", algorithm=MD5, qop=auth, nc={nc:08x}, cnonce=\"cn\", \
+             response=\"{resp}\""
         )
-    };
-    let ok =
-        String::from_utf8(service.respond(&params(Some(&answer("carol", &ha1)))).await).unwrap();
-    assert!(ok.starts_with("Status: 200"), "{ok}");
-    let wrong_ha1 = h("carol:Intranet:guess".into());
-    let no = String::from_utf8(
-        service
-            .respond(&params(Some(&answer("carol", &wrong_ha1))))
-            .await,
-    )
-    .unwrap();
-    assert!(no.starts_with("Status: 401"), "{no}");
-    let dan =
-        String::from_utf8(service.respond(&params(Some(&answer("dan", &ha1)))).await).unwrap();
-    assert!(dan.starts_with("Status: 401"), "disabled: {dan}");
+    }
+
+    /// HA1 of `user` with `password` in this realm.
+    pub(crate) fn ha1(user: &str, password: &str) -> String {
+        md5_hex(&format!("{user}:Intranet:{password}"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -474,19 +474,23 @@ fn status_reads_metrics_from_the_running_service() {
 /// A daemon on `passdb` for the admin commands to ask: shared secret
 /// `X-Auth-Key=k` (what [`mail_login`] sends), audit lines in its log.
 pub(crate) fn admin_target(dir: tempfile::TempDir, passdb: &str) -> Daemon {
-    Daemon::start(
-        dir,
-        [
-            "--passdb",
-            passdb,
-            "--log",
-            "stderr",
-            "--require-header",
-            "X-Auth-Key=k",
-            "--upstream",
-            "imap=127.0.0.1:1143",
-        ],
-    )
+    admin_target_with(dir, passdb, &[])
+}
+
+/// [`admin_target`] with `more` flags after its own.
+pub(crate) fn admin_target_with(dir: tempfile::TempDir, passdb: &str, more: &[&str]) -> Daemon {
+    let mut args = vec![
+        "--passdb",
+        passdb,
+        "--log",
+        "stderr",
+        "--require-header",
+        "X-Auth-Key=k",
+        "--upstream",
+        "imap=127.0.0.1:1143",
+    ];
+    args.extend_from_slice(more);
+    Daemon::start(dir, args)
 }
 
 /// One mail login over FastCGI, as nginx sends it; the Auth-Status.

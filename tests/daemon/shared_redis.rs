@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use md5::{Digest as _, Md5};
 use nginx_auth_fcgi::http_auth::shared_nc;
 
-use crate::cli::mail_login;
+use crate::cli::{admin_target_with, mail_login};
 use crate::common::daemon::{run_cli, Daemon};
 use crate::common::fcgi;
 use crate::common::proc::wait_until;
@@ -36,18 +36,7 @@ fn start(state: &[&str]) -> Daemon {
     )
     .unwrap();
     let passdb = format!("passwd-file:{}", users.display());
-    let mut args = vec![
-        "--passdb",
-        &passdb,
-        "--log",
-        "stderr",
-        "--require-header",
-        "X-Auth-Key=k",
-        "--upstream",
-        "imap=127.0.0.1:1143",
-    ];
-    args.extend_from_slice(state);
-    Daemon::start(dir, args)
+    admin_target_with(dir, &passdb, state)
 }
 
 /// Ten different wrong passwords: the pair (ip, user) is blocked.
