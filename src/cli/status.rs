@@ -75,18 +75,50 @@ pub fn cache(command: CacheCommand) -> CmdResult {
         ]);
     }
     let user = user.unwrap_or_default();
-    print!("{}", flush(&conn.serve_args(), &user)?);
-    Ok(ExitCode::SUCCESS)
+    let answers = flush(&conn.serve_args(), &user)?;
+    let several = answers.len() > 1;
+    let mut failed = Vec::new();
+    for (spec, answer) in answers {
+        match answer {
+            Ok(text) if several => print!("{spec}: {text}"),
+            Ok(text) => print!("{text}"),
+            Err(problems) => failed.extend(problems),
+        }
+    }
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(failed)
+    }
 }
 
-fn flush(args: &ServeArgs, user: &str) -> Result<String, Vec<String>> {
-    ask_service(
-        args,
-        &[
-            (b"AUTH_CACHE", b"flush"),
-            (b"AUTH_CACHE_USER", user.as_bytes()),
-        ],
-    )
+/// A service's answer: the body of its 200, or what went wrong.
+type Answer = Result<String, Vec<String>>;
+
+/// `cache flush` sent to every listener of the configuration (several
+/// `--listen` for several instances on one host: each is told), each
+/// answer with the listener it came from.
+fn flush(args: &ServeArgs, user: &str) -> Result<Vec<(ListenSpec, Answer)>, Vec<String>> {
+    let config = args.config()?;
+    let params: [(&[u8], &[u8]); 2] = [
+        (b"AUTH_CACHE", b"flush"),
+        (b"AUTH_CACHE_USER", user.as_bytes()),
+    ];
+    // Inherited sockets (fd:N, systemd) cannot be dialled; the others can.
+    let all = listeners(&config)?;
+    let dialled: Vec<ListenSpec> = all
+        .iter()
+        .filter(|s| matches!(s, ListenSpec::Unix(_) | ListenSpec::Tcp(_)))
+        .cloned()
+        .collect();
+    let specs = if dialled.is_empty() { all } else { dialled };
+    Ok(specs
+        .into_iter()
+        .map(|spec| {
+            let answer = ask(&config, &spec, &params);
+            (spec, answer)
+        })
+        .collect())
 }
 
 /// After a `user` command changed `user` in the SQLite database: tells the
@@ -95,16 +127,27 @@ fn flush(args: &ServeArgs, user: &str) -> Result<String, Vec<String>> {
 /// effort: a service that cannot be reached is named, with what to do.
 pub fn user_changed(conn: &ConnArgs, user: &str) {
     let args = conn.clone().serve_args();
-    match flush(&args, user) {
-        Ok(_) => eprintln!("the running service forgot its cached record of {user}"),
-        Err(problems) => eprintln!(
-            "note: could not tell the running service to forget its cached record of {user} \
-             ({}). If a service serves this database, the change takes effect within its \
-             lookup_cache_ttl (default 60 s), or at once with `nginx-auth-fcgi cache flush \
-             --user {user}` (with the service's --config or --listen) or a SIGHUP.",
-            problems.join("; ")
-        ),
+    let answers = match flush(&args, user) {
+        Ok(answers) => answers,
+        Err(problems) => return note_not_told(user, &problems),
+    };
+    for (spec, answer) in answers {
+        match answer {
+            Ok(_) => eprintln!("the running service forgot its cached record of {user} ({spec})"),
+            Err(problems) => note_not_told(user, &problems),
+        }
     }
+}
+
+/// What a `user` command says when a service could not be told.
+fn note_not_told(user: &str, problems: &[String]) {
+    eprintln!(
+        "note: could not tell the running service to forget its cached record of {user} \
+         ({}). If a service serves this database, the change takes effect within its \
+         lookup_cache_ttl (default 60 s), or at once with `nginx-auth-fcgi cache flush \
+         --user {user}` (with the service's --config or --listen) or a SIGHUP.",
+        problems.join("; ")
+    );
 }
 
 impl ConnArgs {
@@ -151,15 +194,31 @@ pub fn throttle(command: ThrottleCommand) -> CmdResult {
 /// Sends one FastCGI request with `params` (and the shared secret) to the
 /// running service's first listener; the body of its 200 answer.
 fn ask_service(args: &ServeArgs, params: &[(&[u8], &[u8])]) -> Result<String, Vec<String>> {
+    let config = args.config()?;
+    let first = listeners(&config)?.swap_remove(0);
+    ask(&config, &first, params)
+}
+
+/// The configured listeners, or the default socket.
+fn listeners(config: &config::Config) -> Result<Vec<ListenSpec>, Vec<String>> {
+    if !config.listen.is_empty() {
+        return Ok(config.listen.clone());
+    }
+    let default = config::DEFAULT_LISTEN
+        .parse::<ListenSpec>()
+        .map_err(|e| vec![e.to_string()])?;
+    Ok(vec![default])
+}
+
+/// One request with `params` (and the configured shared secret) to the
+/// service at `spec`; the body of its 200 answer.
+fn ask(
+    config: &config::Config,
+    spec: &ListenSpec,
+    params: &[(&[u8], &[u8])],
+) -> Result<String, Vec<String>> {
     use nginx_auth_fcgi::fastcgi::record::{self, RecordType, Role};
     use std::io::Read;
-    let config = args.config()?;
-    let spec = match config.listen.first() {
-        Some(s) => s.clone(),
-        None => config::DEFAULT_LISTEN
-            .parse::<ListenSpec>()
-            .map_err(|e| vec![e.to_string()])?,
-    };
     let mut pairs = Vec::new();
     let mut put =
         |k: &[u8], v: &[u8]| record::encode_pair(&mut pairs, k, v).map_err(|e| vec![e.to_string()]);
@@ -176,7 +235,7 @@ fn ask_service(args: &ServeArgs, params: &[(&[u8], &[u8])]) -> Result<String, Ve
     record::encode_stream_end(&mut out, RecordType::Stdin, 1);
     let mut reply = Vec::new();
     let io = |e: std::io::Error| vec![format!("{spec}: {e}")];
-    match &spec {
+    match spec {
         ListenSpec::Unix(path) => {
             let mut s = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
             s.set_read_timeout(Some(std::time::Duration::from_secs(10)))

@@ -164,3 +164,68 @@ fn user_commands_and_cache_flush_reach_the_running_service() {
         assert!(!log.contains(secret), "a password in the log:\n{log}");
     }
 }
+
+/// Two daemons on one SQLite file (two instances on one host): `user
+/// disable` and `cache flush` with both sockets tell both, so the account
+/// is refused at once on each.
+#[test]
+fn user_commands_tell_every_listener_given() {
+    let dir = Daemon::open_dir();
+    let db = dir.path().join("users.db");
+    let db_arg = format!("sqlite:{}", db.display());
+    ok(run_cli(
+        [
+            "user",
+            "--db",
+            &db_arg,
+            "add",
+            "dave@example.org",
+            "--scheme",
+            "PLAIN",
+            "--password-stdin",
+        ],
+        "dave-pw\n",
+    ));
+    let daemons = [
+        admin_target(Daemon::open_dir(), &db_arg),
+        admin_target(Daemon::open_dir(), &db_arg),
+    ];
+    let socks: Vec<String> = daemons
+        .iter()
+        .map(|d| format!("unix:{}", d.sock().display()))
+        .collect();
+    let conn = [
+        "--listen",
+        &socks[0],
+        "--listen",
+        &socks[1],
+        "--require-header",
+        "X-Auth-Key=k",
+    ];
+    let login = |d: &Daemon| mail_login(d.sock(), "dave@example.org", "dave-pw", "192.0.2.1");
+    for d in &daemons {
+        assert_eq!(login(d), OK, "cached now");
+    }
+    let mut disable = vec!["user", "--db", &db_arg];
+    disable.extend_from_slice(&conn);
+    disable.extend(["disable", "dave@example.org"]);
+    let err = text(&ok(run_cli(&disable, "")).stderr);
+    for sock in &socks {
+        assert!(
+            err.contains(&format!(
+                "the running service forgot its cached record of dave@example.org ({sock})"
+            )),
+            "{err}"
+        );
+    }
+    for d in &daemons {
+        assert_eq!(login(d), INVALID, "refused at once on every instance");
+    }
+    // `cache flush` answers per listener when there are several.
+    let mut flush = vec!["cache", "flush", "--user", "dave@example.org"];
+    flush.extend_from_slice(&conn);
+    let out = text(&ok(run_cli(&flush, "")).stdout);
+    for sock in &socks {
+        assert!(out.contains(&format!("{sock}: lookup cache: ")), "{out}");
+    }
+}
