@@ -69,21 +69,21 @@ impl Authenticator {
             });
         }
         let (ok, cache) = self.check_stored(db, user, main, passwords).await?;
-        let (verdict, rehash) = if !ok {
-            (Verdict::Rejected(Rejection::PasswordMismatch), None)
+        // A main password that opened the account is worth upgrading: the
+        // caller offers the rehash (not for a stale record, whose passdb is
+        // down).
+        let verdict = if !ok {
+            Verdict::Rejected(Rejection::PasswordMismatch)
         } else if self.main_password_refused(apps, login.service) {
-            (Verdict::Rejected(Rejection::AppPasswordRequired), None)
+            Verdict::Rejected(Rejection::AppPasswordRequired)
         } else {
-            // Only a main password that opened the account is worth
-            // upgrading: the caller offers the rehash (not for a stale
-            // record, whose passdb is down).
-            (Verdict::Accepted(principal), None)
+            Verdict::Accepted(principal)
         };
         Ok(Checked {
             verdict,
             notes: CheckNotes {
                 cache,
-                rehash,
+                rehash: None,
                 app_password: None,
             },
         })

@@ -115,13 +115,8 @@ impl Authenticator {
         db: &AnyPassdb,
         user: &str,
     ) -> Result<(Lookup, Option<LookupUse>), PassdbError> {
-        let cache = self
-            .lookup_cache
-            .as_deref()
-            .filter(|_| db.lookup_is_remote());
-        let index = self.passdbs.iter().position(|p| std::ptr::eq(p, db));
-        let (cache, index) = match (cache, index) {
-            (Some(c), Some(i)) => (Some(c), i),
+        let (cache, index) = match (self.lookup_cache.as_deref(), self.index_of(db)) {
+            (Some(c), Some(i)) if db.lookup_is_remote() => (Some(c), i),
             _ => (None, 0),
         };
         lookup_through(cache, index, db.name(), user, db.lookup_credentials(user)).await
@@ -214,8 +209,13 @@ impl Authenticator {
         passwords: &[Secret],
     ) -> Option<Scheme> {
         let rehash = self.rehash.as_ref()?;
-        let index = self.passdbs.iter().position(|p| std::ptr::eq(p, db))?;
-        rehash.offer(index, user, stored, passwords)
+        rehash.offer(self.index_of(db)?, user, stored, passwords)
+    }
+
+    /// The position of `db` in the chain (the key of its rehash store and
+    /// of its lookup cache entries).
+    fn index_of(&self, db: &AnyPassdb) -> Option<usize> {
+        self.passdbs.iter().position(|p| std::ptr::eq(p, db))
     }
 
     /// Whether one of `passwords` matches `stored`, and how the cache helped.

@@ -12,7 +12,7 @@ use crate::audit::{AuditRecord, Outcome, Protocol, ThrottleAction};
 use crate::http_auth::digest::{Credentials, NonceState};
 use crate::http_auth::{AuthInfo, HttpAuth, HttpAuthRequest, HttpCredentials, HttpOutcome};
 use crate::passdb::app_password::{Login, Service};
-use crate::passdb::{Lookup, Passdb, PassdbError, Rejection, Verdict};
+use crate::passdb::{AppPasswords, Lookup, Passdb, PassdbError, Rejection, Verdict};
 use crate::scheme::StoredPassword;
 use crate::secret::Secret;
 use crate::throttle::Scope;
@@ -291,50 +291,38 @@ impl Authenticator {
                 // The record first, through the credential lookup cache (so
                 // a Digest login costs no round trip while it is fresh and
                 // is served stale while the passdb is down), and its
-                // app-password rules; a stored HA1 only where the record
-                // holds no plaintext.
-                let found = match self.lookup(db, user, stale).await {
-                    Ok(found) => found,
-                    // No usable password, but maybe an HA1 (an SQL
-                    // `digest_ha1` column beside a NULL password).
-                    Err(e @ PassdbError::BadStoredPassword(_)) if c.md5_family() => {
-                        return match db.digest_ha1(user, &s.realm).await? {
-                            Some(ha1) => Ok(Answer::Decide(DigestSecret::Ha1(ha1))),
-                            None => Err(e),
-                        };
+                // app-password rules.
+                let found = self.lookup(db, user, stale).await;
+                let refused = |apps: &AppPasswords| self.main_password_refused(apps, Service::Http);
+                // Where the record holds no usable plaintext, an HA1 may
+                // serve (MD5 only): an SQL `digest_ha1` column beside a
+                // hashed or NULL password, or a passdb of HA1s only
+                // (htdigest, in memory), which hands out no record.
+                let wants_ha1 = c.md5_family()
+                    && match &found {
+                        Ok(Answer::Decide(Lookup::Found { secret, apps, .. })) => {
+                            secret.plaintext().is_none() && !refused(apps)
+                        }
+                        Ok(Answer::Next) => !db.lookup_is_remote(),
+                        Err(PassdbError::BadStoredPassword(_)) => true,
+                        _ => false,
+                    };
+                if wants_ha1 {
+                    if let Some(ha1) = db.digest_ha1(user, &s.realm).await? {
+                        return Ok(Answer::Decide(DigestSecret::Ha1(ha1)));
                     }
-                    Err(e) => return Err(e),
-                };
-                Ok(match found {
+                }
+                Ok(match found? {
                     // Digest answers with the main password's plaintext:
                     // not where HTTP is kept for app passwords.
-                    Answer::Decide(Lookup::Found { apps, .. })
-                        if self.main_password_refused(&apps, Service::Http) =>
-                    {
+                    Answer::Decide(Lookup::Found { apps, .. }) if refused(&apps) => {
                         Answer::Decide(DigestSecret::Rejected(Rejection::AppPasswordRequired))
-                    }
-                    // A hashed password and an HA1 column (SQL `digest_ha1`).
-                    Answer::Decide(Lookup::Found { secret, .. })
-                        if secret.plaintext().is_none() && c.md5_family() =>
-                    {
-                        match db.digest_ha1(user, &s.realm).await? {
-                            Some(ha1) => Answer::Decide(DigestSecret::Ha1(ha1)),
-                            None => Answer::Decide(DigestSecret::Stored(secret)),
-                        }
                     }
                     Answer::Decide(Lookup::Found { secret, .. }) => {
                         Answer::Decide(DigestSecret::Stored(secret))
                     }
                     Answer::Decide(Lookup::Rejected(r)) => {
                         Answer::Decide(DigestSecret::Rejected(r))
-                    }
-                    // A passdb of HA1s only (htdigest, in memory) hands out
-                    // no record.
-                    Answer::Next if c.md5_family() && !db.lookup_is_remote() => {
-                        match db.digest_ha1(user, &s.realm).await? {
-                            Some(ha1) => Answer::Decide(DigestSecret::Ha1(ha1)),
-                            None => Answer::Next,
-                        }
                     }
                     Answer::Next => Answer::Next,
                 })
