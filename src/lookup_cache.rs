@@ -171,8 +171,12 @@ impl fmt::Debug for LookupCache {
 pub enum Probe {
     /// Fetched less than `ttl` ago.
     Fresh(Lookup),
-    /// Not held, or too old: ask the backend.
-    Ask,
+    /// Not held, or too old: ask the backend, and hand its answer to
+    /// [`LookupCache::put`] with this flush generation.
+    Ask {
+        /// The flush generation when the cache was asked.
+        generation: u64,
+    },
 }
 
 impl LookupCache {
@@ -205,7 +209,9 @@ impl LookupCache {
             }
         }
         METRICS.lookup_cache(LookupUse::Miss);
-        Probe::Ask
+        Probe::Ask {
+            generation: inner.generation,
+        }
     }
 
     /// After the backend failed with `error`: the remembered record of
@@ -225,8 +231,7 @@ impl LookupCache {
         Some((e.lookup.clone(), Duration::from_millis(age)))
     }
 
-    /// The flush generation, read before asking the backend and handed to
-    /// [`LookupCache::put`].
+    /// The flush generation (what [`Probe::Ask`] carries).
     pub fn generation(&self) -> u64 {
         crate::sync::lock(&self.inner).generation
     }
@@ -372,10 +377,10 @@ where
     let Some(cache) = cache else {
         return Ok((ask.await?, None));
     };
-    if let Probe::Fresh(l) = cache.get(db, user) {
-        return Ok((l, Some(LookupUse::Hit)));
-    }
-    let generation = cache.generation();
+    let generation = match cache.get(db, user) {
+        Probe::Fresh(l) => return Ok((l, Some(LookupUse::Hit))),
+        Probe::Ask { generation } => generation,
+    };
     match ask.await {
         Ok(l) => {
             cache.put(generation, db, user, &l);
@@ -427,7 +432,7 @@ mod tests {
     fn fresh(c: &LookupCache, db: usize, user: &str) -> Option<Vec<u8>> {
         match c.get(db, user) {
             Probe::Fresh(l) => Some(plaintext(&l)),
-            Probe::Ask => None,
+            Probe::Ask { .. } => None,
         }
     }
 
