@@ -197,15 +197,8 @@ pub enum Init {
 /// to the owner of its directory (the daemon's own directory), so a daemon
 /// that drops privileges can read it on reload.
 pub fn init(path: &Path) -> io::Result<Init> {
-    let mut file = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Init::Exists),
-        Err(e) => return Err(e),
+    let Some(mut file) = crate::passdb::private_file::create_new_private(path, None)? else {
+        return Ok(Init::Exists);
     };
     let mut key = [0u8; MIN_KEY_BYTES];
     rand::rng().fill_bytes(&mut key);
@@ -217,18 +210,6 @@ pub fn init(path: &Path) -> io::Result<Init> {
         // Half a key is no key: do not leave it for the daemon to refuse.
         let _ = std::fs::remove_file(path);
         return Err(e);
-    }
-    if nix::unistd::geteuid().is_root() {
-        if let Some(meta) = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .and_then(|d| std::fs::metadata(d).ok())
-            .filter(|m| m.uid() != 0)
-        {
-            // On the open file, not the path: the directory's owner could
-            // have swapped the name for a symlink meanwhile.
-            std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
-        }
     }
     Ok(Init::Created)
 }

@@ -7,7 +7,7 @@
 //! the database file (and, run as root, its owner), so a database created
 //! here keeps its siblings private too.
 
-use std::fs::{DirBuilder, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -27,25 +27,43 @@ pub fn create_private(path: &Path, owner: Option<Owner>) -> io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_dirs(dir, owner)?;
     }
-    let created = OpenOptions::new()
+    // Created meanwhile by someone else: theirs.
+    let Some(file) = create_new_private(path, owner)? else {
+        return Ok(());
+    };
+    // The umask may only have taken bits away; make it exactly 0600.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+}
+
+/// Creates `path`, which must not exist, mode `0600` from the moment it
+/// exists (`O_CREAT|O_EXCL`), and gives it to `owner`; without one, root
+/// gives it to the owner of its directory. The owner is set on the open
+/// file, not the name, which the directory's owner could have swapped for a
+/// symlink meanwhile. `None` when `path` exists (it is not touched); a file
+/// that could not be given away is removed again.
+pub fn create_new_private(path: &Path, owner: Option<Owner>) -> io::Result<Option<File>> {
+    let file = match OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path);
-    match created {
-        Ok(_) => {}
-        // Created meanwhile by someone else: theirs.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
         Err(e) => return Err(e),
-    }
-    // The umask may only have taken bits away; make it exactly 0600.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    };
     let owner = owner.or_else(|| {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
         let meta = std::fs::metadata(dir).ok()?;
         (nix::unistd::geteuid().is_root() && meta.uid() != 0).then(|| (meta.uid(), meta.gid()))
     });
-    chown(path, owner)
+    if let Some((uid, gid)) = owner {
+        if let Err(e) = std::os::unix::fs::fchown(&file, Some(uid), Some(gid)) {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+    }
+    Ok(Some(file))
 }
 
 /// `create_dir_all` with mode `0700` for each directory it creates, each
