@@ -104,15 +104,7 @@ fn flush(args: &ServeArgs, user: &str) -> Result<Vec<(ListenSpec, Answer)>, Vec<
         (b"AUTH_CACHE", b"flush"),
         (b"AUTH_CACHE_USER", user.as_bytes()),
     ];
-    // Inherited sockets (fd:N, systemd) cannot be dialled; the others can.
-    let all = listeners(&config)?;
-    let dialled: Vec<ListenSpec> = all
-        .iter()
-        .filter(|s| matches!(s, ListenSpec::Unix(_) | ListenSpec::Tcp(_)))
-        .cloned()
-        .collect();
-    let specs = if dialled.is_empty() { all } else { dialled };
-    Ok(specs
+    Ok(listeners(&config)?
         .into_iter()
         .map(|spec| {
             let answer = ask(&config, &spec, &params);
@@ -192,17 +184,29 @@ pub fn throttle(command: ThrottleCommand) -> CmdResult {
 }
 
 /// Sends one FastCGI request with `params` (and the shared secret) to the
-/// running service's first listener; the body of its 200 answer.
+/// running service's first listener that can be dialled; the body of its
+/// 200 answer.
 fn ask_service(args: &ServeArgs, params: &[(&[u8], &[u8])]) -> Result<String, Vec<String>> {
     let config = args.config()?;
     let first = listeners(&config)?.swap_remove(0);
     ask(&config, &first, params)
 }
 
-/// The configured listeners, or the default socket.
+/// The configured listeners that can be dialled (inherited sockets, `fd:N`
+/// and `systemd`, cannot; when nothing else is configured they are kept, so
+/// the error names them), or the default socket.
 fn listeners(config: &config::Config) -> Result<Vec<ListenSpec>, Vec<String>> {
     if !config.listen.is_empty() {
-        return Ok(config.listen.clone());
+        let dialled: Vec<ListenSpec> = config
+            .listen
+            .iter()
+            .filter(|s| matches!(s, ListenSpec::Unix(_) | ListenSpec::Tcp(_)))
+            .cloned()
+            .collect();
+        return Ok(match dialled.is_empty() {
+            true => config.listen.clone(),
+            false => dialled,
+        });
     }
     let default = config::DEFAULT_LISTEN
         .parse::<ListenSpec>()

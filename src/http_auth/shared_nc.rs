@@ -135,7 +135,7 @@ impl SharedCounts {
         inv.arg(nc).arg(ttl_secs.saturating_mul(1000)).arg(rid);
         let verdict = self
             .state
-            .attempt(now_ms, async {
+            .attempt(crate::shared_state::unix_ms, async {
                 let r: i64 = self.state.invoke(&inv).await?;
                 Ok(match r {
                     1 => SharedVerdict::New,
@@ -166,13 +166,6 @@ impl SharedCounts {
     ) -> Option<SharedVerdict> {
         self.state.unreachable()
     }
-}
-
-#[cfg(feature = "redis")]
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -62,6 +62,14 @@ pub const PREFIX: &str = "nginx-auth-fcgi:";
 /// state is used.
 pub const TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Now, in Unix milliseconds: the clock the users of the shared state
+/// without one of their own pass to [`SharedState::attempt`].
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The Redis key of `name` (`nginx-auth-fcgi:NAME`).
 pub fn key(name: &str) -> String {
     format!("{PREFIX}{name}")

@@ -218,9 +218,7 @@ impl SharedHealth {
     #[cfg(feature = "redis")]
     async fn exchange(&self, addr: SocketAddr, up: bool, interval: Duration) -> Option<bool> {
         let key = shared_state::key(&format!("upstream-down:{addr}"));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = shared_state::unix_ms();
         // A finding holds for three intervals: one missed check of a slow
         // instance must not flap the state.
         let hold = (interval * 3 + CONNECT_TIMEOUT).as_millis() as u64;
